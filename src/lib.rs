@@ -2,6 +2,8 @@
 //! event) into provisioned WHMCS orders, exactly once, and reports back to Salesforce and to the
 //! customer portal. See `docs/ARCHITECTURE.md` for the design and its invariants.
 
+pub mod config;
 pub mod error;
 pub mod ids;
+pub mod ledger;
 pub mod salesforce;

@@ -1,0 +1,624 @@
+//! Configuration: `config/default.toml` (embedded) → optional file → environment variables.
+//!
+//! Every key of `default.toml` is settable from the environment under its upper-case name
+//! (`sf_client_id` → `SF_CLIENT_ID`), which is exactly the contract's variable list. [`Config::load`]
+//! validates everything up front: the daemon either starts with a coherent configuration or
+//! stops with one [`ConfigError`] line naming the setting. Secrets are [`SecretString`]s and
+//! never appear in `Debug` output.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Format, Serialized, Toml},
+};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::{salesforce::event::EventFields, salesforce::rest::OrderFieldNames};
+
+/// The embedded defaults: the single source of every setting's name and default value.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// A setting that is missing, malformed or contradicts another one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {setting}: {message}")]
+pub struct ConfigError {
+    /// Upper-case setting name, as the environment variable is spelt.
+    pub setting: String,
+    pub message: String,
+}
+
+fn err(setting: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: setting.to_ascii_uppercase(),
+        message: message.into(),
+    }
+}
+
+/// The raw, flat settings as they appear in `default.toml`.
+#[derive(Debug, Deserialize)]
+struct Raw {
+    sf_events_enabled: bool,
+    sf_provision_event_channel: String,
+    sf_events_replay: String,
+    sf_pubsub_endpoint: String,
+    sf_events_batch_size: i32,
+    sf_events_watchdog_secs: u64,
+    sf_events_max_pending_jobs: u64,
+    sf_events_backoff_initial_ms: u64,
+    sf_events_backoff_max_ms: u64,
+    sf_login_url: String,
+    sf_auth_flow: String,
+    sf_client_id: String,
+    sf_username: String,
+    sf_private_key_path: String,
+    sf_private_key: SecretString,
+    sf_client_secret: SecretString,
+    sf_api_version: String,
+    sf_http_timeout_secs: u64,
+    sf_field_event_order_id: String,
+    sf_field_event_idem_key: String,
+    sf_field_event_correlation_id: String,
+    sf_field_event_requested_by: String,
+    sf_field_activation_status: String,
+    sf_field_whmcs_order_id: String,
+    sf_field_error_code: String,
+    sf_field_error_message: String,
+    sf_field_last_attempt_at: String,
+    sf_field_account_whmcs_client_id: String,
+    sf_field_product_whmcs_product_id: String,
+    sf_field_product_whmcs_billing_cycle: String,
+    whmcs_api_url: String,
+    whmcs_api_identifier: String,
+    whmcs_api_secret: SecretString,
+    whmcs_api_access_key: SecretString,
+    whmcs_payment_method: String,
+    whmcs_timeout_secs: u64,
+    redis_url: String,
+    queue_name: String,
+    worker_concurrency: usize,
+    job_max_attempts: u32,
+    job_backoff_initial_ms: u64,
+    job_backoff_max_ms: u64,
+    database_url: String,
+    database_auto_migrate: bool,
+    database_max_connections: u32,
+    http_addr: String,
+    portal_jwt_secret: SecretString,
+    portal_jwt_account_claim: String,
+    portal_jwt_issuer: String,
+    portal_jwt_audience: String,
+    api_auth: String,
+    order_lookup_cache_secs: u64,
+    alert_webhook_url: String,
+    log_format: String,
+    shutdown_grace_secs: u64,
+}
+
+/// Where to start a subscription that has no stored cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayStart {
+    Latest,
+    Earliest,
+}
+
+/// How the daemon authenticates to Salesforce.
+#[derive(Debug, Clone)]
+pub enum SalesforceAuth {
+    Jwt {
+        username: String,
+        private_key_pem: SecretString,
+    },
+    ClientCredentials {
+        client_secret: SecretString,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Pub/Sub subscription settings.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    pub enabled: bool,
+    pub channel: String,
+    pub replay: ReplayStart,
+    pub endpoint: String,
+    pub batch_size: i32,
+    pub watchdog: Duration,
+    pub max_pending_jobs: u64,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub fields: EventFields,
+}
+
+/// Salesforce OAuth + REST settings.
+#[derive(Debug, Clone)]
+pub struct SalesforceConfig {
+    pub login_url: String,
+    pub client_id: String,
+    pub auth: SalesforceAuth,
+    pub api_version: String,
+    pub http_timeout: Duration,
+    pub fields: OrderFieldNames,
+}
+
+#[derive(Debug, Clone)]
+pub struct WhmcsSettings {
+    pub api_url: String,
+    pub identifier: String,
+    pub secret: SecretString,
+    pub access_key: Option<SecretString>,
+    pub payment_method: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub redis_url: String,
+    pub name: String,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub auto_migrate: bool,
+    pub max_connections: u32,
+}
+
+/// Portal API authentication.
+#[derive(Debug, Clone)]
+pub enum ApiAuth {
+    Jwt {
+        secret: SecretString,
+        account_claim: String,
+        issuer: Option<String>,
+        audience: Option<String>,
+    },
+    Disabled,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    pub auth: ApiAuth,
+    pub lookup_cache: Duration,
+}
+
+/// The validated configuration of one daemon process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub events: EventsConfig,
+    pub salesforce: SalesforceConfig,
+    pub whmcs: WhmcsSettings,
+    pub queue: QueueConfig,
+    pub database: DatabaseConfig,
+    pub http: HttpConfig,
+    pub alert_webhook_url: Option<String>,
+    pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
+}
+
+fn non_empty(s: String) -> Option<String> {
+    let t = s.trim();
+    (!t.is_empty()).then(|| t.to_owned())
+}
+
+fn secret_non_empty(s: SecretString) -> Option<SecretString> {
+    use secrecy::ExposeSecret;
+    (!s.expose_secret().trim().is_empty()).then_some(s)
+}
+
+fn require(name: &str, v: String) -> Result<String, ConfigError> {
+    non_empty(v).ok_or_else(|| err(name, "is required"))
+}
+
+fn http_url(name: &str, v: &str) -> Result<(), ConfigError> {
+    match url::Url::parse(v) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        _ => Err(err(name, format!("must be an http:// or https:// URL, got {v:?}"))),
+    }
+}
+
+impl Config {
+    /// Loads defaults → optional file → the given environment, then validates.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new().merge(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(err(
+                    "PROVISIONER_CONFIG",
+                    format!("file {} does not exist", path.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // Only keys that `default.toml` defines are taken from the environment, as strings;
+        // `extract_lossy` then reads "8" as a number and "true" as a bool where a field wants one.
+        let known: BTreeMap<String, figment::value::Value> = Figment::from(Toml::string(DEFAULT_TOML))
+            .extract()
+            .map_err(|e| err("config/default.toml", e.to_string()))?;
+        let overrides: BTreeMap<String, String> = env
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let key = k.to_ascii_lowercase();
+                known.contains_key(&key).then_some((key, v))
+            })
+            .collect();
+        figment = figment.merge(Serialized::defaults(overrides));
+        let raw: Raw = figment.extract_lossy().map_err(|e| {
+            let setting = e.path.join(".");
+            let setting = if setting.is_empty() { "config".into() } else { setting };
+            err(&setting, e.kind.to_string())
+        })?;
+        Self::validate(raw)
+    }
+
+    /// Loads with the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    fn validate(r: Raw) -> Result<Self, ConfigError> {
+        let replay = match r.sf_events_replay.trim().to_ascii_uppercase().as_str() {
+            "LATEST" => ReplayStart::Latest,
+            "ALL" | "EARLIEST" => ReplayStart::Earliest,
+            other => {
+                return Err(err(
+                    "sf_events_replay",
+                    format!("must be LATEST or ALL, got {other:?}"),
+                ));
+            }
+        };
+        let endpoint = require("sf_pubsub_endpoint", r.sf_pubsub_endpoint)?;
+        http_url("sf_pubsub_endpoint", &endpoint)?;
+        if !(1..=100).contains(&r.sf_events_batch_size) {
+            return Err(err("sf_events_batch_size", "must be between 1 and 100"));
+        }
+        if r.sf_events_watchdog_secs == 0 {
+            return Err(err("sf_events_watchdog_secs", "must be at least 1"));
+        }
+        if r.sf_events_max_pending_jobs == 0 {
+            return Err(err("sf_events_max_pending_jobs", "must be at least 1"));
+        }
+        if r.sf_events_backoff_initial_ms == 0 || r.sf_events_backoff_max_ms < r.sf_events_backoff_initial_ms {
+            return Err(err(
+                "sf_events_backoff_max_ms",
+                "must be at least sf_events_backoff_initial_ms (> 0)",
+            ));
+        }
+        let channel = require("sf_provision_event_channel", r.sf_provision_event_channel)?;
+        if !channel.starts_with("/event/") && !channel.starts_with("/data/") {
+            return Err(err(
+                "sf_provision_event_channel",
+                format!("must be a topic such as /event/Name__e, got {channel:?}"),
+            ));
+        }
+
+        let login_url = require("sf_login_url", r.sf_login_url)?
+            .trim_end_matches('/')
+            .to_owned();
+        http_url("sf_login_url", &login_url)?;
+        let client_id = require("sf_client_id", r.sf_client_id)?;
+        let auth = match r.sf_auth_flow.trim() {
+            "jwt" => {
+                let username = require("sf_username", r.sf_username)?;
+                let inline = secret_non_empty(r.sf_private_key);
+                let path = non_empty(r.sf_private_key_path);
+                let pem = match (path, inline) {
+                    (Some(_), Some(_)) => {
+                        return Err(err(
+                            "sf_private_key",
+                            "set either SF_PRIVATE_KEY or SF_PRIVATE_KEY_PATH, not both",
+                        ));
+                    }
+                    (None, None) => {
+                        return Err(err(
+                            "sf_private_key_path",
+                            "is required for SF_AUTH_FLOW=jwt (or set SF_PRIVATE_KEY)",
+                        ));
+                    }
+                    (None, Some(pem)) => pem,
+                    (Some(path), None) => SecretString::from(
+                        std::fs::read_to_string(&path)
+                            .map_err(|e| err("sf_private_key_path", format!("cannot read {path}: {e}")))?,
+                    ),
+                };
+                {
+                    use secrecy::ExposeSecret;
+                    if !pem.expose_secret().contains("PRIVATE KEY-----") {
+                        return Err(err("sf_private_key", "is not a PEM private key"));
+                    }
+                }
+                SalesforceAuth::Jwt {
+                    username,
+                    private_key_pem: pem,
+                }
+            }
+            "client_credentials" => SalesforceAuth::ClientCredentials {
+                client_secret: secret_non_empty(r.sf_client_secret).ok_or_else(|| {
+                    err("sf_client_secret", "is required for SF_AUTH_FLOW=client_credentials")
+                })?,
+            },
+            other => {
+                return Err(err(
+                    "sf_auth_flow",
+                    format!("must be jwt or client_credentials, got {other:?}"),
+                ));
+            }
+        };
+        let api_version = require("sf_api_version", r.sf_api_version)?;
+        let api_version = api_version.trim_start_matches('v').to_owned();
+        if api_version.parse::<f32>().is_err() {
+            return Err(err("sf_api_version", format!("must look like 65.0, got {api_version:?}")));
+        }
+
+        let whmcs_url = require("whmcs_api_url", r.whmcs_api_url)?;
+        http_url("whmcs_api_url", &whmcs_url)?;
+        let whmcs = WhmcsSettings {
+            api_url: whmcs_url,
+            identifier: require("whmcs_api_identifier", r.whmcs_api_identifier)?,
+            secret: secret_non_empty(r.whmcs_api_secret)
+                .ok_or_else(|| err("whmcs_api_secret", "is required"))?,
+            access_key: secret_non_empty(r.whmcs_api_access_key),
+            payment_method: require("whmcs_payment_method", r.whmcs_payment_method)?,
+            timeout: Duration::from_secs(r.whmcs_timeout_secs.max(1)),
+        };
+
+        let redis_url = require("redis_url", r.redis_url)?;
+        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+            return Err(err("redis_url", "must start with redis:// or rediss://"));
+        }
+        let queue_name = require("queue_name", r.queue_name)?;
+        if queue_name.contains(char::is_whitespace) {
+            return Err(err("queue_name", "must not contain spaces"));
+        }
+        if r.worker_concurrency == 0 {
+            return Err(err("worker_concurrency", "must be at least 1"));
+        }
+        if r.job_max_attempts == 0 {
+            return Err(err("job_max_attempts", "must be at least 1"));
+        }
+
+        let database_url = require("database_url", r.database_url)?;
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(err(
+                "database_url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if r.database_max_connections == 0 {
+            return Err(err("database_max_connections", "must be at least 1"));
+        }
+
+        let addr: SocketAddr = r
+            .http_addr
+            .trim()
+            .parse()
+            .map_err(|_| err("http_addr", format!("must be host:port, got {:?}", r.http_addr)))?;
+        let api_auth = match r.api_auth.trim() {
+            "jwt" => ApiAuth::Jwt {
+                secret: secret_non_empty(r.portal_jwt_secret).ok_or_else(|| {
+                    err("portal_jwt_secret", "is required unless API_AUTH=disabled")
+                })?,
+                account_claim: require("portal_jwt_account_claim", r.portal_jwt_account_claim)?,
+                issuer: non_empty(r.portal_jwt_issuer),
+                audience: non_empty(r.portal_jwt_audience),
+            },
+            "disabled" => ApiAuth::Disabled,
+            other => {
+                return Err(err("api_auth", format!("must be jwt or disabled, got {other:?}")));
+            }
+        };
+        let alert_webhook_url = non_empty(r.alert_webhook_url);
+        if let Some(u) = &alert_webhook_url {
+            http_url("alert_webhook_url", u)?;
+        }
+        let log_format = match r.log_format.trim() {
+            "json" => LogFormat::Json,
+            "pretty" => LogFormat::Pretty,
+            other => return Err(err("log_format", format!("must be json or pretty, got {other:?}"))),
+        };
+
+        Ok(Config {
+            events: EventsConfig {
+                enabled: r.sf_events_enabled,
+                channel,
+                replay,
+                endpoint: endpoint.trim_end_matches('/').to_owned(),
+                batch_size: r.sf_events_batch_size,
+                watchdog: Duration::from_secs(r.sf_events_watchdog_secs),
+                max_pending_jobs: r.sf_events_max_pending_jobs,
+                backoff_initial: Duration::from_millis(r.sf_events_backoff_initial_ms),
+                backoff_max: Duration::from_millis(r.sf_events_backoff_max_ms),
+                fields: EventFields {
+                    order_id: require("sf_field_event_order_id", r.sf_field_event_order_id)?,
+                    idem_key: require("sf_field_event_idem_key", r.sf_field_event_idem_key)?,
+                    correlation_id: require(
+                        "sf_field_event_correlation_id",
+                        r.sf_field_event_correlation_id,
+                    )?,
+                    requested_by: require(
+                        "sf_field_event_requested_by",
+                        r.sf_field_event_requested_by,
+                    )?,
+                },
+            },
+            salesforce: SalesforceConfig {
+                login_url,
+                client_id,
+                auth,
+                api_version,
+                http_timeout: Duration::from_secs(r.sf_http_timeout_secs.max(1)),
+                fields: OrderFieldNames {
+                    activation_status: require(
+                        "sf_field_activation_status",
+                        r.sf_field_activation_status,
+                    )?,
+                    whmcs_order_id: require("sf_field_whmcs_order_id", r.sf_field_whmcs_order_id)?,
+                    error_code: require("sf_field_error_code", r.sf_field_error_code)?,
+                    error_message: require("sf_field_error_message", r.sf_field_error_message)?,
+                    last_attempt_at: require("sf_field_last_attempt_at", r.sf_field_last_attempt_at)?,
+                    account_whmcs_client_id: require(
+                        "sf_field_account_whmcs_client_id",
+                        r.sf_field_account_whmcs_client_id,
+                    )?,
+                    product_whmcs_product_id: require(
+                        "sf_field_product_whmcs_product_id",
+                        r.sf_field_product_whmcs_product_id,
+                    )?,
+                    product_whmcs_billing_cycle: require(
+                        "sf_field_product_whmcs_billing_cycle",
+                        r.sf_field_product_whmcs_billing_cycle,
+                    )?,
+                },
+            },
+            whmcs,
+            queue: QueueConfig {
+                redis_url,
+                name: queue_name,
+                concurrency: r.worker_concurrency,
+                max_attempts: r.job_max_attempts,
+                backoff_initial: Duration::from_millis(r.job_backoff_initial_ms.max(1)),
+                backoff_max: Duration::from_millis(r.job_backoff_max_ms.max(r.job_backoff_initial_ms.max(1))),
+            },
+            database: DatabaseConfig {
+                url: database_url,
+                auto_migrate: r.database_auto_migrate,
+                max_connections: r.database_max_connections,
+            },
+            http: HttpConfig {
+                addr,
+                auth: api_auth,
+                lookup_cache: Duration::from_secs(r.order_lookup_cache_secs),
+            },
+            alert_webhook_url,
+            log_format,
+            shutdown_grace: Duration::from_secs(r.shutdown_grace_secs),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Vec<(String, String)> {
+        [
+            ("SF_CLIENT_ID", "cid"),
+            ("SF_AUTH_FLOW", "client_credentials"),
+            ("SF_CLIENT_SECRET", "12345"),
+            ("WHMCS_API_URL", "http://127.0.0.1:1/includes/api.php"),
+            ("WHMCS_API_IDENTIFIER", "id"),
+            ("WHMCS_API_SECRET", "s3cret"),
+            ("PORTAL_JWT_SECRET", "portal"),
+            ("PATH", "/usr/bin"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    fn with(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut env = base();
+        for (k, v) in extra {
+            env.retain(|(ek, _)| ek != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        Config::load_from(None, env)
+    }
+
+    fn without(key: &str) -> Result<Config, ConfigError> {
+        let env = base().into_iter().filter(|(k, _)| k != key).collect::<Vec<_>>();
+        Config::load_from(None, env)
+    }
+
+    #[test]
+    fn minimal_environment_is_valid_and_numeric_strings_stay_strings() {
+        let c = with(&[("SF_API_VERSION", "66.0"), ("WORKER_CONCURRENCY", "3")]).expect("valid");
+        assert_eq!(c.salesforce.api_version, "66.0");
+        assert_eq!(c.queue.concurrency, 3);
+        assert_eq!(c.events.replay, ReplayStart::Latest);
+        assert!(matches!(c.salesforce.auth, SalesforceAuth::ClientCredentials { .. }));
+    }
+
+    #[test]
+    fn each_failure_names_its_setting() {
+        let cases: Vec<(Result<Config, ConfigError>, &str)> = vec![
+            (without("SF_CLIENT_ID"), "SF_CLIENT_ID"),
+            (without("SF_CLIENT_SECRET"), "SF_CLIENT_SECRET"),
+            (without("WHMCS_API_URL"), "WHMCS_API_URL"),
+            (without("WHMCS_API_SECRET"), "WHMCS_API_SECRET"),
+            (without("PORTAL_JWT_SECRET"), "PORTAL_JWT_SECRET"),
+            (with(&[("DATABASE_URL", "mysql://x")]), "DATABASE_URL"),
+            (with(&[("REDIS_URL", "http://x")]), "REDIS_URL"),
+            (with(&[("SF_EVENTS_REPLAY", "SOMETIMES")]), "SF_EVENTS_REPLAY"),
+            (with(&[("SF_AUTH_FLOW", "password")]), "SF_AUTH_FLOW"),
+            (with(&[("SF_AUTH_FLOW", "jwt"), ("SF_USERNAME", "u")]), "SF_PRIVATE_KEY_PATH"),
+            (with(&[("SF_AUTH_FLOW", "jwt")]), "SF_USERNAME"),
+            (
+                with(&[("SF_AUTH_FLOW", "jwt"), ("SF_USERNAME", "u"), ("SF_PRIVATE_KEY_PATH", "/nonexistent/key.pem")]),
+                "SF_PRIVATE_KEY_PATH",
+            ),
+            (with(&[("HTTP_ADDR", "not-an-addr")]), "HTTP_ADDR"),
+            (with(&[("WORKER_CONCURRENCY", "0")]), "WORKER_CONCURRENCY"),
+            (with(&[("WORKER_CONCURRENCY", "many")]), "WORKER_CONCURRENCY"),
+            (with(&[("SF_EVENTS_BATCH_SIZE", "500")]), "SF_EVENTS_BATCH_SIZE"),
+            (with(&[("SF_PUBSUB_ENDPOINT", "grpc://x")]), "SF_PUBSUB_ENDPOINT"),
+            (with(&[("LOG_FORMAT", "xml")]), "LOG_FORMAT"),
+            (with(&[("API_AUTH", "maybe")]), "API_AUTH"),
+            (with(&[("ALERT_WEBHOOK_URL", "nope")]), "ALERT_WEBHOOK_URL"),
+        ];
+        for (result, setting) in cases {
+            let e = result.expect_err(setting);
+            assert_eq!(e.setting, setting, "{e}");
+            let line = e.to_string();
+            assert!(!line.contains('\n') && line.contains(setting), "{line}");
+        }
+    }
+
+    #[test]
+    fn api_auth_disabled_needs_no_secret() {
+        let env = base().into_iter().filter(|(k, _)| k != "PORTAL_JWT_SECRET");
+        let mut env: Vec<_> = env.collect();
+        env.push(("API_AUTH".into(), "disabled".into()));
+        let c = Config::load_from(None, env).expect("valid");
+        assert!(matches!(c.http.auth, ApiAuth::Disabled));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let c = with(&[]).expect("valid");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cret") && !dbg.contains("portal\"") && !dbg.contains("12345"), "{dbg}");
+    }
+
+    #[test]
+    fn file_layer_overrides_defaults_and_env_overrides_file() {
+        let dir = std::env::temp_dir().join(format!("prov-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "worker_concurrency = 4\nqueue_name = \"fromfile\"\n").expect("write");
+        let mut env = base();
+        env.push(("QUEUE_NAME".into(), "fromenv".into()));
+        let c = Config::load_from(Some(&path), env).expect("valid");
+        assert_eq!(c.queue.concurrency, 4);
+        assert_eq!(c.queue.name, "fromenv");
+        let missing = Config::load_from(Some(&dir.join("none.toml")), base()).expect_err("missing");
+        assert_eq!(missing.setting, "PROVISIONER_CONFIG");
+    }
+}

@@ -1,0 +1,616 @@
+//! The provisioning ledger (sqlx; SQLite by default, PostgreSQL for several replicas).
+//!
+//! It owns four tables (see `migrations/`): `orders` — one row per Salesforce Order and its
+//! state machine; `attempts` — the history of every attempt; `event_inbox` — every event id the
+//! subscriber has enqueued (or skipped as poison), so a redelivered event is never enqueued twice;
+//! `cursors` — the subscription's replay id.
+//!
+//! Invariants:
+//! - An Order is worked on by at most one job at a time: [`Ledger::claim`] takes a lease with a
+//!   single conditional `UPDATE`, and every state change is conditioned on still holding it.
+//!   A crashed holder's lease expires and another job takes over.
+//! - The intent to call WHMCS `AddOrder` (`state = adding`) is committed *before* the call and the
+//!   WHMCS order id right after it, so a re-run always knows whether it must reconcile first.
+//! - The inbox row and the cursor are written in one transaction, after the job is in Redis.
+//! - SQL is portable (TEXT and BIGINT only, `$n` placeholders) so one code path serves both
+//!   databases; migrations differ only where the dialects do (`migrations/{sqlite,postgres}`).
+
+use std::{collections::BTreeMap, str::FromStr, time::Duration};
+
+use sqlx::{
+    AnyPool, Row,
+    any::{AnyConnectOptions, AnyPoolOptions},
+    migrate::Migrator,
+};
+
+use crate::{config::DatabaseConfig, ids::SalesforceId};
+
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("ledger migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("ledger setup: {0}")]
+    Setup(String),
+}
+
+/// Which SQL engine backs the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// States of the per-Order state machine.
+pub mod state {
+    pub const NEW: &str = "new";
+    pub const ADDING: &str = "adding";
+    pub const WHMCS_ADDED: &str = "whmcs_added";
+    pub const WHMCS_ACCEPTED: &str = "whmcs_accepted";
+    pub const DONE: &str = "done";
+    pub const FAILED: &str = "failed";
+}
+
+/// Outcomes written back to Salesforce.
+pub mod outcome {
+    pub const PROVISIONED: &str = "Provisioned";
+    pub const FAILED: &str = "Failed";
+}
+
+/// One Order as the ledger knows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct OrderRecord {
+    pub sf_order_id: String,
+    pub state: String,
+    pub outcome: Option<String>,
+    pub account_id: Option<String>,
+    pub whmcs_client_id: Option<String>,
+    pub whmcs_order_id: Option<i64>,
+    pub whmcs_service_ids: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub sf_status: Option<String>,
+    pub last_event_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One attempt in an Order's history.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AttemptRecord {
+    pub id: i64,
+    pub event_id: Option<String>,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub outcome: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+const ORDER_COLUMNS: &str = "sf_order_id, state, outcome, account_id, whmcs_client_id, \
+    whmcs_order_id, whmcs_service_ids, error_code, error_message, sf_status, last_event_id, \
+    correlation_id, attempts, created_at, updated_at";
+
+fn order_from_row(row: &sqlx::any::AnyRow) -> Result<OrderRecord> {
+    Ok(OrderRecord {
+        sf_order_id: row.try_get("sf_order_id")?,
+        state: row.try_get("state")?,
+        outcome: row.try_get("outcome")?,
+        account_id: row.try_get("account_id")?,
+        whmcs_client_id: row.try_get("whmcs_client_id")?,
+        whmcs_order_id: row.try_get("whmcs_order_id")?,
+        whmcs_service_ids: row.try_get("whmcs_service_ids")?,
+        error_code: row.try_get("error_code")?,
+        error_message: row.try_get("error_message")?,
+        sf_status: row.try_get("sf_status")?,
+        last_event_id: row.try_get("last_event_id")?,
+        correlation_id: row.try_get("correlation_id")?,
+        attempts: row.try_get("attempts")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// A change to an Order row, applied only while the caller holds the lease.
+#[derive(Debug, Clone, Default)]
+pub struct Change<'a> {
+    pub state: Option<&'a str>,
+    pub outcome: Option<Option<&'a str>>,
+    pub account_id: Option<&'a str>,
+    pub whmcs_client_id: Option<&'a str>,
+    pub whmcs_order_id: Option<i64>,
+    pub whmcs_service_ids: Option<&'a str>,
+    pub error: Option<Option<(&'a str, &'a str)>>,
+    pub sf_status: Option<&'a str>,
+    pub last_event_id: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+}
+
+/// Handle to the ledger database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Ledger {
+    /// Connects (creating a SQLite file and its directory if absent) without migrating.
+    pub async fn connect(cfg: &DatabaseConfig) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if cfg.url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let mut url = cfg.url.clone();
+        if backend == Backend::Sqlite {
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:")
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if path != ":memory:" && !path.is_empty() {
+                if let Some(dir) = std::path::Path::new(&path).parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir).map_err(|e| {
+                            LedgerError::Setup(format!("cannot create {}: {e}", dir.display()))
+                        })?;
+                    }
+                }
+            }
+            if !url.contains("mode=") {
+                url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+            }
+        }
+        let opts = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite {
+                cfg.max_connections.min(4)
+            } else {
+                cfg.max_connections
+            })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        use sqlx::Executor;
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA busy_timeout = 10000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Connects and, if `auto_migrate`, applies pending migrations.
+    pub async fn open(cfg: &DatabaseConfig) -> Result<Self> {
+        let ledger = Self::connect(cfg).await?;
+        if cfg.auto_migrate {
+            ledger.migrate().await?;
+        }
+        Ok(ledger)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies pending migrations (takes the database's migration lock).
+    pub async fn migrate(&self) -> Result<()> {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATOR.run(&self.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATOR.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// One round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // ── cursor and inbox ────────────────────────────────────────────────────────────────────
+
+    /// The stored replay id of a channel.
+    pub async fn load_cursor(&self, channel: &str) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT replay_id FROM cursors WHERE channel = $1")
+            .bind(channel)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => hex::decode(r.try_get::<String, _>("replay_id")?).ok(),
+            None => None,
+        })
+    }
+
+    /// Stores the replay id of a channel (used for keepalive `latest_replay_id`s and by
+    /// operators); `fencing_token` rejects a write from a subscriber that lost its lease.
+    pub async fn save_cursor(&self, channel: &str, replay_id: &[u8], fencing_token: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "INSERT INTO cursors (channel, replay_id, fencing_token, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id, \
+             fencing_token = excluded.fencing_token, updated_at = excluded.updated_at \
+             WHERE cursors.fencing_token <= excluded.fencing_token",
+        )
+        .bind(channel)
+        .bind(hex::encode(replay_id))
+        .bind(fencing_token)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Forgets a channel's cursor (the next subscription starts from the configured preset).
+    pub async fn clear_cursor(&self, channel: &str) -> Result<()> {
+        sqlx::query("DELETE FROM cursors WHERE channel = $1")
+            .bind(channel)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Which of these event ids the inbox already holds.
+    pub async fn seen_events(&self, event_ids: &[&str]) -> Result<Vec<String>> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (1..=event_ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT event_id FROM event_inbox WHERE event_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for id in event_ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("event_id").map_err(Into::into))
+            .collect()
+    }
+
+    /// Records a batch of handled events in the inbox and advances the cursor, atomically.
+    /// Call only after their jobs are durably in the queue.
+    pub async fn record_events(
+        &self,
+        channel: &str,
+        events: &[InboxEntry<'_>],
+        cursor: &[u8],
+        fencing_token: i64,
+    ) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        for e in events {
+            sqlx::query(
+                "INSERT INTO event_inbox (event_id, replay_id, sf_order_id, status, received_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(e.event_id)
+            .bind(hex::encode(e.replay_id))
+            .bind(e.sf_order_id)
+            .bind(e.status)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO cursors (channel, replay_id, fencing_token, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id, \
+             fencing_token = excluded.fencing_token, updated_at = excluded.updated_at \
+             WHERE cursors.fencing_token <= excluded.fencing_token",
+        )
+        .bind(channel)
+        .bind(hex::encode(cursor))
+        .bind(fencing_token)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Number of events in the inbox by status (`enqueued`, `poison`).
+    pub async fn inbox_counts(&self) -> Result<BTreeMap<String, i64>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM event_inbox GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            out.insert(r.try_get("status")?, r.try_get("n")?);
+        }
+        Ok(out)
+    }
+
+    // ── orders ──────────────────────────────────────────────────────────────────────────────
+
+    /// Takes the Order's lease for `owner` if nobody holds a live one. Returns the row when
+    /// acquired, `None` when another job holds it.
+    pub async fn claim(
+        &self,
+        order: &SalesforceId,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<OrderRecord>> {
+        let now = now_ms();
+        let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        sqlx::query(
+            "INSERT INTO orders (sf_order_id, state, attempts, created_at, updated_at) \
+             VALUES ($1, $2, 0, $3, $3) ON CONFLICT (sf_order_id) DO NOTHING",
+        )
+        .bind(order.as_str())
+        .bind(state::NEW)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let acquired = sqlx::query(
+            "UPDATE orders SET lease_owner = $2, lease_until = $3, attempts = attempts + 1, \
+             updated_at = $4 WHERE sf_order_id = $1 \
+             AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < $4)",
+        )
+        .bind(order.as_str())
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if acquired == 0 {
+            return Ok(None);
+        }
+        self.get(order).await
+    }
+
+    /// Extends a held lease; `false` when it was lost.
+    pub async fn renew(&self, order: &SalesforceId, owner: &str, lease: Duration) -> Result<bool> {
+        let now = now_ms();
+        let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let n = sqlx::query(
+            "UPDATE orders SET lease_until = $3 WHERE sf_order_id = $1 AND lease_owner = $2",
+        )
+        .bind(order.as_str())
+        .bind(owner)
+        .bind(until)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Gives the lease back.
+    pub async fn release(&self, order: &SalesforceId, owner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE orders SET lease_owner = NULL, lease_until = NULL \
+             WHERE sf_order_id = $1 AND lease_owner = $2",
+        )
+        .bind(order.as_str())
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Applies a change while `owner` still holds the lease; `false` when it was lost (the
+    /// caller must stop: another job owns the Order now).
+    pub async fn update(&self, order: &SalesforceId, owner: &str, c: &Change<'_>) -> Result<bool> {
+        let mut sets: Vec<String> = vec!["updated_at = $3".into()];
+        let mut n = 3;
+        let mut next = |col: &str, sets: &mut Vec<String>| {
+            n += 1;
+            sets.push(format!("{col} = ${n}"));
+        };
+        // The bind order below must follow the column order pushed here.
+        if c.state.is_some() {
+            next("state", &mut sets);
+        }
+        if c.outcome.is_some() {
+            next("outcome", &mut sets);
+        }
+        if c.account_id.is_some() {
+            next("account_id", &mut sets);
+        }
+        if c.whmcs_client_id.is_some() {
+            next("whmcs_client_id", &mut sets);
+        }
+        if c.whmcs_order_id.is_some() {
+            next("whmcs_order_id", &mut sets);
+        }
+        if c.whmcs_service_ids.is_some() {
+            next("whmcs_service_ids", &mut sets);
+        }
+        if c.error.is_some() {
+            next("error_code", &mut sets);
+            next("error_message", &mut sets);
+        }
+        if c.sf_status.is_some() {
+            next("sf_status", &mut sets);
+        }
+        if c.last_event_id.is_some() {
+            next("last_event_id", &mut sets);
+        }
+        if c.correlation_id.is_some() {
+            next("correlation_id", &mut sets);
+        }
+        let sql = format!(
+            "UPDATE orders SET {} WHERE sf_order_id = $1 AND lease_owner = $2",
+            sets.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(order.as_str()).bind(owner).bind(now_ms());
+        if let Some(v) = c.state {
+            q = q.bind(v);
+        }
+        if let Some(v) = c.outcome {
+            q = q.bind(v);
+        }
+        if let Some(v) = c.account_id {
+            q = q.bind(v);
+        }
+        if let Some(v) = c.whmcs_client_id {
+            q = q.bind(v);
+        }
+        if let Some(v) = c.whmcs_order_id {
+            q = q.bind(v);
+        }
+        if let Some(v) = c.whmcs_service_ids {
+            q = q.bind(v);
+        }
+        if let Some(v) = c.error {
+            q = q.bind(v.map(|(code, _)| code)).bind(v.map(|(_, msg)| msg));
+        }
+        if let Some(v) = c.sf_status {
+            q = q.bind(v);
+        }
+        if let Some(v) = c.last_event_id {
+            q = q.bind(v);
+        }
+        if let Some(v) = c.correlation_id {
+            q = q.bind(v);
+        }
+        Ok(q.execute(&self.pool).await?.rows_affected() > 0)
+    }
+
+    /// The Order's row, if the ledger knows it.
+    pub async fn get(&self, order: &SalesforceId) -> Result<Option<OrderRecord>> {
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE sf_order_id = $1");
+        let row = sqlx::query(&sql)
+            .bind(order.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(order_from_row).transpose()
+    }
+
+    /// Most recently updated Orders, optionally in one state.
+    pub async fn list(&self, state: Option<&str>, limit: i64) -> Result<Vec<OrderRecord>> {
+        let rows = match state {
+            Some(s) => {
+                let sql = format!(
+                    "SELECT {ORDER_COLUMNS} FROM orders WHERE state = $1 ORDER BY updated_at DESC LIMIT $2"
+                );
+                sqlx::query(&sql).bind(s).bind(limit).fetch_all(&self.pool).await?
+            }
+            None => {
+                let sql =
+                    format!("SELECT {ORDER_COLUMNS} FROM orders ORDER BY updated_at DESC LIMIT $1");
+                sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?
+            }
+        };
+        rows.iter().map(order_from_row).collect()
+    }
+
+    /// Number of Orders per state.
+    pub async fn counts_by_state(&self) -> Result<BTreeMap<String, i64>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM orders GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            out.insert(r.try_get("state")?, r.try_get("n")?);
+        }
+        Ok(out)
+    }
+
+    /// Opens an attempt in the Order's history.
+    pub async fn start_attempt(&self, order: &SalesforceId, event_id: Option<&str>) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO attempts (sf_order_id, event_id, started_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(order.as_str())
+        .bind(event_id)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("id")?)
+    }
+
+    /// Closes an attempt with its outcome.
+    pub async fn finish_attempt(
+        &self,
+        attempt_id: i64,
+        outcome: &str,
+        error: Option<(&str, &str)>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE attempts SET finished_at = $2, outcome = $3, error_code = $4, error_message = $5 \
+             WHERE id = $1",
+        )
+        .bind(attempt_id)
+        .bind(now_ms())
+        .bind(outcome)
+        .bind(error.map(|e| e.0))
+        .bind(error.map(|e| e.1))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// An Order's attempt history, oldest first.
+    pub async fn attempts(&self, order: &SalesforceId) -> Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, event_id, started_at, finished_at, outcome, error_code, error_message \
+             FROM attempts WHERE sf_order_id = $1 ORDER BY id",
+        )
+        .bind(order.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRecord {
+                    id: r.try_get("id")?,
+                    event_id: r.try_get("event_id")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                    outcome: r.try_get("outcome")?,
+                    error_code: r.try_get("error_code")?,
+                    error_message: r.try_get("error_message")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Finished attempts since `since_ms`, split into (failed, total), for the alert window.
+    pub async fn outcome_counts_since(&self, since_ms: i64) -> Result<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN outcome = $2 THEN 1 ELSE 0 END), 0) AS failed, \
+             COUNT(*) AS total FROM attempts WHERE finished_at >= $1 AND outcome IN ($2, $3)",
+        )
+        .bind(since_ms)
+        .bind(outcome::FAILED)
+        .bind(outcome::PROVISIONED)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("failed")?, row.try_get("total")?))
+    }
+}
+
+/// One event to record in the inbox.
+#[derive(Debug, Clone)]
+pub struct InboxEntry<'a> {
+    pub event_id: &'a str,
+    pub replay_id: &'a [u8],
+    pub sf_order_id: Option<&'a str>,
+    /// `enqueued` or `poison`.
+    pub status: &'a str,
+}
