@@ -2,8 +2,20 @@
 //! event) into provisioned WHMCS orders, exactly once, and reports back to Salesforce and to the
 //! customer portal. See `docs/ARCHITECTURE.md` for the design and its invariants.
 
+pub mod app;
+pub mod check;
+pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod error;
+pub mod http;
 pub mod ids;
 pub mod ledger;
+pub mod metrics;
+pub mod queue;
 pub mod salesforce;
+pub mod sim;
+pub mod telemetry;
+pub mod whmcs;
+pub mod worker;

@@ -1,1 +1,16 @@
-fn main(){}
+//! `provisioner` binary: parse the command line, load configuration, start telemetry and hand
+//! over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use provisioner::{
+    cli::{Cli, Command},
+    commands,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    commands::dispatch(cli.config.as_deref(), cli.command.unwrap_or(Command::Serve)).await
+}

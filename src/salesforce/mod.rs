@@ -4,4 +4,5 @@
 
 pub mod event;
 pub mod pb;
+pub mod subscriber;
 pub mod rest;

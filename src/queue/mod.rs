@@ -1,0 +1,279 @@
+//! The `provisioning` job queue: apalis + apalis-redis, with the workarounds that apalis-redis
+//! 1.0 needs to be safe in a long-running daemon (see `docs/ARCHITECTURE.md`, "Queue").
+//!
+//! Redis key layout (prefix = queue name, default `provisioning`):
+//! `:scheduled` ZSET (every push lands here first), `:active` LIST, `:inflight:<worker>` SET,
+//! `:data` HASH (id → job JSON), `:meta:<id>` HASH, `:done` / `:dead` SETs, `:workers` ZSET.
+//!
+//! Invariants and workarounds:
+//! - Job ids are the event's EventUuid (or a reconciler/operator id), so pushing the same event
+//!   twice is a no-op (`HSETNX` on `:data`).
+//! - The connection manager has a 10 s response timeout (the 500 ms default kills workers).
+//! - Each worker gets a unique name per process and per restart; the orphan timeout is
+//!   heartbeat × missed heartbeats, set explicitly (10 s × 3).
+//! - Workers poll every 200 ms; tasks run on their own tokio task.
+//! - The handler never returns a plain `Err` for business outcomes (the backend would retry it
+//!   up to 25 times); transient retries happen inside the job, bounded by `job_max_attempts`.
+//! - Queue statistics are read from the keys directly (the built-in metrics are broken).
+//! - The backlog stays far below the ~8,000 due-jobs limit of `fetch_next.lua`: the subscriber
+//!   stops fetching events above `sf_events_max_pending_jobs`.
+
+use std::time::Duration;
+
+use apalis::prelude::*;
+use apalis_redis::{Config as RedisQueueConfig, ConnectionManager, RedisStorage};
+use serde::{Deserialize, Serialize};
+
+use crate::config::QueueConfig;
+
+pub type Result<T, E = QueueError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("queue push failed: {0}")]
+    Push(String),
+}
+
+/// Heartbeat interval of queue workers.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Missed heartbeats after which a worker's jobs are re-enqueued by another worker.
+pub const MISSED_HEARTBEATS: usize = 3;
+/// How often idle workers look for new jobs.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Why a job was enqueued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobSource {
+    /// A Pub/Sub event.
+    Event,
+    /// The stuck-order reconciler.
+    Reconciler,
+    /// An operator, through the CLI.
+    Operator,
+}
+
+/// Provision one Salesforce Order. Idempotent: the ledger row of `order_id` decides what is
+/// left to do, so running it twice never creates a second WHMCS order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionOrderV1 {
+    /// EventUuid of the triggering event (or a generated id for reconciler/operator jobs).
+    pub event_id: String,
+    /// Hex replay id of the triggering event, if any.
+    pub replay_id: Option<String>,
+    /// 18-character Salesforce Order id.
+    pub order_id: String,
+    pub idem_key: Option<String>,
+    pub correlation_id: String,
+    /// Event `CreatedDate`, epoch ms (for event-lag metrics).
+    pub event_created_ms: i64,
+    pub source: JobSource,
+}
+
+/// The queue payload: typed and versioned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Job {
+    ProvisionOrderV1(ProvisionOrderV1),
+}
+
+impl Job {
+    /// The job id in Redis (dedupe key).
+    pub fn id(&self) -> &str {
+        match self {
+            Job::ProvisionOrderV1(j) => &j.event_id,
+        }
+    }
+}
+
+/// Counts by state, read straight from the Redis keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    pub pending: u64,
+    pub delayed: u64,
+    pub running: u64,
+    pub failed: u64,
+    pub done: u64,
+    pub workers: u64,
+}
+
+/// Producer side and statistics of the queue; cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    storage: RedisStorage<Job>,
+    conn: ConnectionManager,
+    cfg: RedisQueueConfig,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("queue", &self.cfg.active_jobs_list()).finish()
+    }
+}
+
+/// Opens a Redis connection manager with timeouts that do not kill workers under load.
+pub async fn connect_redis(url: &str) -> Result<ConnectionManager> {
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(6)
+        .set_max_delay(Duration::from_secs(2));
+    Ok(redis::Client::open(url)?
+        .get_connection_manager_with_config(cfg)
+        .await?)
+}
+
+impl Queue {
+    pub async fn connect(cfg: &QueueConfig) -> Result<Self> {
+        let conn = connect_redis(&cfg.redis_url).await?;
+        let qcfg = RedisQueueConfig::default()
+            .queue(&cfg.name)
+            .batch_size(cfg.concurrency.clamp(1, 50))
+            .heartbeat_interval(HEARTBEAT)
+            .missed_heartbeats(MISSED_HEARTBEATS)
+            .emit_events(false)
+            .idempotency_ttl(Some(Duration::from_secs(72 * 3600)));
+        let storage = RedisStorage::<Job>::new(conn.clone()).with_config(qcfg.clone());
+        Ok(Self {
+            storage,
+            conn,
+            cfg: qcfg,
+        })
+    }
+
+    /// The apalis storage, for workers.
+    pub fn storage(&self) -> RedisStorage<Job> {
+        self.storage.clone()
+    }
+
+    pub fn redis(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Durably enqueues jobs (one Redis round trip per batch); an id already present is ignored.
+    pub async fn push(&self, jobs: Vec<Job>) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let tasks: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                let id = TaskId::from_string(job.id().to_owned());
+                TaskBuilder::new(job).task_id(id).build()
+            })
+            .collect();
+        let mut storage = self.storage.clone();
+        storage
+            .push_all(futures::stream::iter(tasks))
+            .await
+            .map_err(|e| QueueError::Push(e.to_string()))
+    }
+
+    /// Number of jobs waiting to run (ready now).
+    pub async fn pending(&self) -> Result<u64> {
+        Ok(self.stats().await?.pending)
+    }
+
+    /// Counts by state.
+    pub async fn stats(&self) -> Result<QueueStats> {
+        let mut conn = self.conn.clone();
+        let now = chrono::Utc::now().timestamp();
+        let workers: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.cfg.workers_set())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        let mut p = redis::pipe();
+        p.cmd("LLEN")
+            .arg(self.cfg.active_jobs_list())
+            .cmd("ZCOUNT")
+            .arg(self.cfg.scheduled_jobs_set())
+            .arg(0)
+            .arg(now)
+            .cmd("ZCOUNT")
+            .arg(self.cfg.scheduled_jobs_set())
+            .arg(format!("({now}"))
+            .arg("+inf")
+            .cmd("SCARD")
+            .arg(self.cfg.done_jobs_set())
+            .cmd("SCARD")
+            .arg(self.cfg.dead_jobs_set());
+        for w in &workers {
+            p.cmd("SCARD")
+                .arg(format!("{}:{}", self.cfg.inflight_jobs_set(), w));
+        }
+        let v: Vec<u64> = p.query_async(&mut conn).await?;
+        let at = |i: usize| v.get(i).copied().unwrap_or_default();
+        Ok(QueueStats {
+            pending: at(0) + at(1),
+            delayed: at(2),
+            done: at(3),
+            failed: at(4),
+            running: v.iter().skip(5).sum(),
+            workers: workers.len() as u64,
+        })
+    }
+
+    /// Number of distinct jobs ever pushed and not yet cleaned up (`HLEN :data`).
+    pub async fn job_count(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("HLEN")
+            .arg(self.cfg.job_data_hash())
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Whether a job with this id is stored.
+    pub async fn contains(&self, id: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("HEXISTS")
+            .arg(self.cfg.job_data_hash())
+            .arg(id)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Round trip for readiness checks.
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Deletes finished jobs older than `age`: data, meta and their ids in `:done`
+    /// (apalis never expires them).
+    pub async fn cleanup(&self, age: Duration) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let done: Vec<String> = redis::cmd("SRANDMEMBER")
+            .arg(self.cfg.done_jobs_set())
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        let cutoff = chrono::Utc::now().timestamp() - i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+        let mut removed = 0;
+        for id in done {
+            let meta = format!("{}:{}", self.cfg.job_meta_hash(), id);
+            let done_at: Option<i64> = redis::cmd("HGET")
+                .arg(&meta)
+                .arg("done_at")
+                .query_async(&mut conn)
+                .await?;
+            if done_at.is_some_and(|t| t < cutoff) {
+                let mut p = redis::pipe();
+                p.cmd("SREM").arg(self.cfg.done_jobs_set()).arg(&id).ignore();
+                p.cmd("HDEL").arg(self.cfg.job_data_hash()).arg(&id).ignore();
+                p.cmd("DEL").arg(&meta).ignore();
+                let () = p.query_async(&mut conn).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    pub fn config(&self) -> &RedisQueueConfig {
+        &self.cfg
+    }
+}
