@@ -212,6 +212,11 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// The connection pool (operator tools and tests).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

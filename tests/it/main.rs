@@ -1,0 +1,8 @@
+//! Integration tests: the real daemon (in-process) against the simulator over loopback, a real
+//! Redis (unique queue name per test) and a fresh SQLite file or PostgreSQL schema per test.
+
+mod helpers;
+mod http;
+mod pipeline;
+mod process;
+mod subscriber;

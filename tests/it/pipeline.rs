@@ -1,0 +1,221 @@
+//! The provisioning pipeline end to end: approval → event → queue → worker → WHMCS → write-back.
+
+use std::time::Duration;
+
+use provisioner::{
+    ids::SalesforceId,
+    queue::{Job, JobSource, ProvisionOrderV1},
+    sim::{Faults, ItemSeed, OrderSeed, WhmcsFaultKind},
+};
+
+use crate::helpers::{Db, Options, TestApp, spawn_app, wait_until};
+
+async fn approve_all_and_check(db: Db, n: usize) {
+    let mut app = spawn_app(Options { db, ..Default::default() }).await;
+    let ids = app.seed(n);
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    app.wait_terminal(&ids, Duration::from_secs(120)).await;
+    for id in &ids {
+        assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
+        let c = app.sim.sim.counts(id);
+        assert_eq!((c.soql, c.patch), (1, 1), "exactly 2 Salesforce calls for {id}");
+        assert_eq!((c.add_order, c.accept_order), (1, 1), "{id}");
+        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
+        let o = app.sim.sim.order(id).expect("order");
+        assert!(o.whmcs_order_id.is_some() && o.error_code.is_none());
+        assert_eq!(o.status, "Activated");
+    }
+    let t = app.sim.sim.totals();
+    assert_eq!((t.add_order, t.accept_order), (n as u64, n as u64));
+    assert_eq!((t.soql, t.patch), (n as u64, n as u64));
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_orders_sqlite() {
+    approve_all_and_check(Db::Sqlite, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_orders_postgres() {
+    approve_all_and_check(Db::Postgres, 500).await;
+}
+
+fn job_for(id: &SalesforceId, event_id: &str) -> Job {
+    Job::ProvisionOrderV1(ProvisionOrderV1 {
+        event_id: event_id.to_owned(),
+        replay_id: None,
+        order_id: id.to_string(),
+        idem_key: None,
+        correlation_id: event_id.to_owned(),
+        event_created_ms: 0,
+        source: JobSource::Operator,
+    })
+}
+
+async fn duplicates_make_one_order(db: Db) {
+    let mut app = spawn_app(Options { db, ..Default::default() }).await;
+    let id = app.seed(1).remove(0);
+    app.sim.sim.approve(&id);
+    // The same Order handed to the workers three more times at once, under other job ids, as
+    // a redelivery after a crash or a second replica would.
+    app.state
+        .queue
+        .push(vec![job_for(&id, "dup-a"), job_for(&id, "dup-b"), job_for(&id, "dup-c")])
+        .await
+        .expect("push");
+    app.wait_terminal(&[id.clone()], Duration::from_secs(60)).await;
+    wait_until(Duration::from_secs(30), "all four jobs to finish", || async {
+        app.state.queue.stats().await.map(|s| s.done >= 4).unwrap_or(false)
+    })
+    .await;
+    assert_eq!(app.activation(&id).as_deref(), Some("Activated"));
+    assert_eq!(app.sim.sim.whmcs_orders_for(&id).len(), 1);
+    assert_eq!(app.sim.sim.counts(&id).add_order, 1);
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_jobs_make_one_whmcs_order_sqlite() {
+    duplicates_make_one_order(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_jobs_make_one_whmcs_order_postgres() {
+    duplicates_make_one_order(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_add_order_is_reconciled_not_repeated() {
+    let mut app = spawn_app(Options::default()).await;
+    // Every WHMCS call creates its effect, then answers 500: AddOrder's outcome is unknown.
+    app.sim.sim.set_faults(Faults {
+        whmcs_error_rate: 1.0,
+        whmcs_error_kind: WhmcsFaultKind::AfterCommit,
+        ..Faults::default()
+    });
+    let ids = app.seed(5);
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    wait_until(Duration::from_secs(60), "AddOrder to be attempted for every order", || async {
+        ids.iter().all(|id| app.sim.sim.counts(id).add_order >= 1)
+    })
+    .await;
+    app.sim.sim.set_faults(Faults::default());
+    app.wait_terminal(&ids, Duration::from_secs(60)).await;
+    for id in &ids {
+        assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
+        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "one WHMCS order for {id}");
+    }
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_error_fails_then_retrigger_after_fix_succeeds_once() {
+    let mut app = spawn_app(Options::default()).await;
+    let id = app.sim.sim.seed_order(OrderSeed {
+        items: vec![ItemSeed {
+            product_id: Some("99".into()),
+            ..ItemSeed::default()
+        }],
+        ..OrderSeed::default()
+    });
+    app.sim.sim.set_faults(Faults {
+        whmcs_reject_products: vec!["99".into()],
+        ..Faults::default()
+    });
+    app.sim.sim.approve(&id);
+    app.wait_terminal(&[id.clone()], Duration::from_secs(60)).await;
+    let o = app.sim.sim.order(&id).expect("order");
+    assert_eq!(o.activation_status.as_deref(), Some("Failed"));
+    assert_eq!(o.error_code.as_deref(), Some("WHMCS_NO_ITEMS"));
+    assert!(o.error_message.as_deref().is_some_and(|m| !m.is_empty() && m.chars().count() <= 255));
+    assert_eq!(app.sim.sim.counts(&id).add_order, 1, "business errors are not retried");
+
+    // The operator fixes the mapping and re-triggers.
+    app.sim.sim.set_item_product(&id, 0, Some("1".into()));
+    app.sim.sim.approve(&id);
+    wait_until(Duration::from_secs(60), "re-triggered order to activate", || async {
+        app.activation(&id).as_deref() == Some("Activated")
+    })
+    .await;
+    assert_eq!(app.sim.sim.whmcs_orders_for(&id).len(), 1);
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_mapping_is_a_precise_failure() {
+    let mut app = spawn_app(Options::default()).await;
+    let no_client = app.sim.sim.seed_order(OrderSeed {
+        whmcs_client_id: None,
+        ..OrderSeed::default()
+    });
+    let no_product = app.sim.sim.seed_order(OrderSeed {
+        items: vec![ItemSeed {
+            product_id: None,
+            ..ItemSeed::default()
+        }],
+        ..OrderSeed::default()
+    });
+    app.sim.sim.approve(&no_client);
+    app.sim.sim.approve(&no_product);
+    app.wait_terminal(&[no_client.clone(), no_product.clone()], Duration::from_secs(60)).await;
+    let a = app.sim.sim.order(&no_client).expect("order");
+    let b = app.sim.sim.order(&no_product).expect("order");
+    assert_eq!(a.error_code.as_deref(), Some("MAPPING_CLIENT_MISSING"));
+    assert_eq!(b.error_code.as_deref(), Some("MAPPING_PRODUCT_MISSING"));
+    assert_eq!(app.sim.sim.totals().add_order, 0);
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flaky_whmcs_still_provisions_everything_once() {
+    let mut app = spawn_app(Options {
+        extra_env: vec![("JOB_MAX_ATTEMPTS", "12".into())],
+        ..Default::default()
+    })
+    .await;
+    app.sim.sim.set_faults(Faults {
+        whmcs_error_rate: 0.3,
+        whmcs_error_kind: WhmcsFaultKind::Http500,
+        seed: 7,
+        ..Faults::default()
+    });
+    let ids = app.seed(60);
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    app.wait_terminal(&ids, Duration::from_secs(120)).await;
+    for id in &ids {
+        assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
+        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
+    }
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_not_activating_gets_no_whmcs_call() {
+    let mut app = spawn_app(Options::default()).await;
+    let id = app.seed(1).remove(0);
+    app.sim.sim.approve(&id);
+    // The operator pulls the order back before the worker reads it.
+    app.sim.sim.set_order_field(&id, "Activation_Status__c", serde_json::json!("Draft"));
+    let control = app.seed(1).remove(0);
+    app.sim.sim.approve(&control);
+    app.wait_terminal(&[control.clone()], Duration::from_secs(60)).await;
+    wait_until(Duration::from_secs(30), "the guarded order to be read", || async {
+        app.sim.sim.counts(&id).soql >= 1
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "its job to finish", || async {
+        app.state.queue.stats().await.map(|s| s.done >= 2).unwrap_or(false)
+    })
+    .await;
+    let c = app.sim.sim.counts(&id);
+    assert_eq!((c.add_order, c.accept_order, c.patch), (0, 0, 0));
+    assert!(app.state.metrics.render().contains("reason=\"not_activating\""));
+    app.stop().await.expect("stop");
+}

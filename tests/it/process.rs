@@ -1,0 +1,110 @@
+//! The real binary as a child process: crashes (SIGKILL), graceful shutdown (SIGTERM),
+//! configuration errors and the command line.
+
+use std::{process::Stdio, time::Duration};
+
+use provisioner::sim::Faults;
+use tokio::process::{Child, Command};
+
+use crate::helpers::{Options, TestApp, spawn_app, wait_until};
+
+fn daemon(app: &TestApp) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_provisioner"));
+    cmd.arg("serve")
+        .env_clear()
+        .envs(app.env.iter().cloned())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(if std::env::var("TEST_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
+        .kill_on_drop(true);
+    cmd.spawn().expect("spawn provisioner")
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("running");
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_add_order_is_reconciled_on_restart() {
+    let app = spawn_app(Options { start: false, ..Default::default() }).await;
+    // WHMCS takes long to answer AddOrder: the process dies after WHMCS created the order but
+    // before the ledger recorded its id.
+    app.sim.sim.set_faults(Faults { whmcs_latency_ms: 60_000, ..Faults::default() });
+    let id = app.seed(1).remove(0);
+    let mut child = daemon(&app);
+    app.sim.sim.approve(&id);
+    wait_until(Duration::from_secs(60), "AddOrder to reach WHMCS", || async {
+        app.sim.sim.whmcs_orders_for(&id).len() == 1
+    })
+    .await;
+    child.kill().await.expect("SIGKILL");
+    app.sim.sim.set_faults(Faults::default());
+    let mut child = daemon(&app);
+    app.wait_terminal(&[id.clone()], Duration::from_secs(150)).await;
+    assert_eq!(app.activation(&id).as_deref(), Some("Activated"));
+    assert_eq!(app.sim.sim.whmcs_orders_for(&id).len(), 1, "one WHMCS order");
+    assert_eq!(app.sim.sim.counts(&id).add_order, 1, "AddOrder is never sent twice");
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").expect("status");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_work_exits_zero_and_leaves_nothing_half_done() {
+    let app = spawn_app(Options { start: false, ..Default::default() }).await;
+    app.sim.sim.set_faults(Faults { whmcs_latency_ms: 300, ..Faults::default() });
+    let ids = app.seed(20);
+    let mut child = daemon(&app);
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    wait_until(Duration::from_secs(60), "work to be under way", || async {
+        app.sim.sim.totals().add_order >= 1
+    })
+    .await;
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").expect("status");
+    assert!(status.success(), "exit status {status}");
+    // Whatever was started is either finished or resumes cleanly: a second run completes all.
+    app.sim.sim.set_faults(Faults::default());
+    let mut child = daemon(&app);
+    app.wait_terminal(&ids, Duration::from_secs(120)).await;
+    for id in &ids {
+        assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
+        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
+    }
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").expect("status");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn config_error_stops_with_one_line_naming_the_setting() {
+    let out = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .arg("serve")
+        .env_clear()
+        .env("WHMCS_API_URL", "http://127.0.0.1:1/includes/api.php")
+        .output()
+        .await
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("SF_CLIENT_ID"), "{stderr}");
+}
+
+#[tokio::test]
+async fn help_lists_the_commands() {
+    let out = Command::new(env!("CARGO_BIN_EXE_provisioner")).arg("--help").output().await.expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["serve", "migrate", "check", "healthcheck", "sim", "demo"] {
+        assert!(text.contains(cmd), "{cmd} missing from --help:\n{text}");
+    }
+}
