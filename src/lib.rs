@@ -4,4 +4,6 @@
 
 pub mod error;
 pub mod ids;
+pub mod lenient;
+pub mod net;
 pub mod salesforce;
