@@ -5,3 +5,4 @@
 pub mod auth;
 pub mod event;
 pub mod pb;
+pub mod rest;
