@@ -7,3 +7,4 @@ pub mod ids;
 pub mod lenient;
 pub mod net;
 pub mod salesforce;
+pub mod whmcs;
