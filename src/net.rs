@@ -1,0 +1,99 @@
+//! Outbound HTTP plumbing shared by the Salesforce and WHMCS clients: the one process-wide
+//! [`reqwest::Client`] (connection pool with keep-alive) and how transport failures are described.
+//!
+//! Invariants: every client built here has a connect timeout; every request the clients send
+//! also carries its own total timeout (set per call by each client), so no outbound call can
+//! hang. Error descriptions never include URLs or bodies (a body may hold credentials).
+
+use std::{fmt::Write as _, time::Duration};
+
+/// Connect timeout of the shared client (TCP + TLS handshake).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds the shared HTTP client: rustls, keep-alive pool, connect timeout, TCP keep-alive.
+/// Build it once at start-up and clone it into every client (clones share the pool).
+pub fn client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("provisioner/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_keepalive(Duration::from_secs(30))
+        .build()
+}
+
+/// How a failed send relates to the remote side's processing of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportFailure {
+    /// The connection could not be established (includes connect timeouts): the request was
+    /// never sent.
+    Connect,
+    /// The total request timeout elapsed after the connection was made: the request may have
+    /// been processed.
+    Timeout,
+    /// The connection broke after it was established (reset, closed mid-response, body read
+    /// failure): the request may have been processed.
+    Lost,
+}
+
+impl TransportFailure {
+    pub fn of(e: &reqwest::Error) -> Self {
+        if e.is_connect() {
+            Self::Connect
+        } else if e.is_timeout() {
+            Self::Timeout
+        } else {
+            Self::Lost
+        }
+    }
+}
+
+/// `"<what failed>: <cause>: <cause>"`, without the URL (kept short; no query strings in logs).
+pub fn describe(e: &reqwest::Error) -> String {
+    let mut out = String::with_capacity(96);
+    out.push_str(kind_of(e));
+    let mut cause = std::error::Error::source(e);
+    while let Some(err) = cause {
+        let _ = write!(out, ": {err}");
+        cause = err.source();
+    }
+    out
+}
+
+fn kind_of(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "request timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "reading the response failed"
+    } else if e.is_request() {
+        "sending the request failed"
+    } else {
+        "HTTP client error"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connection_refused_is_connect_and_described_without_url() {
+        let http = client().expect("client");
+        // A port that was free a moment ago: nothing listens there now.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind")
+            .port();
+        let err = http
+            .get(format!("http://127.0.0.1:{port}/secret-path?q=x"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect_err("nothing listens on port 9");
+        assert_eq!(TransportFailure::of(&err), TransportFailure::Connect);
+        let text = describe(&err);
+        assert!(text.starts_with("connection failed"), "{text}");
+        assert!(!text.contains("secret-path"), "{text}");
+    }
+}
