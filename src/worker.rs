@@ -397,7 +397,7 @@ impl Provisioner {
         if !accepted {
             match self.retry("accept_order", || self.whmcs.accept_order(whmcs_order_id)).await {
                 Ok(()) => {}
-                Err(e) if e.is_not_pending() => {
+                Err(e) if e.kind == crate::whmcs::WhmcsErrorKind::NotPending => {
                     // Accepted by an earlier attempt, or cancelled: ask WHMCS.
                     let current = self
                         .retry("get_order", || self.whmcs.get_order(whmcs_order_id))

@@ -377,6 +377,7 @@ impl TokenProvider {
 
     async fn request_token(&self, generation: u64) -> Result<Session, AuthError> {
         let inner = &*self.inner;
+        let body = {
         let mut form = url::form_urlencoded::Serializer::new(String::with_capacity(1024));
         match &inner.grant {
             Grant::Jwt {
@@ -400,12 +401,14 @@ impl TokenProvider {
                     .append_pair("client_secret", client_secret.expose_secret());
             }
         }
+        form.finish()
+        };
         let response = inner
             .http
             .post(&inner.token_url)
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
-            .body(form.finish())
+            .body(body)
             .timeout(TOKEN_TIMEOUT)
             .send()
             .await

@@ -19,7 +19,6 @@ use std::{fmt, fmt::Write as _, sync::Arc, time::Duration};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-use url::form_urlencoded::Serializer;
 
 pub use self::error::{WhmcsError, WhmcsErrorKind, decode_response};
 use crate::{lenient, net};
@@ -212,9 +211,9 @@ impl WhmcsClient {
     }
 
     /// The auth and envelope fields every call carries.
-    fn form(&self, action: &str) -> Serializer<'static, String> {
+    fn form(&self, action: &str) -> Form {
         let cfg = &self.inner.cfg;
-        let mut form = Serializer::new(String::with_capacity(256));
+        let mut form = Form(String::with_capacity(256));
         form.append_pair("action", action)
             .append_pair("identifier", &cfg.identifier)
             .append_pair("secret", cfg.secret.expose_secret())
@@ -558,5 +557,25 @@ mod tests {
             !dbg.contains("S3cr3t") && !dbg.contains(ACCESS_KEY),
             "{dbg}"
         );
+    }
+}
+
+/// A form body under construction (`application/x-www-form-urlencoded`). Unlike
+/// `form_urlencoded::Serializer` it is `Send`, so it can live across an `.await`.
+struct Form(String);
+
+impl Form {
+    fn append_pair(&mut self, key: &str, value: &str) -> &mut Self {
+        if !self.0.is_empty() {
+            self.0.push('&');
+        }
+        self.0.extend(url::form_urlencoded::byte_serialize(key.as_bytes()));
+        self.0.push('=');
+        self.0.extend(url::form_urlencoded::byte_serialize(value.as_bytes()));
+        self
+    }
+
+    fn finish(&mut self) -> String {
+        std::mem::take(&mut self.0)
     }
 }
