@@ -40,11 +40,9 @@ impl SalesforceId {
             return Err(InvalidId);
         }
         let sum = checksum(&b[..15]);
-        if b.len() == 18 {
-            if !b[15..].eq_ignore_ascii_case(&sum) {
-                return Err(InvalidId);
-            }
-            // Keep the case of the first 15, canonical suffix.
+        // Keep the case of the first 15, canonical suffix.
+        if b.len() == 18 && !b[15..].eq_ignore_ascii_case(&sum) {
+            return Err(InvalidId);
         }
         let mut full = String::with_capacity(18);
         full.push_str(&s[..15]);
@@ -109,7 +107,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_ids() {
-        for bad in ["", "abc", "001A0000006Vm9rXYZ", "001A0000006Vm9'", "001A0000006Vm9rIAC1"] {
+        for bad in [
+            "",
+            "abc",
+            "001A0000006Vm9rXYZ",
+            "001A0000006Vm9'",
+            "001A0000006Vm9rIAC1",
+        ] {
             assert!(SalesforceId::parse(bad).is_err(), "{bad}");
         }
     }
