@@ -71,7 +71,21 @@ pub async fn dispatch(config: Option<&Path>, command: Command) -> ExitCode {
             crate::check::run(cfg).await
         }
         Command::Healthcheck { url } => healthcheck(url).await,
-        _ => ExitCode::FAILURE,
+        Command::Sim { grpc_addr, http_addr } => {
+            telemetry::init(LogFormat::Pretty);
+            let cfg = crate::sim::SimConfig {
+                grpc_addr,
+                http_addr,
+                ..Default::default()
+            };
+            let token = CancellationToken::new();
+            tokio::spawn(app::on_signal(token.clone()));
+            match crate::sim::run_standalone(cfg, token.cancelled_owned()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail("simulator failed", &e),
+            }
+        }
+        Command::Demo { orders, redis_url } => crate::demo::run(orders, &redis_url).await,
     }
 }
 
