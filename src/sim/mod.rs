@@ -104,6 +104,9 @@ pub enum WhmcsFaultKind {
     /// Perform the action, then answer 500 as if it failed: an ambiguous outcome.
     #[serde(alias = "after_commit", alias = "afterCommit")]
     AfterCommit,
+    /// Perform the call, then hang as `Timeout` does: the caller's process can be killed after
+    /// WHMCS committed but before it learnt the result.
+    CommitThenHang,
 }
 
 /// Injected faults. [`Simulator::set_faults`] replaces all of them at once.

@@ -274,6 +274,17 @@ async fn api(State(sim): State<Simulator>, body: Bytes) -> Response {
                 "<html><body><h1>504 Gateway Time-out</h1></body></html>",
             )
         }
+        Some(WhmcsFaultKind::CommitThenHang) => {
+            let _performed = perform(&sim, action, &p);
+            tokio::select! {
+                _ = tokio::time::sleep(HANG) => {}
+                _ = inner.shutdown.cancelled() => {}
+            }
+            html(
+                StatusCode::GATEWAY_TIMEOUT,
+                "<html><body><h1>504 Gateway Time-out</h1></body></html>",
+            )
+        }
         Some(WhmcsFaultKind::AfterCommit) => {
             let _performed = perform(&sim, action, &p);
             html(

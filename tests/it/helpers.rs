@@ -147,15 +147,6 @@ impl TestApp {
         }
     }
 
-    /// Aborts the daemon as a crash would (no graceful shutdown).
-    pub async fn crash(&mut self) {
-        self.shutdown.cancel();
-        if let Some(t) = self.task.take() {
-            t.abort();
-            let _ = t.await;
-        }
-    }
-
     pub fn seed(&self, n: usize) -> Vec<SalesforceId> {
         (0..n).map(|_| self.sim.sim.seed_order(OrderSeed::default())).collect()
     }

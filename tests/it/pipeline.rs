@@ -8,7 +8,7 @@ use provisioner::{
     sim::{Faults, ItemSeed, OrderSeed, WhmcsFaultKind},
 };
 
-use crate::helpers::{Db, Options, TestApp, spawn_app, wait_until};
+use crate::helpers::{Db, Options, spawn_app, wait_until};
 
 async fn approve_all_and_check(db: Db, n: usize) {
     let mut app = spawn_app(Options { db, ..Default::default() }).await;

@@ -35,7 +35,11 @@ async fn sigkill_after_add_order_is_reconciled_on_restart() {
     let app = spawn_app(Options { start: false, ..Default::default() }).await;
     // WHMCS takes long to answer AddOrder: the process dies after WHMCS created the order but
     // before the ledger recorded its id.
-    app.sim.sim.set_faults(Faults { whmcs_latency_ms: 60_000, ..Faults::default() });
+    app.sim.sim.set_faults(Faults {
+        whmcs_error_rate: 1.0,
+        whmcs_error_kind: provisioner::sim::WhmcsFaultKind::CommitThenHang,
+        ..Faults::default()
+    });
     let id = app.seed(1).remove(0);
     let mut child = daemon(&app);
     app.sim.sim.approve(&id);
