@@ -209,10 +209,13 @@ impl Provisioner {
             return Ok(Outcome::Skipped("not_activating"));
         }
 
-        let row = self.claim(&id).await?;
+        // Each run holds the lease under its own name, so two jobs of this process for the same
+        // Order exclude each other too.
+        let owner = format!("{}:{}", self.instance, uuid::Uuid::new_v4().simple());
+        let row = self.claim(&id, &owner).await?;
         let lease_lost = CancellationToken::new();
         let renewer = {
-            let (ledger, id, owner, lost) = (self.ledger.clone(), id.clone(), self.instance.clone(), lease_lost.clone());
+            let (ledger, id, owner, lost) = (self.ledger.clone(), id.clone(), owner.clone(), lease_lost.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(LEASE / 3).await;
@@ -228,11 +231,11 @@ impl Provisioner {
             })
         };
         let result = tokio::select! {
-            r = self.provision_claimed(job, &id, &order, row) => r,
+            r = self.provision_claimed(job, &id, &order, row, &owner) => r,
             () = lease_lost.cancelled() => Err(JobError::LeaseLost(id.to_string())),
         };
         renewer.abort();
-        if let Err(e) = self.ledger.release(&id, &self.instance).await {
+        if let Err(e) = self.ledger.release(&id, &owner).await {
             warn!(error.message = %e, "lease release failed; it expires by itself");
         }
         let _ = self.changes.send(OrderChanged { order_id: id.to_string() });
@@ -240,11 +243,11 @@ impl Provisioner {
     }
 
     /// Waits for the Order's lease; another job holding it finishes or its lease expires.
-    async fn claim(&self, id: &SalesforceId) -> Result<OrderRecord, JobError> {
+    async fn claim(&self, id: &SalesforceId, owner: &str) -> Result<OrderRecord, JobError> {
         let deadline = tokio::time::Instant::now() + LEASE * 2;
         let mut wait = Duration::from_millis(20);
         loop {
-            if let Some(row) = self.ledger.claim(id, &self.instance, LEASE).await? {
+            if let Some(row) = self.ledger.claim(id, owner, LEASE).await? {
                 return Ok(row);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -255,8 +258,8 @@ impl Provisioner {
         }
     }
 
-    async fn update(&self, id: &SalesforceId, change: &Change<'_>) -> Result<(), JobError> {
-        if self.ledger.update(id, &self.instance, change).await? {
+    async fn update(&self, id: &SalesforceId, owner: &str, change: &Change<'_>) -> Result<(), JobError> {
+        if self.ledger.update(id, owner, change).await? {
             Ok(())
         } else {
             Err(JobError::LeaseLost(id.to_string()))
@@ -269,6 +272,7 @@ impl Provisioner {
         id: &SalesforceId,
         order: &SfOrder,
         row: OrderRecord,
+        owner: &str,
     ) -> Result<Outcome, JobError> {
         // Another job finished this very event while we waited for the lease.
         if row.last_event_id.as_deref() == Some(job.event_id.as_str()) && row.outcome.is_some() {
@@ -277,6 +281,7 @@ impl Provisioner {
         let attempt = self.ledger.start_attempt(id, Some(&job.event_id)).await?;
         self.update(
             id,
+            owner,
             &Change {
                 last_event_id: Some(&job.event_id),
                 correlation_id: Some(&job.correlation_id),
@@ -288,7 +293,7 @@ impl Provisioner {
         )
         .await?;
 
-        let result = self.drive(id, order, &row).await;
+        let result = self.drive(id, order, &row, owner).await;
         let (outcome, update) = match result {
             Ok(whmcs_order_id) => (
                 Outcome::Provisioned { whmcs_order_id },
@@ -331,6 +336,7 @@ impl Provisioner {
         };
         self.update(
             id,
+            owner,
             &Change {
                 state: Some(state),
                 outcome: Some(Some(outcome_label)),
@@ -344,7 +350,13 @@ impl Provisioner {
     }
 
     /// WHMCS steps, resumed from the ledger state. Returns the WHMCS order id.
-    async fn drive(&self, id: &SalesforceId, order: &SfOrder, row: &OrderRecord) -> Result<u64, StepError> {
+    async fn drive(
+        &self,
+        id: &SalesforceId,
+        order: &SfOrder,
+        row: &OrderRecord,
+        owner: &str,
+    ) -> Result<u64, StepError> {
         let client_id = order
             .whmcs_client_id
             .clone()
@@ -367,12 +379,13 @@ impl Provisioner {
                 // without recording it (crash, timeout, 5xx after commit).
                 if let Some(found) = self.reconcile(id, &client_id).await? {
                     whmcs_order_id = Some(found.id);
-                    self.record_added(id, &found.id, &found.service_ids).await?;
+                    self.record_added(id, owner, &found.id, &found.service_ids).await?;
                 }
             }
             if whmcs_order_id.is_none() {
                 self.update(
                     id,
+                    owner,
                     &Change {
                         state: Some(ledger::state::ADDING),
                         whmcs_client_id: Some(&client_id),
@@ -388,7 +401,7 @@ impl Provisioner {
                     no_email: true,
                 };
                 let created = self.add_order_once(id, &client_id, &request).await?;
-                self.record_added(id, &created.0, &created.1).await?;
+                self.record_added(id, owner, &created.0, &created.1).await?;
                 whmcs_order_id = Some(created.0);
             }
         }
@@ -428,6 +441,7 @@ impl Provisioner {
         if accepted {
             self.update(
                 id,
+                owner,
                 &Change {
                     state: Some(ledger::state::WHMCS_ACCEPTED),
                     ..Default::default()
@@ -438,10 +452,17 @@ impl Provisioner {
         Ok(whmcs_order_id)
     }
 
-    async fn record_added(&self, id: &SalesforceId, order_id: &u64, services: &[u64]) -> Result<(), JobError> {
+    async fn record_added(
+        &self,
+        id: &SalesforceId,
+        owner: &str,
+        order_id: &u64,
+        services: &[u64],
+    ) -> Result<(), JobError> {
         let services = services.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
         self.update(
             id,
+            owner,
             &Change {
                 state: Some(ledger::state::WHMCS_ADDED),
                 whmcs_order_id: Some(i64::try_from(*order_id).unwrap_or(i64::MAX)),
