@@ -68,11 +68,18 @@ impl AppState {
     /// Connects to the ledger (migrating if configured) and Redis, and builds the clients.
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
         let cfg = Arc::new(cfg);
-        let ledger = Ledger::open(&cfg.database).await.context("opening the ledger (DATABASE_URL)")?;
-        let queue = Queue::connect(&cfg.queue).await.context("connecting to Redis (REDIS_URL)")?;
+        let ledger = Ledger::open(&cfg.database)
+            .await
+            .context("opening the ledger (DATABASE_URL)")?;
+        let queue = Queue::connect(&cfg.queue)
+            .await
+            .context("connecting to Redis (REDIS_URL)")?;
         let sf_http = http_client(cfg.salesforce.http_timeout)?;
         let flow = match &cfg.salesforce.auth {
-            SalesforceAuth::Jwt { username, private_key_pem } => AuthFlow::Jwt {
+            SalesforceAuth::Jwt {
+                username,
+                private_key_pem,
+            } => AuthFlow::Jwt {
                 login_url: cfg.salesforce.login_url.clone(),
                 client_id: cfg.salesforce.client_id.clone(),
                 username: username.clone(),
@@ -85,7 +92,12 @@ impl AppState {
             },
         };
         let tokens = TokenProvider::new(sf_http.clone(), flow).context("SF_PRIVATE_KEY")?;
-        let rest = RestClient::new(sf_http, tokens.clone(), &cfg.salesforce.api_version, cfg.salesforce.fields.clone());
+        let rest = RestClient::new(
+            sf_http,
+            tokens.clone(),
+            &cfg.salesforce.api_version,
+            cfg.salesforce.fields.clone(),
+        );
         let whmcs = WhmcsClient::new(
             http_client(cfg.whmcs.timeout)?,
             WhmcsConfig {
@@ -98,7 +110,11 @@ impl AppState {
         );
         let (changes, _) = broadcast::channel(1024);
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "provisioner".into());
-        let instance = format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let instance = format!(
+            "{host}-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         Ok(Self {
             health: Arc::new(SubscriptionHealth::new(cfg.events.enabled)),
             cfg,
@@ -141,7 +157,11 @@ async fn handle_job(job: Job, p: Data<Arc<Provisioner>>) -> Result<(), BoxDynErr
 }
 
 /// Runs the queue workers until `shutdown`; returns early only if they all died.
-async fn run_workers(state: AppState, shutdown: CancellationToken, last_beat: Arc<AtomicI64>) -> anyhow::Result<()> {
+async fn run_workers(
+    state: AppState,
+    shutdown: CancellationToken,
+    last_beat: Arc<AtomicI64>,
+) -> anyhow::Result<()> {
     let provisioner = Arc::new(state.provisioner());
     let storage = state.queue.storage();
     let instance = state.instance.clone();
@@ -194,8 +214,20 @@ async fn housekeeping(state: AppState, shutdown: CancellationToken) -> anyhow::R
         n += 1;
         match state.queue.stats().await {
             Ok(s) => {
-                for (label, v) in [("pending", s.pending), ("delayed", s.delayed), ("running", s.running), ("failed", s.failed), ("done", s.done)] {
-                    state.metrics.queue_depth.get_or_create(&StateLabel { state: label.into() }).set(v as i64);
+                for (label, v) in [
+                    ("pending", s.pending),
+                    ("delayed", s.delayed),
+                    ("running", s.running),
+                    ("failed", s.failed),
+                    ("done", s.done),
+                ] {
+                    state
+                        .metrics
+                        .queue_depth
+                        .get_or_create(&StateLabel {
+                            state: label.into(),
+                        })
+                        .set(v as i64);
                 }
             }
             Err(e) => warn!(error.message = %e, "cannot read queue statistics"),
@@ -228,10 +260,13 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
     {
         let (router, token) = (crate::http::router(state.clone()), shutdown.clone());
         parts.spawn(async move {
-            let r = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await
-                .map_err(anyhow::Error::from);
+            let r = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+            .map_err(anyhow::Error::from);
             ("http", r)
         });
     }
@@ -268,7 +303,12 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
                 }
                 let age = chrono::Utc::now().timestamp_millis() - beat.load(Ordering::Relaxed);
                 if age > limit {
-                    return ("worker-watchdog", Err(anyhow::anyhow!("queue workers stopped heartbeating {age} ms ago")));
+                    return (
+                        "worker-watchdog",
+                        Err(anyhow::anyhow!(
+                            "queue workers stopped heartbeating {age} ms ago"
+                        )),
+                    );
                 }
             }
         });
@@ -311,7 +351,9 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
         if failure.is_some() {
             continue;
         }
-        let e = result.err().unwrap_or_else(|| anyhow::anyhow!("ended unexpectedly"));
+        let e = result
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("ended unexpectedly"));
         error!(part = name, error.message = %e, "a part of the daemon stopped; shutting down");
         failure = Some(e.context(format!("{name} stopped")));
         shutdown.cancel();

@@ -27,7 +27,11 @@ pub async fn run(cfg: Config) -> ExitCode {
     };
     let mut ok = true;
     match state.ledger.ping().await {
-        Ok(()) => line(true, "database", &format!("{:?} reachable", state.ledger.backend())),
+        Ok(()) => line(
+            true,
+            "database",
+            &format!("{:?} reachable", state.ledger.backend()),
+        ),
         Err(e) => {
             ok = false;
             line(false, "database", &e.to_string());
@@ -37,8 +41,12 @@ pub async fn run(cfg: Config) -> ExitCode {
         Ok(()) => {
             line(true, "redis", "reachable");
             let mut conn = state.queue.redis();
-            let info: redis::RedisResult<String> =
-                redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async::<Vec<String>>(&mut conn).await.map(|v| v.join("="));
+            let info: redis::RedisResult<String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("appendonly")
+                .query_async::<Vec<String>>(&mut conn)
+                .await
+                .map(|v| v.join("="));
             if let Ok(v) = info {
                 if v.ends_with("=no") {
                     println!(
@@ -55,7 +63,11 @@ pub async fn run(cfg: Config) -> ExitCode {
     }
     let session = match state.tokens.session().await {
         Ok(s) => {
-            line(true, "salesforce auth", &format!("org {} at {}", s.org_id, s.instance_url));
+            line(
+                true,
+                "salesforce auth",
+                &format!("org {} at {}", s.org_id, s.instance_url),
+            );
             Some(s)
         }
         Err(e) => {
@@ -86,11 +98,22 @@ pub async fn run(cfg: Config) -> ExitCode {
                         let t = t.into_inner();
                         let good = t.can_subscribe;
                         ok &= good;
-                        line(good, "pub/sub topic", &format!("{} can_subscribe={} schema {}", t.topic_name, t.can_subscribe, t.schema_id));
+                        line(
+                            good,
+                            "pub/sub topic",
+                            &format!(
+                                "{} can_subscribe={} schema {}",
+                                t.topic_name, t.can_subscribe, t.schema_id
+                            ),
+                        );
                     }
                     Err(e) => {
                         ok = false;
-                        line(false, "pub/sub topic", &format!("{}: {}", state.cfg.events.channel, e.message()));
+                        line(
+                            false,
+                            "pub/sub topic",
+                            &format!("{}: {}", state.cfg.events.channel, e.message()),
+                        );
                     }
                 }
             }
@@ -101,11 +124,19 @@ pub async fn run(cfg: Config) -> ExitCode {
         }
     }
     match state.whmcs.get_orders("1", 0, 1).await {
-        Ok((total, _)) => line(true, "whmcs", &format!("API reachable ({total} orders for client 1)")),
+        Ok((total, _)) => line(
+            true,
+            "whmcs",
+            &format!("API reachable ({total} orders for client 1)"),
+        ),
         Err(e) => {
             ok = false;
             line(false, "whmcs", &e.to_string());
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

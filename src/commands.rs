@@ -71,7 +71,10 @@ pub async fn dispatch(config: Option<&Path>, command: Command) -> ExitCode {
             crate::check::run(cfg).await
         }
         Command::Healthcheck { url } => healthcheck(url).await,
-        Command::Sim { grpc_addr, http_addr } => {
+        Command::Sim {
+            grpc_addr,
+            http_addr,
+        } => {
             telemetry::init(LogFormat::Pretty);
             let cfg = crate::sim::SimConfig {
                 grpc_addr,
@@ -95,11 +98,18 @@ async fn healthcheck(url: Option<String>) -> ExitCode {
         let port = addr.rsplit(':').next().unwrap_or("8080").to_owned();
         format!("http://127.0.0.1:{port}")
     });
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(3)).build() {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+    {
         Ok(c) => c,
         Err(_) => return ExitCode::FAILURE,
     };
-    match client.get(format!("{}/health/ready", base.trim_end_matches('/'))).send().await {
+    match client
+        .get(format!("{}/health/ready", base.trim_end_matches('/')))
+        .send()
+        .await
+    {
         Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
         Ok(r) => {
             eprintln!("unhealthy: {}", r.status());

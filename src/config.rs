@@ -224,7 +224,10 @@ fn require(name: &str, v: String) -> Result<String, ConfigError> {
 fn http_url(name: &str, v: &str) -> Result<(), ConfigError> {
     match url::Url::parse(v) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        _ => Err(err(name, format!("must be an http:// or https:// URL, got {v:?}"))),
+        _ => Err(err(
+            name,
+            format!("must be an http:// or https:// URL, got {v:?}"),
+        )),
     }
 }
 
@@ -246,9 +249,10 @@ impl Config {
         }
         // Only keys that `default.toml` defines are taken from the environment, as strings;
         // `extract_lossy` then reads "8" as a number and "true" as a bool where a field wants one.
-        let known: BTreeMap<String, figment::value::Value> = Figment::from(Toml::string(DEFAULT_TOML))
-            .extract()
-            .map_err(|e| err("config/default.toml", e.to_string()))?;
+        let known: BTreeMap<String, figment::value::Value> =
+            Figment::from(Toml::string(DEFAULT_TOML))
+                .extract()
+                .map_err(|e| err("config/default.toml", e.to_string()))?;
         let overrides: BTreeMap<String, String> = env
             .into_iter()
             .filter_map(|(k, v)| {
@@ -259,7 +263,11 @@ impl Config {
         figment = figment.merge(Serialized::defaults(overrides));
         let raw: Raw = figment.extract_lossy().map_err(|e| {
             let setting = e.path.join(".");
-            let setting = if setting.is_empty() { "config".into() } else { setting };
+            let setting = if setting.is_empty() {
+                "config".into()
+            } else {
+                setting
+            };
             err(&setting, e.kind.to_string())
         })?;
         Self::validate(raw)
@@ -292,7 +300,9 @@ impl Config {
         if r.sf_events_max_pending_jobs == 0 {
             return Err(err("sf_events_max_pending_jobs", "must be at least 1"));
         }
-        if r.sf_events_backoff_initial_ms == 0 || r.sf_events_backoff_max_ms < r.sf_events_backoff_initial_ms {
+        if r.sf_events_backoff_initial_ms == 0
+            || r.sf_events_backoff_max_ms < r.sf_events_backoff_initial_ms
+        {
             return Err(err(
                 "sf_events_backoff_max_ms",
                 "must be at least sf_events_backoff_initial_ms (> 0)",
@@ -330,10 +340,11 @@ impl Config {
                         ));
                     }
                     (None, Some(pem)) => pem,
-                    (Some(path), None) => SecretString::from(
-                        std::fs::read_to_string(&path)
-                            .map_err(|e| err("sf_private_key_path", format!("cannot read {path}: {e}")))?,
-                    ),
+                    (Some(path), None) => {
+                        SecretString::from(std::fs::read_to_string(&path).map_err(|e| {
+                            err("sf_private_key_path", format!("cannot read {path}: {e}"))
+                        })?)
+                    }
                 };
                 {
                     use secrecy::ExposeSecret;
@@ -348,7 +359,10 @@ impl Config {
             }
             "client_credentials" => SalesforceAuth::ClientCredentials {
                 client_secret: secret_non_empty(r.sf_client_secret).ok_or_else(|| {
-                    err("sf_client_secret", "is required for SF_AUTH_FLOW=client_credentials")
+                    err(
+                        "sf_client_secret",
+                        "is required for SF_AUTH_FLOW=client_credentials",
+                    )
                 })?,
             },
             other => {
@@ -361,7 +375,10 @@ impl Config {
         let api_version = require("sf_api_version", r.sf_api_version)?;
         let api_version = api_version.trim_start_matches('v').to_owned();
         if api_version.parse::<f32>().is_err() {
-            return Err(err("sf_api_version", format!("must look like 65.0, got {api_version:?}")));
+            return Err(err(
+                "sf_api_version",
+                format!("must look like 65.0, got {api_version:?}"),
+            ));
         }
 
         let whmcs_url = require("whmcs_api_url", r.whmcs_api_url)?;
@@ -405,11 +422,12 @@ impl Config {
             return Err(err("database_max_connections", "must be at least 1"));
         }
 
-        let addr: SocketAddr = r
-            .http_addr
-            .trim()
-            .parse()
-            .map_err(|_| err("http_addr", format!("must be host:port, got {:?}", r.http_addr)))?;
+        let addr: SocketAddr = r.http_addr.trim().parse().map_err(|_| {
+            err(
+                "http_addr",
+                format!("must be host:port, got {:?}", r.http_addr),
+            )
+        })?;
         let api_auth = match r.api_auth.trim() {
             "jwt" => ApiAuth::Jwt {
                 secret: secret_non_empty(r.portal_jwt_secret).ok_or_else(|| {
@@ -421,7 +439,10 @@ impl Config {
             },
             "disabled" => ApiAuth::Disabled,
             other => {
-                return Err(err("api_auth", format!("must be jwt or disabled, got {other:?}")));
+                return Err(err(
+                    "api_auth",
+                    format!("must be jwt or disabled, got {other:?}"),
+                ));
             }
         };
         let alert_webhook_url = non_empty(r.alert_webhook_url);
@@ -431,7 +452,12 @@ impl Config {
         let log_format = match r.log_format.trim() {
             "json" => LogFormat::Json,
             "pretty" => LogFormat::Pretty,
-            other => return Err(err("log_format", format!("must be json or pretty, got {other:?}"))),
+            other => {
+                return Err(err(
+                    "log_format",
+                    format!("must be json or pretty, got {other:?}"),
+                ));
+            }
         };
 
         Ok(Config {
@@ -472,7 +498,10 @@ impl Config {
                     whmcs_order_id: require("sf_field_whmcs_order_id", r.sf_field_whmcs_order_id)?,
                     error_code: require("sf_field_error_code", r.sf_field_error_code)?,
                     error_message: require("sf_field_error_message", r.sf_field_error_message)?,
-                    last_attempt_at: require("sf_field_last_attempt_at", r.sf_field_last_attempt_at)?,
+                    last_attempt_at: require(
+                        "sf_field_last_attempt_at",
+                        r.sf_field_last_attempt_at,
+                    )?,
                     account_whmcs_client_id: require(
                         "sf_field_account_whmcs_client_id",
                         r.sf_field_account_whmcs_client_id,
@@ -494,7 +523,9 @@ impl Config {
                 concurrency: r.worker_concurrency,
                 max_attempts: r.job_max_attempts,
                 backoff_initial: Duration::from_millis(r.job_backoff_initial_ms.max(1)),
-                backoff_max: Duration::from_millis(r.job_backoff_max_ms.max(r.job_backoff_initial_ms.max(1))),
+                backoff_max: Duration::from_millis(
+                    r.job_backoff_max_ms.max(r.job_backoff_initial_ms.max(1)),
+                ),
             },
             database: DatabaseConfig {
                 url: database_url,
@@ -543,7 +574,10 @@ mod tests {
     }
 
     fn without(key: &str) -> Result<Config, ConfigError> {
-        let env = base().into_iter().filter(|(k, _)| k != key).collect::<Vec<_>>();
+        let env = base()
+            .into_iter()
+            .filter(|(k, _)| k != key)
+            .collect::<Vec<_>>();
         Config::load_from(None, env)
     }
 
@@ -553,7 +587,10 @@ mod tests {
         assert_eq!(c.salesforce.api_version, "66.0");
         assert_eq!(c.queue.concurrency, 3);
         assert_eq!(c.events.replay, ReplayStart::Latest);
-        assert!(matches!(c.salesforce.auth, SalesforceAuth::ClientCredentials { .. }));
+        assert!(matches!(
+            c.salesforce.auth,
+            SalesforceAuth::ClientCredentials { .. }
+        ));
     }
 
     #[test]
@@ -566,19 +603,38 @@ mod tests {
             (without("PORTAL_JWT_SECRET"), "PORTAL_JWT_SECRET"),
             (with(&[("DATABASE_URL", "mysql://x")]), "DATABASE_URL"),
             (with(&[("REDIS_URL", "http://x")]), "REDIS_URL"),
-            (with(&[("SF_EVENTS_REPLAY", "SOMETIMES")]), "SF_EVENTS_REPLAY"),
+            (
+                with(&[("SF_EVENTS_REPLAY", "SOMETIMES")]),
+                "SF_EVENTS_REPLAY",
+            ),
             (with(&[("SF_AUTH_FLOW", "password")]), "SF_AUTH_FLOW"),
-            (with(&[("SF_AUTH_FLOW", "jwt"), ("SF_USERNAME", "u")]), "SF_PRIVATE_KEY_PATH"),
+            (
+                with(&[("SF_AUTH_FLOW", "jwt"), ("SF_USERNAME", "u")]),
+                "SF_PRIVATE_KEY_PATH",
+            ),
             (with(&[("SF_AUTH_FLOW", "jwt")]), "SF_USERNAME"),
             (
-                with(&[("SF_AUTH_FLOW", "jwt"), ("SF_USERNAME", "u"), ("SF_PRIVATE_KEY_PATH", "/nonexistent/key.pem")]),
+                with(&[
+                    ("SF_AUTH_FLOW", "jwt"),
+                    ("SF_USERNAME", "u"),
+                    ("SF_PRIVATE_KEY_PATH", "/nonexistent/key.pem"),
+                ]),
                 "SF_PRIVATE_KEY_PATH",
             ),
             (with(&[("HTTP_ADDR", "not-an-addr")]), "HTTP_ADDR"),
             (with(&[("WORKER_CONCURRENCY", "0")]), "WORKER_CONCURRENCY"),
-            (with(&[("WORKER_CONCURRENCY", "many")]), "WORKER_CONCURRENCY"),
-            (with(&[("SF_EVENTS_BATCH_SIZE", "500")]), "SF_EVENTS_BATCH_SIZE"),
-            (with(&[("SF_PUBSUB_ENDPOINT", "grpc://x")]), "SF_PUBSUB_ENDPOINT"),
+            (
+                with(&[("WORKER_CONCURRENCY", "many")]),
+                "WORKER_CONCURRENCY",
+            ),
+            (
+                with(&[("SF_EVENTS_BATCH_SIZE", "500")]),
+                "SF_EVENTS_BATCH_SIZE",
+            ),
+            (
+                with(&[("SF_PUBSUB_ENDPOINT", "grpc://x")]),
+                "SF_PUBSUB_ENDPOINT",
+            ),
             (with(&[("LOG_FORMAT", "xml")]), "LOG_FORMAT"),
             (with(&[("API_AUTH", "maybe")]), "API_AUTH"),
             (with(&[("ALERT_WEBHOOK_URL", "nope")]), "ALERT_WEBHOOK_URL"),
@@ -604,7 +660,10 @@ mod tests {
     fn secrets_are_redacted_in_debug() {
         let c = with(&[]).expect("valid");
         let dbg = format!("{c:?}");
-        assert!(!dbg.contains("s3cret") && !dbg.contains("portal\"") && !dbg.contains("12345"), "{dbg}");
+        assert!(
+            !dbg.contains("s3cret") && !dbg.contains("portal\"") && !dbg.contains("12345"),
+            "{dbg}"
+        );
     }
 
     #[test]
@@ -612,7 +671,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("prov-cfg-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("c.toml");
-        std::fs::write(&path, "worker_concurrency = 4\nqueue_name = \"fromfile\"\n").expect("write");
+        std::fs::write(&path, "worker_concurrency = 4\nqueue_name = \"fromfile\"\n")
+            .expect("write");
         let mut env = base();
         env.push(("QUEUE_NAME".into(), "fromenv".into()));
         let c = Config::load_from(Some(&path), env).expect("valid");

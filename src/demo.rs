@@ -3,7 +3,10 @@
 //! orders (one with a missing product mapping, to show a clean failure), approves them as the
 //! Salesforce Flow would, prints progress and ends with a summary.
 
-use std::{process::ExitCode, time::{Duration, Instant}};
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +31,10 @@ pub async fn run(orders: usize, redis_url: &str) -> ExitCode {
 
 async fn run_inner(orders: usize, redis_url: &str) -> anyhow::Result<bool> {
     let sim = Simulator::start(SimConfig::default()).await?;
-    let dir = std::env::temp_dir().join(format!("provisioner-demo-{}", uuid::Uuid::new_v4().simple()));
+    let dir = std::env::temp_dir().join(format!(
+        "provisioner-demo-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::create_dir_all(&dir)?;
     let queue = format!("demo-{}", uuid::Uuid::new_v4().simple());
     let env: Vec<(String, String)> = [
@@ -43,7 +49,10 @@ async fn run_inner(orders: usize, redis_url: &str) -> anyhow::Result<bool> {
         ("WHMCS_API_SECRET", "sim-secret".into()),
         ("REDIS_URL", redis_url.into()),
         ("QUEUE_NAME", queue.clone()),
-        ("DATABASE_URL", format!("sqlite://{}/ledger.db", dir.display())),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}/ledger.db", dir.display()),
+        ),
         ("HTTP_ADDR", "127.0.0.1:0".into()),
         ("API_AUTH", "disabled".into()),
         ("LOG_FORMAT", "pretty".into()),
@@ -55,12 +64,18 @@ async fn run_inner(orders: usize, redis_url: &str) -> anyhow::Result<bool> {
     let token = CancellationToken::new();
     let daemon = tokio::spawn(app::run(cfg, token.clone()));
 
-    println!("provisioner demo: simulator at {} (gRPC {}), queue {queue}", sim.http_url, sim.grpc_url);
+    println!(
+        "provisioner demo: simulator at {} (gRPC {}), queue {queue}",
+        sim.http_url, sim.grpc_url
+    );
     let mut ids: Vec<SalesforceId> = Vec::with_capacity(orders);
     for i in 0..orders {
         let seed = if i == orders / 2 && orders > 1 {
             OrderSeed {
-                items: vec![ItemSeed { product_id: None, ..ItemSeed::default() }],
+                items: vec![ItemSeed {
+                    product_id: None,
+                    ..ItemSeed::default()
+                }],
                 ..OrderSeed::default()
             }
         } else {
@@ -80,13 +95,21 @@ async fn run_inner(orders: usize, redis_url: &str) -> anyhow::Result<bool> {
         activated = 0;
         failed = 0;
         for id in &ids {
-            match sim.sim.order(id).and_then(|o| o.activation_status) .as_deref() {
+            match sim
+                .sim
+                .order(id)
+                .and_then(|o| o.activation_status)
+                .as_deref()
+            {
                 Some("Activated") => activated += 1,
                 Some("Failed") => failed += 1,
                 _ => {}
             }
         }
-        let line = format!("progress: {activated} activated, {failed} failed, {} in flight", orders - activated - failed);
+        let line = format!(
+            "progress: {activated} activated, {failed} failed, {} in flight",
+            orders - activated - failed
+        );
         if line != last {
             println!("{line}");
             last = line;
@@ -101,7 +124,10 @@ async fn run_inner(orders: usize, redis_url: &str) -> anyhow::Result<bool> {
     let _ = tokio::time::timeout(Duration::from_secs(30), daemon).await;
 
     let totals = sim.sim.totals();
-    let duplicates = ids.iter().filter(|id| sim.sim.whmcs_orders_for(id).len() > 1).count();
+    let duplicates = ids
+        .iter()
+        .filter(|id| sim.sim.whmcs_orders_for(id).len() > 1)
+        .count();
     println!();
     println!("summary");
     println!("  orders approved           {orders}");
@@ -110,13 +136,23 @@ async fn run_inner(orders: usize, redis_url: &str) -> anyhow::Result<bool> {
     for id in &ids {
         if let Some(o) = sim.sim.order(id) {
             if o.activation_status.as_deref() == Some("Failed") {
-                println!("    {} {}: {}", id, o.error_code.unwrap_or_default(), o.error_message.unwrap_or_default());
+                println!(
+                    "    {} {}: {}",
+                    id,
+                    o.error_code.unwrap_or_default(),
+                    o.error_message.unwrap_or_default()
+                );
             }
         }
     }
     println!("  WHMCS AddOrder calls      {}", totals.add_order);
     println!("  WHMCS orders duplicated   {duplicates}");
-    println!("  Salesforce REST calls     {} ({} queries, {} updates)", totals.soql + totals.patch, totals.soql, totals.patch);
+    println!(
+        "  Salesforce REST calls     {} ({} queries, {} updates)",
+        totals.soql + totals.patch,
+        totals.soql,
+        totals.patch
+    );
     println!("  elapsed                   {:.2} s", elapsed.as_secs_f64());
     let expected_failed = usize::from(orders > 1);
     let ok = activated + failed == orders && failed == expected_failed && duplicates == 0;
@@ -128,9 +164,17 @@ async fn run_inner(orders: usize, redis_url: &str) -> anyhow::Result<bool> {
 }
 
 async fn cleanup_queue(redis_url: &str, queue: &str) {
-    let Ok(client) = redis::Client::open(redis_url) else { return };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{queue}*")).query_async(&mut conn).await.unwrap_or_default();
+    let Ok(client) = redis::Client::open(redis_url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{queue}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
     if !keys.is_empty() {
         let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
     }

@@ -66,7 +66,8 @@ struct OrderView {
 }
 
 fn ms_to_rfc3339(ms: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 fn from_ledger(r: &OrderRecord) -> OrderView {
@@ -94,7 +95,12 @@ fn from_ledger(r: &OrderRecord) -> OrderView {
 /// Builds the router with all routes and layers.
 pub fn router(app: AppState) -> Router {
     let decoding = match &app.cfg.http.auth {
-        ApiAuth::Jwt { secret, account_claim, issuer, audience } => {
+        ApiAuth::Jwt {
+            secret,
+            account_claim,
+            issuer,
+            audience,
+        } => {
             let mut v = Validation::new(Algorithm::HS256);
             v.set_required_spec_claims(&["exp"]);
             v.leeway = 30;
@@ -152,7 +158,11 @@ async fn ready(State(s): State<Http>) -> Response {
         "database": check(db_ok, (!db_ok).then(|| "database unreachable".to_owned())),
         "redis": check(redis_ok, (!redis_ok).then(|| "redis unreachable".to_owned())),
     });
-    let code = if db_ok && redis_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if db_ok && redis_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
@@ -184,20 +194,31 @@ async fn sf_events(State(s): State<Http>) -> Response {
         "lastError": h.last_error,
         "queue": queue.map(|q| json!({"pending": q.pending + q.delayed, "running": q.running, "failed": q.failed, "done": q.done})),
     });
-    let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
 async fn metrics(State(s): State<Http>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.app.metrics.render(),
     )
         .into_response()
 }
 
 fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({"error": "not_found", "message": "Order not found"}))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "not_found", "message": "Order not found"})),
+    )
+        .into_response()
 }
 
 fn error(code: StatusCode, kind: &str, message: &str) -> Response {
@@ -205,19 +226,31 @@ fn error(code: StatusCode, kind: &str, message: &str) -> Response {
 }
 
 /// Verifies the portal JWT; returns the caller's Account id, or `None` when auth is disabled.
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the response itself, built once"
+)]
 fn authorize(s: &Http, headers: &HeaderMap) -> Result<Option<SalesforceId>, Response> {
     let Some(keys) = &s.decoding else {
         return Ok(None);
     };
     let unauthorized = || {
-        let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", "A valid bearer token is required");
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "A valid bearer token is required",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         r
     };
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .ok_or_else(unauthorized)?;
     let (key, validation, claim) = &**keys;
     let data = jsonwebtoken::decode::<HashMap<String, Value>>(token.trim(), key, validation)
@@ -237,13 +270,21 @@ fn etag_of(body: &[u8]) -> String {
     format!("W/\"{:016x}\"", h.finish())
 }
 
-async fn order_status(State(s): State<Http>, Path(raw): Path<String>, headers: HeaderMap) -> Response {
+async fn order_status(
+    State(s): State<Http>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let account = match authorize(&s, &headers) {
         Ok(a) => a,
         Err(r) => return r,
     };
     let Ok(id) = SalesforceId::parse(&raw) else {
-        return error(StatusCode::BAD_REQUEST, "invalid_id", "Order ids are 15 or 18 alphanumeric characters");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            "Order ids are 15 or 18 alphanumeric characters",
+        );
     };
     let view = match s.app.ledger.get(&id).await {
         Ok(Some(r)) if r.account_id.is_some() => Some(from_ledger(&r)),
@@ -253,19 +294,32 @@ async fn order_status(State(s): State<Http>, Path(raw): Path<String>, headers: H
         },
         Err(e) => {
             tracing::error!(error.message = %e, "ledger read failed");
-            return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Try again shortly");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Try again shortly",
+            );
         }
     };
     let Some(view) = view else { return not_found() };
     if let Some(account) = account {
-        let owner = view.account_id.as_deref().and_then(|a| SalesforceId::parse(a).ok());
+        let owner = view
+            .account_id
+            .as_deref()
+            .and_then(|a| SalesforceId::parse(a).ok());
         if owner.as_ref() != Some(&account) {
             return not_found();
         }
     }
     let body = match serde_json::to_vec(&view) {
         Ok(b) => b,
-        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"),
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            );
+        }
     };
     let etag = etag_of(&body);
     let matches = headers
@@ -280,7 +334,10 @@ async fn order_status(State(s): State<Http>, Path(raw): Path<String>, headers: H
     if let Ok(v) = HeaderValue::from_str(&etag) {
         resp.headers_mut().insert(header::ETAG, v);
     }
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
     resp
 }
 
@@ -330,9 +387,16 @@ async fn lookup(s: &Http, id: &SalesforceId) -> Result<Option<OrderView>, Respon
     match result {
         Ok(v) => Ok(v.clone()),
         Err(e) => {
-            s.lookups.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+            s.lookups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
             tracing::warn!(error.message = %e, "Salesforce order lookup failed");
-            Err(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Try again shortly"))
+            Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Try again shortly",
+            ))
         }
     }
 }

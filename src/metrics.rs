@@ -118,7 +118,11 @@ impl Metrics {
             "Seconds from job start to Salesforce write-back",
             m.provisioning_duration.clone(),
         );
-        registry.register("whmcs_errors", "WHMCS errors by action and code", m.whmcs_errors.clone());
+        registry.register(
+            "whmcs_errors",
+            "WHMCS errors by action and code",
+            m.whmcs_errors.clone(),
+        );
         registry.register(
             "salesforce_errors",
             "Salesforce REST errors by code",
@@ -129,7 +133,11 @@ impl Metrics {
             "Events received from the Pub/Sub API",
             m.events_received.clone(),
         );
-        registry.register("poison_events", "Poison events skipped, by reason", m.poison_events.clone());
+        registry.register(
+            "poison_events",
+            "Poison events skipped, by reason",
+            m.poison_events.clone(),
+        );
         registry.register(
             "duplicate_events",
             "Redelivered events already in the inbox",
@@ -145,7 +153,11 @@ impl Metrics {
             "Seconds from the event's CreatedDate to the Salesforce write-back",
             m.approval_to_writeback.clone(),
         );
-        registry.register("subscription_reconnects", "Pub/Sub resubscribes", m.reconnects.clone());
+        registry.register(
+            "subscription_reconnects",
+            "Pub/Sub resubscribes",
+            m.reconnects.clone(),
+        );
         registry.register(
             "subscription_watchdog_resubscribes",
             "Resubscribes after a silent stream",
@@ -156,7 +168,11 @@ impl Metrics {
             "Stored cursors rejected by Salesforce",
             m.cursor_fallbacks.clone(),
         );
-        registry.register("subscription_keepalives", "Keepalive responses", m.keepalives.clone());
+        registry.register(
+            "subscription_keepalives",
+            "Keepalive responses",
+            m.keepalives.clone(),
+        );
         registry.register("queue_depth", "Jobs by queue state", m.queue_depth.clone());
         registry.register(
             "salesforce_api_usage_used",
@@ -168,7 +184,11 @@ impl Metrics {
             "Salesforce API request limit (Sforce-Limit-Info)",
             m.salesforce_api_limit.clone(),
         );
-        registry.register("orders_skipped", "Orders skipped by the guard, by reason", m.skipped.clone());
+        registry.register(
+            "orders_skipped",
+            "Orders skipped by the guard, by reason",
+            m.skipped.clone(),
+        );
         registry.register(
             "reconciler_enqueued",
             "Orders enqueued by the stuck-order reconciler",

@@ -128,7 +128,10 @@ impl Provisioner {
         loop {
             match f().await {
                 Ok(v) => return Ok(v),
-                Err(e) if e.class() == ErrorClass::Transient && attempt + 1 < self.settings.max_attempts => {
+                Err(e)
+                    if e.class() == ErrorClass::Transient
+                        && attempt + 1 < self.settings.max_attempts =>
+                {
                     let delay = self.backoff(attempt);
                     warn!(step = what, attempt, error.code = %e.code(), error.message = %e, delay_ms = delay.as_millis() as u64, "transient failure, retrying");
                     tokio::time::sleep(delay).await;
@@ -154,16 +157,24 @@ impl Provisioner {
             match &outcome {
                 Ok(Outcome::Provisioned { whmcs_order_id }) => {
                     self.metrics.attempt("provisioned");
-                    self.metrics.provisioning_duration.observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .provisioning_duration
+                        .observe(started.elapsed().as_secs_f64());
                     if job.event_created_ms > 0 {
                         let lag = (ledger::now_ms() - job.event_created_ms).max(0) as f64 / 1000.0;
                         self.metrics.approval_to_writeback.observe(lag);
                     }
-                    info!(whmcs.order_id = whmcs_order_id, elapsed_ms = started.elapsed().as_millis() as u64, "order provisioned");
+                    info!(
+                        whmcs.order_id = whmcs_order_id,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "order provisioned"
+                    );
                 }
                 Ok(Outcome::Failed { code, message }) => {
                     self.metrics.attempt("failed");
-                    self.metrics.provisioning_duration.observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .provisioning_duration
+                        .observe(started.elapsed().as_secs_f64());
                     warn!(error.code = %code, error.message = %message, "order failed");
                 }
                 Ok(Outcome::Skipped(reason)) => {
@@ -189,7 +200,8 @@ impl Provisioner {
         };
         // A redelivered job whose attempt already finished: nothing to do, no Salesforce call.
         if let Some(row) = self.ledger.get(&id).await? {
-            if row.last_event_id.as_deref() == Some(job.event_id.as_str()) && row.outcome.is_some() {
+            if row.last_event_id.as_deref() == Some(job.event_id.as_str()) && row.outcome.is_some()
+            {
                 return Ok(Outcome::Skipped("duplicate_event"));
             }
         }
@@ -200,7 +212,10 @@ impl Provisioner {
                 return Err(JobError::Salesforce(e.to_string()));
             }
             Err(e) => {
-                self.metrics.salesforce_errors.get_or_create(&crate::metrics::ReasonLabel { reason: e.code() }).inc();
+                self.metrics
+                    .salesforce_errors
+                    .get_or_create(&crate::metrics::ReasonLabel { reason: e.code() })
+                    .inc();
                 error!(error.code = %e.code(), error.message = %e, "cannot read the order");
                 return Ok(Outcome::Skipped("order_unreadable"));
             }
@@ -215,7 +230,12 @@ impl Provisioner {
         let row = self.claim(&id, &owner).await?;
         let lease_lost = CancellationToken::new();
         let renewer = {
-            let (ledger, id, owner, lost) = (self.ledger.clone(), id.clone(), owner.clone(), lease_lost.clone());
+            let (ledger, id, owner, lost) = (
+                self.ledger.clone(),
+                id.clone(),
+                owner.clone(),
+                lease_lost.clone(),
+            );
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(LEASE / 3).await;
@@ -238,7 +258,9 @@ impl Provisioner {
         if let Err(e) = self.ledger.release(&id, &owner).await {
             warn!(error.message = %e, "lease release failed; it expires by itself");
         }
-        let _ = self.changes.send(OrderChanged { order_id: id.to_string() });
+        let _ = self.changes.send(OrderChanged {
+            order_id: id.to_string(),
+        });
         result
     }
 
@@ -258,7 +280,12 @@ impl Provisioner {
         }
     }
 
-    async fn update(&self, id: &SalesforceId, owner: &str, change: &Change<'_>) -> Result<(), JobError> {
+    async fn update(
+        &self,
+        id: &SalesforceId,
+        owner: &str,
+        change: &Change<'_>,
+    ) -> Result<(), JobError> {
         if self.ledger.update(id, owner, change).await? {
             Ok(())
         } else {
@@ -318,15 +345,23 @@ impl Provisioner {
 
         // Write back (one PATCH). If Salesforce stays unreachable, the job runs again later and
         // resumes here: the ledger already holds the WHMCS state.
-        if let Err(e) = self.retry("write_back", || self.rest.update_order(id, &update)).await {
-            self.metrics.salesforce_errors.get_or_create(&crate::metrics::ReasonLabel { reason: e.code() }).inc();
+        if let Err(e) = self
+            .retry("write_back", || self.rest.update_order(id, &update))
+            .await
+        {
+            self.metrics
+                .salesforce_errors
+                .get_or_create(&crate::metrics::ReasonLabel { reason: e.code() })
+                .inc();
             if e.class() == ErrorClass::Transient {
                 return Err(JobError::Salesforce(e.to_string()));
             }
             error!(error.code = %e.code(), error.message = %e, "Salesforce rejected the write-back");
         }
         let (state, outcome_label, err) = match &outcome {
-            Outcome::Provisioned { .. } => (ledger::state::DONE, ledger::outcome::PROVISIONED, None),
+            Outcome::Provisioned { .. } => {
+                (ledger::state::DONE, ledger::outcome::PROVISIONED, None)
+            }
             Outcome::Failed { code, message } => (
                 ledger::state::FAILED,
                 ledger::outcome::FAILED,
@@ -345,7 +380,9 @@ impl Provisioner {
             },
         )
         .await?;
-        self.ledger.finish_attempt(attempt, outcome_label, err).await?;
+        self.ledger
+            .finish_attempt(attempt, outcome_label, err)
+            .await?;
         Ok(outcome)
     }
 
@@ -362,12 +399,23 @@ impl Provisioner {
             .clone()
             .or_else(|| row.whmcs_client_id.clone())
             .filter(|c| !c.trim().is_empty())
-            .ok_or_else(|| Fail::new("MAPPING_CLIENT_MISSING", "The Order's Account has no WHMCS client id"))?;
+            .ok_or_else(|| {
+                Fail::new(
+                    "MAPPING_CLIENT_MISSING",
+                    "The Order's Account has no WHMCS client id",
+                )
+            })?;
 
         // A WHMCS order we already created (ledger) or Salesforce already knows is reused.
-        let known = row.whmcs_order_id.and_then(|v| u64::try_from(v).ok()).or_else(|| {
-            order.whmcs_order_id.as_deref().and_then(|s| s.trim().parse::<u64>().ok())
-        });
+        let known = row
+            .whmcs_order_id
+            .and_then(|v| u64::try_from(v).ok())
+            .or_else(|| {
+                order
+                    .whmcs_order_id
+                    .as_deref()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+            });
         let mut whmcs_order_id = known;
         let mut accepted = row.state == ledger::state::WHMCS_ACCEPTED
             || (row.state == ledger::state::DONE && known.is_some());
@@ -379,7 +427,8 @@ impl Provisioner {
                 // without recording it (crash, timeout, 5xx after commit).
                 if let Some(found) = self.reconcile(id, &client_id).await? {
                     whmcs_order_id = Some(found.id);
-                    self.record_added(id, owner, &found.id, &found.service_ids).await?;
+                    self.record_added(id, owner, &found.id, &found.service_ids)
+                        .await?;
                 }
             }
             if whmcs_order_id.is_none() {
@@ -405,10 +454,14 @@ impl Provisioner {
                 whmcs_order_id = Some(created.0);
             }
         }
-        let whmcs_order_id = whmcs_order_id.ok_or_else(|| Fail::new("INTERNAL", "no WHMCS order id"))?;
+        let whmcs_order_id =
+            whmcs_order_id.ok_or_else(|| Fail::new("INTERNAL", "no WHMCS order id"))?;
 
         if !accepted {
-            match self.retry("accept_order", || self.whmcs.accept_order(whmcs_order_id)).await {
+            match self
+                .retry("accept_order", || self.whmcs.accept_order(whmcs_order_id))
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if e.kind == crate::whmcs::WhmcsErrorKind::NotPending => {
                     // Accepted by an earlier attempt, or cancelled: ask WHMCS.
@@ -421,7 +474,10 @@ impl Provisioner {
                         Some(o) => {
                             return Err(Fail::new(
                                 "WHMCS_ORDER_NOT_PENDING",
-                                format!("WHMCS order {whmcs_order_id} is {} and cannot be accepted", o.status),
+                                format!(
+                                    "WHMCS order {whmcs_order_id} is {} and cannot be accepted",
+                                    o.status
+                                ),
                             )
                             .into());
                         }
@@ -459,7 +515,11 @@ impl Provisioner {
         order_id: &u64,
         services: &[u64],
     ) -> Result<(), JobError> {
-        let services = services.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let services = services
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         self.update(
             id,
             owner,
@@ -489,12 +549,19 @@ impl Provisioner {
                     self.metrics.whmcs_error("AddOrder", &e.code());
                     warn!(attempt, error.code = %e.code(), error.message = %e, "AddOrder outcome unknown; reconciling");
                     if let Some(found) = self.reconcile(id, client_id).await? {
-                        info!(whmcs.order_id = found.id, "found the order AddOrder created");
+                        info!(
+                            whmcs.order_id = found.id,
+                            "found the order AddOrder created"
+                        );
                         return Ok((found.id, found.service_ids));
                     }
                     attempt += 1;
                     if attempt >= self.settings.max_attempts {
-                        return Err(Fail::new(&e.code(), format!("WHMCS AddOrder kept failing: {e}")).into());
+                        return Err(Fail::new(
+                            &e.code(),
+                            format!("WHMCS AddOrder kept failing: {e}"),
+                        )
+                        .into());
                     }
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
@@ -504,11 +571,17 @@ impl Provisioner {
     }
 
     /// Finds the WHMCS order tagged with this Salesforce Order, if any.
-    async fn reconcile(&self, id: &SalesforceId, client_id: &str) -> Result<Option<WhmcsOrder>, StepError> {
+    async fn reconcile(
+        &self,
+        id: &SalesforceId,
+        client_id: &str,
+    ) -> Result<Option<WhmcsOrder>, StepError> {
         let notes = tag(id);
-        self.retry("reconcile", || self.whmcs.find_order_by_notes(client_id, &notes))
-            .await
-            .map_err(|e| self.whmcs_fail("GetOrders", &e).into())
+        self.retry("reconcile", || {
+            self.whmcs.find_order_by_notes(client_id, &notes)
+        })
+        .await
+        .map_err(|e| self.whmcs_fail("GetOrders", &e).into())
     }
 
     fn whmcs_fail(&self, action: &str, e: &crate::whmcs::WhmcsError) -> Fail {
@@ -548,7 +621,10 @@ impl From<ledger::LedgerError> for StepError {
 /// Maps the Order's items to WHMCS order lines; a missing mapping is a precise failure.
 fn order_lines(order: &SfOrder) -> Result<Vec<OrderLine>, Fail> {
     if order.items.is_empty() {
-        return Err(Fail::new("ORDER_HAS_NO_ITEMS", "The Order has no Order Products"));
+        return Err(Fail::new(
+            "ORDER_HAS_NO_ITEMS",
+            "The Order has no Order Products",
+        ));
     }
     order
         .items

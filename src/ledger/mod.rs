@@ -174,7 +174,11 @@ impl Ledger {
                 }
             }
             if !url.contains("mode=") {
-                url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+                url.push_str(if url.contains('?') {
+                    "&mode=rwc"
+                } else {
+                    "?mode=rwc"
+                });
             }
         }
         let opts = AnyConnectOptions::from_str(&url)?;
@@ -252,7 +256,12 @@ impl Ledger {
 
     /// Stores the replay id of a channel (used for keepalive `latest_replay_id`s and by
     /// operators); `fencing_token` rejects a write from a subscriber that lost its lease.
-    pub async fn save_cursor(&self, channel: &str, replay_id: &[u8], fencing_token: i64) -> Result<bool> {
+    pub async fn save_cursor(
+        &self,
+        channel: &str,
+        replay_id: &[u8],
+        fencing_token: i64,
+    ) -> Result<bool> {
         let n = sqlx::query(
             "INSERT INTO cursors (channel, replay_id, fencing_token, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id, \
@@ -463,7 +472,10 @@ impl Ledger {
             "UPDATE orders SET {} WHERE sf_order_id = $1 AND lease_owner = $2",
             sets.join(", ")
         );
-        let mut q = sqlx::query(&sql).bind(order.as_str()).bind(owner).bind(now_ms());
+        let mut q = sqlx::query(&sql)
+            .bind(order.as_str())
+            .bind(owner)
+            .bind(now_ms());
         if let Some(v) = c.state {
             q = q.bind(v);
         }
@@ -514,7 +526,11 @@ impl Ledger {
                 let sql = format!(
                     "SELECT {ORDER_COLUMNS} FROM orders WHERE state = $1 ORDER BY updated_at DESC LIMIT $2"
                 );
-                sqlx::query(&sql).bind(s).bind(limit).fetch_all(&self.pool).await?
+                sqlx::query(&sql)
+                    .bind(s)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
             }
             None => {
                 let sql =

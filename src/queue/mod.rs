@@ -109,7 +109,9 @@ pub struct Queue {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").field("queue", &self.cfg.active_jobs_list()).finish()
+        f.debug_struct("Queue")
+            .field("queue", &self.cfg.active_jobs_list())
+            .finish()
     }
 }
 
@@ -252,7 +254,8 @@ impl Queue {
             .arg(1000)
             .query_async(&mut conn)
             .await?;
-        let cutoff = chrono::Utc::now().timestamp() - i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+        let cutoff =
+            chrono::Utc::now().timestamp() - i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
         let mut removed = 0;
         for id in done {
             let meta = format!("{}:{}", self.cfg.job_meta_hash(), id);
@@ -263,8 +266,14 @@ impl Queue {
                 .await?;
             if done_at.is_some_and(|t| t < cutoff) {
                 let mut p = redis::pipe();
-                p.cmd("SREM").arg(self.cfg.done_jobs_set()).arg(&id).ignore();
-                p.cmd("HDEL").arg(self.cfg.job_data_hash()).arg(&id).ignore();
+                p.cmd("SREM")
+                    .arg(self.cfg.done_jobs_set())
+                    .arg(&id)
+                    .ignore();
+                p.cmd("HDEL")
+                    .arg(self.cfg.job_data_hash())
+                    .arg(&id)
+                    .ignore();
                 p.cmd("DEL").arg(&meta).ignore();
                 let () = p.query_async(&mut conn).await?;
                 removed += 1;

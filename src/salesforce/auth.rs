@@ -378,30 +378,30 @@ impl TokenProvider {
     async fn request_token(&self, generation: u64) -> Result<Session, AuthError> {
         let inner = &*self.inner;
         let body = {
-        let mut form = url::form_urlencoded::Serializer::new(String::with_capacity(1024));
-        match &inner.grant {
-            Grant::Jwt {
-                key,
-                client_id,
-                username,
-                audience,
-            } => {
-                let now = chrono::Utc::now().timestamp();
-                let assertion = sign_assertion(key, client_id, username, audience, now)
-                    .map_err(|_| AuthError::Config("signing the JWT assertion failed"))?;
-                form.append_pair("grant_type", JWT_GRANT)
-                    .append_pair("assertion", &assertion);
+            let mut form = url::form_urlencoded::Serializer::new(String::with_capacity(1024));
+            match &inner.grant {
+                Grant::Jwt {
+                    key,
+                    client_id,
+                    username,
+                    audience,
+                } => {
+                    let now = chrono::Utc::now().timestamp();
+                    let assertion = sign_assertion(key, client_id, username, audience, now)
+                        .map_err(|_| AuthError::Config("signing the JWT assertion failed"))?;
+                    form.append_pair("grant_type", JWT_GRANT)
+                        .append_pair("assertion", &assertion);
+                }
+                Grant::ClientCredentials {
+                    client_id,
+                    client_secret,
+                } => {
+                    form.append_pair("grant_type", "client_credentials")
+                        .append_pair("client_id", client_id)
+                        .append_pair("client_secret", client_secret.expose_secret());
+                }
             }
-            Grant::ClientCredentials {
-                client_id,
-                client_secret,
-            } => {
-                form.append_pair("grant_type", "client_credentials")
-                    .append_pair("client_id", client_id)
-                    .append_pair("client_secret", client_secret.expose_secret());
-            }
-        }
-        form.finish()
+            form.finish()
         };
         let response = inner
             .http

@@ -5,5 +5,5 @@
 pub mod auth;
 pub mod event;
 pub mod pb;
-pub mod subscriber;
 pub mod rest;
+pub mod subscriber;

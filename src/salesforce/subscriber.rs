@@ -87,7 +87,11 @@ pub struct SubscriptionHealth(Mutex<HealthSnapshot>);
 impl SubscriptionHealth {
     pub fn new(enabled: bool) -> Self {
         Self(Mutex::new(HealthSnapshot {
-            state: if enabled { SubState::Connecting } else { SubState::Disabled },
+            state: if enabled {
+                SubState::Connecting
+            } else {
+                SubState::Disabled
+            },
             cursor: None,
             last_event_at: None,
             last_keepalive_at: None,
@@ -165,7 +169,8 @@ impl Subscriber {
         let mut r = Request::new(msg);
         let md = r.metadata_mut();
         let v = |s: &str| {
-            MetadataValue::try_from(s).map_err(|_| Status::internal("credential is not valid metadata"))
+            MetadataValue::try_from(s)
+                .map_err(|_| Status::internal("credential is not valid metadata"))
         };
         md.insert("accesstoken", v(s.access_token.expose_secret())?);
         md.insert("instanceurl", v(&s.instance_url)?);
@@ -176,15 +181,17 @@ impl Subscriber {
     fn backoff(&self, failures: u32) -> Duration {
         let base = self.cfg.backoff_initial.as_millis() as u64;
         let cap = self.cfg.backoff_max.as_millis() as u64;
-        let exp = base.saturating_mul(1u64 << failures.min(20)).min(cap).max(1);
+        let exp = base
+            .saturating_mul(1u64 << failures.min(20))
+            .min(cap)
+            .max(1);
         Duration::from_millis(rand::rng().random_range(exp / 4..=exp))
     }
 
     /// Runs until `shutdown`; returns an error only for unrecoverable setup failures.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let channel = Self::channel(&self.cfg.endpoint)?;
-        let mut client = PubSubClient::new(channel)
-            .max_decoding_message_size(16 * 1024 * 1024);
+        let mut client = PubSubClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
         let mut schemas: HashMap<String, Option<Arc<Schema>>> = HashMap::new();
         let mut failures: u32 = 0;
         let mut first = true;
@@ -200,13 +207,19 @@ impl Subscriber {
             }
             first = false;
             self.health.update(|h| h.state = SubState::Connecting);
-            let end = self.subscribe_once(&mut client, &mut schemas, &shutdown, &mut failures).await;
+            let end = self
+                .subscribe_once(&mut client, &mut schemas, &shutdown, &mut failures)
+                .await;
             let delay = match end {
                 StreamEnd::Shutdown => return Ok(()),
                 StreamEnd::Watchdog => {
                     self.metrics.watchdog_resubscribes.inc();
-                    warn!(watchdog_secs = self.cfg.watchdog.as_secs(), "no event or keepalive in time; resubscribing");
-                    self.health.update(|h| h.last_error = Some("watchdog: stream silent".into()));
+                    warn!(
+                        watchdog_secs = self.cfg.watchdog.as_secs(),
+                        "no event or keepalive in time; resubscribing"
+                    );
+                    self.health
+                        .update(|h| h.last_error = Some("watchdog: stream silent".into()));
                     Duration::ZERO
                 }
                 StreamEnd::Closed => {
@@ -230,7 +243,8 @@ impl Subscriber {
                     self.backoff(failures)
                 }
                 StreamEnd::Failed(status) => {
-                    let code = error_code(&status).unwrap_or_else(|| format!("grpc.{:?}", status.code()));
+                    let code =
+                        error_code(&status).unwrap_or_else(|| format!("grpc.{:?}", status.code()));
                     warn!(error.code = %code, error.message = %status.message(), "subscription failed");
                     self.health.update(|h| h.last_error = Some(code.clone()));
                     match status.code() {
@@ -333,17 +347,26 @@ impl Subscriber {
                 {
                     match self
                         .ledger
-                        .save_cursor(&self.cfg.channel, &resp.latest_replay_id, self.fencing_token)
+                        .save_cursor(
+                            &self.cfg.channel,
+                            &resp.latest_replay_id,
+                            self.fencing_token,
+                        )
                         .await
                     {
-                        Ok(_) => self.health.update(|h| h.cursor = Some(resp.latest_replay_id.clone())),
+                        Ok(_) => self
+                            .health
+                            .update(|h| h.cursor = Some(resp.latest_replay_id.clone())),
                         Err(e) => return StreamEnd::Internal(e.to_string()),
                     }
                 }
             } else {
                 let n = i32::try_from(resp.events.len()).unwrap_or(i32::MAX);
                 outstanding = (outstanding - n).max(0);
-                if let Err(end) = self.handle_batch(client, schemas, &session, resp.events).await {
+                if let Err(end) = self
+                    .handle_batch(client, schemas, &session, resp.events)
+                    .await
+                {
                     return end;
                 }
             }
@@ -408,8 +431,15 @@ impl Subscriber {
                 return StreamEnd::Failed(status);
             }
         }
-        if status.code() == tonic::Code::Unauthenticated || code.contains("auth.error") || code.contains("auth.refresh") {
-            return StreamEnd::Auth(if code.is_empty() { "UNAUTHENTICATED".into() } else { code });
+        if status.code() == tonic::Code::Unauthenticated
+            || code.contains("auth.error")
+            || code.contains("auth.refresh")
+        {
+            return StreamEnd::Auth(if code.is_empty() {
+                "UNAUTHENTICATED".into()
+            } else {
+                code
+            });
         }
         StreamEnd::Failed(status)
     }
@@ -432,7 +462,9 @@ impl Subscriber {
         )
         .map_err(StreamEnd::Failed)?;
         let parsed = match client.get_schema(req).await {
-            Ok(info) => Schema::parse_str(&info.into_inner().schema_json).ok().map(Arc::new),
+            Ok(info) => Schema::parse_str(&info.into_inner().schema_json)
+                .ok()
+                .map(Arc::new),
             Err(status) if status.code() == tonic::Code::NotFound => None,
             Err(status) => return Err(self.classify(status, None).await),
         };
@@ -452,7 +484,11 @@ impl Subscriber {
             return Ok(());
         };
         self.metrics.events_received.inc_by(events.len() as u64);
-        let ids: Vec<&str> = events.iter().filter_map(|e| e.event.as_ref()).map(|e| e.id.as_str()).collect();
+        let ids: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e.event.as_ref())
+            .map(|e| e.id.as_str())
+            .collect();
         let seen = self
             .ledger
             .seen_events(&ids)
@@ -479,7 +515,9 @@ impl Subscriber {
                 continue;
             }
             let decoded = match self.schema(client, schemas, session, &ev.schema_id).await? {
-                Some(schema) => event::decode(&schema, &ev.schema_id, &ev.payload, &self.cfg.fields),
+                Some(schema) => {
+                    event::decode(&schema, &ev.schema_id, &ev.payload, &self.cfg.fields)
+                }
                 None => Err(Poison::UnknownSchema(ev.schema_id.clone())),
             };
             match decoded {
@@ -529,7 +567,12 @@ impl Subscriber {
             })
             .collect();
         self.ledger
-            .record_events(&self.cfg.channel, &entries, &last_replay, self.fencing_token)
+            .record_events(
+                &self.cfg.channel,
+                &entries,
+                &last_replay,
+                self.fencing_token,
+            )
             .await
             .map_err(|e| StreamEnd::Internal(e.to_string()))?;
         if duplicates > 0 {

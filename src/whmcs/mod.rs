@@ -365,6 +365,28 @@ fn decode_order(o: &Value) -> Option<WhmcsOrder> {
     })
 }
 
+/// A form body under construction (`application/x-www-form-urlencoded`). Unlike
+/// `form_urlencoded::Serializer` it is `Send`, so it can live across an `.await`.
+struct Form(String);
+
+impl Form {
+    fn append_pair(&mut self, key: &str, value: &str) -> &mut Self {
+        if !self.0.is_empty() {
+            self.0.push('&');
+        }
+        self.0
+            .extend(url::form_urlencoded::byte_serialize(key.as_bytes()));
+        self.0.push('=');
+        self.0
+            .extend(url::form_urlencoded::byte_serialize(value.as_bytes()));
+        self
+    }
+
+    fn finish(&mut self) -> String {
+        std::mem::take(&mut self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -557,25 +579,5 @@ mod tests {
             !dbg.contains("S3cr3t") && !dbg.contains(ACCESS_KEY),
             "{dbg}"
         );
-    }
-}
-
-/// A form body under construction (`application/x-www-form-urlencoded`). Unlike
-/// `form_urlencoded::Serializer` it is `Send`, so it can live across an `.await`.
-struct Form(String);
-
-impl Form {
-    fn append_pair(&mut self, key: &str, value: &str) -> &mut Self {
-        if !self.0.is_empty() {
-            self.0.push('&');
-        }
-        self.0.extend(url::form_urlencoded::byte_serialize(key.as_bytes()));
-        self.0.push('=');
-        self.0.extend(url::form_urlencoded::byte_serialize(value.as_bytes()));
-        self
-    }
-
-    fn finish(&mut self) -> String {
-        std::mem::take(&mut self.0)
     }
 }

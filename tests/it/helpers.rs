@@ -43,7 +43,9 @@ pub async fn fresh_database(db: Db, dir: &std::path::Path) -> String {
             sqlx::any::install_default_drivers();
             let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
                 .await
-                .expect("PostgreSQL reachable at TEST_POSTGRES_URL (scripts/services.sh starts it)");
+                .expect(
+                    "PostgreSQL reachable at TEST_POSTGRES_URL (scripts/services.sh starts it)",
+                );
             sqlx::Executor::execute(&mut conn, format!("CREATE SCHEMA {schema}").as_str())
                 .await
                 .expect("create schema");
@@ -72,7 +74,9 @@ impl Default for Options {
 }
 
 pub async fn spawn_app(opts: Options) -> TestApp {
-    let sim = provisioner::sim::Simulator::start(opts.sim).await.expect("simulator");
+    let sim = provisioner::sim::Simulator::start(opts.sim)
+        .await
+        .expect("simulator");
     let dir = std::env::temp_dir().join(format!("prov-it-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("tmp dir");
     let database_url = fresh_database(opts.db, &dir).await;
@@ -91,7 +95,10 @@ pub async fn spawn_app(opts: Options) -> TestApp {
         ("WHMCS_API_IDENTIFIER", "sim-identifier".into()),
         ("WHMCS_API_SECRET", "sim-secret".into()),
         ("REDIS_URL", redis_url()),
-        ("QUEUE_NAME", format!("test-{}", uuid::Uuid::new_v4().simple())),
+        (
+            "QUEUE_NAME",
+            format!("test-{}", uuid::Uuid::new_v4().simple()),
+        ),
         ("DATABASE_URL", database_url),
         ("HTTP_ADDR", format!("127.0.0.1:{port}")),
         ("PORTAL_JWT_SECRET", "portal-test-secret".into()),
@@ -132,7 +139,10 @@ pub async fn spawn_app(opts: Options) -> TestApp {
 impl TestApp {
     pub fn start(&mut self) {
         self.shutdown = CancellationToken::new();
-        self.task = Some(tokio::spawn(app::run_with_state(self.state.clone(), self.shutdown.clone())));
+        self.task = Some(tokio::spawn(app::run_with_state(
+            self.state.clone(),
+            self.shutdown.clone(),
+        )));
     }
 
     /// Stops the daemon gracefully and waits for it; returns its result.
@@ -148,7 +158,9 @@ impl TestApp {
     }
 
     pub fn seed(&self, n: usize) -> Vec<SalesforceId> {
-        (0..n).map(|_| self.sim.sim.seed_order(OrderSeed::default())).collect()
+        (0..n)
+            .map(|_| self.sim.sim.seed_order(OrderSeed::default()))
+            .collect()
     }
 
     pub fn activation(&self, id: &SalesforceId) -> Option<String> {
@@ -176,8 +188,10 @@ where
         if cond().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
-

@@ -11,7 +11,11 @@ use provisioner::{
 use crate::helpers::{Db, Options, spawn_app, wait_until};
 
 async fn approve_all_and_check(db: Db, n: usize) {
-    let mut app = spawn_app(Options { db, ..Default::default() }).await;
+    let mut app = spawn_app(Options {
+        db,
+        ..Default::default()
+    })
+    .await;
     let ids = app.seed(n);
     for id in &ids {
         app.sim.sim.approve(id);
@@ -20,7 +24,11 @@ async fn approve_all_and_check(db: Db, n: usize) {
     for id in &ids {
         assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
         let c = app.sim.sim.counts(id);
-        assert_eq!((c.soql, c.patch), (1, 1), "exactly 2 Salesforce calls for {id}");
+        assert_eq!(
+            (c.soql, c.patch),
+            (1, 1),
+            "exactly 2 Salesforce calls for {id}"
+        );
         assert_eq!((c.add_order, c.accept_order), (1, 1), "{id}");
         assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
         let o = app.sim.sim.order(id).expect("order");
@@ -56,20 +64,38 @@ fn job_for(id: &SalesforceId, event_id: &str) -> Job {
 }
 
 async fn duplicates_make_one_order(db: Db) {
-    let mut app = spawn_app(Options { db, ..Default::default() }).await;
+    let mut app = spawn_app(Options {
+        db,
+        ..Default::default()
+    })
+    .await;
     let id = app.seed(1).remove(0);
     app.sim.sim.approve(&id);
     // The same Order handed to the workers three more times at once, under other job ids, as
     // a redelivery after a crash or a second replica would.
     app.state
         .queue
-        .push(vec![job_for(&id, "dup-a"), job_for(&id, "dup-b"), job_for(&id, "dup-c")])
+        .push(vec![
+            job_for(&id, "dup-a"),
+            job_for(&id, "dup-b"),
+            job_for(&id, "dup-c"),
+        ])
         .await
         .expect("push");
-    app.wait_terminal(&[id.clone()], Duration::from_secs(60)).await;
-    wait_until(Duration::from_secs(30), "all four jobs to finish", || async {
-        app.state.queue.stats().await.map(|s| s.done >= 4).unwrap_or(false)
-    })
+    app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(60))
+        .await;
+    wait_until(
+        Duration::from_secs(30),
+        "all four jobs to finish",
+        || async {
+            app.state
+                .queue
+                .stats()
+                .await
+                .map(|s| s.done >= 4)
+                .unwrap_or(false)
+        },
+    )
     .await;
     assert_eq!(app.activation(&id).as_deref(), Some("Activated"));
     assert_eq!(app.sim.sim.whmcs_orders_for(&id).len(), 1);
@@ -100,15 +126,21 @@ async fn ambiguous_add_order_is_reconciled_not_repeated() {
     for id in &ids {
         app.sim.sim.approve(id);
     }
-    wait_until(Duration::from_secs(60), "AddOrder to be attempted for every order", || async {
-        ids.iter().all(|id| app.sim.sim.counts(id).add_order >= 1)
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "AddOrder to be attempted for every order",
+        || async { ids.iter().all(|id| app.sim.sim.counts(id).add_order >= 1) },
+    )
     .await;
     app.sim.sim.set_faults(Faults::default());
     app.wait_terminal(&ids, Duration::from_secs(60)).await;
     for id in &ids {
         assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
-        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "one WHMCS order for {id}");
+        assert_eq!(
+            app.sim.sim.whmcs_orders_for(id).len(),
+            1,
+            "one WHMCS order for {id}"
+        );
     }
     app.stop().await.expect("stop");
 }
@@ -128,19 +160,30 @@ async fn business_error_fails_then_retrigger_after_fix_succeeds_once() {
         ..Faults::default()
     });
     app.sim.sim.approve(&id);
-    app.wait_terminal(&[id.clone()], Duration::from_secs(60)).await;
+    app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(60))
+        .await;
     let o = app.sim.sim.order(&id).expect("order");
     assert_eq!(o.activation_status.as_deref(), Some("Failed"));
     assert_eq!(o.error_code.as_deref(), Some("WHMCS_NO_ITEMS"));
-    assert!(o.error_message.as_deref().is_some_and(|m| !m.is_empty() && m.chars().count() <= 255));
-    assert_eq!(app.sim.sim.counts(&id).add_order, 1, "business errors are not retried");
+    assert!(
+        o.error_message
+            .as_deref()
+            .is_some_and(|m| !m.is_empty() && m.chars().count() <= 255)
+    );
+    assert_eq!(
+        app.sim.sim.counts(&id).add_order,
+        1,
+        "business errors are not retried"
+    );
 
     // The operator fixes the mapping and re-triggers.
     app.sim.sim.set_item_product(&id, 0, Some("1".into()));
     app.sim.sim.approve(&id);
-    wait_until(Duration::from_secs(60), "re-triggered order to activate", || async {
-        app.activation(&id).as_deref() == Some("Activated")
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "re-triggered order to activate",
+        || async { app.activation(&id).as_deref() == Some("Activated") },
+    )
     .await;
     assert_eq!(app.sim.sim.whmcs_orders_for(&id).len(), 1);
     app.stop().await.expect("stop");
@@ -162,7 +205,11 @@ async fn missing_mapping_is_a_precise_failure() {
     });
     app.sim.sim.approve(&no_client);
     app.sim.sim.approve(&no_product);
-    app.wait_terminal(&[no_client.clone(), no_product.clone()], Duration::from_secs(60)).await;
+    app.wait_terminal(
+        &[no_client.clone(), no_product.clone()],
+        Duration::from_secs(60),
+    )
+    .await;
     let a = app.sim.sim.order(&no_client).expect("order");
     let b = app.sim.sim.order(&no_product).expect("order");
     assert_eq!(a.error_code.as_deref(), Some("MAPPING_CLIENT_MISSING"));
@@ -202,20 +249,35 @@ async fn order_not_activating_gets_no_whmcs_call() {
     let id = app.seed(1).remove(0);
     app.sim.sim.approve(&id);
     // The operator pulls the order back before the worker reads it.
-    app.sim.sim.set_order_field(&id, "Activation_Status__c", serde_json::json!("Draft"));
+    app.sim
+        .sim
+        .set_order_field(&id, "Activation_Status__c", serde_json::json!("Draft"));
     let control = app.seed(1).remove(0);
     app.sim.sim.approve(&control);
-    app.wait_terminal(&[control.clone()], Duration::from_secs(60)).await;
-    wait_until(Duration::from_secs(30), "the guarded order to be read", || async {
-        app.sim.sim.counts(&id).soql >= 1
-    })
+    app.wait_terminal(std::slice::from_ref(&control), Duration::from_secs(60))
+        .await;
+    wait_until(
+        Duration::from_secs(30),
+        "the guarded order to be read",
+        || async { app.sim.sim.counts(&id).soql >= 1 },
+    )
     .await;
     wait_until(Duration::from_secs(30), "its job to finish", || async {
-        app.state.queue.stats().await.map(|s| s.done >= 2).unwrap_or(false)
+        app.state
+            .queue
+            .stats()
+            .await
+            .map(|s| s.done >= 2)
+            .unwrap_or(false)
     })
     .await;
     let c = app.sim.sim.counts(&id);
     assert_eq!((c.add_order, c.accept_order, c.patch), (0, 0, 0));
-    assert!(app.state.metrics.render().contains("reason=\"not_activating\""));
+    assert!(
+        app.state
+            .metrics
+            .render()
+            .contains("reason=\"not_activating\"")
+    );
     app.stop().await.expect("stop");
 }

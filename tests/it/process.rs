@@ -16,7 +16,11 @@ fn daemon(app: &TestApp) -> Child {
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(if std::env::var("TEST_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
+        .stderr(if std::env::var("TEST_LOG").is_ok() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .kill_on_drop(true);
     cmd.spawn().expect("spawn provisioner")
 }
@@ -32,7 +36,11 @@ fn sigterm(child: &Child) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_add_order_is_reconciled_on_restart() {
-    let app = spawn_app(Options { start: false, ..Default::default() }).await;
+    let app = spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await;
     // WHMCS takes long to answer AddOrder: the process dies after WHMCS created the order but
     // before the ledger recorded its id.
     app.sim.sim.set_faults(Faults {
@@ -43,26 +51,47 @@ async fn sigkill_after_add_order_is_reconciled_on_restart() {
     let id = app.seed(1).remove(0);
     let mut child = daemon(&app);
     app.sim.sim.approve(&id);
-    wait_until(Duration::from_secs(60), "AddOrder to reach WHMCS", || async {
-        app.sim.sim.whmcs_orders_for(&id).len() == 1
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "AddOrder to reach WHMCS",
+        || async { app.sim.sim.whmcs_orders_for(&id).len() == 1 },
+    )
     .await;
     child.kill().await.expect("SIGKILL");
     app.sim.sim.set_faults(Faults::default());
     let mut child = daemon(&app);
-    app.wait_terminal(&[id.clone()], Duration::from_secs(150)).await;
+    app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(150))
+        .await;
     assert_eq!(app.activation(&id).as_deref(), Some("Activated"));
-    assert_eq!(app.sim.sim.whmcs_orders_for(&id).len(), 1, "one WHMCS order");
-    assert_eq!(app.sim.sim.counts(&id).add_order, 1, "AddOrder is never sent twice");
+    assert_eq!(
+        app.sim.sim.whmcs_orders_for(&id).len(),
+        1,
+        "one WHMCS order"
+    );
+    assert_eq!(
+        app.sim.sim.counts(&id).add_order,
+        1,
+        "AddOrder is never sent twice"
+    );
     sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").expect("status");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
     assert!(status.success(), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_work_exits_zero_and_leaves_nothing_half_done() {
-    let app = spawn_app(Options { start: false, ..Default::default() }).await;
-    app.sim.sim.set_faults(Faults { whmcs_latency_ms: 300, ..Faults::default() });
+    let app = spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await;
+    app.sim.sim.set_faults(Faults {
+        whmcs_latency_ms: 300,
+        ..Faults::default()
+    });
     let ids = app.seed(20);
     let mut child = daemon(&app);
     for id in &ids {
@@ -73,7 +102,10 @@ async fn sigterm_during_work_exits_zero_and_leaves_nothing_half_done() {
     })
     .await;
     sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").expect("status");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
     assert!(status.success(), "exit status {status}");
     // Whatever was started is either finished or resumes cleanly: a second run completes all.
     app.sim.sim.set_faults(Faults::default());
@@ -84,7 +116,10 @@ async fn sigterm_during_work_exits_zero_and_leaves_nothing_half_done() {
         assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
     }
     sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").expect("status");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
     assert!(status.success());
 }
 
@@ -105,7 +140,11 @@ async fn config_error_stops_with_one_line_naming_the_setting() {
 
 #[tokio::test]
 async fn help_lists_the_commands() {
-    let out = Command::new(env!("CARGO_BIN_EXE_provisioner")).arg("--help").output().await.expect("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .arg("--help")
+        .output()
+        .await
+        .expect("run");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for cmd in ["serve", "migrate", "check", "healthcheck", "sim", "demo"] {

@@ -3,11 +3,7 @@
 
 use std::time::Duration;
 
-use provisioner::{
-    ids::SalesforceId,
-    salesforce::event::EventPayload,
-    sim::Faults,
-};
+use provisioner::{ids::SalesforceId, salesforce::event::EventPayload, sim::Faults};
 use sqlx::Row;
 
 use crate::helpers::{Options, TestApp, spawn_app, wait_until};
@@ -32,14 +28,21 @@ async fn inbox(app: &TestApp) -> Vec<(String, String)> {
         .await
         .expect("inbox")
         .iter()
-        .map(|r| (r.get::<String, _>("replay_id"), r.get::<String, _>("status")))
+        .map(|r| {
+            (
+                r.get::<String, _>("replay_id"),
+                r.get::<String, _>("status"),
+            )
+        })
         .collect()
 }
 
 async fn wait_inbox(app: &TestApp, n: usize) {
-    wait_until(Duration::from_secs(90), &format!("{n} events in the inbox"), || async {
-        inbox(app).await.len() >= n
-    })
+    wait_until(
+        Duration::from_secs(90),
+        &format!("{n} events in the inbox"),
+        || async { inbox(app).await.len() >= n },
+    )
     .await;
 }
 
@@ -62,24 +65,44 @@ async fn thousand_events_in_bursts_are_enqueued_once_in_order_within_flow_contro
     let mut sorted_expected = expected.clone();
     sorted_expected.sort();
     assert_eq!(replay_ids, sorted_expected, "every event exactly once");
-    assert_eq!(app.state.queue.job_count().await.expect("count"), 1000, "1000 distinct jobs");
+    assert_eq!(
+        app.state.queue.job_count().await.expect("count"),
+        1000,
+        "1000 distinct jobs"
+    );
     assert!(app.sim.sim.stream_stats().max_outstanding_requested <= 100);
-    let cursor = app.state.ledger.load_cursor(&app.state.cfg.events.channel).await.expect("cursor");
-    assert_eq!(cursor.as_deref(), published.last().map(Vec::as_slice), "cursor at the last event");
+    let cursor = app
+        .state
+        .ledger
+        .load_cursor(&app.state.cfg.events.channel)
+        .await
+        .expect("cursor");
+    assert_eq!(
+        cursor.as_deref(),
+        published.last().map(Vec::as_slice),
+        "cursor at the last event"
+    );
     app.stop().await.expect("stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_dropped_every_seven_events_loses_and_duplicates_nothing() {
     let mut app = spawn_app(Options::default()).await;
-    app.sim.sim.set_faults(Faults { drop_stream_every: Some(7), ..Faults::default() });
+    app.sim.sim.set_faults(Faults {
+        drop_stream_every: Some(7),
+        ..Faults::default()
+    });
     for i in 0..300 {
         app.sim.sim.publish(payload(i));
     }
     wait_inbox(&app, 300).await;
     assert_eq!(inbox(&app).await.len(), 300);
     assert_eq!(app.state.queue.job_count().await.expect("count"), 300);
-    assert!(app.state.health.snapshot().reconnects >= 40, "{:?}", app.state.health.snapshot());
+    assert!(
+        app.state.health.snapshot().reconnects >= 40,
+        "{:?}",
+        app.state.health.snapshot()
+    );
     app.stop().await.expect("stop");
 }
 
@@ -98,18 +121,29 @@ async fn revoked_tokens_reauthenticate_and_resume_from_the_cursor() {
     wait_inbox(&app, 200).await;
     assert_eq!(inbox(&app).await.len(), 200);
     assert_eq!(app.state.queue.job_count().await.expect("count"), 200);
-    assert!(app.sim.sim.totals().token_requests > tokens_before, "a new token was minted");
+    assert!(
+        app.sim.sim.totals().token_requests > tokens_before,
+        "a new token was minted"
+    );
     app.stop().await.expect("stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bogus_stored_cursor_falls_back_once_and_the_stream_continues() {
-    let mut app = spawn_app(Options { start: false, ..Default::default() }).await;
+    let mut app = spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await;
     for i in 0..10 {
         app.sim.sim.publish(payload(i));
     }
     let channel = app.state.cfg.events.channel.clone();
-    app.state.ledger.save_cursor(&channel, &[0xff; 10], 0).await.expect("cursor");
+    app.state
+        .ledger
+        .save_cursor(&channel, &[0xff; 10], 0)
+        .await
+        .expect("cursor");
     app.start();
     wait_inbox(&app, 10).await;
     for i in 10..20 {
@@ -118,7 +152,12 @@ async fn bogus_stored_cursor_falls_back_once_and_the_stream_continues() {
     wait_inbox(&app, 20).await;
     let h = app.state.health.snapshot();
     assert_eq!(h.cursor_fallbacks, 1, "{h:?}");
-    assert!(app.state.metrics.render().contains("provisioner_subscription_cursor_fallbacks_total 1"));
+    assert!(
+        app.state
+            .metrics
+            .render()
+            .contains("provisioner_subscription_cursor_fallbacks_total 1")
+    );
     assert_eq!(app.state.queue.job_count().await.expect("count"), 20);
     app.stop().await.expect("stop");
 }
@@ -130,16 +169,24 @@ async fn poison_events_are_skipped_and_counted() {
     for i in 0..20u64 {
         match i % 5 {
             1 => {
-                app.sim.sim.publish_raw(&app.sim.sim.schema_id(), vec![0xde, 0xad, 0xbe, 0xef, 0xff]);
+                app.sim
+                    .sim
+                    .publish_raw(&app.sim.sim.schema_id(), vec![0xde, 0xad, 0xbe, 0xef, 0xff]);
             }
             2 => {
                 app.sim.sim.publish_raw("unknown-schema-id", vec![0, 1, 2]);
             }
             3 => {
-                app.sim.sim.publish(EventPayload { order_id: None, ..payload(i) });
+                app.sim.sim.publish(EventPayload {
+                    order_id: None,
+                    ..payload(i)
+                });
             }
             4 => {
-                app.sim.sim.publish(EventPayload { order_id: Some("801'; DELETE".into()), ..payload(i) });
+                app.sim.sim.publish(EventPayload {
+                    order_id: Some("801'; DELETE".into()),
+                    ..payload(i)
+                });
             }
             _ => {
                 valid += 1;
@@ -151,10 +198,23 @@ async fn poison_events_are_skipped_and_counted() {
     let rows = inbox(&app).await;
     assert_eq!(rows.iter().filter(|r| r.1 == "poison").count(), 16);
     assert_eq!(rows.iter().filter(|r| r.1 == "enqueued").count(), valid);
-    assert_eq!(app.state.queue.job_count().await.expect("count"), valid as u64);
+    assert_eq!(
+        app.state.queue.job_count().await.expect("count"),
+        valid as u64
+    );
     let metrics = app.state.metrics.render();
-    for reason in ["undecodable", "unknown_schema", "missing_order_id", "malformed_order_id"] {
-        assert!(metrics.contains(&format!("provisioner_poison_events_total{{reason=\"{reason}\"}} 4")), "{reason}\n{metrics}");
+    for reason in [
+        "undecodable",
+        "unknown_schema",
+        "missing_order_id",
+        "malformed_order_id",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "provisioner_poison_events_total{{reason=\"{reason}\"}} 4"
+            )),
+            "{reason}\n{metrics}"
+        );
     }
     app.stop().await.expect("stop");
 }
@@ -166,10 +226,20 @@ async fn silent_stream_trips_the_watchdog_and_resubscribes() {
         ..Default::default()
     })
     .await;
-    app.sim.sim.set_faults(Faults { silent: true, ..Faults::default() });
-    wait_until(Duration::from_secs(30), "two watchdog resubscribes", || async {
-        app.state.metrics.render().contains("provisioner_subscription_watchdog_resubscribes_total 2")
-    })
+    app.sim.sim.set_faults(Faults {
+        silent: true,
+        ..Faults::default()
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "two watchdog resubscribes",
+        || async {
+            app.state
+                .metrics
+                .render()
+                .contains("provisioner_subscription_watchdog_resubscribes_total 2")
+        },
+    )
     .await;
     app.sim.sim.set_faults(Faults::default());
     app.sim.sim.publish(payload(1));
@@ -179,7 +249,11 @@ async fn silent_stream_trips_the_watchdog_and_resubscribes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_between_enqueue_and_cursor_save_enqueues_nothing_twice() {
-    let mut app = spawn_app(Options { start: false, ..Default::default() }).await;
+    let mut app = spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await;
     let ids = app.seed(5);
     let replays: Vec<Vec<u8>> = ids.iter().map(|id| app.sim.sim.approve(id)).collect();
     // First run: everything is handled and the cursor is stored.
@@ -189,16 +263,36 @@ async fn crash_between_enqueue_and_cursor_save_enqueues_nothing_twice() {
     // Simulate a crash after the jobs were enqueued but before the inbox and cursor were
     // committed: forget both, then start again. Every event is delivered a second time.
     let channel = app.state.cfg.events.channel.clone();
-    app.state.ledger.clear_cursor(&channel).await.expect("clear");
-    sqlx::query("DELETE FROM event_inbox").execute(app.state.ledger.pool()).await.expect("delete");
+    app.state
+        .ledger
+        .clear_cursor(&channel)
+        .await
+        .expect("clear");
+    sqlx::query("DELETE FROM event_inbox")
+        .execute(app.state.ledger.pool())
+        .await
+        .expect("delete");
     let jobs_before = app.state.queue.job_count().await.expect("count");
     app.start();
     wait_inbox(&app, replays.len()).await;
-    wait_until(Duration::from_secs(30), "redelivered jobs to settle", || async {
-        app.state.queue.stats().await.map(|s| s.pending == 0 && s.running == 0).unwrap_or(false)
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "redelivered jobs to settle",
+        || async {
+            app.state
+                .queue
+                .stats()
+                .await
+                .map(|s| s.pending == 0 && s.running == 0)
+                .unwrap_or(false)
+        },
+    )
     .await;
-    assert_eq!(app.state.queue.job_count().await.expect("count"), jobs_before, "no new jobs");
+    assert_eq!(
+        app.state.queue.job_count().await.expect("count"),
+        jobs_before,
+        "no new jobs"
+    );
     for id in &ids {
         assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1);
         assert_eq!(app.sim.sim.counts(id).add_order, 1);
