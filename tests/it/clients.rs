@@ -1,0 +1,103 @@
+//! The daemon's Salesforce and WHMCS clients against the simulator over loopback.
+
+use std::time::Duration;
+
+use provisioner::{
+    error::{Classify, ErrorClass},
+    ids::SalesforceId,
+    salesforce::rest::OrderUpdate,
+    sim::Faults,
+};
+
+use crate::helpers::{Options, spawn_app};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_reauthenticates_once_on_401_and_retries_once() {
+    let app = spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await;
+    let id = app.seed(1).remove(0);
+    let rest = &app.state.rest;
+    assert!(rest.get_order(&id).await.expect("read").is_some());
+    let tokens = app.sim.sim.totals().token_requests;
+    let soql = app.sim.sim.counts(&id).soql;
+    app.sim.sim.revoke_tokens();
+    let order = rest
+        .get_order(&id)
+        .await
+        .expect("read after revocation")
+        .expect("order");
+    assert_eq!(order.id, id);
+    assert_eq!(
+        app.sim.sim.totals().token_requests,
+        tokens + 1,
+        "exactly one re-auth"
+    );
+    // The 401 is refused before the simulator counts a query: one counted query is the retry.
+    assert_eq!(app.sim.sim.counts(&id).soql, soql + 1, "exactly one retry");
+    assert!(
+        rest.api_usage()
+            .is_some_and(|(used, limit)| used > 0 && limit > 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_permanent_errors_are_not_retried_and_transient_ones_are_classified() {
+    let app = spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await;
+    let rest = &app.state.rest;
+    let unknown = SalesforceId::synthesize("801", 123_456);
+    let update = OrderUpdate::Failed {
+        code: "X".into(),
+        message: "y".into(),
+        at: chrono::Utc::now(),
+    };
+    let before = app.sim.sim.totals().rest_calls;
+    let e = rest
+        .update_order(&unknown, &update)
+        .await
+        .expect_err("unknown order");
+    assert_eq!(e.class(), ErrorClass::Permanent, "{e}");
+    assert_eq!(e.code(), "NOT_FOUND");
+    assert_eq!(app.sim.sim.totals().rest_calls, before + 1, "not retried");
+
+    let id = app.seed(1).remove(0);
+    app.sim.sim.set_faults(Faults {
+        sf_lock_row_next: 1,
+        ..Faults::default()
+    });
+    let e = rest.get_order(&id).await.expect_err("locked row");
+    assert_eq!(e.class(), ErrorClass::Transient);
+    assert_eq!(e.code(), "UNABLE_TO_LOCK_ROW");
+    assert!(
+        rest.get_order(&id)
+            .await
+            .expect("next call works")
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whmcs_bad_credentials_are_a_config_error() {
+    let mut env = crate::helpers::spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await
+    .env;
+    env.retain(|(k, _)| k != "WHMCS_API_SECRET");
+    env.push(("WHMCS_API_SECRET".into(), "wrong-secret".into()));
+    let cfg = provisioner::config::Config::load_from(None, env).expect("config");
+    let state = provisioner::app::AppState::build(cfg).await.expect("state");
+    let e = tokio::time::timeout(Duration::from_secs(10), state.whmcs.get_orders("1", 0, 1))
+        .await
+        .expect("answers")
+        .expect_err("rejected");
+    assert_eq!(e.class(), ErrorClass::Config);
+    assert!(!e.to_string().contains("wrong-secret"), "{e}");
+}
