@@ -179,3 +179,58 @@ proptest! {
         }
     }
 }
+
+/// Regressions found by the property tests and the fuzz targets.
+mod regressions {
+    use apache_avro::Schema;
+    use provisioner::salesforce::event::{
+        EVENT_SCHEMA_JSON, EventFields, EventPayload, Poison, decode, encode,
+    };
+
+    fn schema() -> Schema {
+        Schema::parse_str(EVENT_SCHEMA_JSON).expect("schema")
+    }
+
+    /// apache-avro decodes a datum cut off before a union index as null: an event truncated
+    /// right after `OrderId__c` used to be accepted with its other fields silently dropped.
+    #[test]
+    fn event_cut_after_the_order_id_is_undecodable() {
+        let s = schema();
+        let p = EventPayload {
+            order_id: Some("A00AAaAAAAAaAaA".into()),
+            idem_key: Some("idem".into()),
+            ..EventPayload::default()
+        };
+        let bytes = encode(&s, &p).expect("encode");
+        assert!(decode(&s, "sid", &bytes, &EventFields::default()).is_ok());
+        // [CreatedDate, CreatedById, OrderId__c union + string] = 2 + 2 + 15 bytes.
+        for cut in 19..bytes.len() {
+            let r = decode(&s, "sid", &bytes[..cut], &EventFields::default());
+            assert!(
+                matches!(r, Err(Poison::Undecodable { .. })),
+                "cut at {cut}: {r:?}"
+            );
+        }
+    }
+
+    /// ... and a string cut short as null: a truncated order id was reported as missing.
+    #[test]
+    fn event_cut_inside_the_order_id_is_undecodable() {
+        let s = schema();
+        let bytes = encode(
+            &s,
+            &EventPayload {
+                order_id: Some("A00AAaAAAAAaAaA".into()),
+                ..EventPayload::default()
+            },
+        )
+        .expect("encode");
+        for cut in 4..19 {
+            let r = decode(&s, "sid", &bytes[..cut], &EventFields::default());
+            assert!(
+                matches!(r, Err(Poison::Undecodable { .. })),
+                "cut at {cut}: {r:?}"
+            );
+        }
+    }
+}

@@ -167,6 +167,19 @@ pub fn decode(
             detail: format!("{} trailing bytes", reader.len()),
         });
     }
+    // apache-avro reads a datum that ends early inside a string, or right before a union's
+    // index, as null instead of failing, so a cut-off payload would pass with fields missing.
+    // A genuine datum never re-encodes to more bytes than it was read from (only overlong
+    // varints or extra blocks make an encoding longer than the canonical one).
+    match apache_avro::to_avro_datum(schema, value.clone()) {
+        Ok(canonical) if canonical.len() <= payload.len() => {}
+        _ => {
+            return Err(Poison::Undecodable {
+                schema_id: schema_id.to_owned(),
+                detail: "payload ends before the datum does".into(),
+            });
+        }
+    }
     let Value::Record(fields) = value else {
         return Err(Poison::BadSchema(schema_id.to_owned()));
     };
