@@ -1,5 +1,8 @@
 //! Property tests of every decoder that reads bytes from Salesforce or WHMCS: none may panic on
-//! any input, and the lenient readers must round-trip the values they are meant to accept.
+//! any input, and the lenient readers must round-trip the values they are meant to accept. The
+//! Avro event decoder must round-trip well-formed events and turn everything else (truncated,
+//! padded, mutated payloads, bad order ids) into poison; `SalesforceId::parse` accepts exactly
+//! the 15/18-character ids. Regressions found by these tests or by `fuzz/` close the file.
 
 use proptest::prelude::*;
 use provisioner::{
@@ -176,6 +179,164 @@ proptest! {
             // Maximal: the next character would not fit.
             let next = s[cut.len()..].chars().next().expect("longer");
             prop_assert!(cut.encode_utf16().count() + next.len_utf16() > 255);
+        }
+    }
+}
+
+// ── Avro event decoding and Salesforce ids ──────────────────────────────────────────────────
+
+mod event_and_ids {
+    use std::sync::LazyLock;
+
+    use apache_avro::Schema;
+    use proptest::prelude::*;
+    use provisioner::{
+        ids::SalesforceId,
+        salesforce::event::{EVENT_SCHEMA_JSON, EventFields, EventPayload, Poison, decode, encode},
+    };
+
+    static SCHEMA: LazyLock<Schema> =
+        LazyLock::new(|| Schema::parse_str(EVENT_SCHEMA_JSON).expect("the event schema parses"));
+
+    /// A 15-character id: 3-character key prefix and 12 alphanumerics of any case.
+    fn id15() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9]{15}"
+    }
+
+    fn payload(order_id: Option<String>) -> impl Strategy<Value = EventPayload> {
+        (
+            any::<i64>(),
+            ".{0,20}",
+            proptest::option::of(".{0,40}"),
+            proptest::option::of(".{0,40}"),
+            proptest::option::of(".{0,80}"),
+            proptest::option::of(any::<f64>()),
+        )
+            .prop_map(
+                move |(created, by, idem, corr, req, version)| EventPayload {
+                    created_date_ms: created,
+                    created_by_id: by,
+                    order_id: order_id.clone(),
+                    idem_key: idem,
+                    correlation_id: corr,
+                    requested_by: req,
+                    version,
+                },
+            )
+    }
+
+    fn decode_bytes(
+        bytes: &[u8],
+    ) -> Result<provisioner::salesforce::event::ProvisionRequest, Poison> {
+        decode(&SCHEMA, "schema-id", bytes, &EventFields::default())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn event_decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(req) = decode_bytes(&bytes) {
+                // Whatever decodes carries a valid, normalised id.
+                prop_assert_eq!(req.order_id.as_str().len(), 18);
+                prop_assert_eq!(SalesforceId::parse(req.order_id.as_str()), Ok(req.order_id.clone()));
+            }
+        }
+
+        #[test]
+        fn event_round_trips(id in id15(), p in payload(None)) {
+            let p = EventPayload { order_id: Some(id.clone()), ..p };
+            let bytes = encode(&SCHEMA, &p).expect("encode");
+            let req = decode_bytes(&bytes).expect("a well-formed event decodes");
+            prop_assert_eq!(req.order_id.short(), id.as_str());
+            prop_assert_eq!(req.created_date_ms, p.created_date_ms);
+            prop_assert_eq!(&req.created_by_id, &p.created_by_id);
+            prop_assert_eq!(&req.idem_key, &p.idem_key);
+            prop_assert_eq!(&req.correlation_id, &p.correlation_id);
+            prop_assert_eq!(&req.requested_by, &p.requested_by);
+            // The 18-character spelling decodes to the same request.
+            let long = EventPayload { order_id: Some(req.order_id.as_str().to_owned()), ..p };
+            let again = decode_bytes(&encode(&SCHEMA, &long).expect("encode")).expect("decode");
+            prop_assert_eq!(again.order_id, req.order_id);
+        }
+
+        #[test]
+        fn truncated_or_padded_events_are_undecodable(id in id15(), p in payload(None), cut in any::<prop::sample::Index>(), extra in prop::collection::vec(any::<u8>(), 1..16)) {
+            let p = EventPayload { order_id: Some(id), ..p };
+            let bytes = encode(&SCHEMA, &p).expect("encode");
+            let short = &bytes[..cut.index(bytes.len())];
+            let is_undecodable = matches!(decode_bytes(short), Err(Poison::Undecodable { .. }));
+            prop_assert!(is_undecodable);
+            let mut long = bytes.clone();
+            long.extend_from_slice(&extra);
+            let is_undecodable = matches!(decode_bytes(&long), Err(Poison::Undecodable { .. }));
+            prop_assert!(is_undecodable);
+        }
+
+        #[test]
+        fn mutated_events_never_panic(id in id15(), p in payload(None), flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)) {
+            let mut bytes = encode(&SCHEMA, &EventPayload { order_id: Some(id), ..p }).expect("encode");
+            for (at, b) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= b;
+            }
+            let _ = decode_bytes(&bytes);
+        }
+
+        #[test]
+        fn events_without_a_valid_order_id_are_poison(raw in proptest::option::of(".{0,30}"), p in payload(None)) {
+            prop_assume!(raw.as_deref().is_none_or(|s| SalesforceId::parse(s.trim()).is_err()));
+            let bytes = encode(&SCHEMA, &EventPayload { order_id: raw.clone(), ..p }).expect("encode");
+            match decode_bytes(&bytes) {
+                Err(Poison::MissingOrderId(f)) => {
+                    prop_assert_eq!(f, "OrderId__c");
+                    prop_assert!(raw.as_deref().is_none_or(|s| s.trim().is_empty()));
+                }
+                Err(Poison::MalformedOrderId { field }) => prop_assert_eq!(field, "OrderId__c"),
+                other => prop_assert!(false, "expected poison, got {:?}", other),
+            }
+        }
+
+        #[test]
+        fn salesforce_id_parse_never_panics(s in ".{0,40}") {
+            if let Ok(id) = SalesforceId::parse(&s) {
+                prop_assert_eq!(id.as_str().len(), 18);
+                prop_assert!(id.as_str().bytes().all(|b| b.is_ascii_alphanumeric()));
+                prop_assert_eq!(SalesforceId::parse(id.as_str()), Ok(id.clone()));
+                prop_assert_eq!(SalesforceId::parse(id.short()), Ok(id.clone()));
+            }
+        }
+
+        #[test]
+        fn salesforce_ids_normalise_to_18_characters(id in id15()) {
+            let parsed = SalesforceId::parse(&id).expect("15 alphanumerics");
+            prop_assert_eq!(parsed.short(), id.as_str());
+            prop_assert_eq!(&parsed.as_str()[..15], id.as_str());
+            // The checksum suffix is case-insensitive.
+            let lower = format!("{}{}", id, parsed.as_str()[15..].to_ascii_lowercase());
+            prop_assert_eq!(SalesforceId::parse(&lower), Ok(parsed.clone()));
+            // Any other suffix is rejected.
+            for suffix in ["999", "AA6"] {
+                let other = format!("{id}{suffix}");
+                prop_assert_eq!(SalesforceId::parse(&other).is_ok(), suffix.eq_ignore_ascii_case(&parsed.as_str()[15..]));
+            }
+        }
+
+        #[test]
+        fn ids_differing_only_in_case_stay_distinct(id in id15(), flip in any::<prop::sample::Index>()) {
+            let i = flip.index(15);
+            let c = id.as_bytes()[i];
+            prop_assume!(c.is_ascii_alphabetic());
+            let mut other = id.clone().into_bytes();
+            other[i] ^= 0x20;
+            let other = String::from_utf8(other).expect("ascii");
+            let (a, b) = (SalesforceId::parse(&id).expect("id"), SalesforceId::parse(&other).expect("id"));
+            prop_assert!(!a.as_str().eq_ignore_ascii_case(b.as_str()));
+        }
+
+        #[test]
+        fn non_ids_are_rejected(s in "[a-zA-Z0-9]{0,14}|[a-zA-Z0-9]{16,17}|[a-zA-Z0-9]{19,30}|[a-zA-Z0-9]{0,14}[^a-zA-Z0-9][a-zA-Z0-9]{0,3}") {
+            prop_assert!(SalesforceId::parse(&s).is_err());
         }
     }
 }
