@@ -1,4 +1,5 @@
-//! Command line (clap): `serve` (default), `migrate`, `check`, `healthcheck`, `sim`, `demo`.
+//! Command line (clap): `serve` (default), `migrate`, `check`, `healthcheck`, `sim`, `demo`,
+//! `chaos`.
 
 use std::path::PathBuf;
 
@@ -48,4 +49,7 @@ pub enum Command {
         #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
         redis_url: String,
     },
+    /// Reliability run: the daemon as a child process against the simulator and a Redis of its
+    /// own, under seeded crashes and faults; audits the invariants, exits non-zero if one broke.
+    Chaos(crate::chaos::ChaosArgs),
 }
