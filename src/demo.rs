@@ -14,7 +14,7 @@ use crate::{
     app,
     config::Config,
     ids::SalesforceId,
-    sim::{ItemSeed, OrderSeed, SimConfig, Simulator},
+    sim::{Faults, ItemSeed, OrderSeed, SimConfig, Simulator},
 };
 
 /// Runs the demo; exit 0 when every order reached its expected end state.
@@ -84,10 +84,22 @@ async fn run_inner(orders: usize, redis_url: &str) -> anyhow::Result<bool> {
         ids.push(sim.sim.seed_order(seed));
     }
     println!("seeded {orders} orders; approving them as the Salesforce Flow would");
+    // A little WHMCS latency and paced approvals, so the progress is visible.
+    sim.sim.set_faults(Faults {
+        whmcs_latency_ms: 100,
+        ..Faults::default()
+    });
     let started = Instant::now();
-    for id in &ids {
-        sim.sim.approve(id);
-    }
+    let approvals = {
+        let (sim, ids) = (sim.sim.clone(), ids.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            for id in &ids {
+                tick.tick().await;
+                sim.approve(id);
+            }
+        })
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last = String::new();
     let (mut activated, mut failed) = (0, 0);
@@ -120,6 +132,7 @@ async fn run_inner(orders: usize, redis_url: &str) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let elapsed = started.elapsed();
+    approvals.abort();
     token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), daemon).await;
 

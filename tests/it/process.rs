@@ -151,3 +151,20 @@ async fn help_lists_the_commands() {
         assert!(text.contains(cmd), "{cmd} missing from --help:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_end_to_end() {
+    let out = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args(["demo", "--orders", "6"])
+        .env("REDIS_URL", crate::helpers::redis_url())
+        .env("RUST_LOG", "error")
+        .output()
+        .await
+        .expect("run demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("activated                 5"), "{text}");
+    assert!(text.contains("MAPPING_PRODUCT_MISSING"), "{text}");
+    assert!(text.contains("WHMCS orders duplicated   0"), "{text}");
+    assert!(text.contains("result: OK"), "{text}");
+}
