@@ -37,29 +37,23 @@ async fn run_inner(orders: usize, redis_url: &str) -> anyhow::Result<bool> {
     ));
     std::fs::create_dir_all(&dir)?;
     let queue = format!("demo-{}", uuid::Uuid::new_v4().simple());
-    let env: Vec<(String, String)> = [
-        ("SF_PUBSUB_ENDPOINT", sim.grpc_url.clone()),
-        ("SF_LOGIN_URL", sim.login_url()),
-        ("SF_AUTH_FLOW", "client_credentials".into()),
-        ("SF_CLIENT_ID", "sim-client-id".into()),
-        ("SF_CLIENT_SECRET", "sim-client-secret".into()),
-        ("SF_EVENTS_REPLAY", "ALL".into()),
-        ("WHMCS_API_URL", sim.whmcs_url()),
-        ("WHMCS_API_IDENTIFIER", "sim-identifier".into()),
-        ("WHMCS_API_SECRET", "sim-secret".into()),
-        ("REDIS_URL", redis_url.into()),
-        ("QUEUE_NAME", queue.clone()),
-        (
-            "DATABASE_URL",
-            format!("sqlite://{}/ledger.db", dir.display()),
-        ),
-        ("HTTP_ADDR", "127.0.0.1:0".into()),
-        ("API_AUTH", "disabled".into()),
-        ("LOG_FORMAT", "pretty".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env: Vec<(String, String)> = sim
+        .daemon_env()
+        .into_iter()
+        .chain([
+            ("SF_EVENTS_REPLAY", "ALL".into()),
+            ("REDIS_URL", redis_url.into()),
+            ("QUEUE_NAME", queue.clone()),
+            (
+                "DATABASE_URL",
+                format!("sqlite://{}/ledger.db", dir.display()),
+            ),
+            ("HTTP_ADDR", "127.0.0.1:0".into()),
+            ("API_AUTH", "disabled".into()),
+            ("LOG_FORMAT", "pretty".into()),
+        ])
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     let cfg = Config::load_from(None, env)?;
     let token = CancellationToken::new();
     let daemon = tokio::spawn(app::run(cfg, token.clone()));

@@ -1,7 +1,7 @@
 //! The real binary as a child process: crashes (SIGKILL), graceful shutdown (SIGTERM),
 //! configuration errors and the command line.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use provisioner::sim::Faults;
 use tokio::process::{Child, Command};
@@ -9,20 +9,7 @@ use tokio::process::{Child, Command};
 use crate::helpers::{Options, TestApp, spawn_app, wait_until};
 
 fn daemon(app: &TestApp) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_provisioner"));
-    cmd.arg("serve")
-        .env_clear()
-        .envs(app.env.iter().cloned())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(if std::env::var("TEST_LOG").is_ok() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .kill_on_drop(true);
-    cmd.spawn().expect("spawn provisioner")
+    crate::helpers::daemon_process(app, &[])
 }
 
 fn sigterm(child: &Child) {

@@ -1,9 +1,9 @@
 //! Several replicas and the stuck-order reconciler.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::helpers::{Db, Options, TestApp, spawn_app, wait_until};
 
@@ -43,22 +43,13 @@ async fn reconciler_recovers_orders_whose_events_never_arrived() {
 }
 
 fn replica(app: &TestApp, port: u16) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_provisioner"));
-    cmd.arg("serve")
-        .env_clear()
-        .envs(app.env.iter().cloned())
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("LEADER_LEASE_TTL_SECS", "3")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(if std::env::var("TEST_LOG").is_ok() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .kill_on_drop(true);
-    cmd.spawn().expect("spawn replica")
+    crate::helpers::daemon_process(
+        app,
+        &[
+            ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("LEADER_LEASE_TTL_SECS", "3".into()),
+        ],
+    )
 }
 
 fn free_port() -> u16 {
