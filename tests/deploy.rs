@@ -664,3 +664,34 @@ fn dashboard_parses_and_charts_only_exported_metrics() {
         assert!(used.contains(needed), "{needed} is not on the dashboard");
     }
 }
+
+#[test]
+fn links_of_the_operations_docs_resolve() {
+    for doc in ["docs/operations.md", "docs/salesforce-setup.md"] {
+        let text = read(doc);
+        let dir = path(doc).parent().expect("docs dir").to_owned();
+        let mut checked = 0;
+        for (i, _) in text.match_indices("](") {
+            let target: String = text[i + 2..].chars().take_while(|c| *c != ')').collect();
+            if target.starts_with("http://") || target.starts_with("https://") {
+                continue;
+            }
+            let (file, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let file_path = if file.is_empty() {
+                path(doc)
+            } else {
+                dir.join(file)
+            };
+            assert!(file_path.exists(), "{doc}: link to missing {target}");
+            if !anchor.is_empty() {
+                let md = std::fs::read_to_string(&file_path).expect("linked markdown");
+                assert!(
+                    anchors(&md).contains(anchor),
+                    "{doc}: link to missing section {target}"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 0, "{doc} links nothing");
+    }
+}
