@@ -2,8 +2,10 @@
 //! Redis (unique queue name per test) and a fresh SQLite file or PostgreSQL schema per test.
 
 mod clients;
+mod deploy;
 mod helpers;
 mod http;
 mod pipeline;
 mod process;
+mod replicas;
 mod subscriber;
