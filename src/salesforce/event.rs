@@ -147,6 +147,29 @@ fn as_long(v: Option<&Value>) -> Option<i64> {
     }
 }
 
+/// Whether `value` holds a null where `schema` has no null type.
+fn null_where_schema_has_none(value: &Value, schema: &Schema) -> bool {
+    match (value, schema) {
+        (Value::Null, Schema::Null) => false,
+        (Value::Null, _) => true,
+        (Value::Union(i, inner), Schema::Union(u)) => u
+            .variants()
+            .get(*i as usize)
+            .is_none_or(|s| null_where_schema_has_none(inner, s)),
+        (Value::Record(fields), Schema::Record(r)) => fields
+            .iter()
+            .zip(&r.fields)
+            .any(|((_, v), f)| null_where_schema_has_none(v, &f.schema)),
+        (Value::Array(items), Schema::Array(a)) => items
+            .iter()
+            .any(|v| null_where_schema_has_none(v, &a.items)),
+        (Value::Map(m), Schema::Map(t)) => {
+            m.values().any(|v| null_where_schema_has_none(v, &t.types))
+        }
+        _ => false,
+    }
+}
+
 /// Decodes one event payload with its writer schema and validates the order id.
 pub fn decode(
     schema: &Schema,
@@ -167,18 +190,20 @@ pub fn decode(
             detail: format!("{} trailing bytes", reader.len()),
         });
     }
-    // apache-avro reads a datum that ends early inside a string, or right before a union's
-    // index, as null instead of failing, so a cut-off payload would pass with fields missing.
-    // A genuine datum never re-encodes to more bytes than it was read from (only overlong
-    // varints or extra blocks make an encoding longer than the canonical one).
-    match apache_avro::to_avro_datum(schema, value.clone()) {
-        Ok(canonical) if canonical.len() <= payload.len() => {}
-        _ => {
-            return Err(Poison::Undecodable {
-                schema_id: schema_id.to_owned(),
-                detail: "payload ends before the datum does".into(),
-            });
-        }
+    // apache-avro reads a datum that ends early inside a string or boolean as null, and right
+    // before a union's index as the union's first variant, instead of failing; a cut-off payload
+    // would pass with fields missing. The first shows as a null the schema does not allow, the
+    // second because a genuine datum never re-encodes to more bytes than it was read from (only
+    // overlong varints or extra blocks make an encoding longer than the canonical one).
+    // The null check runs first: apache-avro logs a value it cannot validate at error level.
+    let cut_off = null_where_schema_has_none(&value, schema)
+        || !apache_avro::to_avro_datum(schema, value.clone())
+            .is_ok_and(|canonical| canonical.len() <= payload.len());
+    if cut_off {
+        return Err(Poison::Undecodable {
+            schema_id: schema_id.to_owned(),
+            detail: "payload ends before the datum does".into(),
+        });
     }
     let Value::Record(fields) = value else {
         return Err(Poison::BadSchema(schema_id.to_owned()));
