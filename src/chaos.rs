@@ -123,6 +123,8 @@ const DAEMON_ENV: &[(&str, &str)] = &[
     ("SF_HTTP_TIMEOUT_SECS", "5"),
     ("WHMCS_TIMEOUT_SECS", "3"),
     ("SHUTDOWN_GRACE_SECS", "10"),
+    ("RECONCILER_INTERVAL_SECS", "5"),
+    ("RECONCILER_STUCK_AFTER_SECS", "30"),
 ];
 
 /// How long a crashed daemon stays down before it is started again.
@@ -173,6 +175,8 @@ pub struct ChaosReport {
     pub lost_events: usize,
     /// Poison events recorded as such in the inbox.
     pub poison_recorded: usize,
+    /// Orders worked on by a job the stuck-order reconciler enqueued.
+    pub reconciled_orders: usize,
     /// The subscription cursor stored in the ledger, hex.
     pub cursor: Option<String>,
     /// Replay id of the last event the simulator published, hex.
@@ -325,6 +329,11 @@ impl ChaosReport {
             "poison events skipped",
             self.poison_recorded.to_string(),
             self.injected.poison_events.to_string(),
+        );
+        row(
+            "orders recovered by the stuck-order reconciler",
+            self.reconciled_orders.to_string(),
+            String::new(),
         );
         row(
             "cursor = last published replay id",
@@ -1144,6 +1153,14 @@ async fn audit(
         inbox.insert(row.try_get("replay_id")?, row.try_get("status")?);
     }
     r.poison_recorded = inbox.values().filter(|st| *st == "poison").count();
+    let reconciled: i64 = sqlx::query(
+        "SELECT COUNT(DISTINCT sf_order_id) AS n FROM attempts WHERE event_id LIKE 'reconcile:%'",
+    )
+    .fetch_one(ledger.pool())
+    .await
+    .context("reading the ledger's attempts")?
+    .try_get("n")?;
+    r.reconciled_orders = usize::try_from(reconciled).unwrap_or_default();
     r.cursor = ledger.load_cursor(channel).await?.map(hex::encode);
     r.last_published_replay_id = s.latest_replay_id().map(hex::encode);
 
