@@ -31,6 +31,10 @@ wait_for() { # seconds, command...
   return 1
 }
 
+# The chaos test starts (and restarts) a redis-server of its own, so the binary is needed even
+# when a Redis is already running.
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+
 if redis_up; then
   echo "services: using Redis at $redis_host:$redis_port"
 else
