@@ -227,6 +227,7 @@ impl Provisioner {
             }
         };
         if order.activation_status.as_deref() != Some(ACTIVATING) {
+            self.adopt_written_back(&id, &order).await?;
             return Ok(Outcome::Skipped("not_activating"));
         }
 
@@ -262,6 +263,76 @@ impl Provisioner {
         };
         renewer.abort();
         if let Err(e) = self.ledger.release(&id, &owner).await {
+            warn!(error.message = %e, "lease release failed; it expires by itself");
+        }
+        let _ = self.changes.send(OrderChanged {
+            order_id: id.to_string(),
+        });
+        result
+    }
+
+    /// A run that died between its write-back and the ledger's final update left the ledger
+    /// without the outcome Salesforce already shows, and every later run stops at the guard. The
+    /// portal reads the ledger, so record that outcome here: `Activated` when Salesforce carries
+    /// the WHMCS order the ledger recorded, `Failed` with the code the ledger kept before the
+    /// write-back. Orders whose ledger row is finished (the usual duplicate) cost nothing more.
+    async fn adopt_written_back(&self, id: &SalesforceId, order: &SfOrder) -> Result<(), JobError> {
+        let Some(row) = self.ledger.get(id).await? else {
+            return Ok(());
+        };
+        if row.outcome.is_some() || row.last_event_id.is_none() {
+            return Ok(());
+        }
+        let in_salesforce = order
+            .whmcs_order_id
+            .as_deref()
+            .and_then(|s| s.trim().parse::<i64>().ok());
+        let (state, label) = match order.activation_status.as_deref() {
+            Some("Activated")
+                if row.whmcs_order_id.is_some() && row.whmcs_order_id == in_salesforce =>
+            {
+                (ledger::state::DONE, ledger::outcome::PROVISIONED)
+            }
+            Some("Failed") => (ledger::state::FAILED, ledger::outcome::FAILED),
+            _ => return Ok(()),
+        };
+        let owner = format!("{}:{}", self.instance, uuid::Uuid::new_v4().simple());
+        let row = self.claim(id, &owner).await?;
+        let result = async {
+            if row.outcome.is_some() {
+                return Ok(());
+            }
+            let err = (label == ledger::outcome::FAILED).then(|| {
+                (
+                    row.error_code.as_deref().unwrap_or("INTERRUPTED"),
+                    row.error_message.as_deref().unwrap_or(
+                        "The attempt was interrupted after Salesforce recorded its outcome",
+                    ),
+                )
+            });
+            self.update(
+                id,
+                &owner,
+                &Change {
+                    state: Some(state),
+                    outcome: Some(Some(label)),
+                    error: Some(err),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            let attempts = self.ledger.attempts(id).await?;
+            if let Some(open) = attempts.iter().rev().find(|a| a.finished_at.is_none()) {
+                self.ledger.finish_attempt(open.id, label, err).await?;
+            }
+            info!(
+                outcome = label,
+                "recorded the outcome an interrupted attempt wrote back to Salesforce"
+            );
+            Ok(())
+        }
+        .await;
+        if let Err(e) = self.ledger.release(id, &owner).await {
             warn!(error.message = %e, "lease release failed; it expires by itself");
         }
         let _ = self.changes.send(OrderChanged {
@@ -348,6 +419,19 @@ impl Provisioner {
                 },
             ),
         };
+        // Keep the failure's code before the write-back, so a run that dies right after it can
+        // still tell the ledger why (see `adopt_written_back`).
+        if let Outcome::Failed { code, message } = &outcome {
+            self.update(
+                id,
+                owner,
+                &Change {
+                    error: Some(Some((code.as_str(), message.as_str()))),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
 
         // Write back (one PATCH). If Salesforce stays unreachable, the job runs again later and
         // resumes here: the ledger already holds the WHMCS state.
