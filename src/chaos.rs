@@ -1073,7 +1073,13 @@ async fn drive(
                 .ok()
                 .flatten()
                 .map(hex::encode);
-            if cursor == tip {
+            // A job cut off by a kill finishes its ledger row only when it runs again.
+            let open: Option<i64> =
+                sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE outcome IS NULL")
+                    .fetch_one(ledger.pool())
+                    .await
+                    .ok();
+            if cursor == tip && open == Some(0) {
                 report.settled = true;
                 break;
             }
@@ -1350,7 +1356,7 @@ async fn audit(
             r.final_stop
         ));
     }
-    r.examples = examples.into_iter().flat_map(|(_, v)| v).collect();
+    r.examples = examples.into_values().flatten().collect();
     Ok(())
 }
 

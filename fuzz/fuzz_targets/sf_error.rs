@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
     let body = &data[2..];
     let e = parse_error_body(status, body);
     assert_eq!(e.status, status);
-    assert!(!e.code.is_empty() && e.code.len() <= 64, "code {:?}", e.code);
+    assert!(
+        !e.code.is_empty() && e.code.len() <= 64,
+        "code {:?}",
+        e.code
+    );
     assert!(
         e.code
             .bytes()

@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
     let body = &data[3..];
     match decode_response(status, body, action) {
         Ok(v) => {
-            let result = v.get("result").and_then(Value::as_str).map(|r| r.trim().to_ascii_lowercase());
+            let result = v
+                .get("result")
+                .and_then(Value::as_str)
+                .map(|r| r.trim().to_ascii_lowercase());
             assert_eq!(result.as_deref(), Some("success"));
             let _ = decode_add_order(&v);
             let _ = decode_orders(&v);
