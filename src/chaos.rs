@@ -711,9 +711,13 @@ async fn ledger_url(base: Option<&str>, dir: &Path) -> anyhow::Result<(String, O
     }
     let schema = format!("chaos_{}", uuid::Uuid::new_v4().simple());
     sqlx::any::install_default_drivers();
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(base)
-        .await
-        .context("connecting to --database-url")?;
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        <sqlx::AnyConnection as sqlx::Connection>::connect(base),
+    )
+    .await
+    .context("connecting to --database-url: timed out")?
+    .context("connecting to --database-url")?;
     sqlx::Executor::execute(&mut conn, format!("CREATE SCHEMA {schema}").as_str())
         .await
         .context("creating the run's schema")?;
@@ -725,7 +729,8 @@ async fn ledger_url(base: Option<&str>, dir: &Path) -> anyhow::Result<(String, O
 }
 
 async fn drop_schema(base: &str, schema: &str) {
-    if let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(base).await {
+    let connect = <sqlx::AnyConnection as sqlx::Connection>::connect(base);
+    if let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(10), connect).await {
         let _ = sqlx::Executor::execute(
             &mut conn,
             format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str(),
@@ -792,7 +797,7 @@ pub async fn run(args: &ChaosArgs, daemon_exe: &Path) -> anyhow::Result<ChaosRep
     .await;
     redis.stop().await;
     sim.shutdown().await;
-    let mut report = result?;
+    let mut report = result.with_context(|| format!("logs kept in {}", dir.display()))?;
     report.total_secs = started.elapsed().as_secs_f64();
     let keep = args.keep || !report.ok();
     if keep {
