@@ -94,6 +94,7 @@ struct Raw {
     alert_webhook_url: String,
     log_format: String,
     shutdown_grace_secs: u64,
+    admin_token: SecretString,
 }
 
 /// Where to start a subscription that has no stored cursor.
@@ -205,6 +206,20 @@ pub struct Config {
     pub alert_webhook_url: Option<String>,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    /// Bearer token of the operator dashboard (`/admin`); `None` disables it (404).
+    pub admin_token: Option<SecretString>,
+}
+
+/// What the operator tools (`orders`, `cursor`, `queue`) need: the ledger, the queue and the
+/// subscription's channel. [`Config::load_for_tools`] validates only these, so the tools run
+/// without Salesforce or WHMCS credentials.
+#[derive(Debug, Clone)]
+pub struct ToolsConfig {
+    pub database: DatabaseConfig,
+    pub queue: QueueConfig,
+    pub channel: String,
+    /// `SF_EVENTS_REPLAY` as this configuration sets it (shown by `cursor show`).
+    pub replay: ReplayStart,
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -237,40 +252,7 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut figment = Figment::new().merge(Toml::string(DEFAULT_TOML));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(err(
-                    "PROVISIONER_CONFIG",
-                    format!("file {} does not exist", path.display()),
-                ));
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        // Only keys that `default.toml` defines are taken from the environment, as strings;
-        // `extract_lossy` then reads "8" as a number and "true" as a bool where a field wants one.
-        let known: BTreeMap<String, figment::value::Value> =
-            Figment::from(Toml::string(DEFAULT_TOML))
-                .extract()
-                .map_err(|e| err("config/default.toml", e.to_string()))?;
-        let overrides: BTreeMap<String, String> = env
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let key = k.to_ascii_lowercase();
-                known.contains_key(&key).then_some((key, v))
-            })
-            .collect();
-        figment = figment.merge(Serialized::defaults(overrides));
-        let raw: Raw = figment.extract_lossy().map_err(|e| {
-            let setting = e.path.join(".");
-            let setting = if setting.is_empty() {
-                "config".into()
-            } else {
-                setting
-            };
-            err(&setting, e.kind.to_string())
-        })?;
-        Self::validate(raw)
+        Self::validate(load_raw(file, env)?)
     }
 
     /// Loads with the process environment.
@@ -278,17 +260,158 @@ impl Config {
         Self::load_from(file, std::env::vars())
     }
 
-    fn validate(r: Raw) -> Result<Self, ConfigError> {
-        let replay = match r.sf_events_replay.trim().to_ascii_uppercase().as_str() {
-            "LATEST" => ReplayStart::Latest,
-            "ALL" | "EARLIEST" => ReplayStart::Earliest,
-            other => {
-                return Err(err(
-                    "sf_events_replay",
-                    format!("must be LATEST or ALL, got {other:?}"),
-                ));
-            }
+    /// Like [`Config::load_from`], validating only what the operator tools use (database,
+    /// Redis and queue, channel); Salesforce and WHMCS settings may be absent.
+    pub fn load_for_tools_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<ToolsConfig, ConfigError> {
+        let r = load_raw(file, env)?;
+        Ok(ToolsConfig {
+            database: database_settings(&r)?,
+            queue: queue_settings(&r)?,
+            channel: channel_setting(&r.sf_provision_event_channel)?,
+            replay: replay_setting(&r.sf_events_replay)?,
+        })
+    }
+
+    /// [`Config::load_for_tools_from`] with the process environment.
+    pub fn load_for_tools(file: Option<&Path>) -> Result<ToolsConfig, ConfigError> {
+        Self::load_for_tools_from(file, std::env::vars())
+    }
+}
+
+/// Defaults → optional file → environment, deserialised but not yet validated.
+fn load_raw(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Raw, ConfigError> {
+    let mut figment = Figment::new().merge(Toml::string(DEFAULT_TOML));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(err(
+                "PROVISIONER_CONFIG",
+                format!("file {} does not exist", path.display()),
+            ));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    // Only keys that `default.toml` defines are taken from the environment, as strings;
+    // `extract_lossy` then reads "8" as a number and "true" as a bool where a field wants one.
+    let known: BTreeMap<String, figment::value::Value> = Figment::from(Toml::string(DEFAULT_TOML))
+        .extract()
+        .map_err(|e| err("config/default.toml", e.to_string()))?;
+    let overrides: BTreeMap<String, String> = env
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let key = k.to_ascii_lowercase();
+            known.contains_key(&key).then_some((key, v))
+        })
+        .collect();
+    figment = figment.merge(Serialized::defaults(overrides));
+    let raw: Raw = figment.extract_lossy().map_err(|e| {
+        let setting = e.path.join(".");
+        let setting = if setting.is_empty() {
+            "config".into()
+        } else {
+            setting
         };
+        err(&setting, e.kind.to_string())
+    })?;
+    Ok(raw)
+}
+
+fn replay_setting(v: &str) -> Result<ReplayStart, ConfigError> {
+    match v.trim().to_ascii_uppercase().as_str() {
+        "LATEST" => Ok(ReplayStart::Latest),
+        "ALL" | "EARLIEST" => Ok(ReplayStart::Earliest),
+        other => Err(err(
+            "sf_events_replay",
+            format!("must be LATEST or ALL, got {other:?}"),
+        )),
+    }
+}
+
+fn channel_setting(v: &str) -> Result<String, ConfigError> {
+    let channel = require("sf_provision_event_channel", v.to_owned())?;
+    if !channel.starts_with("/event/") && !channel.starts_with("/data/") {
+        return Err(err(
+            "sf_provision_event_channel",
+            format!("must be a topic such as /event/Name__e, got {channel:?}"),
+        ));
+    }
+    Ok(channel)
+}
+
+fn queue_settings(r: &Raw) -> Result<QueueConfig, ConfigError> {
+    let redis_url = require("redis_url", r.redis_url.clone())?;
+    if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+        return Err(err("redis_url", "must start with redis:// or rediss://"));
+    }
+    let queue_name = require("queue_name", r.queue_name.clone())?;
+    if queue_name.contains(char::is_whitespace) {
+        return Err(err("queue_name", "must not contain spaces"));
+    }
+    if r.worker_concurrency == 0 {
+        return Err(err("worker_concurrency", "must be at least 1"));
+    }
+    if r.job_max_attempts == 0 {
+        return Err(err("job_max_attempts", "must be at least 1"));
+    }
+    Ok(QueueConfig {
+        redis_url,
+        name: queue_name,
+        concurrency: r.worker_concurrency,
+        max_attempts: r.job_max_attempts,
+        backoff_initial: Duration::from_millis(r.job_backoff_initial_ms.max(1)),
+        backoff_max: Duration::from_millis(
+            r.job_backoff_max_ms.max(r.job_backoff_initial_ms.max(1)),
+        ),
+    })
+}
+
+fn database_settings(r: &Raw) -> Result<DatabaseConfig, ConfigError> {
+    let database_url = require("database_url", r.database_url.clone())?;
+    if !(database_url.starts_with("sqlite:")
+        || database_url.starts_with("postgres://")
+        || database_url.starts_with("postgresql://"))
+    {
+        return Err(err(
+            "database_url",
+            "must start with sqlite:, postgres:// or postgresql://",
+        ));
+    }
+    if r.database_max_connections == 0 {
+        return Err(err("database_max_connections", "must be at least 1"));
+    }
+    Ok(DatabaseConfig {
+        url: database_url,
+        auto_migrate: r.database_auto_migrate,
+        max_connections: r.database_max_connections,
+    })
+}
+
+/// The dashboard token: empty disables the dashboard; otherwise long enough not to be guessed.
+fn admin_token_setting(v: SecretString) -> Result<Option<SecretString>, ConfigError> {
+    use secrecy::ExposeSecret;
+    let Some(token) = secret_non_empty(v) else {
+        return Ok(None);
+    };
+    let t = token.expose_secret();
+    if t.trim() != t || t.chars().count() < 16 {
+        return Err(err(
+            "admin_token",
+            "must be at least 16 characters without surrounding spaces (empty disables /admin)",
+        ));
+    }
+    Ok(Some(token))
+}
+
+impl Config {
+    fn validate(r: Raw) -> Result<Self, ConfigError> {
+        let queue = queue_settings(&r)?;
+        let database = database_settings(&r)?;
+        let replay = replay_setting(&r.sf_events_replay)?;
         let endpoint = require("sf_pubsub_endpoint", r.sf_pubsub_endpoint)?;
         http_url("sf_pubsub_endpoint", &endpoint)?;
         if !(1..=100).contains(&r.sf_events_batch_size) {
@@ -308,13 +431,7 @@ impl Config {
                 "must be at least sf_events_backoff_initial_ms (> 0)",
             ));
         }
-        let channel = require("sf_provision_event_channel", r.sf_provision_event_channel)?;
-        if !channel.starts_with("/event/") && !channel.starts_with("/data/") {
-            return Err(err(
-                "sf_provision_event_channel",
-                format!("must be a topic such as /event/Name__e, got {channel:?}"),
-            ));
-        }
+        let channel = channel_setting(&r.sf_provision_event_channel)?;
 
         let login_url = require("sf_login_url", r.sf_login_url)?
             .trim_end_matches('/')
@@ -392,35 +509,6 @@ impl Config {
             payment_method: require("whmcs_payment_method", r.whmcs_payment_method)?,
             timeout: Duration::from_secs(r.whmcs_timeout_secs.max(1)),
         };
-
-        let redis_url = require("redis_url", r.redis_url)?;
-        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
-            return Err(err("redis_url", "must start with redis:// or rediss://"));
-        }
-        let queue_name = require("queue_name", r.queue_name)?;
-        if queue_name.contains(char::is_whitespace) {
-            return Err(err("queue_name", "must not contain spaces"));
-        }
-        if r.worker_concurrency == 0 {
-            return Err(err("worker_concurrency", "must be at least 1"));
-        }
-        if r.job_max_attempts == 0 {
-            return Err(err("job_max_attempts", "must be at least 1"));
-        }
-
-        let database_url = require("database_url", r.database_url)?;
-        if !(database_url.starts_with("sqlite:")
-            || database_url.starts_with("postgres://")
-            || database_url.starts_with("postgresql://"))
-        {
-            return Err(err(
-                "database_url",
-                "must start with sqlite:, postgres:// or postgresql://",
-            ));
-        }
-        if r.database_max_connections == 0 {
-            return Err(err("database_max_connections", "must be at least 1"));
-        }
 
         let addr: SocketAddr = r.http_addr.trim().parse().map_err(|_| {
             err(
@@ -517,21 +605,8 @@ impl Config {
                 },
             },
             whmcs,
-            queue: QueueConfig {
-                redis_url,
-                name: queue_name,
-                concurrency: r.worker_concurrency,
-                max_attempts: r.job_max_attempts,
-                backoff_initial: Duration::from_millis(r.job_backoff_initial_ms.max(1)),
-                backoff_max: Duration::from_millis(
-                    r.job_backoff_max_ms.max(r.job_backoff_initial_ms.max(1)),
-                ),
-            },
-            database: DatabaseConfig {
-                url: database_url,
-                auto_migrate: r.database_auto_migrate,
-                max_connections: r.database_max_connections,
-            },
+            queue,
+            database,
             http: HttpConfig {
                 addr,
                 auth: api_auth,
@@ -540,6 +615,7 @@ impl Config {
             alert_webhook_url,
             log_format,
             shutdown_grace: Duration::from_secs(r.shutdown_grace_secs),
+            admin_token: admin_token_setting(r.admin_token)?,
         })
     }
 }
@@ -680,5 +756,41 @@ mod tests {
         assert_eq!(c.queue.name, "fromenv");
         let missing = Config::load_from(Some(&dir.join("none.toml")), base()).expect_err("missing");
         assert_eq!(missing.setting, "PROVISIONER_CONFIG");
+    }
+    #[test]
+    fn tools_need_no_salesforce_or_whmcs_settings() {
+        let env = [
+            ("DATABASE_URL", "postgres://u:p@127.0.0.1:5432/db"),
+            ("QUEUE_NAME", "q1"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let t = Config::load_for_tools_from(None, env).expect("valid without credentials");
+        assert_eq!(t.queue.name, "q1");
+        assert_eq!(t.database.url, "postgres://u:p@127.0.0.1:5432/db");
+        assert_eq!(t.channel, "/event/OrderProvisionRequested__e");
+        assert_eq!(t.replay, ReplayStart::Latest);
+        // The full daemon configuration still refuses the same environment.
+        assert!(Config::load_from(None, Vec::new()).is_err());
+        // What the tools do use is validated, naming the setting.
+        for (k, v) in [
+            ("DATABASE_URL", "mysql://x"),
+            ("REDIS_URL", "http://x"),
+            ("QUEUE_NAME", "a b"),
+            ("SF_PROVISION_EVENT_CHANNEL", "Order__e"),
+            ("SF_EVENTS_REPLAY", "SOMETIMES"),
+        ] {
+            let e = Config::load_for_tools_from(None, [(k.to_owned(), v.to_owned())]).expect_err(k);
+            assert_eq!(e.setting, k, "{e}");
+        }
+    }
+
+    #[test]
+    fn admin_token_is_optional_long_and_redacted() {
+        assert!(with(&[]).expect("valid").admin_token.is_none());
+        let e = with(&[("ADMIN_TOKEN", "short")]).expect_err("too short");
+        assert_eq!(e.setting, "ADMIN_TOKEN");
+        let c = with(&[("ADMIN_TOKEN", "dashboard-token-0123456789")]).expect("valid");
+        assert!(c.admin_token.is_some());
+        assert!(!format!("{c:?}").contains("dashboard-token"));
     }
 }
