@@ -1,4 +1,5 @@
-//! Command line (clap): `serve` (default), `migrate`, `check`, `healthcheck`, `sim`, `demo`.
+//! Command line (clap): `serve` (default), `migrate`, `check`, `healthcheck`, `sim`, `demo`, and
+//! the operator tools `orders`, `cursor`, `queue` (defined in [`crate::ops`]).
 
 use std::path::PathBuf;
 
@@ -38,6 +39,21 @@ pub enum Command {
         /// HTTP (OAuth, REST, WHMCS, control) listen address.
         #[arg(long, default_value = "127.0.0.1:7012")]
         http_addr: std::net::SocketAddr,
+    },
+    /// Operator tools: list and inspect Orders in the ledger, re-enqueue one.
+    Orders {
+        #[command(subcommand)]
+        command: crate::ops::OrdersCommand,
+    },
+    /// Operator tools: show or set the subscription's replay cursor.
+    Cursor {
+        #[command(subcommand)]
+        command: crate::ops::CursorCommand,
+    },
+    /// Operator tools: queue statistics.
+    Queue {
+        #[command(subcommand)]
+        command: crate::ops::QueueCommand,
     },
     /// Run a demo end to end: simulator + daemon + sample orders, with progress and a summary.
     Demo {

@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod lenient;
 pub mod metrics;
 pub mod net;
+pub mod ops;
 pub mod queue;
 pub mod salesforce;
 pub mod sim;
