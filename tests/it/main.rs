@@ -4,6 +4,7 @@
 mod clients;
 mod helpers;
 mod http;
+mod ops;
 mod pipeline;
 mod process;
 mod subscriber;
