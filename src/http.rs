@@ -130,6 +130,7 @@ pub fn router(app: AppState) -> Router {
         .route("/health/sf-events", get(sf_events))
         .route("/metrics", get(metrics))
         .route("/api/orders/{id}", get(order_status))
+        .merge(crate::dashboard::routes(state.app.clone()))
         .with_state(state)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))

@@ -7,6 +7,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod error;
 pub mod http;

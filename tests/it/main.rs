@@ -2,6 +2,7 @@
 //! Redis (unique queue name per test) and a fresh SQLite file or PostgreSQL schema per test.
 
 mod clients;
+mod dashboard;
 mod helpers;
 mod http;
 mod ops;
