@@ -72,6 +72,7 @@ pub enum OrdersCommand {
     Show {
         /// Salesforce Order id (15 or 18 characters).
         id: String,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -81,6 +82,7 @@ pub enum OrdersCommand {
     Requeue {
         /// Salesforce Order id (15 or 18 characters).
         id: String,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -91,6 +93,7 @@ pub enum OrdersCommand {
 pub enum CursorCommand {
     /// Show the stored replay cursor of the subscription and where the next one starts.
     Show {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -112,6 +115,7 @@ pub struct CursorSet {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -121,6 +125,7 @@ pub struct CursorSet {
 pub enum QueueCommand {
     /// Jobs by state, live workers, Orders by state and the failure rate of the last hour.
     Stats {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -317,8 +322,7 @@ async fn job_status(queue: &Queue, id: &str) -> queue::Result<Option<String>> {
 
 impl Tools {
     async fn ledger(&self) -> anyhow::Result<Ledger> {
-        let db = &self.cfg.database;
-        let mut db = db.clone();
+        let mut db = self.cfg.database.clone();
         if db.url.starts_with("sqlite:") {
             let path = db
                 .url
@@ -351,7 +355,11 @@ impl Tools {
     }
 
     async fn queue(&self) -> anyhow::Result<Queue> {
-        tokio::time::timeout(Duration::from_secs(15), Queue::connect(&self.cfg.queue))
+        self.queue_within(Duration::from_secs(15)).await
+    }
+
+    async fn queue_within(&self, limit: Duration) -> anyhow::Result<Queue> {
+        tokio::time::timeout(limit, Queue::connect(&self.cfg.queue))
             .await
             .map_err(|_| anyhow::anyhow!("timed out"))
             .and_then(|r| r.map_err(anyhow::Error::from))
@@ -669,7 +677,7 @@ impl Tools {
             updated_at: ledger::now_ms(),
         };
         let plan = next_start(Some(&after), self.cfg.replay);
-        let workers = match self.queue().await {
+        let workers = match self.queue_within(Duration::from_secs(3)).await {
             Ok(q) => live_workers(&q).await.ok(),
             Err(_) => None,
         };

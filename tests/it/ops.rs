@@ -12,7 +12,7 @@ use provisioner::{
 use serde_json::Value;
 use tokio::process::Command;
 
-use crate::helpers::{Options, TestApp, spawn_app, wait_until};
+use crate::helpers::{Db, Options, TestApp, spawn_app, wait_until};
 
 struct Out {
     ok: bool,
@@ -173,9 +173,19 @@ async fn orders_list_show_and_queue_stats_after_a_provisioning_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cursor_set_needs_confirmation_and_earliest_replays_skipped_events() {
+async fn cursor_set_needs_confirmation_and_earliest_replays_skipped_events_sqlite() {
+    cursor_set_and_replay(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_set_needs_confirmation_and_earliest_replays_skipped_events_postgres() {
+    cursor_set_and_replay(Db::Postgres).await;
+}
+
+async fn cursor_set_and_replay(db: Db) {
     // SF_EVENTS_REPLAY=LATEST: a replay from EARLIEST can only come from the operator request.
     let mut app = spawn_app(Options {
+        db,
         extra_env: vec![("SF_EVENTS_REPLAY", "LATEST".into())],
         ..Default::default()
     })
