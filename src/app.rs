@@ -25,9 +25,11 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{Config, SalesforceAuth},
+    leader::Lease,
     ledger::Ledger,
     metrics::{Metrics, StateLabel},
     queue::{self, Job, Queue},
+    reconciler::{Reconciler, SweepReport},
     salesforce::{
         auth::{AuthFlow, TokenProvider},
         rest::RestClient,
@@ -51,6 +53,8 @@ pub struct AppState {
     pub changes: broadcast::Sender<OrderChanged>,
     /// Unique name of this process (lease owner, worker names).
     pub instance: String,
+    /// The stuck-order reconciler's last sweep.
+    pub reconciler: Arc<std::sync::Mutex<SweepReport>>,
 }
 
 /// The HTTP client every outbound call shares (rustls, keep-alive, timeouts).
@@ -126,6 +130,7 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
             changes,
             instance,
+            reconciler: Arc::default(),
         })
     }
 
@@ -271,17 +276,23 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
         });
     }
     if state.cfg.events.enabled {
-        let sub = Subscriber {
-            cfg: state.cfg.events.clone(),
-            tokens: state.tokens.clone(),
-            ledger: state.ledger.clone(),
-            queue: state.queue.clone(),
-            metrics: state.metrics.clone(),
-            health: state.health.clone(),
-            fencing_token: 0,
-        };
-        let token = shutdown.clone();
-        parts.spawn(async move { ("subscriber", sub.run(token).await) });
+        let lease = Lease::new(
+            state.queue.redis(),
+            &state.cfg.queue.name,
+            &state.instance,
+            state.cfg.leader_lease_ttl,
+        );
+        let (s, token) = (state.clone(), shutdown.clone());
+        parts.spawn(async move {
+            let health = s.health.clone();
+            let r = lease
+                .run(&health, token, move |fencing_token, leadership| {
+                    let s = s.clone();
+                    async move { lead(s, fencing_token, leadership).await }
+                })
+                .await;
+            ("subscriber", r)
+        });
     } else {
         state.health.update(|h| h.state = SubState::Disabled);
     }
@@ -365,6 +376,37 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
             Ok(())
         }
     }
+}
+
+/// What the subscriber leader runs: the Pub/Sub subscriber (writing cursors with the lease's
+/// fencing token) and the stuck-order reconciler, until leadership ends.
+async fn lead(
+    state: AppState,
+    fencing_token: i64,
+    leadership: CancellationToken,
+) -> anyhow::Result<()> {
+    let sub = Subscriber {
+        cfg: state.cfg.events.clone(),
+        tokens: state.tokens.clone(),
+        ledger: state.ledger.clone(),
+        queue: state.queue.clone(),
+        metrics: state.metrics.clone(),
+        health: state.health.clone(),
+        fencing_token,
+    };
+    let reconciler = Reconciler {
+        cfg: state.cfg.reconciler.clone(),
+        rest: state.rest.clone(),
+        ledger: state.ledger.clone(),
+        queue: state.queue.clone(),
+        metrics: state.metrics.clone(),
+        report: state.reconciler.clone(),
+    };
+    let (a, b) = tokio::join!(
+        sub.run(leadership.clone()),
+        reconciler.run(leadership.clone())
+    );
+    a.and(b)
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

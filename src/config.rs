@@ -94,6 +94,10 @@ struct Raw {
     alert_webhook_url: String,
     log_format: String,
     shutdown_grace_secs: u64,
+    reconciler_interval_secs: u64,
+    reconciler_stuck_after_secs: u64,
+    reconciler_batch_limit: u32,
+    leader_lease_ttl_secs: u64,
     admin_token: SecretString,
 }
 
@@ -194,6 +198,15 @@ pub struct HttpConfig {
     pub lookup_cache: Duration,
 }
 
+/// Stuck-order reconciler settings.
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    /// `None` when disabled.
+    pub interval: Option<Duration>,
+    pub stuck_after: Duration,
+    pub batch_limit: u32,
+}
+
 /// The validated configuration of one daemon process.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -206,6 +219,9 @@ pub struct Config {
     pub alert_webhook_url: Option<String>,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    pub reconciler: ReconcilerConfig,
+    /// TTL of the subscriber leadership lease.
+    pub leader_lease_ttl: Duration,
     /// Bearer token of the operator dashboard (`/admin`); `None` disables it (404).
     pub admin_token: Option<SecretString>,
 }
@@ -548,7 +564,20 @@ impl Config {
             }
         };
 
+        if r.leader_lease_ttl_secs < 3 {
+            return Err(err("leader_lease_ttl_secs", "must be at least 3"));
+        }
+        if r.reconciler_interval_secs > 0 && r.reconciler_batch_limit == 0 {
+            return Err(err("reconciler_batch_limit", "must be at least 1"));
+        }
         Ok(Config {
+            reconciler: ReconcilerConfig {
+                interval: (r.reconciler_interval_secs > 0)
+                    .then(|| Duration::from_secs(r.reconciler_interval_secs)),
+                stuck_after: Duration::from_secs(r.reconciler_stuck_after_secs),
+                batch_limit: r.reconciler_batch_limit,
+            },
+            leader_lease_ttl: Duration::from_secs(r.leader_lease_ttl_secs),
             events: EventsConfig {
                 enabled: r.sf_events_enabled,
                 channel,
@@ -714,6 +743,14 @@ mod tests {
             (with(&[("LOG_FORMAT", "xml")]), "LOG_FORMAT"),
             (with(&[("API_AUTH", "maybe")]), "API_AUTH"),
             (with(&[("ALERT_WEBHOOK_URL", "nope")]), "ALERT_WEBHOOK_URL"),
+            (
+                with(&[("LEADER_LEASE_TTL_SECS", "1")]),
+                "LEADER_LEASE_TTL_SECS",
+            ),
+            (
+                with(&[("RECONCILER_BATCH_LIMIT", "0")]),
+                "RECONCILER_BATCH_LIMIT",
+            ),
         ];
         for (result, setting) in cases {
             let e = result.expect_err(setting);

@@ -14,7 +14,7 @@ use crate::{
     app,
     config::Config,
     ids::SalesforceId,
-    sim::{ItemSeed, OrderSeed, SimConfig, Simulator},
+    sim::{Faults, ItemSeed, OrderSeed, SimConfig, Simulator},
 };
 
 /// Runs the demo; exit 0 when every order reached its expected end state.
@@ -37,29 +37,23 @@ async fn run_inner(orders: usize, redis_url: &str) -> anyhow::Result<bool> {
     ));
     std::fs::create_dir_all(&dir)?;
     let queue = format!("demo-{}", uuid::Uuid::new_v4().simple());
-    let env: Vec<(String, String)> = [
-        ("SF_PUBSUB_ENDPOINT", sim.grpc_url.clone()),
-        ("SF_LOGIN_URL", sim.login_url()),
-        ("SF_AUTH_FLOW", "client_credentials".into()),
-        ("SF_CLIENT_ID", "sim-client-id".into()),
-        ("SF_CLIENT_SECRET", "sim-client-secret".into()),
-        ("SF_EVENTS_REPLAY", "ALL".into()),
-        ("WHMCS_API_URL", sim.whmcs_url()),
-        ("WHMCS_API_IDENTIFIER", "sim-identifier".into()),
-        ("WHMCS_API_SECRET", "sim-secret".into()),
-        ("REDIS_URL", redis_url.into()),
-        ("QUEUE_NAME", queue.clone()),
-        (
-            "DATABASE_URL",
-            format!("sqlite://{}/ledger.db", dir.display()),
-        ),
-        ("HTTP_ADDR", "127.0.0.1:0".into()),
-        ("API_AUTH", "disabled".into()),
-        ("LOG_FORMAT", "pretty".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env: Vec<(String, String)> = sim
+        .daemon_env()
+        .into_iter()
+        .chain([
+            ("SF_EVENTS_REPLAY", "ALL".into()),
+            ("REDIS_URL", redis_url.into()),
+            ("QUEUE_NAME", queue.clone()),
+            (
+                "DATABASE_URL",
+                format!("sqlite://{}/ledger.db", dir.display()),
+            ),
+            ("HTTP_ADDR", "127.0.0.1:0".into()),
+            ("API_AUTH", "disabled".into()),
+            ("LOG_FORMAT", "pretty".into()),
+        ])
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     let cfg = Config::load_from(None, env)?;
     let token = CancellationToken::new();
     let daemon = tokio::spawn(app::run(cfg, token.clone()));
@@ -84,10 +78,22 @@ async fn run_inner(orders: usize, redis_url: &str) -> anyhow::Result<bool> {
         ids.push(sim.sim.seed_order(seed));
     }
     println!("seeded {orders} orders; approving them as the Salesforce Flow would");
+    // A little WHMCS latency and paced approvals, so the progress is visible.
+    sim.sim.set_faults(Faults {
+        whmcs_latency_ms: 100,
+        ..Faults::default()
+    });
     let started = Instant::now();
-    for id in &ids {
-        sim.sim.approve(id);
-    }
+    let approvals = {
+        let (sim, ids) = (sim.sim.clone(), ids.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            for id in &ids {
+                tick.tick().await;
+                sim.approve(id);
+            }
+        })
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last = String::new();
     let (mut activated, mut failed) = (0, 0);
@@ -120,6 +126,7 @@ async fn run_inner(orders: usize, redis_url: &str) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let elapsed = started.elapsed();
+    approvals.abort();
     token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), daemon).await;
 

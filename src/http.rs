@@ -193,6 +193,7 @@ async fn sf_events(State(s): State<Http>) -> Response {
         "reconnects": h.reconnects,
         "cursorFallbacks": h.cursor_fallbacks,
         "lastError": h.last_error,
+        "reconciler": *s.app.reconciler.lock().unwrap_or_else(|p| p.into_inner()),
         "queue": queue.map(|q| json!({"pending": q.pending + q.delayed, "running": q.running, "failed": q.failed, "done": q.done})),
     });
     let code = if healthy {

@@ -208,16 +208,22 @@ impl Provisioner {
         let order = match self.retry("read_order", || self.rest.get_order(&id)).await {
             Ok(Some(o)) => o,
             Ok(None) => return Ok(Outcome::Skipped("order_not_found")),
-            Err(e) if e.class() == ErrorClass::Transient => {
-                return Err(JobError::Salesforce(e.to_string()));
-            }
             Err(e) => {
                 self.metrics
                     .salesforce_errors
                     .get_or_create(&crate::metrics::ReasonLabel { reason: e.code() })
                     .inc();
-                error!(error.code = %e.code(), error.message = %e, "cannot read the order");
-                return Ok(Outcome::Skipped("order_unreadable"));
+                if e.class() == ErrorClass::Permanent {
+                    error!(error.code = %e.code(), error.message = %e, "cannot read the order");
+                    return Ok(Outcome::Skipped("order_unreadable"));
+                }
+                // Transient, or a configuration problem (credentials, permissions, field names)
+                // an operator must fix: the job runs again later rather than being dropped, and
+                // the reconciler re-enqueues the Order if the queue gives up on it.
+                if e.class() == ErrorClass::Config {
+                    error!(error.code = %e.code(), error.message = %e, "cannot read the order: Salesforce configuration problem");
+                }
+                return Err(JobError::Salesforce(e.to_string()));
             }
         };
         if order.activation_status.as_deref() != Some(ACTIVATING) {

@@ -38,6 +38,8 @@ pub enum LedgerError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("ledger setup: {0}")]
     Setup(String),
+    #[error("cursor write refused: a newer subscriber leader holds the lease")]
+    Fenced,
 }
 
 /// Which SQL engine backs the ledger.
@@ -331,7 +333,7 @@ impl Ledger {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
+        let written = sqlx::query(
             "INSERT INTO cursors (channel, replay_id, fencing_token, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id, \
              fencing_token = excluded.fencing_token, updated_at = excluded.updated_at \
@@ -342,9 +344,41 @@ impl Ledger {
         .bind(fencing_token)
         .bind(now)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if written == 0 {
+            // A newer leader owns the subscription: discard this batch's bookkeeping.
+            tx.rollback().await?;
+            return Err(LedgerError::Fenced);
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Of these Orders, those the ledger saw move since `since_ms`: an order row updated, or an
+    /// event received for it (the reconciler leaves them alone).
+    pub async fn recently_active(
+        &self,
+        orders: &[SalesforceId],
+        since_ms: i64,
+    ) -> Result<Vec<String>> {
+        if orders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = (0..orders.len()).map(|i| format!("${}", i + 2)).collect();
+        let list = list.join(", ");
+        let sql = format!(
+            "SELECT sf_order_id FROM orders WHERE updated_at >= $1 AND sf_order_id IN ({list}) \
+             UNION SELECT sf_order_id FROM event_inbox WHERE received_at >= $1 AND sf_order_id IN ({list})"
+        );
+        let mut q = sqlx::query(&sql).bind(since_ms);
+        for id in orders {
+            q = q.bind(id.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("sf_order_id").map_err(Into::into))
+            .collect()
     }
 
     /// Number of events in the inbox by status (`enqueued`, `poison`).

@@ -101,3 +101,67 @@ async fn whmcs_bad_credentials_are_a_config_error() {
     assert_eq!(e.class(), ErrorClass::Config);
     assert!(!e.to_string().contains("wrong-secret"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_provisions_with_the_jwt_bearer_flow() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let public =
+        std::fs::read_to_string(format!("{fixtures}/jwt_rsa.pub.pem")).expect("public key");
+    let mut app = spawn_app(Options {
+        sim: provisioner::sim::SimConfig {
+            jwt_public_key_pem: Some(public),
+            ..Default::default()
+        },
+        extra_env: vec![
+            ("SF_AUTH_FLOW", "jwt".into()),
+            ("SF_USERNAME", "integration@example.com".into()),
+            ("SF_PRIVATE_KEY_PATH", format!("{fixtures}/jwt_rsa.pem")),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let id = app.seed(1).remove(0);
+    app.sim.sim.approve(&id);
+    app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(60))
+        .await;
+    assert_eq!(app.activation(&id).as_deref(), Some("Activated"));
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_command_reports_each_dependency() {
+    let app = spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await;
+    let run = |env: Vec<(String, String)>| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_provisioner"))
+            .arg("check")
+            .env_clear()
+            .envs(env)
+            .output()
+            .await
+            .expect("run check")
+    };
+    let out = run(app.env.clone()).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for dep in [
+        "database",
+        "redis",
+        "salesforce auth",
+        "pub/sub topic",
+        "whmcs",
+    ] {
+        assert!(text.contains(&format!("[ ok ] {dep}")), "{dep}:\n{text}");
+    }
+    let mut bad = app.env.clone();
+    bad.retain(|(k, _)| k != "WHMCS_API_SECRET");
+    bad.push(("WHMCS_API_SECRET".into(), "wrong-secret".into()));
+    let out = run(bad).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("[FAIL] whmcs"), "{text}");
+    assert!(!text.contains("wrong-secret"), "{text}");
+}

@@ -84,34 +84,28 @@ pub async fn spawn_app(opts: Options) -> TestApp {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
         l.local_addr().expect("addr").port()
     };
-    let mut env: Vec<(String, String)> = [
-        ("SF_PUBSUB_ENDPOINT", sim.grpc_url.clone()),
-        ("SF_LOGIN_URL", sim.login_url()),
-        ("SF_AUTH_FLOW", "client_credentials".into()),
-        ("SF_CLIENT_ID", "sim-client-id".into()),
-        ("SF_CLIENT_SECRET", "sim-client-secret".into()),
-        ("SF_EVENTS_REPLAY", "ALL".into()),
-        ("WHMCS_API_URL", sim.whmcs_url()),
-        ("WHMCS_API_IDENTIFIER", "sim-identifier".into()),
-        ("WHMCS_API_SECRET", "sim-secret".into()),
-        ("REDIS_URL", redis_url()),
-        (
-            "QUEUE_NAME",
-            format!("test-{}", uuid::Uuid::new_v4().simple()),
-        ),
-        ("DATABASE_URL", database_url),
-        ("HTTP_ADDR", format!("127.0.0.1:{port}")),
-        ("PORTAL_JWT_SECRET", "portal-test-secret".into()),
-        ("JOB_BACKOFF_INITIAL_MS", "20".into()),
-        ("JOB_BACKOFF_MAX_MS", "200".into()),
-        ("SF_EVENTS_BACKOFF_INITIAL_MS", "20".into()),
-        ("SF_EVENTS_BACKOFF_MAX_MS", "200".into()),
-        ("SHUTDOWN_GRACE_SECS", "5".into()),
-        ("LOG_FORMAT", "pretty".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let mut env: Vec<(String, String)> = sim
+        .daemon_env()
+        .into_iter()
+        .chain([
+            ("SF_EVENTS_REPLAY", "ALL".into()),
+            ("REDIS_URL", redis_url()),
+            (
+                "QUEUE_NAME",
+                format!("test-{}", uuid::Uuid::new_v4().simple()),
+            ),
+            ("DATABASE_URL", database_url),
+            ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("PORTAL_JWT_SECRET", "portal-test-secret".into()),
+            ("JOB_BACKOFF_INITIAL_MS", "20".into()),
+            ("JOB_BACKOFF_MAX_MS", "200".into()),
+            ("SF_EVENTS_BACKOFF_INITIAL_MS", "20".into()),
+            ("SF_EVENTS_BACKOFF_MAX_MS", "200".into()),
+            ("SHUTDOWN_GRACE_SECS", "5".into()),
+            ("LOG_FORMAT", "pretty".into()),
+        ])
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     for (k, v) in opts.extra_env {
         env.retain(|(ek, _)| ek != k);
         env.push((k.to_owned(), v));
@@ -194,4 +188,23 @@ where
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// The daemon binary as a child process with the app's environment plus `extra`.
+pub fn daemon_process(app: &TestApp, extra: &[(&str, String)]) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_provisioner"));
+    cmd.arg("serve")
+        .env_clear()
+        .envs(app.env.iter().cloned())
+        .envs(extra.iter().map(|(k, v)| (*k, v.clone())))
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(if std::env::var("TEST_LOG").is_ok() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
+        .kill_on_drop(true);
+    cmd.spawn().expect("spawn provisioner")
 }

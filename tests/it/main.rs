@@ -3,9 +3,11 @@
 
 mod clients;
 mod dashboard;
+mod deploy;
 mod helpers;
 mod http;
 mod ops;
 mod pipeline;
 mod process;
+mod replicas;
 mod subscriber;

@@ -186,7 +186,11 @@ async fn cursor_set_and_replay(db: Db) {
     // SF_EVENTS_REPLAY=LATEST: a replay from EARLIEST can only come from the operator request.
     let mut app = spawn_app(Options {
         db,
-        extra_env: vec![("SF_EVENTS_REPLAY", "LATEST".into())],
+        // No stuck-order reconciler: only the replay may bring the skipped Order back.
+        extra_env: vec![
+            ("SF_EVENTS_REPLAY", "LATEST".into()),
+            ("RECONCILER_INTERVAL_SECS", "0".into()),
+        ],
         ..Default::default()
     })
     .await;
@@ -300,7 +304,12 @@ async fn cursor_set_and_replay(db: Db) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeue_provisions_an_activating_order_whose_job_was_lost() {
-    let mut app = spawn_app(Options::default()).await;
+    // No stuck-order reconciler: only the operator's requeue may run the Order.
+    let mut app = spawn_app(Options {
+        extra_env: vec![("RECONCILER_INTERVAL_SECS", "0".into())],
+        ..Default::default()
+    })
+    .await;
     let id = app.seed(1).remove(0);
     // The Order is Activating in Salesforce and a worker had claimed it, then the worker died
     // and its job vanished from Redis: nothing will ever run it again by itself.

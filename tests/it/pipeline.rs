@@ -113,9 +113,12 @@ async fn duplicate_jobs_make_one_whmcs_order_postgres() {
     duplicates_make_one_order(Db::Postgres).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ambiguous_add_order_is_reconciled_not_repeated() {
-    let mut app = spawn_app(Options::default()).await;
+async fn ambiguous_add_order_is_reconciled_not_repeated_on(db: Db) {
+    let mut app = spawn_app(Options {
+        db,
+        ..Default::default()
+    })
+    .await;
     // Every WHMCS call creates its effect, then answers 500: AddOrder's outcome is unknown.
     app.sim.sim.set_faults(Faults {
         whmcs_error_rate: 1.0,
@@ -145,9 +148,12 @@ async fn ambiguous_add_order_is_reconciled_not_repeated() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn business_error_fails_then_retrigger_after_fix_succeeds_once() {
-    let mut app = spawn_app(Options::default()).await;
+async fn business_error_fails_then_retrigger_after_fix_succeeds_once_on(db: Db) {
+    let mut app = spawn_app(Options {
+        db,
+        ..Default::default()
+    })
+    .await;
     let id = app.sim.sim.seed_order(OrderSeed {
         items: vec![ItemSeed {
             product_id: Some("99".into()),
@@ -189,9 +195,12 @@ async fn business_error_fails_then_retrigger_after_fix_succeeds_once() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_mapping_is_a_precise_failure() {
-    let mut app = spawn_app(Options::default()).await;
+async fn missing_mapping_is_a_precise_failure_on(db: Db) {
+    let mut app = spawn_app(Options {
+        db,
+        ..Default::default()
+    })
+    .await;
     let no_client = app.sim.sim.seed_order(OrderSeed {
         whmcs_client_id: None,
         ..OrderSeed::default()
@@ -218,9 +227,9 @@ async fn missing_mapping_is_a_precise_failure() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flaky_whmcs_still_provisions_everything_once() {
+async fn flaky_whmcs_still_provisions_everything_once_on(db: Db) {
     let mut app = spawn_app(Options {
+        db,
         extra_env: vec![("JOB_MAX_ATTEMPTS", "12".into())],
         ..Default::default()
     })
@@ -243,15 +252,23 @@ async fn flaky_whmcs_still_provisions_everything_once() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn order_not_activating_gets_no_whmcs_call() {
-    let mut app = spawn_app(Options::default()).await;
+async fn order_not_activating_gets_no_whmcs_call_on(db: Db) {
+    let mut app = spawn_app(Options {
+        db,
+        ..Default::default()
+    })
+    .await;
     let id = app.seed(1).remove(0);
-    app.sim.sim.approve(&id);
-    // The operator pulls the order back before the worker reads it.
+    // An event for an Order that is not (or no longer) Activating, e.g. pulled back by an
+    // operator before the worker read it.
     app.sim
         .sim
-        .set_order_field(&id, "Activation_Status__c", serde_json::json!("Draft"));
+        .publish(provisioner::salesforce::event::EventPayload {
+            created_date_ms: chrono::Utc::now().timestamp_millis(),
+            created_by_id: "005000000000001AAA".into(),
+            order_id: Some(id.to_string()),
+            ..Default::default()
+        });
     let control = app.seed(1).remove(0);
     app.sim.sim.approve(&control);
     app.wait_terminal(std::slice::from_ref(&control), Duration::from_secs(60))
@@ -280,4 +297,54 @@ async fn order_not_activating_gets_no_whmcs_call() {
             .contains("reason=\"not_activating\"")
     );
     app.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_add_order_is_reconciled_not_repeated_sqlite() {
+    ambiguous_add_order_is_reconciled_not_repeated_on(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_add_order_is_reconciled_not_repeated_postgres() {
+    ambiguous_add_order_is_reconciled_not_repeated_on(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_error_fails_then_retrigger_after_fix_succeeds_once_sqlite() {
+    business_error_fails_then_retrigger_after_fix_succeeds_once_on(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_error_fails_then_retrigger_after_fix_succeeds_once_postgres() {
+    business_error_fails_then_retrigger_after_fix_succeeds_once_on(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flaky_whmcs_still_provisions_everything_once_sqlite() {
+    flaky_whmcs_still_provisions_everything_once_on(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flaky_whmcs_still_provisions_everything_once_postgres() {
+    flaky_whmcs_still_provisions_everything_once_on(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_mapping_is_a_precise_failure_sqlite() {
+    missing_mapping_is_a_precise_failure_on(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_mapping_is_a_precise_failure_postgres() {
+    missing_mapping_is_a_precise_failure_on(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_not_activating_gets_no_whmcs_call_sqlite() {
+    order_not_activating_gets_no_whmcs_call_on(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_not_activating_gets_no_whmcs_call_postgres() {
+    order_not_activating_gets_no_whmcs_call_on(Db::Postgres).await;
 }

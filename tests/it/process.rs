@@ -1,7 +1,7 @@
 //! The real binary as a child process: crashes (SIGKILL), graceful shutdown (SIGTERM),
 //! configuration errors and the command line.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use provisioner::sim::Faults;
 use tokio::process::{Child, Command};
@@ -9,20 +9,7 @@ use tokio::process::{Child, Command};
 use crate::helpers::{Options, TestApp, spawn_app, wait_until};
 
 fn daemon(app: &TestApp) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_provisioner"));
-    cmd.arg("serve")
-        .env_clear()
-        .envs(app.env.iter().cloned())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(if std::env::var("TEST_LOG").is_ok() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .kill_on_drop(true);
-    cmd.spawn().expect("spawn provisioner")
+    crate::helpers::daemon_process(app, &[])
 }
 
 fn sigterm(child: &Child) {
@@ -150,4 +137,21 @@ async fn help_lists_the_commands() {
     for cmd in ["serve", "migrate", "check", "healthcheck", "sim", "demo"] {
         assert!(text.contains(cmd), "{cmd} missing from --help:\n{text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_end_to_end() {
+    let out = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args(["demo", "--orders", "6"])
+        .env("REDIS_URL", crate::helpers::redis_url())
+        .env("RUST_LOG", "error")
+        .output()
+        .await
+        .expect("run demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("activated                 5"), "{text}");
+    assert!(text.contains("MAPPING_PRODUCT_MISSING"), "{text}");
+    assert!(text.contains("WHMCS orders duplicated   0"), "{text}");
+    assert!(text.contains("result: OK"), "{text}");
 }

@@ -299,3 +299,51 @@ async fn crash_between_enqueue_and_cursor_save_enqueues_nothing_twice() {
     }
     app.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_keeps_the_queue_bounded_and_loses_nothing() {
+    let mut app = spawn_app(Options {
+        start: false,
+        extra_env: vec![
+            ("SF_EVENTS_BATCH_SIZE", "5".into()),
+            ("SF_EVENTS_MAX_PENDING_JOBS", "5".into()),
+            ("WORKER_CONCURRENCY", "2".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    app.sim.sim.set_faults(Faults {
+        whmcs_latency_ms: 20,
+        ..Faults::default()
+    });
+    let ids = app.seed(60);
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    app.start();
+    let mut max_pending = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let stats = app.state.queue.stats().await.expect("stats");
+        max_pending = max_pending.max(stats.pending);
+        let done = ids
+            .iter()
+            .filter(|id| app.activation(id).as_deref() == Some("Activated"))
+            .count();
+        if done == ids.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{done}/60 activated"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // At most the threshold plus one batch of demand is ever waiting in Redis.
+    assert!(max_pending <= 10, "queue grew to {max_pending}");
+    assert!(app.sim.sim.stream_stats().max_outstanding_requested <= 5);
+    for id in &ids {
+        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1);
+    }
+    app.stop().await.expect("stop");
+}
