@@ -17,9 +17,10 @@
 //!   every (re)subscription starts from EARLIEST again, so a crash cannot skip the replay.
 //!   `SF_EVENTS_REPLAY` keeps its meaning: the start when nothing at all is stored, and the
 //!   fallback after a rejected cursor.
-//! - A running subscriber keeps writing the cursor from its live stream: stop every daemon that
-//!   runs the subscriber before `cursor set`. The command warns when queue workers heartbeated
-//!   recently (a sign that daemons are running).
+//! - A running subscriber keeps writing the cursor from its live stream, so `cursor set` refuses
+//!   while the subscriber lease (`<queue>:leader`, see [`crate::leader`]) is held: stop every
+//!   daemon with `SF_EVENTS_ENABLED=true` first. The check is not a lock; a subscriber that
+//!   takes the lease during the write is reported.
 //! - Replaying does not re-run events the inbox already holds (they are skipped as
 //!   duplicates); an Order whose job was lost after its event was recorded is recovered with
 //!   `orders requeue`.
@@ -42,6 +43,7 @@ use sqlx::Row;
 use crate::{
     config::{Config, ReplayStart, ToolsConfig},
     ids::SalesforceId,
+    leader::Lease,
     ledger::{self, Ledger, OrderRecord, state},
     queue::{self, Job, JobSource, ProvisionOrderV1, Queue},
 };
@@ -366,6 +368,20 @@ impl Tools {
             .context("connecting to Redis (REDIS_URL)")
     }
 
+    /// Holder of the subscriber lease (the running subscriber's instance), if any.
+    async fn leader(&self, queue: &Queue) -> anyhow::Result<Option<String>> {
+        let lease = Lease::new(
+            queue.redis(),
+            &self.cfg.queue.name,
+            "operator",
+            Duration::ZERO,
+        );
+        tokio::time::timeout(Duration::from_secs(3), lease.holder())
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))?
+            .context("reading the subscriber lease")
+    }
+
     async fn orders_list(
         &self,
         state: Option<LedgerState>,
@@ -630,9 +646,14 @@ impl Tools {
         let ledger = self.ledger().await?;
         let row = cursor_row(&ledger, &self.cfg.channel).await?;
         let next = next_start(row.as_ref(), self.cfg.replay);
+        let leader = match self.queue_within(Duration::from_secs(3)).await {
+            Ok(q) => self.leader(&q).await.ok().flatten(),
+            Err(_) => None,
+        };
         if json {
             print_json(&json!({
                 "channel": self.cfg.channel,
+                "subscriber": leader,
                 "cursor": row,
                 "sf_events_replay": replay_name(self.cfg.replay),
                 "next_start": next,
@@ -654,6 +675,13 @@ impl Tools {
             replay_name(self.cfg.replay)
         );
         println!("{:<18} {next}", "Next subscription");
+        println!(
+            "{:<18} {}",
+            "Subscriber",
+            leader
+                .map(|h| format!("running ({})", clean(&h)))
+                .unwrap_or_else(|| "none holds the lease".into())
+        );
         Ok(ExitCode::SUCCESS)
     }
 
@@ -677,9 +705,11 @@ impl Tools {
             updated_at: ledger::now_ms(),
         };
         let plan = next_start(Some(&after), self.cfg.replay);
-        let workers = match self.queue_within(Duration::from_secs(3)).await {
-            Ok(q) => live_workers(&q).await.ok(),
-            Err(_) => None,
+        // A subscriber holding the lease keeps storing the cursor of its live stream.
+        let queue = self.queue_within(Duration::from_secs(3)).await.ok();
+        let leader = match &queue {
+            Some(q) => self.leader(q).await.ok(),
+            None => None,
         };
         let current = before
             .as_ref()
@@ -689,13 +719,19 @@ impl Tools {
         eprintln!("current:  {current}");
         eprintln!("new:      {value}");
         eprintln!("effect:   next subscription {plan}");
-        match workers {
-            Some(n) if n > 0 => eprintln!(
-                "warning: {n} queue worker(s) heartbeated in the last {} s: a running subscriber overwrites the cursor from its live stream; stop every daemon that subscribes first",
-                LIVE_WORKER_WINDOW.as_secs()
+        match &leader {
+            Some(Some(holder)) => {
+                eprintln!(
+                    "provisioner: refusing to change the cursor: a subscriber is running (lease {}:leader held by {}) and would overwrite it; stop every daemon with SF_EVENTS_ENABLED=true, then retry",
+                    self.cfg.queue.name,
+                    clean(holder)
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            Some(None) => {}
+            None => eprintln!(
+                "note: Redis not reachable; cannot tell whether a subscriber is running (it would overwrite the cursor)"
             ),
-            Some(_) => {}
-            None => eprintln!("note: Redis not reachable; cannot tell whether daemons are running"),
         }
         if !args.yes {
             if !std::io::stdin().is_terminal() {
@@ -714,6 +750,15 @@ impl Tools {
             }
         }
         store_cursor(&ledger, &self.cfg.channel, &value).await?;
+        // The lease check is not a lock: say so if a subscriber started meanwhile.
+        if let Some(q) = &queue {
+            if let Ok(Some(holder)) = self.leader(q).await {
+                eprintln!(
+                    "warning: a subscriber took the lease meanwhile ({}); check with `provisioner cursor show`",
+                    clean(&holder)
+                );
+            }
+        }
         if args.json {
             print_json(&json!({
                 "channel": self.cfg.channel,

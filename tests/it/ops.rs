@@ -204,6 +204,21 @@ async fn cursor_set_and_replay(db: Db) {
     app.sim.sim.approve(first);
     app.wait_terminal(std::slice::from_ref(first), Duration::from_secs(60))
         .await;
+    // While the subscriber runs (it holds the lease) the cursor cannot be set, even with --yes.
+    let v = tool_json(&app, &["cursor", "show", "--json"]).await;
+    assert!(v["subscriber"].is_string(), "{v}");
+    let out = tool(&app, &["cursor", "set", "--earliest", "--yes"]).await;
+    assert!(
+        !out.ok && out.stderr.contains("subscriber is running"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        provisioner::ops::replay_request(&app.state.ledger, &channel)
+            .await
+            .expect("request"),
+        None
+    );
     app.stop().await.expect("stop");
 
     let v = tool_json(&app, &["cursor", "show", "--json"]).await;
