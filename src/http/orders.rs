@@ -63,17 +63,23 @@ impl Auth {
             } => {
                 // HS256 only: `alg: none`, RS*/ES* and other HMAC sizes are all refused.
                 let mut v = Validation::new(Algorithm::HS256);
-                v.set_required_spec_claims(&["exp"]);
                 v.validate_exp = true;
                 v.validate_nbf = true;
                 v.leeway = 30;
+                // A configured issuer/audience must be present, not merely right when present.
+                let mut required = vec!["exp"];
                 if let Some(iss) = issuer {
                     v.set_issuer(&[iss]);
+                    required.push("iss");
                 }
                 match audience {
-                    Some(aud) => v.set_audience(&[aud]),
+                    Some(aud) => {
+                        v.set_audience(&[aud]);
+                        required.push("aud");
+                    }
                     None => v.validate_aud = false,
                 }
+                v.set_required_spec_claims(&required);
                 Some(Self {
                     key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
                     validation: v,

@@ -5,7 +5,7 @@
 //! - A client has `http_header_read_timeout_secs` to send a request's complete headers — from
 //!   its first byte, and again for every later request on a kept-alive connection; a slower
 //!   ("slowloris") or silent client is disconnected. The protocol sniff at the start of a
-//!   connection runs under the same deadline.
+//!   connection (at most 24 bytes) has a deadline of the same length.
 //! - Request heads are bounded (64 KiB, 100 headers → 431), bodies by the router (64 KiB → 413).
 //! - On shutdown the listener closes at once, in-flight requests finish, SSE streams end (the
 //!   router watches the same token), idle connections close; the function returns when every

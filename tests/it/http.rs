@@ -445,7 +445,7 @@ async fn order_status_api_statuses() {
     app.stop().await.expect("stop");
 }
 
-fn base64_url(s: &str) -> String {
+pub fn base64_url(s: &str) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let b = s.as_bytes();
     let mut out = String::new();

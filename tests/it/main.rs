@@ -4,6 +4,7 @@
 mod clients;
 mod helpers;
 mod http;
+mod http_hostile;
 mod pipeline;
 mod process;
 mod subscriber;
