@@ -5,6 +5,7 @@ mod clients;
 mod helpers;
 mod http;
 mod http_hostile;
+mod observability;
 mod pipeline;
 mod process;
 mod subscriber;
