@@ -585,6 +585,7 @@ async fn daemon_logs_carry_ids_and_never_a_secret() {
     // share one target directory (and so one `target/debug/provisioner`).
     let bin = std::env::var("PROVISIONER_TEST_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_provisioner").to_owned());
+    let bin_shown = bin.clone();
     let mut child = Command::new(bin)
         .arg("serve")
         .env_clear()
@@ -605,6 +606,15 @@ async fn daemon_logs_carry_ids_and_never_a_secret() {
         out
     });
     http_up(&app.http).await;
+    let probe = reqwest::get(format!("{}/openapi.json", app.http))
+        .await
+        .expect("probe");
+    assert_eq!(
+        probe.status(),
+        200,
+        "the binary at {bin_shown} is not this checkout's build (another checkout sharing the \
+         target directory rebuilt it?); set PROVISIONER_TEST_BIN to a copy of this build"
+    );
 
     // A provisioning run with a failure (fires the alert and its webhook), and a token revoked
     // on the way so the daemon mints a second one.
