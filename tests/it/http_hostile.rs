@@ -458,3 +458,27 @@ async fn slow_header_clients_are_cut_off() {
     assert_eq!(fast.1, 200);
     assert!(fast.0 < Duration::from_secs(1), "{:?}", fast.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge_is_served_too() {
+    let app = spawn_app(Options::default()).await;
+    http_up(&app.http).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let r = h2
+        .get(format!("{}/health/live", app.http))
+        .send()
+        .await
+        .expect("h2 request");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-request-id"));
+    let r = h2
+        .get(format!("{}/api/orders/x", app.http))
+        .send()
+        .await
+        .expect("h2 request");
+    assert_eq!(r.status(), 401);
+}

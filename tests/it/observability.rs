@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::{io::AsyncReadExt, process::Command};
 
 use crate::{
-    helpers::{Options, TestApp, spawn_app, wait_until},
+    helpers::{Db, Options, TestApp, spawn_app, wait_until},
     http::{SseReader, account_of, http_up, token, token_with},
 };
 
@@ -442,10 +442,20 @@ fn alert_env(url: String) -> Vec<(&'static str, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failure_storm_posts_the_webhook_exactly_once() {
+async fn a_failure_storm_posts_the_webhook_exactly_once_sqlite() {
+    failure_storm_posts_the_webhook_exactly_once(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_storm_posts_the_webhook_exactly_once_postgres() {
+    failure_storm_posts_the_webhook_exactly_once(Db::Postgres).await;
+}
+
+async fn failure_storm_posts_the_webhook_exactly_once(db: Db) {
     let hook = Hook::default();
     let url = hook.start("T000/B000/storm").await;
     let app = spawn_app(Options {
+        db,
         extra_env: alert_env(url),
         ..Default::default()
     })
