@@ -91,7 +91,20 @@ struct Raw {
     portal_jwt_audience: String,
     api_auth: String,
     order_lookup_cache_secs: u64,
+    cors_allowed_origins: String,
+    api_rate_limit_per_sec: f64,
+    api_rate_limit_burst: u32,
+    http_trusted_proxy_hops: usize,
+    sse_max_clients: usize,
+    sse_keepalive_secs: u64,
+    http_header_read_timeout_secs: u64,
     alert_webhook_url: String,
+    alert_window_secs: u64,
+    alert_failure_rate_threshold: f64,
+    alert_min_samples: i64,
+    alert_repeat_interval_secs: u64,
+    alert_check_interval_secs: u64,
+    alert_webhook_timeout_secs: u64,
     log_format: String,
     shutdown_grace_secs: u64,
     reconciler_interval_secs: u64,
@@ -196,6 +209,35 @@ pub struct HttpConfig {
     pub addr: SocketAddr,
     pub auth: ApiAuth,
     pub lookup_cache: Duration,
+    /// Origins allowed by CORS; empty: no CORS headers; `["*"]`: any origin.
+    pub cors_allowed_origins: Vec<String>,
+    /// Per-client limit on `/api`; `None`: unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// Reverse proxies in front of the daemon whose `X-Forwarded-For` entries are trusted.
+    pub trusted_proxy_hops: usize,
+    pub sse_max_clients: usize,
+    pub sse_keepalive: Duration,
+    pub header_read_timeout: Duration,
+}
+
+/// Token bucket per client: `per_sec` sustained, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_sec: f64,
+    pub burst: u32,
+}
+
+/// Failure-rate alerting.
+#[derive(Debug, Clone)]
+pub struct AlertConfig {
+    pub window: Duration,
+    /// Fraction of failed attempts (0..1) above which the alert fires.
+    pub threshold: f64,
+    /// Finished attempts in the window needed before the rate means anything.
+    pub min_samples: i64,
+    pub repeat_interval: Duration,
+    pub check_interval: Duration,
+    pub webhook_timeout: Duration,
 }
 
 /// Stuck-order reconciler settings.
@@ -217,6 +259,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub http: HttpConfig,
     pub alert_webhook_url: Option<String>,
+    pub alert: AlertConfig,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
     pub reconciler: ReconcilerConfig,
@@ -260,6 +303,42 @@ fn http_url(name: &str, v: &str) -> Result<(), ConfigError> {
             format!("must be an http:// or https:// URL, got {v:?}"),
         )),
     }
+}
+
+/// `CORS_ALLOWED_ORIGINS`: comma-separated `scheme://host[:port]` origins, or `*`.
+fn cors_origins(v: &str) -> Result<Vec<String>, ConfigError> {
+    let list: Vec<String> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(|o| o.trim_end_matches('/').to_owned())
+        .collect();
+    if list.iter().any(|o| o == "*") {
+        return if list.len() == 1 {
+            Ok(list)
+        } else {
+            Err(err(
+                "cors_allowed_origins",
+                "`*` cannot be combined with origins",
+            ))
+        };
+    }
+    for o in &list {
+        let ok = url::Url::parse(o).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.path() == "/"
+                && u.query().is_none()
+                && u.username().is_empty()
+        });
+        if !ok {
+            return Err(err(
+                "cors_allowed_origins",
+                format!("{o:?} is not an origin like https://portal.example.com"),
+            ));
+        }
+    }
+    Ok(list)
 }
 
 impl Config {
@@ -553,6 +632,38 @@ impl Config {
         if let Some(u) = &alert_webhook_url {
             http_url("alert_webhook_url", u)?;
         }
+        let cors_allowed_origins = cors_origins(&r.cors_allowed_origins)?;
+        let rate_limit = match (r.api_rate_limit_per_sec, r.api_rate_limit_burst) {
+            (p, _) if !p.is_finite() || p < 0.0 => {
+                return Err(err("api_rate_limit_per_sec", "must be 0 (off) or positive"));
+            }
+            (0.0, _) => None,
+            (_, 0) => return Err(err("api_rate_limit_burst", "must be at least 1")),
+            (per_sec, burst) => Some(RateLimit { per_sec, burst }),
+        };
+        for (name, v) in [
+            ("sse_max_clients", r.sse_max_clients as u64),
+            ("sse_keepalive_secs", r.sse_keepalive_secs),
+            (
+                "http_header_read_timeout_secs",
+                r.http_header_read_timeout_secs,
+            ),
+            ("alert_window_secs", r.alert_window_secs),
+            ("alert_min_samples", r.alert_min_samples.max(0) as u64),
+            ("alert_repeat_interval_secs", r.alert_repeat_interval_secs),
+            ("alert_check_interval_secs", r.alert_check_interval_secs),
+            ("alert_webhook_timeout_secs", r.alert_webhook_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(err(name, "must be at least 1"));
+            }
+        }
+        if !(r.alert_failure_rate_threshold > 0.0 && r.alert_failure_rate_threshold < 1.0) {
+            return Err(err(
+                "alert_failure_rate_threshold",
+                "must be a fraction between 0 and 1, e.g. 0.1",
+            ));
+        }
         let log_format = match r.log_format.trim() {
             "json" => LogFormat::Json,
             "pretty" => LogFormat::Pretty,
@@ -640,8 +751,22 @@ impl Config {
                 addr,
                 auth: api_auth,
                 lookup_cache: Duration::from_secs(r.order_lookup_cache_secs),
+                cors_allowed_origins,
+                rate_limit,
+                trusted_proxy_hops: r.http_trusted_proxy_hops,
+                sse_max_clients: r.sse_max_clients,
+                sse_keepalive: Duration::from_secs(r.sse_keepalive_secs),
+                header_read_timeout: Duration::from_secs(r.http_header_read_timeout_secs),
             },
             alert_webhook_url,
+            alert: AlertConfig {
+                window: Duration::from_secs(r.alert_window_secs),
+                threshold: r.alert_failure_rate_threshold,
+                min_samples: r.alert_min_samples,
+                repeat_interval: Duration::from_secs(r.alert_repeat_interval_secs),
+                check_interval: Duration::from_secs(r.alert_check_interval_secs),
+                webhook_timeout: Duration::from_secs(r.alert_webhook_timeout_secs),
+            },
             log_format,
             shutdown_grace: Duration::from_secs(r.shutdown_grace_secs),
             admin_token: admin_token_setting(r.admin_token)?,
@@ -751,6 +876,33 @@ mod tests {
                 with(&[("RECONCILER_BATCH_LIMIT", "0")]),
                 "RECONCILER_BATCH_LIMIT",
             ),
+            (
+                with(&[("CORS_ALLOWED_ORIGINS", "https://a.example/path")]),
+                "CORS_ALLOWED_ORIGINS",
+            ),
+            (
+                with(&[("CORS_ALLOWED_ORIGINS", "*,https://a.example")]),
+                "CORS_ALLOWED_ORIGINS",
+            ),
+            (
+                with(&[("API_RATE_LIMIT_PER_SEC", "-1")]),
+                "API_RATE_LIMIT_PER_SEC",
+            ),
+            (
+                with(&[("API_RATE_LIMIT_BURST", "0")]),
+                "API_RATE_LIMIT_BURST",
+            ),
+            (with(&[("SSE_MAX_CLIENTS", "0")]), "SSE_MAX_CLIENTS"),
+            (
+                with(&[("HTTP_HEADER_READ_TIMEOUT_SECS", "0")]),
+                "HTTP_HEADER_READ_TIMEOUT_SECS",
+            ),
+            (
+                with(&[("ALERT_FAILURE_RATE_THRESHOLD", "10")]),
+                "ALERT_FAILURE_RATE_THRESHOLD",
+            ),
+            (with(&[("ALERT_WINDOW_SECS", "0")]), "ALERT_WINDOW_SECS"),
+            (with(&[("ALERT_MIN_SAMPLES", "0")]), "ALERT_MIN_SAMPLES"),
         ];
         for (result, setting) in cases {
             let e = result.expect_err(setting);
@@ -758,6 +910,52 @@ mod tests {
             let line = e.to_string();
             assert!(!line.contains('\n') && line.contains(setting), "{line}");
         }
+    }
+
+    #[test]
+    fn http_and_alert_settings_are_read_from_the_environment() {
+        let c = with(&[]).expect("valid");
+        assert!(c.http.cors_allowed_origins.is_empty());
+        assert!(c.http.rate_limit.is_some());
+        assert_eq!(c.http.trusted_proxy_hops, 0);
+        assert!((c.alert.threshold - 0.1).abs() < 1e-9);
+        let c = with(&[
+            (
+                "CORS_ALLOWED_ORIGINS",
+                "https://portal.example.com/, http://localhost:3000",
+            ),
+            ("API_RATE_LIMIT_PER_SEC", "0.5"),
+            ("API_RATE_LIMIT_BURST", "3"),
+            ("HTTP_TRUSTED_PROXY_HOPS", "1"),
+            ("SSE_MAX_CLIENTS", "7"),
+            ("ALERT_FAILURE_RATE_THRESHOLD", "0.25"),
+            ("ALERT_MIN_SAMPLES", "4"),
+            ("ALERT_WINDOW_SECS", "60"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.http.cors_allowed_origins,
+            ["https://portal.example.com", "http://localhost:3000"]
+        );
+        assert_eq!(
+            c.http.rate_limit,
+            Some(RateLimit {
+                per_sec: 0.5,
+                burst: 3
+            })
+        );
+        assert_eq!(c.http.trusted_proxy_hops, 1);
+        assert_eq!(c.http.sse_max_clients, 7);
+        assert!((c.alert.threshold - 0.25).abs() < 1e-9);
+        assert_eq!(c.alert.min_samples, 4);
+        assert_eq!(c.alert.window, Duration::from_secs(60));
+        let off = with(&[
+            ("API_RATE_LIMIT_PER_SEC", "0"),
+            ("CORS_ALLOWED_ORIGINS", "*"),
+        ])
+        .expect("valid");
+        assert_eq!(off.http.rate_limit, None);
+        assert_eq!(off.http.cors_allowed_origins, ["*"]);
     }
 
     #[test]

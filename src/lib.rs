@@ -2,6 +2,7 @@
 //! event) into provisioned WHMCS orders, exactly once, and reports back to Salesforce and to the
 //! customer portal. See `docs/ARCHITECTURE.md` for the design and its invariants.
 
+pub mod alert;
 pub mod app;
 pub mod check;
 pub mod cli;

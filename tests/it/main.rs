@@ -6,6 +6,8 @@ mod dashboard;
 mod deploy;
 mod helpers;
 mod http;
+mod http_hostile;
+mod observability;
 mod ops;
 mod pipeline;
 mod process;
