@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
+source scripts/chromium.sh || true  # the dashboard browser test reports a missing Chromium
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/test}"
 if command -v cargo-nextest >/dev/null 2>&1; then

@@ -51,6 +51,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<SubscriptionHealth>,
     pub changes: broadcast::Sender<OrderChanged>,
+    pub alert: Arc<crate::alert::AlertStatus>,
     /// Unique name of this process (lease owner, worker names).
     pub instance: String,
     /// The stuck-order reconciler's last sweep.
@@ -129,6 +130,7 @@ impl AppState {
             whmcs,
             metrics: Arc::new(Metrics::new()),
             changes,
+            alert: Arc::default(),
             instance,
             reconciler: Arc::default(),
         })
@@ -263,16 +265,10 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
 
     let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     {
-        let (router, token) = (crate::http::router(state.clone()), shutdown.clone());
+        let (s, token) = (state.clone(), shutdown.clone());
         parts.spawn(async move {
-            let r = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
-            .map_err(anyhow::Error::from);
-            ("http", r)
+            let r = crate::http::serve(listener, s, token).await;
+            ("http", r.map_err(anyhow::Error::from))
         });
     }
     if state.cfg.events.enabled {
@@ -327,6 +323,10 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
     {
         let (s, token) = (state.clone(), shutdown.clone());
         parts.spawn(async move { ("housekeeping", housekeeping(s, token).await) });
+    }
+    {
+        let (s, token) = (state.clone(), shutdown.clone());
+        parts.spawn(async move { ("alerts", crate::alert::run(s, token).await) });
     }
 
     let mut failure: Option<anyhow::Error> = None;

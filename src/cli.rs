@@ -1,5 +1,6 @@
 //! Command line (clap): `serve` (default), `migrate`, `check`, `healthcheck`, `sim`, `demo`,
-//! `chaos`.
+//! `chaos` (defined in [`crate::chaos`]) and the operator tools `orders`, `cursor`, `queue`
+//! (defined in [`crate::ops`]).
 
 use std::path::PathBuf;
 
@@ -39,6 +40,21 @@ pub enum Command {
         /// HTTP (OAuth, REST, WHMCS, control) listen address.
         #[arg(long, default_value = "127.0.0.1:7012")]
         http_addr: std::net::SocketAddr,
+    },
+    /// Operator tools: list and inspect Orders in the ledger, re-enqueue one.
+    Orders {
+        #[command(subcommand)]
+        command: crate::ops::OrdersCommand,
+    },
+    /// Operator tools: show or set the subscription's replay cursor.
+    Cursor {
+        #[command(subcommand)]
+        command: crate::ops::CursorCommand,
+    },
+    /// Operator tools: queue statistics.
+    Queue {
+        #[command(subcommand)]
+        command: crate::ops::QueueCommand,
     },
     /// Run a demo end to end: simulator + daemon + sample orders, with progress and a summary.
     Demo {

@@ -88,6 +88,15 @@ pub async fn dispatch(config: Option<&Path>, command: Command) -> ExitCode {
                 Err(e) => fail("simulator failed", &e),
             }
         }
+        Command::Orders { command } => {
+            crate::ops::run(config, crate::ops::OpsCommand::Orders(command)).await
+        }
+        Command::Cursor { command } => {
+            crate::ops::run(config, crate::ops::OpsCommand::Cursor(command)).await
+        }
+        Command::Queue { command } => {
+            crate::ops::run(config, crate::ops::OpsCommand::Queue(command)).await
+        }
         Command::Demo { orders, redis_url } => crate::demo::run(orders, &redis_url).await,
         Command::Chaos(args) => crate::chaos::main(args).await,
     }

@@ -91,13 +91,27 @@ struct Raw {
     portal_jwt_audience: String,
     api_auth: String,
     order_lookup_cache_secs: u64,
+    cors_allowed_origins: String,
+    api_rate_limit_per_sec: f64,
+    api_rate_limit_burst: u32,
+    http_trusted_proxy_hops: usize,
+    sse_max_clients: usize,
+    sse_keepalive_secs: u64,
+    http_header_read_timeout_secs: u64,
     alert_webhook_url: String,
+    alert_window_secs: u64,
+    alert_failure_rate_threshold: f64,
+    alert_min_samples: i64,
+    alert_repeat_interval_secs: u64,
+    alert_check_interval_secs: u64,
+    alert_webhook_timeout_secs: u64,
     log_format: String,
     shutdown_grace_secs: u64,
     reconciler_interval_secs: u64,
     reconciler_stuck_after_secs: u64,
     reconciler_batch_limit: u32,
     leader_lease_ttl_secs: u64,
+    admin_token: SecretString,
 }
 
 /// Where to start a subscription that has no stored cursor.
@@ -195,6 +209,35 @@ pub struct HttpConfig {
     pub addr: SocketAddr,
     pub auth: ApiAuth,
     pub lookup_cache: Duration,
+    /// Origins allowed by CORS; empty: no CORS headers; `["*"]`: any origin.
+    pub cors_allowed_origins: Vec<String>,
+    /// Per-client limit on `/api`; `None`: unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// Reverse proxies in front of the daemon whose `X-Forwarded-For` entries are trusted.
+    pub trusted_proxy_hops: usize,
+    pub sse_max_clients: usize,
+    pub sse_keepalive: Duration,
+    pub header_read_timeout: Duration,
+}
+
+/// Token bucket per client: `per_sec` sustained, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_sec: f64,
+    pub burst: u32,
+}
+
+/// Failure-rate alerting.
+#[derive(Debug, Clone)]
+pub struct AlertConfig {
+    pub window: Duration,
+    /// Fraction of failed attempts (0..1) above which the alert fires.
+    pub threshold: f64,
+    /// Finished attempts in the window needed before the rate means anything.
+    pub min_samples: i64,
+    pub repeat_interval: Duration,
+    pub check_interval: Duration,
+    pub webhook_timeout: Duration,
 }
 
 /// Stuck-order reconciler settings.
@@ -216,11 +259,26 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub http: HttpConfig,
     pub alert_webhook_url: Option<String>,
+    pub alert: AlertConfig,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
     pub reconciler: ReconcilerConfig,
     /// TTL of the subscriber leadership lease.
     pub leader_lease_ttl: Duration,
+    /// Bearer token of the operator dashboard (`/admin`); `None` disables it (404).
+    pub admin_token: Option<SecretString>,
+}
+
+/// What the operator tools (`orders`, `cursor`, `queue`) need: the ledger, the queue and the
+/// subscription's channel. [`Config::load_for_tools`] validates only these, so the tools run
+/// without Salesforce or WHMCS credentials.
+#[derive(Debug, Clone)]
+pub struct ToolsConfig {
+    pub database: DatabaseConfig,
+    pub queue: QueueConfig,
+    pub channel: String,
+    /// `SF_EVENTS_REPLAY` as this configuration sets it (shown by `cursor show`).
+    pub replay: ReplayStart,
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -247,46 +305,49 @@ fn http_url(name: &str, v: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// `CORS_ALLOWED_ORIGINS`: comma-separated `scheme://host[:port]` origins, or `*`.
+fn cors_origins(v: &str) -> Result<Vec<String>, ConfigError> {
+    let list: Vec<String> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(|o| o.trim_end_matches('/').to_owned())
+        .collect();
+    if list.iter().any(|o| o == "*") {
+        return if list.len() == 1 {
+            Ok(list)
+        } else {
+            Err(err(
+                "cors_allowed_origins",
+                "`*` cannot be combined with origins",
+            ))
+        };
+    }
+    for o in &list {
+        let ok = url::Url::parse(o).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.path() == "/"
+                && u.query().is_none()
+                && u.username().is_empty()
+        });
+        if !ok {
+            return Err(err(
+                "cors_allowed_origins",
+                format!("{o:?} is not an origin like https://portal.example.com"),
+            ));
+        }
+    }
+    Ok(list)
+}
+
 impl Config {
     /// Loads defaults → optional file → the given environment, then validates.
     pub fn load_from(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut figment = Figment::new().merge(Toml::string(DEFAULT_TOML));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(err(
-                    "PROVISIONER_CONFIG",
-                    format!("file {} does not exist", path.display()),
-                ));
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        // Only keys that `default.toml` defines are taken from the environment, as strings;
-        // `extract_lossy` then reads "8" as a number and "true" as a bool where a field wants one.
-        let known: BTreeMap<String, figment::value::Value> =
-            Figment::from(Toml::string(DEFAULT_TOML))
-                .extract()
-                .map_err(|e| err("config/default.toml", e.to_string()))?;
-        let overrides: BTreeMap<String, String> = env
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let key = k.to_ascii_lowercase();
-                known.contains_key(&key).then_some((key, v))
-            })
-            .collect();
-        figment = figment.merge(Serialized::defaults(overrides));
-        let raw: Raw = figment.extract_lossy().map_err(|e| {
-            let setting = e.path.join(".");
-            let setting = if setting.is_empty() {
-                "config".into()
-            } else {
-                setting
-            };
-            err(&setting, e.kind.to_string())
-        })?;
-        Self::validate(raw)
+        Self::validate(load_raw(file, env)?)
     }
 
     /// Loads with the process environment.
@@ -294,17 +355,158 @@ impl Config {
         Self::load_from(file, std::env::vars())
     }
 
-    fn validate(r: Raw) -> Result<Self, ConfigError> {
-        let replay = match r.sf_events_replay.trim().to_ascii_uppercase().as_str() {
-            "LATEST" => ReplayStart::Latest,
-            "ALL" | "EARLIEST" => ReplayStart::Earliest,
-            other => {
-                return Err(err(
-                    "sf_events_replay",
-                    format!("must be LATEST or ALL, got {other:?}"),
-                ));
-            }
+    /// Like [`Config::load_from`], validating only what the operator tools use (database,
+    /// Redis and queue, channel); Salesforce and WHMCS settings may be absent.
+    pub fn load_for_tools_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<ToolsConfig, ConfigError> {
+        let r = load_raw(file, env)?;
+        Ok(ToolsConfig {
+            database: database_settings(&r)?,
+            queue: queue_settings(&r)?,
+            channel: channel_setting(&r.sf_provision_event_channel)?,
+            replay: replay_setting(&r.sf_events_replay)?,
+        })
+    }
+
+    /// [`Config::load_for_tools_from`] with the process environment.
+    pub fn load_for_tools(file: Option<&Path>) -> Result<ToolsConfig, ConfigError> {
+        Self::load_for_tools_from(file, std::env::vars())
+    }
+}
+
+/// Defaults → optional file → environment, deserialised but not yet validated.
+fn load_raw(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Raw, ConfigError> {
+    let mut figment = Figment::new().merge(Toml::string(DEFAULT_TOML));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(err(
+                "PROVISIONER_CONFIG",
+                format!("file {} does not exist", path.display()),
+            ));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    // Only keys that `default.toml` defines are taken from the environment, as strings;
+    // `extract_lossy` then reads "8" as a number and "true" as a bool where a field wants one.
+    let known: BTreeMap<String, figment::value::Value> = Figment::from(Toml::string(DEFAULT_TOML))
+        .extract()
+        .map_err(|e| err("config/default.toml", e.to_string()))?;
+    let overrides: BTreeMap<String, String> = env
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let key = k.to_ascii_lowercase();
+            known.contains_key(&key).then_some((key, v))
+        })
+        .collect();
+    figment = figment.merge(Serialized::defaults(overrides));
+    let raw: Raw = figment.extract_lossy().map_err(|e| {
+        let setting = e.path.join(".");
+        let setting = if setting.is_empty() {
+            "config".into()
+        } else {
+            setting
         };
+        err(&setting, e.kind.to_string())
+    })?;
+    Ok(raw)
+}
+
+fn replay_setting(v: &str) -> Result<ReplayStart, ConfigError> {
+    match v.trim().to_ascii_uppercase().as_str() {
+        "LATEST" => Ok(ReplayStart::Latest),
+        "ALL" | "EARLIEST" => Ok(ReplayStart::Earliest),
+        other => Err(err(
+            "sf_events_replay",
+            format!("must be LATEST or ALL, got {other:?}"),
+        )),
+    }
+}
+
+fn channel_setting(v: &str) -> Result<String, ConfigError> {
+    let channel = require("sf_provision_event_channel", v.to_owned())?;
+    if !channel.starts_with("/event/") && !channel.starts_with("/data/") {
+        return Err(err(
+            "sf_provision_event_channel",
+            format!("must be a topic such as /event/Name__e, got {channel:?}"),
+        ));
+    }
+    Ok(channel)
+}
+
+fn queue_settings(r: &Raw) -> Result<QueueConfig, ConfigError> {
+    let redis_url = require("redis_url", r.redis_url.clone())?;
+    if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+        return Err(err("redis_url", "must start with redis:// or rediss://"));
+    }
+    let queue_name = require("queue_name", r.queue_name.clone())?;
+    if queue_name.contains(char::is_whitespace) {
+        return Err(err("queue_name", "must not contain spaces"));
+    }
+    if r.worker_concurrency == 0 {
+        return Err(err("worker_concurrency", "must be at least 1"));
+    }
+    if r.job_max_attempts == 0 {
+        return Err(err("job_max_attempts", "must be at least 1"));
+    }
+    Ok(QueueConfig {
+        redis_url,
+        name: queue_name,
+        concurrency: r.worker_concurrency,
+        max_attempts: r.job_max_attempts,
+        backoff_initial: Duration::from_millis(r.job_backoff_initial_ms.max(1)),
+        backoff_max: Duration::from_millis(
+            r.job_backoff_max_ms.max(r.job_backoff_initial_ms.max(1)),
+        ),
+    })
+}
+
+fn database_settings(r: &Raw) -> Result<DatabaseConfig, ConfigError> {
+    let database_url = require("database_url", r.database_url.clone())?;
+    if !(database_url.starts_with("sqlite:")
+        || database_url.starts_with("postgres://")
+        || database_url.starts_with("postgresql://"))
+    {
+        return Err(err(
+            "database_url",
+            "must start with sqlite:, postgres:// or postgresql://",
+        ));
+    }
+    if r.database_max_connections == 0 {
+        return Err(err("database_max_connections", "must be at least 1"));
+    }
+    Ok(DatabaseConfig {
+        url: database_url,
+        auto_migrate: r.database_auto_migrate,
+        max_connections: r.database_max_connections,
+    })
+}
+
+/// The dashboard token: empty disables the dashboard; otherwise long enough not to be guessed.
+fn admin_token_setting(v: SecretString) -> Result<Option<SecretString>, ConfigError> {
+    use secrecy::ExposeSecret;
+    let Some(token) = secret_non_empty(v) else {
+        return Ok(None);
+    };
+    let t = token.expose_secret();
+    if t.trim() != t || t.chars().count() < 16 {
+        return Err(err(
+            "admin_token",
+            "must be at least 16 characters without surrounding spaces (empty disables /admin)",
+        ));
+    }
+    Ok(Some(token))
+}
+
+impl Config {
+    fn validate(r: Raw) -> Result<Self, ConfigError> {
+        let queue = queue_settings(&r)?;
+        let database = database_settings(&r)?;
+        let replay = replay_setting(&r.sf_events_replay)?;
         let endpoint = require("sf_pubsub_endpoint", r.sf_pubsub_endpoint)?;
         http_url("sf_pubsub_endpoint", &endpoint)?;
         if !(1..=100).contains(&r.sf_events_batch_size) {
@@ -324,13 +526,7 @@ impl Config {
                 "must be at least sf_events_backoff_initial_ms (> 0)",
             ));
         }
-        let channel = require("sf_provision_event_channel", r.sf_provision_event_channel)?;
-        if !channel.starts_with("/event/") && !channel.starts_with("/data/") {
-            return Err(err(
-                "sf_provision_event_channel",
-                format!("must be a topic such as /event/Name__e, got {channel:?}"),
-            ));
-        }
+        let channel = channel_setting(&r.sf_provision_event_channel)?;
 
         let login_url = require("sf_login_url", r.sf_login_url)?
             .trim_end_matches('/')
@@ -409,35 +605,6 @@ impl Config {
             timeout: Duration::from_secs(r.whmcs_timeout_secs.max(1)),
         };
 
-        let redis_url = require("redis_url", r.redis_url)?;
-        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
-            return Err(err("redis_url", "must start with redis:// or rediss://"));
-        }
-        let queue_name = require("queue_name", r.queue_name)?;
-        if queue_name.contains(char::is_whitespace) {
-            return Err(err("queue_name", "must not contain spaces"));
-        }
-        if r.worker_concurrency == 0 {
-            return Err(err("worker_concurrency", "must be at least 1"));
-        }
-        if r.job_max_attempts == 0 {
-            return Err(err("job_max_attempts", "must be at least 1"));
-        }
-
-        let database_url = require("database_url", r.database_url)?;
-        if !(database_url.starts_with("sqlite:")
-            || database_url.starts_with("postgres://")
-            || database_url.starts_with("postgresql://"))
-        {
-            return Err(err(
-                "database_url",
-                "must start with sqlite:, postgres:// or postgresql://",
-            ));
-        }
-        if r.database_max_connections == 0 {
-            return Err(err("database_max_connections", "must be at least 1"));
-        }
-
         let addr: SocketAddr = r.http_addr.trim().parse().map_err(|_| {
             err(
                 "http_addr",
@@ -464,6 +631,38 @@ impl Config {
         let alert_webhook_url = non_empty(r.alert_webhook_url);
         if let Some(u) = &alert_webhook_url {
             http_url("alert_webhook_url", u)?;
+        }
+        let cors_allowed_origins = cors_origins(&r.cors_allowed_origins)?;
+        let rate_limit = match (r.api_rate_limit_per_sec, r.api_rate_limit_burst) {
+            (p, _) if !p.is_finite() || p < 0.0 => {
+                return Err(err("api_rate_limit_per_sec", "must be 0 (off) or positive"));
+            }
+            (0.0, _) => None,
+            (_, 0) => return Err(err("api_rate_limit_burst", "must be at least 1")),
+            (per_sec, burst) => Some(RateLimit { per_sec, burst }),
+        };
+        for (name, v) in [
+            ("sse_max_clients", r.sse_max_clients as u64),
+            ("sse_keepalive_secs", r.sse_keepalive_secs),
+            (
+                "http_header_read_timeout_secs",
+                r.http_header_read_timeout_secs,
+            ),
+            ("alert_window_secs", r.alert_window_secs),
+            ("alert_min_samples", r.alert_min_samples.max(0) as u64),
+            ("alert_repeat_interval_secs", r.alert_repeat_interval_secs),
+            ("alert_check_interval_secs", r.alert_check_interval_secs),
+            ("alert_webhook_timeout_secs", r.alert_webhook_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(err(name, "must be at least 1"));
+            }
+        }
+        if !(r.alert_failure_rate_threshold > 0.0 && r.alert_failure_rate_threshold < 1.0) {
+            return Err(err(
+                "alert_failure_rate_threshold",
+                "must be a fraction between 0 and 1, e.g. 0.1",
+            ));
         }
         let log_format = match r.log_format.trim() {
             "json" => LogFormat::Json,
@@ -546,29 +745,31 @@ impl Config {
                 },
             },
             whmcs,
-            queue: QueueConfig {
-                redis_url,
-                name: queue_name,
-                concurrency: r.worker_concurrency,
-                max_attempts: r.job_max_attempts,
-                backoff_initial: Duration::from_millis(r.job_backoff_initial_ms.max(1)),
-                backoff_max: Duration::from_millis(
-                    r.job_backoff_max_ms.max(r.job_backoff_initial_ms.max(1)),
-                ),
-            },
-            database: DatabaseConfig {
-                url: database_url,
-                auto_migrate: r.database_auto_migrate,
-                max_connections: r.database_max_connections,
-            },
+            queue,
+            database,
             http: HttpConfig {
                 addr,
                 auth: api_auth,
                 lookup_cache: Duration::from_secs(r.order_lookup_cache_secs),
+                cors_allowed_origins,
+                rate_limit,
+                trusted_proxy_hops: r.http_trusted_proxy_hops,
+                sse_max_clients: r.sse_max_clients,
+                sse_keepalive: Duration::from_secs(r.sse_keepalive_secs),
+                header_read_timeout: Duration::from_secs(r.http_header_read_timeout_secs),
             },
             alert_webhook_url,
+            alert: AlertConfig {
+                window: Duration::from_secs(r.alert_window_secs),
+                threshold: r.alert_failure_rate_threshold,
+                min_samples: r.alert_min_samples,
+                repeat_interval: Duration::from_secs(r.alert_repeat_interval_secs),
+                check_interval: Duration::from_secs(r.alert_check_interval_secs),
+                webhook_timeout: Duration::from_secs(r.alert_webhook_timeout_secs),
+            },
             log_format,
             shutdown_grace: Duration::from_secs(r.shutdown_grace_secs),
+            admin_token: admin_token_setting(r.admin_token)?,
         })
     }
 }
@@ -675,6 +876,33 @@ mod tests {
                 with(&[("RECONCILER_BATCH_LIMIT", "0")]),
                 "RECONCILER_BATCH_LIMIT",
             ),
+            (
+                with(&[("CORS_ALLOWED_ORIGINS", "https://a.example/path")]),
+                "CORS_ALLOWED_ORIGINS",
+            ),
+            (
+                with(&[("CORS_ALLOWED_ORIGINS", "*,https://a.example")]),
+                "CORS_ALLOWED_ORIGINS",
+            ),
+            (
+                with(&[("API_RATE_LIMIT_PER_SEC", "-1")]),
+                "API_RATE_LIMIT_PER_SEC",
+            ),
+            (
+                with(&[("API_RATE_LIMIT_BURST", "0")]),
+                "API_RATE_LIMIT_BURST",
+            ),
+            (with(&[("SSE_MAX_CLIENTS", "0")]), "SSE_MAX_CLIENTS"),
+            (
+                with(&[("HTTP_HEADER_READ_TIMEOUT_SECS", "0")]),
+                "HTTP_HEADER_READ_TIMEOUT_SECS",
+            ),
+            (
+                with(&[("ALERT_FAILURE_RATE_THRESHOLD", "10")]),
+                "ALERT_FAILURE_RATE_THRESHOLD",
+            ),
+            (with(&[("ALERT_WINDOW_SECS", "0")]), "ALERT_WINDOW_SECS"),
+            (with(&[("ALERT_MIN_SAMPLES", "0")]), "ALERT_MIN_SAMPLES"),
         ];
         for (result, setting) in cases {
             let e = result.expect_err(setting);
@@ -682,6 +910,52 @@ mod tests {
             let line = e.to_string();
             assert!(!line.contains('\n') && line.contains(setting), "{line}");
         }
+    }
+
+    #[test]
+    fn http_and_alert_settings_are_read_from_the_environment() {
+        let c = with(&[]).expect("valid");
+        assert!(c.http.cors_allowed_origins.is_empty());
+        assert!(c.http.rate_limit.is_some());
+        assert_eq!(c.http.trusted_proxy_hops, 0);
+        assert!((c.alert.threshold - 0.1).abs() < 1e-9);
+        let c = with(&[
+            (
+                "CORS_ALLOWED_ORIGINS",
+                "https://portal.example.com/, http://localhost:3000",
+            ),
+            ("API_RATE_LIMIT_PER_SEC", "0.5"),
+            ("API_RATE_LIMIT_BURST", "3"),
+            ("HTTP_TRUSTED_PROXY_HOPS", "1"),
+            ("SSE_MAX_CLIENTS", "7"),
+            ("ALERT_FAILURE_RATE_THRESHOLD", "0.25"),
+            ("ALERT_MIN_SAMPLES", "4"),
+            ("ALERT_WINDOW_SECS", "60"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.http.cors_allowed_origins,
+            ["https://portal.example.com", "http://localhost:3000"]
+        );
+        assert_eq!(
+            c.http.rate_limit,
+            Some(RateLimit {
+                per_sec: 0.5,
+                burst: 3
+            })
+        );
+        assert_eq!(c.http.trusted_proxy_hops, 1);
+        assert_eq!(c.http.sse_max_clients, 7);
+        assert!((c.alert.threshold - 0.25).abs() < 1e-9);
+        assert_eq!(c.alert.min_samples, 4);
+        assert_eq!(c.alert.window, Duration::from_secs(60));
+        let off = with(&[
+            ("API_RATE_LIMIT_PER_SEC", "0"),
+            ("CORS_ALLOWED_ORIGINS", "*"),
+        ])
+        .expect("valid");
+        assert_eq!(off.http.rate_limit, None);
+        assert_eq!(off.http.cors_allowed_origins, ["*"]);
     }
 
     #[test]
@@ -717,5 +991,41 @@ mod tests {
         assert_eq!(c.queue.name, "fromenv");
         let missing = Config::load_from(Some(&dir.join("none.toml")), base()).expect_err("missing");
         assert_eq!(missing.setting, "PROVISIONER_CONFIG");
+    }
+    #[test]
+    fn tools_need_no_salesforce_or_whmcs_settings() {
+        let env = [
+            ("DATABASE_URL", "postgres://u:p@127.0.0.1:5432/db"),
+            ("QUEUE_NAME", "q1"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let t = Config::load_for_tools_from(None, env).expect("valid without credentials");
+        assert_eq!(t.queue.name, "q1");
+        assert_eq!(t.database.url, "postgres://u:p@127.0.0.1:5432/db");
+        assert_eq!(t.channel, "/event/OrderProvisionRequested__e");
+        assert_eq!(t.replay, ReplayStart::Latest);
+        // The full daemon configuration still refuses the same environment.
+        assert!(Config::load_from(None, Vec::new()).is_err());
+        // What the tools do use is validated, naming the setting.
+        for (k, v) in [
+            ("DATABASE_URL", "mysql://x"),
+            ("REDIS_URL", "http://x"),
+            ("QUEUE_NAME", "a b"),
+            ("SF_PROVISION_EVENT_CHANNEL", "Order__e"),
+            ("SF_EVENTS_REPLAY", "SOMETIMES"),
+        ] {
+            let e = Config::load_for_tools_from(None, [(k.to_owned(), v.to_owned())]).expect_err(k);
+            assert_eq!(e.setting, k, "{e}");
+        }
+    }
+
+    #[test]
+    fn admin_token_is_optional_long_and_redacted() {
+        assert!(with(&[]).expect("valid").admin_token.is_none());
+        let e = with(&[("ADMIN_TOKEN", "short")]).expect_err("too short");
+        assert_eq!(e.setting, "ADMIN_TOKEN");
+        let c = with(&[("ADMIN_TOKEN", "dashboard-token-0123456789")]).expect("valid");
+        assert!(c.admin_token.is_some());
+        assert!(!format!("{c:?}").contains("dashboard-token"));
     }
 }

@@ -2,12 +2,14 @@
 //! event) into provisioned WHMCS orders, exactly once, and reports back to Salesforce and to the
 //! customer portal. See `docs/ARCHITECTURE.md` for the design and its invariants.
 
+pub mod alert;
 pub mod app;
 pub mod chaos;
 pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod error;
 pub mod http;
@@ -17,6 +19,7 @@ pub mod ledger;
 pub mod lenient;
 pub mod metrics;
 pub mod net;
+pub mod ops;
 pub mod queue;
 pub mod reconciler;
 pub mod salesforce;

@@ -243,19 +243,22 @@ impl Provisioner {
                 owner.clone(),
                 lease_lost.clone(),
             );
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(LEASE / 3).await;
-                    match ledger.renew(&id, &owner, LEASE).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            lost.cancel();
-                            return;
+            tokio::spawn(
+                async move {
+                    loop {
+                        tokio::time::sleep(LEASE / 3).await;
+                        match ledger.renew(&id, &owner, LEASE).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                lost.cancel();
+                                return;
+                            }
+                            Err(e) => warn!(error.message = %e, "lease renewal failed"),
                         }
-                        Err(e) => warn!(error.message = %e, "lease renewal failed"),
                     }
                 }
-            })
+                .in_current_span(),
+            )
         };
         let result = tokio::select! {
             r = self.provision_claimed(job, &id, &order, row, &owner) => r,

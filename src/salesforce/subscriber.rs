@@ -282,7 +282,12 @@ impl Subscriber {
             Ok(c) => c,
             Err(e) => return StreamEnd::Internal(e.to_string()),
         };
-        let preset = match self.cfg.replay {
+        // `provisioner cursor set --earliest` overrides SF_EVENTS_REPLAY until a cursor is stored.
+        let replay = match crate::ops::replay_request(&self.ledger, &self.cfg.channel).await {
+            Ok(r) => r.unwrap_or(self.cfg.replay),
+            Err(e) => return StreamEnd::Internal(e.to_string()),
+        };
+        let preset = match replay {
             ReplayStart::Latest => pb::ReplayPreset::Latest,
             ReplayStart::Earliest => pb::ReplayPreset::Earliest,
         };

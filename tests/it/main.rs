@@ -3,9 +3,13 @@
 
 mod clients;
 mod crash_windows;
+mod dashboard;
 mod deploy;
 mod helpers;
 mod http;
+mod http_hostile;
+mod observability;
+mod ops;
 mod pipeline;
 mod process;
 mod replicas;

@@ -1,0 +1,331 @@
+//! The HTTP surface (axum on a hyper server of our own): health, readiness, subscription health,
+//! Prometheus metrics, the OpenAPI document and the portal's order-status API (JSON and
+//! Server-Sent Events).
+//!
+//! Submodules: [`orders`] (order status, auth, Salesforce lookup cache, SSE), [`limit`]
+//! (per-client rate limit), [`server`] (accept loop with header-read timeout and graceful
+//! shutdown).
+//!
+//! Invariants:
+//! - Order status is served from the ledger for every Order the service knows: zero Salesforce
+//!   calls. Unknown Orders are looked up in Salesforce once, cached for
+//!   `order_lookup_cache_secs`; concurrent lookups of one id share a single call.
+//! - An Order of another Account and an unknown Order get the same 404 body, so ids cannot be
+//!   probed. Ids are validated (15/18 characters) before anything else touches them.
+//! - Responses carry an `ETag`; a matching `If-None-Match` gets an empty 304.
+//! - Every request has a request id (a sane client `x-request-id`, or a generated UUID), echoed
+//!   in the response and carried by the span of every log line the request produces.
+//! - `/api` is rate limited per client; health, metrics and the OpenAPI document are not.
+//! - No handler logs or returns a secret or token. The served OpenAPI document is
+//!   `docs/openapi.json`, checked against real responses by the integration tests.
+
+mod limit;
+mod orders;
+mod server;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{Request, State},
+    http::{HeaderName, HeaderValue, Method, StatusCode, header},
+    middleware,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+use crate::{app::AppState, salesforce::subscriber::SubState};
+
+pub use server::serve;
+
+/// The OpenAPI 3.1 document of this API (`GET /openapi.json`).
+pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
+
+/// Largest request body accepted (the API takes none; this bounds what a client can push).
+const MAX_BODY: usize = 64 * 1024;
+
+/// Shared HTTP state.
+#[derive(Clone)]
+struct Http {
+    app: AppState,
+    auth: Option<Arc<orders::Auth>>,
+    lookups: orders::Lookups,
+    sse: Arc<Semaphore>,
+    limiter: Option<Arc<limit::Limiter>>,
+    /// Cancelled when the daemon shuts down: ends SSE streams.
+    shutdown: CancellationToken,
+}
+
+/// Builds the router with all routes and layers (SSE streams end only with the process).
+pub fn router(app: AppState) -> Router {
+    router_with_shutdown(app, CancellationToken::new())
+}
+
+/// Builds the router; SSE streams end when `shutdown` is cancelled.
+pub fn router_with_shutdown(app: AppState, shutdown: CancellationToken) -> Router {
+    let http = &app.cfg.http;
+    let limiter = http
+        .rate_limit
+        .map(|r| Arc::new(limit::Limiter::new(r, http.trusted_proxy_hops)));
+    let cors = cors_layer(&http.cors_allowed_origins);
+    let state = Http {
+        auth: orders::Auth::from_config(&http.auth).map(Arc::new),
+        lookups: orders::Lookups::default(),
+        sse: Arc::new(Semaphore::new(http.sse_max_clients)),
+        limiter,
+        shutdown,
+        app,
+    };
+    let mut api = Router::new()
+        .route("/api/orders/{id}", get(orders::status))
+        .route("/api/orders/{id}/events", get(orders::events))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit::enforce,
+        ));
+    if let Some(cors) = cors {
+        api = api.layer(cors);
+    }
+    Router::new()
+        .route(
+            "/health/live",
+            get(|| async { Json(json!({"status": "ok"})) }),
+        )
+        .route("/health/ready", get(ready))
+        .route("/health/sf-events", get(sf_events))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .merge(api)
+        .merge(crate::dashboard::routes(state.app.clone()))
+        .with_state(state)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                let rid = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request.id = %rid)
+            }),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(middleware::map_request(drop_unusable_request_id))
+}
+
+/// A client's `x-request-id` is kept only if it is short and plain (it ends up in every log
+/// line of the request); otherwise it is dropped and a UUID generated instead.
+async fn drop_unusable_request_id(mut req: Request) -> Request {
+    let usable = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+    };
+    if req
+        .headers()
+        .get("x-request-id")
+        .is_some_and(|v| !usable(v))
+    {
+        req.headers_mut().remove("x-request-id");
+    }
+    req
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::IF_NONE_MATCH,
+                header::CACHE_CONTROL,
+                HeaderName::from_static("last-event-id"),
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([
+                header::ETAG,
+                header::RETRY_AFTER,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// A JSON error body `{"error": kind, "message": message}`.
+fn error(code: StatusCode, kind: &str, message: &str) -> Response {
+    (code, Json(json!({"error": kind, "message": message}))).into_response()
+}
+
+/// An error that asks the client to come back after `retry_after`.
+fn retry_later(code: StatusCode, kind: &str, message: &str, retry_after: Duration) -> Response {
+    let mut r = error(code, kind, message);
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+async fn ready(State(s): State<Http>) -> Response {
+    let (db, redis) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(3), s.app.ledger.ping()),
+        tokio::time::timeout(Duration::from_secs(3), s.app.queue.ping()),
+    );
+    let check = |ok: bool, err: Option<String>| json!({"ok": ok, "error": err});
+    let db_ok = matches!(db, Ok(Ok(())));
+    let redis_ok = matches!(redis, Ok(Ok(())));
+    let body = json!({
+        "status": if db_ok && redis_ok { "ok" } else { "unavailable" },
+        "database": check(db_ok, (!db_ok).then(|| "database unreachable".to_owned())),
+        "redis": check(redis_ok, (!redis_ok).then(|| "redis unreachable".to_owned())),
+    });
+    let code = if db_ok && redis_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn sf_events(State(s): State<Http>) -> Response {
+    let h = s.app.health.snapshot();
+    let queue = s.app.queue.stats().await.ok();
+    let enabled = s.app.cfg.events.enabled;
+    let watchdog = chrono::Duration::from_std(s.app.cfg.events.watchdog).unwrap_or_default();
+    let now = chrono::Utc::now();
+    let recent = |t: Option<chrono::DateTime<chrono::Utc>>| t.is_some_and(|t| now - t <= watchdog);
+    let healthy = match h.state {
+        SubState::Disabled | SubState::Standby => true,
+        SubState::Connected => true,
+        _ => recent(h.last_event_at) || recent(h.last_keepalive_at),
+    } && queue.is_some();
+    let alert_cfg = &s.app.cfg.alert;
+    let alert = s.app.alert.snapshot();
+    let body = json!({
+        "enabled": enabled,
+        "channel": s.app.cfg.events.channel,
+        "state": h.state,
+        "cursor": h.cursor.as_deref().map(hex::encode),
+        "lastEventAt": h.last_event_at,
+        "lastKeepaliveAt": h.last_keepalive_at,
+        "eventsReceived": h.events_received,
+        "eventsEnqueued": h.events_enqueued,
+        "poisonEvents": h.poison_events,
+        "duplicateEvents": h.duplicates,
+        "reconnects": h.reconnects,
+        "cursorFallbacks": h.cursor_fallbacks,
+        "lastError": h.last_error,
+        "reconciler": *s.app.reconciler.lock().unwrap_or_else(|p| p.into_inner()),
+        "queue": queue.map(|q| json!({"pending": q.pending + q.delayed, "running": q.running, "failed": q.failed, "done": q.done})),
+        "alert": {
+            "firing": alert.firing,
+            "failureRate": alert.failure_rate,
+            "failed": alert.failed,
+            "total": alert.total,
+            "threshold": alert_cfg.threshold,
+            "windowSecs": alert_cfg.window.as_secs(),
+            "minSamples": alert_cfg.min_samples,
+            "since": alert.since,
+            "lastNotifiedAt": alert.last_notified_at,
+            "checkedAt": alert.checked_at,
+            "checks": alert.checks,
+        },
+    });
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<Http>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        OPENAPI_JSON,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_document_is_json_with_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).expect("valid JSON");
+        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+        for path in [
+            "/health/live",
+            "/health/ready",
+            "/health/sf-events",
+            "/metrics",
+            "/openapi.json",
+            "/api/orders/{sfOrderId}",
+            "/api/orders/{sfOrderId}/events",
+        ] {
+            assert!(doc["paths"][path]["get"].is_object(), "{path} undocumented");
+        }
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let r = retry_later(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "slow down",
+            Duration::from_millis(1200),
+        );
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        let r = retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "x",
+            "y",
+            Duration::from_millis(0),
+        );
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+}

@@ -1,0 +1,494 @@
+//! The portal's order-status API: `GET /api/orders/{id}` (JSON, ETag) and
+//! `GET /api/orders/{id}/events` (Server-Sent Events).
+//!
+//! Invariants:
+//! - Every request is authorised first (HS256 only, `exp` required, `nbf` honoured, optional
+//!   issuer/audience), then the id is validated; nothing reaches the ledger or Salesforce with
+//!   an unvalidated id.
+//! - Orders of another Account answer exactly like unknown Orders (404, same body).
+//! - Known Orders come from the ledger (no Salesforce call); unknown ones from one coalesced,
+//!   cached Salesforce lookup.
+//! - An SSE stream subscribes to changes *before* reading the current status, so no change is
+//!   lost between the two; it sends the current status first, then one event per change of the
+//!   status body, and ends on daemon shutdown. At most `sse_max_clients` streams are open.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    hash::{Hash, Hasher},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{Path, State, rejection::PathRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, broadcast};
+
+use super::{Http, error, retry_later};
+use crate::{
+    config::ApiAuth,
+    ids::SalesforceId,
+    ledger::{OrderRecord, outcome},
+    worker::OrderChanged,
+};
+
+/// How a browser should wait before reconnecting a dropped SSE stream.
+const SSE_RETRY: Duration = Duration::from_secs(5);
+
+/// Verifies portal session tokens.
+pub(super) struct Auth {
+    key: DecodingKey,
+    validation: Validation,
+    claim: String,
+}
+
+impl Auth {
+    /// `None` when API auth is disabled.
+    pub(super) fn from_config(auth: &ApiAuth) -> Option<Self> {
+        match auth {
+            ApiAuth::Jwt {
+                secret,
+                account_claim,
+                issuer,
+                audience,
+            } => {
+                // HS256 only: `alg: none`, RS*/ES* and other HMAC sizes are all refused.
+                let mut v = Validation::new(Algorithm::HS256);
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.leeway = 30;
+                // A configured issuer/audience must be present, not merely right when present.
+                let mut required = vec!["exp"];
+                if let Some(iss) = issuer {
+                    v.set_issuer(&[iss]);
+                    required.push("iss");
+                }
+                match audience {
+                    Some(aud) => {
+                        v.set_audience(&[aud]);
+                        required.push("aud");
+                    }
+                    None => v.validate_aud = false,
+                }
+                v.set_required_spec_claims(&required);
+                Some(Self {
+                    key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+                    validation: v,
+                    claim: account_claim.clone(),
+                })
+            }
+            ApiAuth::Disabled => None,
+        }
+    }
+}
+
+type Lookup = Arc<OnceCell<Option<OrderView>>>;
+
+/// Salesforce lookups of Orders unknown to the ledger, by id, with the time they started.
+#[derive(Clone, Default)]
+pub(super) struct Lookups(Arc<Mutex<HashMap<SalesforceId, (Instant, Lookup)>>>);
+
+/// What the portal sees of one Order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderView {
+    sf_order_id: String,
+    status: String,
+    activation_status: Option<String>,
+    whmcs_order_id: Option<String>,
+    error: Option<Value>,
+    updated_at: Option<String>,
+    #[serde(skip)]
+    account_id: Option<String>,
+}
+
+impl OrderView {
+    fn visible_to(&self, account: Option<&SalesforceId>) -> bool {
+        let Some(account) = account else {
+            return true; // auth disabled
+        };
+        self.account_id
+            .as_deref()
+            .and_then(|a| SalesforceId::parse(a).ok())
+            .as_ref()
+            == Some(account)
+    }
+
+    /// The JSON body and its ETag.
+    fn encode(&self) -> Option<(Vec<u8>, String)> {
+        let body = serde_json::to_vec(self).ok()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        body.hash(&mut h);
+        let etag = format!("W/\"{:016x}\"", h.finish());
+        Some((body, etag))
+    }
+}
+
+fn ms_to_rfc3339(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+fn from_ledger(r: &OrderRecord) -> OrderView {
+    let (status, activation) = match r.outcome.as_deref() {
+        Some(outcome::PROVISIONED) => ("Provisioned", "Activated"),
+        Some(outcome::FAILED) => ("Failed", "Failed"),
+        _ => ("Activating", "Activating"),
+    };
+    OrderView {
+        sf_order_id: r.sf_order_id.clone(),
+        status: status.into(),
+        activation_status: Some(activation.into()),
+        whmcs_order_id: r.whmcs_order_id.map(|v| v.to_string()),
+        error: match (r.outcome.as_deref(), &r.error_code) {
+            (Some(outcome::FAILED), Some(code)) => {
+                Some(json!({"code": code, "message": r.error_message.clone().unwrap_or_default()}))
+            }
+            _ => None,
+        },
+        updated_at: ms_to_rfc3339(r.updated_at),
+        account_id: r.account_id.clone(),
+    }
+}
+
+fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "Order not found")
+}
+
+fn unavailable() -> Response {
+    retry_later(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "Try again shortly",
+        Duration::from_secs(5),
+    )
+}
+
+fn invalid_id() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_id",
+        "Order ids are 15 or 18 alphanumeric characters",
+    )
+}
+
+/// Verifies the portal JWT; returns the caller's Account id, or `None` when auth is disabled.
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the response itself, built once"
+)]
+fn authorize(s: &Http, headers: &HeaderMap) -> Result<Option<SalesforceId>, Response> {
+    let Some(auth) = &s.auth else {
+        return Ok(None);
+    };
+    let unauthorized = || {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "A valid bearer token is required",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .ok_or_else(unauthorized)?;
+    let data =
+        jsonwebtoken::decode::<HashMap<String, Value>>(token.trim(), &auth.key, &auth.validation)
+            .map_err(|_| unauthorized())?;
+    let account = data
+        .claims
+        .get(&auth.claim)
+        .and_then(Value::as_str)
+        .and_then(|a| SalesforceId::parse(a).ok())
+        .ok_or_else(unauthorized)?;
+    Ok(Some(account))
+}
+
+/// Authorises the caller and validates the id, in that order.
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the response itself, built once"
+)]
+fn admit(
+    s: &Http,
+    headers: &HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<(Option<SalesforceId>, SalesforceId), Response> {
+    let account = authorize(s, headers)?;
+    let id = path
+        .ok()
+        .and_then(|Path(raw)| SalesforceId::parse(&raw).ok())
+        .ok_or_else(invalid_id)?;
+    Ok((account, id))
+}
+
+/// The Order as the caller may see it: ledger first, Salesforce for unknown Orders.
+async fn resolve(s: &Http, id: &SalesforceId) -> Result<Option<OrderView>, Response> {
+    match s.app.ledger.get(id).await {
+        Ok(Some(r)) if r.account_id.is_some() => Ok(Some(from_ledger(&r))),
+        Ok(_) => lookup(s, id).await,
+        Err(e) => {
+            tracing::error!(error.message = %e, "ledger read failed");
+            Err(unavailable())
+        }
+    }
+}
+
+/// `GET /api/orders/{id}`.
+pub(super) async fn status(
+    State(s): State<Http>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let (account, id) = match admit(&s, &headers, path) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let view = match resolve(&s, &id).await {
+        Ok(Some(v)) if v.visible_to(account.as_ref()) => v,
+        Ok(_) => return not_found(),
+        Err(r) => return r,
+    };
+    let Some((body, etag)) = view.encode() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        );
+    };
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut resp = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    resp
+}
+
+/// One open SSE stream.
+struct Watch {
+    s: Http,
+    id: SalesforceId,
+    account: Option<SalesforceId>,
+    changes: broadcast::Receiver<OrderChanged>,
+    last_etag: String,
+    first: Option<Event>,
+    _permit: OwnedSemaphorePermit,
+}
+
+fn status_event(body: &[u8], etag: &str) -> Event {
+    Event::default()
+        .event("status")
+        .id(etag)
+        .data(String::from_utf8_lossy(body))
+}
+
+impl Watch {
+    /// The next status event; `None` ends the stream (shutdown, or the Order became invisible).
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        if let Some(ev) = self.first.take() {
+            return Some((Ok(ev), self));
+        }
+        loop {
+            let relevant = tokio::select! {
+                () = self.s.shutdown.cancelled() => return None,
+                r = self.changes.recv() => match r {
+                    Ok(c) => c.order_id == self.id.as_str(),
+                    // Missed some notifications: ours may be among them.
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            if !relevant {
+                continue;
+            }
+            let view = match resolve(&self.s, &self.id).await {
+                Ok(Some(v)) if v.visible_to(self.account.as_ref()) => v,
+                Ok(_) => return None,
+                Err(_) => continue, // logged by `resolve`; the next change reads again
+            };
+            let Some((body, etag)) = view.encode() else {
+                continue;
+            };
+            if etag != self.last_etag {
+                let ev = status_event(&body, &etag);
+                self.last_etag = etag;
+                return Some((Ok(ev), self));
+            }
+        }
+    }
+}
+
+/// `GET /api/orders/{id}/events`: the current status, then every change, as SSE.
+pub(super) async fn events(
+    State(s): State<Http>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let (account, id) = match admit(&s, &headers, path) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Ok(permit) = s.sse.clone().try_acquire_owned() else {
+        return retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            "Too many open event streams; poll GET /api/orders/{id} or retry later",
+            SSE_RETRY,
+        );
+    };
+    // Subscribe before reading, so a change between the read and the first event is not lost.
+    let changes = s.app.changes.subscribe();
+    let view = match resolve(&s, &id).await {
+        Ok(Some(v)) if v.visible_to(account.as_ref()) => v,
+        Ok(_) => return not_found(),
+        Err(r) => return r,
+    };
+    let Some((body, etag)) = view.encode() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        );
+    };
+    let keepalive = s.app.cfg.http.sse_keepalive;
+    let watch = Watch {
+        first: Some(status_event(&body, &etag).retry(SSE_RETRY)),
+        last_etag: etag,
+        s,
+        id,
+        account,
+        changes,
+        _permit: permit,
+    };
+    let stream = futures::stream::unfold(watch, Watch::next);
+    let mut resp = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(keepalive))
+        .into_response();
+    // Reverse proxies (nginx) must not buffer the stream.
+    resp.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// One Salesforce read per unknown Order per cache period, shared by concurrent callers.
+async fn lookup(s: &Http, id: &SalesforceId) -> Result<Option<OrderView>, Response> {
+    let ttl = s.app.cfg.http.lookup_cache;
+    let cell = {
+        let mut map = s.lookups.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if map.len() > 10_000 {
+            map.retain(|_, (at, _)| now.duration_since(*at) < ttl);
+        }
+        match map.get(id) {
+            Some((at, cell)) if now.duration_since(*at) < ttl => cell.clone(),
+            _ => {
+                let cell: Lookup = Arc::new(OnceCell::new());
+                map.insert(id.clone(), (now, cell.clone()));
+                cell
+            }
+        }
+    };
+    let result = cell
+        .get_or_try_init(|| async {
+            match s.app.rest.get_order(id).await {
+                Ok(Some(o)) => {
+                    let status = match o.activation_status.as_deref() {
+                        Some("Activating") => "Activating".to_owned(),
+                        Some("Activated") => "Provisioned".to_owned(),
+                        Some("Failed") => "Failed".to_owned(),
+                        _ => o.status.clone().unwrap_or_else(|| "Unknown".into()),
+                    };
+                    Ok(Some(OrderView {
+                        sf_order_id: o.id.to_string(),
+                        status,
+                        activation_status: o.activation_status.clone(),
+                        whmcs_order_id: o.whmcs_order_id.clone(),
+                        error: None,
+                        updated_at: None,
+                        account_id: o.account_id.as_ref().map(ToString::to_string),
+                    }))
+                }
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+    match result {
+        Ok(v) => Ok(v.clone()),
+        Err(e) => {
+            s.lookups
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+            tracing::warn!(error.message = %e, "Salesforce order lookup failed");
+            Err(unavailable())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(account: Option<&str>) -> OrderView {
+        OrderView {
+            sf_order_id: SalesforceId::synthesize("801", 1).to_string(),
+            status: "Activating".into(),
+            activation_status: Some("Activating".into()),
+            whmcs_order_id: None,
+            error: None,
+            updated_at: None,
+            account_id: account.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn visibility_compares_15_and_18_character_account_ids() {
+        let acct = SalesforceId::synthesize("001", 42);
+        assert!(view(Some(acct.short())).visible_to(Some(&acct)));
+        assert!(view(Some(acct.as_str())).visible_to(Some(&acct)));
+        let other = SalesforceId::synthesize("001", 43);
+        assert!(!view(Some(acct.as_str())).visible_to(Some(&other)));
+        assert!(!view(None).visible_to(Some(&acct)));
+        assert!(view(None).visible_to(None));
+    }
+
+    #[test]
+    fn etag_changes_with_the_body_and_is_stable_otherwise() {
+        let a = view(None).encode().expect("encode");
+        let b = view(None).encode().expect("encode");
+        assert_eq!(a.1, b.1);
+        let mut changed = view(None);
+        changed.status = "Provisioned".into();
+        assert_ne!(changed.encode().expect("encode").1, a.1);
+        assert!(a.1.starts_with("W/\""));
+    }
+}

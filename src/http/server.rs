@@ -1,0 +1,226 @@
+//! The HTTP server: accept loop, per-connection protocol choice (HTTP/1.1, or HTTP/2 with prior
+//! knowledge), header-read timeout and graceful shutdown.
+//!
+//! Invariants:
+//! - A client has `http_header_read_timeout_secs` to send a request's complete headers — from
+//!   its first byte, and again for every later request on a kept-alive connection; a slower
+//!   ("slowloris") or silent client is disconnected. The protocol sniff at the start of a
+//!   connection (at most 24 bytes) has a deadline of the same length.
+//! - Request heads are bounded (64 KiB, 100 headers → 431), bodies by the router (64 KiB → 413).
+//! - On shutdown the listener closes at once, in-flight requests finish, SSE streams end (the
+//!   router watches the same token), idle connections close; the function returns when every
+//!   connection is gone.
+//! - Each request carries its peer address as `ConnectInfo<SocketAddr>`.
+
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{Router, extract::ConnectInfo};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceExt;
+use tracing::{debug, info, warn};
+
+use crate::app::AppState;
+
+/// The HTTP/2 connection preface a prior-knowledge client starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Largest request head (request line + headers) accepted over HTTP/1.1.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Serves the HTTP API on `listener` until `shutdown` is cancelled and every connection is done.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let header_timeout = state.cfg.http.header_read_timeout;
+    let router = super::router_with_shutdown(state, shutdown.clone());
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error.message = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        connections.spawn(connection(
+            stream,
+            peer,
+            router.clone(),
+            header_timeout,
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    connections.close();
+    if !connections.is_empty() {
+        info!(
+            connections = connections.len(),
+            "waiting for HTTP connections to finish"
+        );
+    }
+    connections.wait().await;
+    Ok(())
+}
+
+/// Reads until the first bytes tell HTTP/2 prior knowledge (`true`) from HTTP/1 (`false`).
+async fn sniff(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<bool> {
+    let mut chunk = [0u8; 24];
+    loop {
+        if buf.len() >= H2_PREFACE.len() {
+            return Ok(buf[..H2_PREFACE.len()] == *H2_PREFACE);
+        }
+        if !H2_PREFACE.starts_with(buf) {
+            return Ok(false);
+        }
+        let n = stream
+            .read(&mut chunk[..H2_PREFACE.len() - buf.len()])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut prefix = Vec::with_capacity(H2_PREFACE.len());
+    let h2 = match tokio::time::timeout(header_timeout, sniff(&mut stream, &mut prefix)).await {
+        Ok(Ok(h2)) => h2,
+        Ok(Err(e)) => {
+            debug!(peer = %peer, error.message = %e, "HTTP connection closed before a request");
+            return;
+        }
+        Err(_) => {
+            debug!(peer = %peer, "HTTP client sent no request in time; closing");
+            return;
+        }
+    };
+    let io = TokioIo::new(Rewind {
+        prefix,
+        pos: 0,
+        inner: stream,
+    });
+    let service = TowerToHyperService::new(router.map_request(
+        move |mut req: axum::http::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        },
+    ));
+    let result = if h2 {
+        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .max_header_list_size(MAX_HEAD as u32)
+            .max_concurrent_streams(100);
+        let conn = b.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    } else {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(MAX_HEAD)
+            .max_headers(100);
+        let conn = b.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!(peer = %peer, error.message = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// A stream that first replays the bytes the protocol sniff consumed.
+struct Rewind {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.prefix.len() {
+            let n = (this.prefix.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
