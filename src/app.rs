@@ -401,6 +401,7 @@ async fn lead(
         queue: state.queue.clone(),
         metrics: state.metrics.clone(),
         report: state.reconciler.clone(),
+        max_pending_jobs: state.cfg.events.max_pending_jobs,
     };
     let (a, b) = tokio::join!(
         sub.run(leadership.clone()),

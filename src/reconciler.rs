@@ -40,12 +40,19 @@ pub struct Reconciler {
     pub queue: Queue,
     pub metrics: Arc<Metrics>,
     pub report: Arc<std::sync::Mutex<SweepReport>>,
+    /// The subscriber's backpressure threshold: no sweep while the queue is this full.
+    pub max_pending_jobs: u64,
 }
 
 impl Reconciler {
     /// One sweep; returns the number of Orders enqueued.
     pub async fn sweep(&self) -> anyhow::Result<u64> {
         let now = chrono::Utc::now();
+        // The queue is busy: whatever is stuck waits for the next sweep rather than growing the
+        // backlog past the subscriber's backpressure threshold.
+        if self.queue.pending().await? >= self.max_pending_jobs {
+            return Ok(0);
+        }
         let stuck_after = chrono::Duration::from_std(self.cfg.stuck_after).unwrap_or_default();
         let candidates = self
             .rest

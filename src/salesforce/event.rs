@@ -8,6 +8,9 @@ use apache_avro::{Schema, types::Value};
 
 use crate::ids::SalesforceId;
 
+/// Largest allocation the Avro decoder may make for one value (platform events are ≤ 1 MB).
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
 /// Avro schema of the platform event as Salesforce publishes it: system fields plus nullable
 /// custom fields (`["null", T]` unions).
 pub const EVENT_SCHEMA_JSON: &str = r#"{

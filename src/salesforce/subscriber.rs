@@ -190,6 +190,9 @@ impl Subscriber {
 
     /// Runs until `shutdown`; returns an error only for unrecoverable setup failures.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Platform events are at most 1 MB: a hostile length prefix must not make the Avro
+        // decoder allocate more (its default cap is 512 MiB).
+        apache_avro::util::max_allocation_bytes(event::MAX_EVENT_BYTES);
         let channel = Self::channel(&self.cfg.endpoint)?;
         let mut client = PubSubClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
         let mut schemas: HashMap<String, Option<Arc<Schema>>> = HashMap::new();
