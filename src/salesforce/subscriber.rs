@@ -312,6 +312,8 @@ impl Subscriber {
             Ok(r) => r.into_inner(),
             Err(status) => return self.classify(status, cursor.as_deref()).await,
         };
+        // The server accepted the stream: subscribed, even before the first event or keepalive.
+        self.health.update(|h| h.state = SubState::Connected);
         let mut outstanding = batch;
         let mut starved = false;
         let mut room_check = tokio::time::interval(Duration::from_millis(250));
