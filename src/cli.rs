@@ -1,4 +1,5 @@
-//! Command line (clap): `serve` (default), `migrate`, `check`, `healthcheck`, `sim`, `demo`.
+//! Command line (clap): `serve` (default), `migrate`, `check`, `healthcheck`, `sim`, `demo`,
+//! `bench`.
 
 use std::path::PathBuf;
 
@@ -48,4 +49,7 @@ pub enum Command {
         #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
         redis_url: String,
     },
+    /// Measure throughput, latency, CPU, memory, API speed and catch-up against the simulator
+    /// (run from a release build: `scripts/bench.sh`).
+    Bench(crate::bench::BenchArgs),
 }

@@ -3,6 +3,7 @@
 //! customer portal. See `docs/ARCHITECTURE.md` for the design and its invariants.
 
 pub mod app;
+pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod commands;
