@@ -255,8 +255,15 @@ impl Provisioner {
             () = lease_lost.cancelled() => Err(JobError::LeaseLost(id.to_string())),
         };
         renewer.abort();
-        if let Err(e) = self.ledger.release(&id, &owner).await {
-            warn!(error.message = %e, "lease release failed; it expires by itself");
+        // A finished attempt gave the lease back with its last change.
+        let released = matches!(
+            result,
+            Ok(Outcome::Provisioned { .. } | Outcome::Failed { .. })
+        );
+        if !released {
+            if let Err(e) = self.ledger.release(&id, &owner).await {
+                warn!(error.message = %e, "lease release failed; it expires by itself");
+            }
         }
         let _ = self.changes.send(OrderChanged {
             order_id: id.to_string(),
@@ -376,6 +383,7 @@ impl Provisioner {
                 state: Some(state),
                 outcome: Some(Some(outcome_label)),
                 error: Some(err),
+                release: true,
                 ..Default::default()
             },
         )

@@ -7,8 +7,9 @@
 //!
 //! Invariants:
 //! - An Order is worked on by at most one job at a time: [`Ledger::claim`] takes a lease with a
-//!   single conditional `UPDATE`, and every state change is conditioned on still holding it.
-//!   A crashed holder's lease expires and another job takes over.
+//!   single conditional upsert (`INSERT … ON CONFLICT DO UPDATE … WHERE`), and every state
+//!   change is conditioned on still holding it. A crashed holder's lease expires and another
+//!   job takes over.
 //! - The intent to call WHMCS `AddOrder` (`state = adding`) is committed *before* the call and the
 //!   WHMCS order id right after it, so a re-run always knows whether it must reconcile first.
 //! - The inbox row and the cursor are written in one transaction, after the job is in Redis.
@@ -137,6 +138,8 @@ pub struct Change<'a> {
     pub sf_status: Option<&'a str>,
     pub last_event_id: Option<&'a str>,
     pub correlation_id: Option<&'a str>,
+    /// Give the lease back in the same statement (the job's last change).
+    pub release: bool,
 }
 
 /// Handle to the ledger database; cheap to clone.
@@ -374,31 +377,27 @@ impl Ledger {
     ) -> Result<Option<OrderRecord>> {
         let now = now_ms();
         let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
-        sqlx::query(
-            "INSERT INTO orders (sf_order_id, state, attempts, created_at, updated_at) \
-             VALUES ($1, $2, 0, $3, $3) ON CONFLICT (sf_order_id) DO NOTHING",
-        )
-        .bind(order.as_str())
-        .bind(state::NEW)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        let acquired = sqlx::query(
-            "UPDATE orders SET lease_owner = $2, lease_until = $3, attempts = attempts + 1, \
-             updated_at = $4 WHERE sf_order_id = $1 \
-             AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < $4)",
-        )
-        .bind(order.as_str())
-        .bind(owner)
-        .bind(until)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if acquired == 0 {
-            return Ok(None);
-        }
-        self.get(order).await
+        // One statement: create the row with the lease taken, or take the lease of an existing
+        // row if it is free, ours or expired; the row comes back only when the lease was taken.
+        let sql = format!(
+            "INSERT INTO orders (sf_order_id, state, lease_owner, lease_until, attempts, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, 1, $5, $5) \
+             ON CONFLICT (sf_order_id) DO UPDATE SET lease_owner = excluded.lease_owner, \
+             lease_until = excluded.lease_until, attempts = orders.attempts + 1, \
+             updated_at = excluded.updated_at \
+             WHERE orders.lease_owner IS NULL OR orders.lease_owner = excluded.lease_owner \
+             OR orders.lease_until < excluded.updated_at \
+             RETURNING {ORDER_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(order.as_str())
+            .bind(state::NEW)
+            .bind(owner)
+            .bind(until)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(order_from_row).transpose()
     }
 
     /// Extends a held lease; `false` when it was lost.
@@ -470,6 +469,9 @@ impl Ledger {
         }
         if c.correlation_id.is_some() {
             next("correlation_id", &mut sets);
+        }
+        if c.release {
+            sets.push("lease_owner = NULL, lease_until = NULL".into());
         }
         let sql = format!(
             "UPDATE orders SET {} WHERE sf_order_id = $1 AND lease_owner = $2",

@@ -28,11 +28,11 @@ use std::{
 
 use apalis::prelude::*;
 use apalis_core::backend::ext::poll_strategy::{PollSnapshot, PollStrategy};
+use apalis_redis::{Config as RedisQueueConfig, ConnectionManager, RedisStorage};
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
-use apalis_redis::{Config as RedisQueueConfig, ConnectionManager, RedisStorage};
-use serde::{Deserialize, Serialize};
 
 use crate::config::QueueConfig;
 
