@@ -145,7 +145,10 @@ pub struct Change<'a> {
 /// Handle to the ledger database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Ledger {
+    /// Every write, and migrations.
     pool: AnyPool,
+    /// Reads; the same pool on PostgreSQL.
+    read: AnyPool,
     backend: Backend,
 }
 
@@ -185,12 +188,34 @@ impl Ledger {
             }
         }
         let opts = AnyConnectOptions::from_str(&url)?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite {
-                cfg.max_connections.min(4)
-            } else {
-                cfg.max_connections
-            })
+        // SQLite: one writer connection. Several writers only took turns on the file lock
+        // (sleeping in the busy handler) and each dropped its page cache whenever another had
+        // written; reads (order status, dedupe checks) get their own connections.
+        let (writers, readers) = match backend {
+            Backend::Sqlite => (1, cfg.max_connections.clamp(1, 4)),
+            Backend::Postgres => (cfg.max_connections, 0),
+        };
+        let pool = Self::pool_with(&opts, writers, backend, false).await?;
+        let read = if readers > 0 {
+            Self::pool_with(&opts, readers, backend, true).await?
+        } else {
+            pool.clone()
+        };
+        Ok(Self {
+            pool,
+            read,
+            backend,
+        })
+    }
+
+    async fn pool_with(
+        opts: &AnyConnectOptions,
+        max: u32,
+        backend: Backend,
+        query_only: bool,
+    ) -> Result<AnyPool> {
+        Ok(AnyPoolOptions::new()
+            .max_connections(max)
             .acquire_timeout(Duration::from_secs(10))
             // sqlx already pings every connection when it is returned to the pool; a second
             // ping on acquire doubled the round trips of every statement.
@@ -204,13 +229,15 @@ impl Ledger {
                              PRAGMA busy_timeout = 10000;",
                         )
                         .await?;
+                        if query_only {
+                            conn.execute("PRAGMA query_only = ON;").await?;
+                        }
                     }
                     Ok(())
                 })
             })
-            .connect_with(opts)
-            .await?;
-        Ok(Self { pool, backend })
+            .connect_with(opts.clone())
+            .await?)
     }
 
     /// Connects and, if `auto_migrate`, applies pending migrations.
@@ -252,7 +279,7 @@ impl Ledger {
     pub async fn load_cursor(&self, channel: &str) -> Result<Option<Vec<u8>>> {
         let row = sqlx::query("SELECT replay_id FROM cursors WHERE channel = $1")
             .bind(channel)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await?;
         Ok(match row {
             Some(r) => hex::decode(r.try_get::<String, _>("replay_id")?).ok(),
@@ -307,7 +334,7 @@ impl Ledger {
         for id in event_ids {
             q = q.bind(*id);
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(&self.read).await?;
         rows.iter()
             .map(|r| r.try_get::<String, _>("event_id").map_err(Into::into))
             .collect()
@@ -356,7 +383,7 @@ impl Ledger {
     /// Number of events in the inbox by status (`enqueued`, `poison`).
     pub async fn inbox_counts(&self) -> Result<BTreeMap<String, i64>> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM event_inbox GROUP BY status")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.read)
             .await?;
         let mut out = BTreeMap::new();
         for r in rows {
@@ -519,7 +546,7 @@ impl Ledger {
         let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE sf_order_id = $1");
         let row = sqlx::query(&sql)
             .bind(order.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await?;
         row.as_ref().map(order_from_row).transpose()
     }
@@ -534,13 +561,13 @@ impl Ledger {
                 sqlx::query(&sql)
                     .bind(s)
                     .bind(limit)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.read)
                     .await?
             }
             None => {
                 let sql =
                     format!("SELECT {ORDER_COLUMNS} FROM orders ORDER BY updated_at DESC LIMIT $1");
-                sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?
+                sqlx::query(&sql).bind(limit).fetch_all(&self.read).await?
             }
         };
         rows.iter().map(order_from_row).collect()
@@ -549,7 +576,7 @@ impl Ledger {
     /// Number of Orders per state.
     pub async fn counts_by_state(&self) -> Result<BTreeMap<String, i64>> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM orders GROUP BY state")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.read)
             .await?;
         let mut out = BTreeMap::new();
         for r in rows {
@@ -599,7 +626,7 @@ impl Ledger {
              FROM attempts WHERE sf_order_id = $1 ORDER BY id",
         )
         .bind(order.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter()
             .map(|r| {
@@ -625,7 +652,7 @@ impl Ledger {
         .bind(since_ms)
         .bind(outcome::FAILED)
         .bind(outcome::PROVISIONED)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.read)
         .await?;
         Ok((row.try_get("failed")?, row.try_get("total")?))
     }
