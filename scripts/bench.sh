@@ -9,5 +9,8 @@ source scripts/services.sh
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 export BENCH_POSTGRES_URL="${BENCH_POSTGRES_URL:-${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/test}}"
 cargo build --release --bin provisioner
-target_dir="${CARGO_TARGET_DIR:-target}"
-exec "$target_dir/release/provisioner" bench "$@"
+# Run a private copy: the daemon is spawned from the same file, and a concurrent build into a
+# shared target directory must not swap it mid-run.
+mkdir -p bench-results
+cp "${CARGO_TARGET_DIR:-target}/release/provisioner" bench-results/provisioner
+exec bench-results/provisioner bench "$@"
