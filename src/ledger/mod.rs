@@ -351,18 +351,38 @@ impl Ledger {
     ) -> Result<()> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        for e in events {
-            sqlx::query(
+        // One multi-row INSERT per chunk, not one statement per event.
+        for chunk in events.chunks(INBOX_ROWS_PER_INSERT) {
+            let mut sql = String::with_capacity(128 + chunk.len() * 32);
+            sql.push_str(
                 "INSERT INTO event_inbox (event_id, replay_id, sf_order_id, status, received_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(e.event_id)
-            .bind(hex::encode(e.replay_id))
-            .bind(e.sf_order_id)
-            .bind(e.status)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+                 VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 5;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5
+                ));
+            }
+            sql.push_str(" ON CONFLICT (event_id) DO NOTHING");
+            let mut q = sqlx::query(&sql);
+            for e in chunk {
+                q = q
+                    .bind(e.event_id)
+                    .bind(hex::encode(e.replay_id))
+                    .bind(e.sf_order_id)
+                    .bind(e.status)
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await?;
         }
         sqlx::query(
             "INSERT INTO cursors (channel, replay_id, fencing_token, updated_at) VALUES ($1, $2, $3, $4) \
@@ -657,6 +677,9 @@ impl Ledger {
         Ok((row.try_get("failed")?, row.try_get("total")?))
     }
 }
+
+/// Inbox rows per INSERT statement (5 parameters each; well below both engines' limits).
+const INBOX_ROWS_PER_INSERT: usize = 200;
 
 /// One event to record in the inbox.
 #[derive(Debug, Clone)]
