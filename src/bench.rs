@@ -252,12 +252,13 @@ async fn bench_db_inner(
         let r = pipeline_run(sim, &daemon, args.orders, None).await?;
         println!(
             "saturation run {}: {:.0} orders/s, p50 {:.1} ms, p99 {:.1} ms, CPU {:.3} s/1000, \
-             SF {:.2}/order, WHMCS {:.2}/order",
+             {:.1} ctx switches/order, SF {:.2}/order, WHMCS {:.2}/order",
             run + 1,
             r.throughput,
             r.p50_ms,
             r.p99_ms,
             r.cpu_per_1000,
+            r.ctx_per_order,
             r.sf_calls_per_order,
             r.whmcs_calls_per_order
         );
@@ -282,7 +283,8 @@ async fn bench_db_inner(
     let mut api304 = Vec::new();
     for run in 0..args.runs {
         for (revalidate, all) in [(false, &mut api200), (true, &mut api304)] {
-            let r = api_run(
+            let cpu0 = daemon.cpu_secs()?;
+            let mut r = api_run(
                 daemon.addr,
                 &sample,
                 &token,
@@ -291,14 +293,18 @@ async fn bench_db_inner(
                 Duration::from_secs(args.api_secs),
             )
             .await?;
+            r.daemon_us_per_request =
+                (daemon.cpu_secs()? - cpu0) * 1e6 / (r.requests.max(1) as f64);
             println!(
-                "order-status API {} run {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                "order-status API {} run {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, \
+                 daemon CPU {:.1} us/request",
                 if revalidate { "304" } else { "200" },
                 run + 1,
                 r.rps,
                 r.p50_ms,
                 r.p99_ms,
-                r.errors
+                r.errors,
+                r.daemon_us_per_request
             );
             all.push(r);
         }
@@ -336,6 +342,7 @@ struct PipelineRun {
     p99_ms: f64,
     max_ms: f64,
     cpu_per_1000: f64,
+    ctx_per_order: f64,
     sf_calls_per_order: f64,
     whmcs_calls_per_order: f64,
     not_activated: usize,
@@ -352,6 +359,7 @@ async fn pipeline_run(
         .collect();
     let before = sim.sim.totals();
     let cpu0 = daemon.cpu_secs()?;
+    let ctx0 = daemon.ctx_switches();
     let mut approved = Vec::with_capacity(n);
     match rate {
         None => {
@@ -372,6 +380,7 @@ async fn pipeline_run(
     }
     let done = wait_written_back(sim, &ids).await?;
     let cpu = daemon.cpu_secs()? - cpu0;
+    let ctx = daemon.ctx_switches().saturating_sub(ctx0);
     let after = sim.sim.totals();
     let mut lat: Vec<f64> = done
         .iter()
@@ -400,6 +409,7 @@ async fn pipeline_run(
         p99_ms: percentile(&lat, 99.0),
         max_ms: lat.last().copied().unwrap_or_default(),
         cpu_per_1000: cpu / nf * 1000.0,
+        ctx_per_order: ctx as f64 / nf,
         sf_calls_per_order: (after.rest_calls - before.rest_calls) as f64 / nf,
         whmcs_calls_per_order: (after.whmcs_calls - before.whmcs_calls) as f64 / nf,
         not_activated,
@@ -439,6 +449,7 @@ fn summarize(runs: &[PipelineRun]) -> Value {
             "max": m(|r| r.max_ms),
         },
         "cpu_s_per_1000_orders": m(|r| r.cpu_per_1000),
+        "context_switches_per_order": m(|r| r.ctx_per_order),
         "sf_calls_per_order": m(|r| r.sf_calls_per_order),
         "whmcs_calls_per_order": m(|r| r.whmcs_calls_per_order),
         "not_activated": runs.iter().map(|r| r.not_activated).sum::<usize>(),
@@ -696,6 +707,22 @@ impl Daemon {
         Ok((ticks(11)? + ticks(12)?) / self.tck)
     }
 
+    /// Context switches (voluntary + involuntary) of all the daemon's threads so far.
+    fn ctx_switches(&self) -> u64 {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return 0;
+        };
+        dir.flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+            .map(|s| {
+                s.lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
     fn mem(&self) -> anyhow::Result<Mem> {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
         let kb = |key: &str| -> f64 {
@@ -752,6 +779,7 @@ fn portal_token(account: &str) -> anyhow::Result<String> {
 
 struct ApiRun {
     rps: f64,
+    daemon_us_per_request: f64,
     p50_ms: f64,
     p99_ms: f64,
     requests: u64,
@@ -847,6 +875,7 @@ async fn api_run(
         .collect();
     Ok(ApiRun {
         rps: all.len() as f64 / elapsed,
+        daemon_us_per_request: 0.0,
         p50_ms: ms[0],
         p99_ms: ms[1],
         requests: all.len() as u64,
@@ -860,6 +889,7 @@ fn summarize_api(runs: &[ApiRun]) -> Value {
         "requests_per_s": m(|r| r.rps),
         "p50_ms": m(|r| r.p50_ms),
         "p99_ms": m(|r| r.p99_ms),
+        "daemon_cpu_us_per_request": m(|r| r.daemon_us_per_request),
         "requests": runs.iter().map(|r| r.requests).sum::<u64>(),
         "errors": runs.iter().map(|r| r.errors).sum::<u64>(),
         "per_run": runs.iter().map(|r| json!({"rps": r.rps, "p99": r.p99_ms})).collect::<Vec<_>>(),
@@ -1065,6 +1095,14 @@ const TARGETS: &[Target] = &[
         exactly: None,
     },
     Target {
+        label: "daemon context switches per order (saturation)",
+        pointer: "/saturation/context_switches_per_order",
+        unit: "",
+        at_least: None,
+        at_most: None,
+        exactly: None,
+    },
+    Target {
         label: "start-up to subscribed",
         pointer: "/startup_ms",
         unit: "ms",
@@ -1121,6 +1159,14 @@ const TARGETS: &[Target] = &[
         exactly: None,
     },
     Target {
+        label: "order-status API 200: daemon CPU per request",
+        pointer: "/api_200/daemon_cpu_us_per_request",
+        unit: "us",
+        at_least: None,
+        at_most: None,
+        exactly: None,
+    },
+    Target {
         label: "order-status API 304: req/s",
         pointer: "/api_304/requests_per_s",
         unit: "req/s",
@@ -1134,6 +1180,14 @@ const TARGETS: &[Target] = &[
         unit: "ms",
         at_least: None,
         at_most: Some(5.0),
+        exactly: None,
+    },
+    Target {
+        label: "order-status API 304: daemon CPU per request",
+        pointer: "/api_304/daemon_cpu_us_per_request",
+        unit: "us",
+        at_least: None,
+        at_most: None,
         exactly: None,
     },
     Target {
