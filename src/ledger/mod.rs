@@ -19,7 +19,7 @@
 use std::{collections::BTreeMap, str::FromStr, time::Duration};
 
 use sqlx::{
-    AnyPool, Row,
+    AnyConnection, AnyPool, Row,
     any::{AnyConnectOptions, AnyPoolOptions},
     migrate::Migrator,
 };
@@ -479,6 +479,16 @@ impl Ledger {
     /// Applies a change while `owner` still holds the lease; `false` when it was lost (the
     /// caller must stop: another job owns the Order now).
     pub async fn update(&self, order: &SalesforceId, owner: &str, c: &Change<'_>) -> Result<bool> {
+        let mut conn = self.pool.acquire().await?;
+        Self::update_on(&mut conn, order, owner, c).await
+    }
+
+    async fn update_on(
+        conn: &mut AnyConnection,
+        order: &SalesforceId,
+        owner: &str,
+        c: &Change<'_>,
+    ) -> Result<bool> {
         let mut sets: Vec<String> = vec!["updated_at = $3".into()];
         let mut n = 3;
         let mut next = |col: &str, sets: &mut Vec<String>| {
@@ -558,7 +568,7 @@ impl Ledger {
         if let Some(v) = c.correlation_id {
             q = q.bind(v);
         }
-        Ok(q.execute(&self.pool).await?.rows_affected() > 0)
+        Ok(q.execute(&mut *conn).await?.rows_affected() > 0)
     }
 
     /// The Order's row, if the ledger knows it.
@@ -605,15 +615,59 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Opens an attempt and applies `c` (while `owner` holds the lease) on one connection: one
+    /// pool round trip instead of two. `None` when the lease was lost.
+    pub async fn begin_attempt(
+        &self,
+        order: &SalesforceId,
+        owner: &str,
+        event_id: Option<&str>,
+        c: &Change<'_>,
+    ) -> Result<Option<i64>> {
+        let mut conn = self.pool.acquire().await?;
+        let attempt = Self::start_attempt_on(&mut conn, order, event_id).await?;
+        Ok(Self::update_on(&mut conn, order, owner, c)
+            .await?
+            .then_some(attempt))
+    }
+
+    /// Applies the job's last change `c` and, if the lease was still held, closes the attempt,
+    /// on one connection. `false` when the lease was lost (nothing written).
+    pub async fn end_attempt(
+        &self,
+        order: &SalesforceId,
+        owner: &str,
+        c: &Change<'_>,
+        attempt_id: i64,
+        outcome: &str,
+        error: Option<(&str, &str)>,
+    ) -> Result<bool> {
+        let mut conn = self.pool.acquire().await?;
+        if !Self::update_on(&mut conn, order, owner, c).await? {
+            return Ok(false);
+        }
+        Self::finish_attempt_on(&mut conn, attempt_id, outcome, error).await?;
+        Ok(true)
+    }
+
     /// Opens an attempt in the Order's history.
     pub async fn start_attempt(&self, order: &SalesforceId, event_id: Option<&str>) -> Result<i64> {
+        let mut conn = self.pool.acquire().await?;
+        Self::start_attempt_on(&mut conn, order, event_id).await
+    }
+
+    async fn start_attempt_on(
+        conn: &mut AnyConnection,
+        order: &SalesforceId,
+        event_id: Option<&str>,
+    ) -> Result<i64> {
         let row = sqlx::query(
             "INSERT INTO attempts (sf_order_id, event_id, started_at) VALUES ($1, $2, $3) RETURNING id",
         )
         .bind(order.as_str())
         .bind(event_id)
         .bind(now_ms())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await?;
         Ok(row.try_get("id")?)
     }
@@ -621,6 +675,16 @@ impl Ledger {
     /// Closes an attempt with its outcome.
     pub async fn finish_attempt(
         &self,
+        attempt_id: i64,
+        outcome: &str,
+        error: Option<(&str, &str)>,
+    ) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        Self::finish_attempt_on(&mut conn, attempt_id, outcome, error).await
+    }
+
+    async fn finish_attempt_on(
+        conn: &mut AnyConnection,
         attempt_id: i64,
         outcome: &str,
         error: Option<(&str, &str)>,
@@ -634,7 +698,7 @@ impl Ledger {
         .bind(outcome)
         .bind(error.map(|e| e.0))
         .bind(error.map(|e| e.1))
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(())
     }
