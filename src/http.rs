@@ -46,7 +46,8 @@ type Lookup = Arc<OnceCell<Option<OrderView>>>;
 /// Shared HTTP state.
 #[derive(Clone)]
 struct Http {
-    app: AppState,
+    /// Behind an `Arc`: axum clones the state for every request.
+    app: Arc<AppState>,
     decoding: Option<Arc<(DecodingKey, Validation, String)>>,
     lookups: Arc<Mutex<HashMap<SalesforceId, (Instant, Lookup)>>>,
 }
@@ -120,7 +121,7 @@ pub fn router(app: AppState) -> Router {
         ApiAuth::Disabled => None,
     };
     let state = Http {
-        app,
+        app: Arc::new(app),
         decoding,
         lookups: Arc::new(Mutex::new(HashMap::new())),
     };
