@@ -223,9 +223,21 @@ impl Queue {
         Ok(())
     }
 
-    /// Number of jobs waiting to run (ready now).
+    /// Number of jobs waiting to run (ready now). One round trip (the subscriber asks before
+    /// every demand top-up).
     pub async fn pending(&self) -> Result<u64> {
-        Ok(self.stats().await?.pending)
+        let mut conn = self.conn.clone();
+        let now = chrono::Utc::now().timestamp();
+        let (active, due): (u64, u64) = redis::pipe()
+            .cmd("LLEN")
+            .arg(self.cfg.active_jobs_list())
+            .cmd("ZCOUNT")
+            .arg(self.cfg.scheduled_jobs_set())
+            .arg(0)
+            .arg(now)
+            .query_async(&mut conn)
+            .await?;
+        Ok(active + due)
     }
 
     /// Counts by state.
@@ -306,28 +318,32 @@ impl Queue {
             .await?;
         let cutoff =
             chrono::Utc::now().timestamp() - i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+        if done.is_empty() {
+            return Ok(0);
+        }
+        // Two round trips for the whole sample: every `done_at` in one pipeline, every removal
+        // in another (was one HGET per job).
+        let metas: Vec<String> = done
+            .iter()
+            .map(|id| format!("{}:{}", self.cfg.job_meta_hash(), id))
+            .collect();
+        let mut p = redis::pipe();
+        for meta in &metas {
+            p.cmd("HGET").arg(meta).arg("done_at");
+        }
+        let done_at: Vec<Option<i64>> = p.query_async(&mut conn).await?;
+        let mut p = redis::pipe();
         let mut removed = 0;
-        for id in done {
-            let meta = format!("{}:{}", self.cfg.job_meta_hash(), id);
-            let done_at: Option<i64> = redis::cmd("HGET")
-                .arg(&meta)
-                .arg("done_at")
-                .query_async(&mut conn)
-                .await?;
-            if done_at.is_some_and(|t| t < cutoff) {
-                let mut p = redis::pipe();
-                p.cmd("SREM")
-                    .arg(self.cfg.done_jobs_set())
-                    .arg(&id)
-                    .ignore();
-                p.cmd("HDEL")
-                    .arg(self.cfg.job_data_hash())
-                    .arg(&id)
-                    .ignore();
-                p.cmd("DEL").arg(&meta).ignore();
-                let () = p.query_async(&mut conn).await?;
+        for ((id, meta), at) in done.iter().zip(&metas).zip(done_at) {
+            if at.is_some_and(|t| t < cutoff) {
+                p.cmd("SREM").arg(self.cfg.done_jobs_set()).arg(id).ignore();
+                p.cmd("HDEL").arg(self.cfg.job_data_hash()).arg(id).ignore();
+                p.cmd("DEL").arg(meta).ignore();
                 removed += 1;
             }
+        }
+        if removed > 0 {
+            let () = p.query_async(&mut conn).await?;
         }
         Ok(removed)
     }

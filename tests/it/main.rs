@@ -6,4 +6,5 @@ mod helpers;
 mod http;
 mod pipeline;
 mod process;
+mod queue;
 mod subscriber;
