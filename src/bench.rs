@@ -101,6 +101,16 @@ pub struct BenchArgs {
     /// `RUST_LOG` of the daemon (its logs go to a file next to the JSON results).
     #[arg(long, default_value = "info")]
     pub daemon_log: String,
+    /// Extra daemon setting, `KEY=VALUE` (repeatable), e.g. `--daemon-env WORKER_CONCURRENCY=16`.
+    #[arg(long = "daemon-env", value_parser = parse_key_value)]
+    pub daemon_env: Vec<(String, String)>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 /// The HS256 secret the benchmark's daemon accepts portal tokens with.
@@ -163,6 +173,7 @@ async fn run_inner(mut args: BenchArgs) -> anyhow::Result<()> {
             "api_connections": args.api_connections,
             "catchup_events": args.catchup_events,
             "daemon_log": args.daemon_log,
+            "daemon_env": args.daemon_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         },
         "results": results,
     });
@@ -652,6 +663,9 @@ impl Daemon {
             .env("SF_EVENTS_REPLAY", "LATEST")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", &args.daemon_log);
+        for (k, v) in &args.daemon_env {
+            cmd.env(k, v);
+        }
         for (k, v) in extra {
             cmd.env(k, v);
         }
