@@ -16,15 +16,20 @@
 //! - SQL is portable (TEXT and BIGINT only, `$n` placeholders) so one code path serves both
 //!   databases; migrations differ only where the dialects do (`migrations/{sqlite,postgres}`).
 
-use std::{collections::BTreeMap, str::FromStr, time::Duration};
+use std::{collections::BTreeMap, str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
-    AnyConnection, AnyPool, Row,
+    Any, AnyConnection, AnyPool, Connection, Row,
     any::{AnyConnectOptions, AnyPoolOptions},
     migrate::Migrator,
+    pool::PoolConnection,
 };
 
 use crate::{config::DatabaseConfig, ids::SalesforceId};
+
+/// Settings of every SQLite connection.
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;";
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -145,11 +150,39 @@ pub struct Change<'a> {
 /// Handle to the ledger database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Ledger {
-    /// Every write, and migrations.
+    /// Migrations, readiness, operator tools; every write on PostgreSQL.
     pool: AnyPool,
     /// Reads; the same pool on PostgreSQL.
     read: AnyPool,
+    /// SQLite: the connection every write goes through, held outside the pool (a pooled
+    /// connection is pinged each time it goes back: one more trip to SQLite's thread per write).
+    writer: Option<Arc<tokio::sync::Mutex<AnyConnection>>>,
     backend: Backend,
+}
+
+/// The connection a write runs on.
+enum Writer<'a> {
+    Pooled(PoolConnection<Any>),
+    Shared(tokio::sync::MutexGuard<'a, AnyConnection>),
+}
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            Writer::Pooled(c) => c,
+            Writer::Shared(g) => g,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            Writer::Pooled(c) => c,
+            Writer::Shared(g) => g,
+        }
+    }
 }
 
 impl Ledger {
@@ -162,6 +195,9 @@ impl Ledger {
             Backend::Postgres
         };
         let mut url = cfg.url.clone();
+        // An in-memory SQLite database exists once per connection: it gets one pooled
+        // connection for everything.
+        let mut in_memory = false;
         if backend == Backend::Sqlite {
             let path = url
                 .trim_start_matches("sqlite://")
@@ -170,7 +206,8 @@ impl Ledger {
                 .next()
                 .unwrap_or_default()
                 .to_owned();
-            if path != ":memory:" && !path.is_empty() {
+            in_memory = path == ":memory:" || path.is_empty() || url.contains("mode=memory");
+            if !in_memory {
                 if let Some(dir) = std::path::Path::new(&path).parent() {
                     if !dir.as_os_str().is_empty() {
                         std::fs::create_dir_all(dir).map_err(|e| {
@@ -192,6 +229,7 @@ impl Ledger {
         // (sleeping in the busy handler) and each dropped its page cache whenever another had
         // written; reads (order status, dedupe checks) get their own connections.
         let (writers, readers) = match backend {
+            Backend::Sqlite if in_memory => (1, 0),
             Backend::Sqlite => (1, cfg.max_connections.clamp(1, 4)),
             Backend::Postgres => (cfg.max_connections, 0),
         };
@@ -201,10 +239,27 @@ impl Ledger {
         } else {
             pool.clone()
         };
+        let writer = if backend == Backend::Sqlite && !in_memory {
+            use sqlx::{ConnectOptions, Executor};
+            let mut conn = opts.connect().await?;
+            conn.execute(SQLITE_PRAGMAS).await?;
+            Some(Arc::new(tokio::sync::Mutex::new(conn)))
+        } else {
+            None
+        };
         Ok(Self {
             pool,
             read,
+            writer,
             backend,
+        })
+    }
+
+    /// The connection for a write: SQLite's single writer, or one from the pool.
+    async fn writer(&self) -> Result<Writer<'_>> {
+        Ok(match &self.writer {
+            Some(w) => Writer::Shared(w.lock().await),
+            None => Writer::Pooled(self.pool.acquire().await?),
         })
     }
 
@@ -224,11 +279,7 @@ impl Ledger {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         use sqlx::Executor;
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA busy_timeout = 10000;",
-                        )
-                        .await?;
+                        conn.execute(SQLITE_PRAGMAS).await?;
                         if query_only {
                             conn.execute("PRAGMA query_only = ON;").await?;
                         }
@@ -295,6 +346,7 @@ impl Ledger {
         replay_id: &[u8],
         fencing_token: i64,
     ) -> Result<bool> {
+        let mut conn = self.writer().await?;
         let n = sqlx::query(
             "INSERT INTO cursors (channel, replay_id, fencing_token, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id, \
@@ -305,7 +357,7 @@ impl Ledger {
         .bind(hex::encode(replay_id))
         .bind(fencing_token)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?
         .rows_affected();
         Ok(n > 0)
@@ -313,9 +365,10 @@ impl Ledger {
 
     /// Forgets a channel's cursor (the next subscription starts from the configured preset).
     pub async fn clear_cursor(&self, channel: &str) -> Result<()> {
+        let mut conn = self.writer().await?;
         sqlx::query("DELETE FROM cursors WHERE channel = $1")
             .bind(channel)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
         Ok(())
     }
@@ -350,7 +403,8 @@ impl Ledger {
         fencing_token: i64,
     ) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         // One multi-row INSERT per chunk, not one statement per event.
         for chunk in events.chunks(INBOX_ROWS_PER_INSERT) {
             let mut sql = String::with_capacity(128 + chunk.len() * 32);
@@ -436,13 +490,14 @@ impl Ledger {
              OR orders.lease_until < excluded.updated_at \
              RETURNING {ORDER_COLUMNS}"
         );
+        let mut conn = self.writer().await?;
         let row = sqlx::query(&sql)
             .bind(order.as_str())
             .bind(state::NEW)
             .bind(owner)
             .bind(until)
             .bind(now)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await?;
         row.as_ref().map(order_from_row).transpose()
     }
@@ -451,13 +506,14 @@ impl Ledger {
     pub async fn renew(&self, order: &SalesforceId, owner: &str, lease: Duration) -> Result<bool> {
         let now = now_ms();
         let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut conn = self.writer().await?;
         let n = sqlx::query(
             "UPDATE orders SET lease_until = $3 WHERE sf_order_id = $1 AND lease_owner = $2",
         )
         .bind(order.as_str())
         .bind(owner)
         .bind(until)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?
         .rows_affected();
         Ok(n > 0)
@@ -465,13 +521,14 @@ impl Ledger {
 
     /// Gives the lease back.
     pub async fn release(&self, order: &SalesforceId, owner: &str) -> Result<()> {
+        let mut conn = self.writer().await?;
         sqlx::query(
             "UPDATE orders SET lease_owner = NULL, lease_until = NULL \
              WHERE sf_order_id = $1 AND lease_owner = $2",
         )
         .bind(order.as_str())
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(())
     }
@@ -479,7 +536,7 @@ impl Ledger {
     /// Applies a change while `owner` still holds the lease; `false` when it was lost (the
     /// caller must stop: another job owns the Order now).
     pub async fn update(&self, order: &SalesforceId, owner: &str, c: &Change<'_>) -> Result<bool> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer().await?;
         Self::update_on(&mut conn, order, owner, c).await
     }
 
@@ -624,7 +681,7 @@ impl Ledger {
         event_id: Option<&str>,
         c: &Change<'_>,
     ) -> Result<Option<i64>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer().await?;
         let attempt = Self::start_attempt_on(&mut conn, order, event_id).await?;
         Ok(Self::update_on(&mut conn, order, owner, c)
             .await?
@@ -642,7 +699,7 @@ impl Ledger {
         outcome: &str,
         error: Option<(&str, &str)>,
     ) -> Result<bool> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer().await?;
         if !Self::update_on(&mut conn, order, owner, c).await? {
             return Ok(false);
         }
@@ -652,7 +709,7 @@ impl Ledger {
 
     /// Opens an attempt in the Order's history.
     pub async fn start_attempt(&self, order: &SalesforceId, event_id: Option<&str>) -> Result<i64> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer().await?;
         Self::start_attempt_on(&mut conn, order, event_id).await
     }
 
@@ -679,7 +736,7 @@ impl Ledger {
         outcome: &str,
         error: Option<(&str, &str)>,
     ) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer().await?;
         Self::finish_attempt_on(&mut conn, attempt_id, outcome, error).await
     }
 
@@ -753,4 +810,75 @@ pub struct InboxEntry<'a> {
     pub sf_order_id: Option<&'a str>,
     /// `enqueued` or `poison`.
     pub status: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn ledger(url: String) -> Ledger {
+        Ledger::open(&DatabaseConfig {
+            url,
+            auto_migrate: true,
+            max_connections: 8,
+        })
+        .await
+        .expect("ledger")
+    }
+
+    /// Writes (single writer) and reads (reader pool) see one database, on a file and in memory.
+    async fn claim_write_read(l: &Ledger) {
+        let id = SalesforceId::synthesize("801", 1);
+        let row = l
+            .claim(&id, "a", Duration::from_secs(30))
+            .await
+            .expect("claim")
+            .expect("free lease");
+        assert_eq!((row.state.as_str(), row.attempts), (state::NEW, 1));
+        assert!(
+            l.claim(&id, "b", Duration::from_secs(30))
+                .await
+                .expect("claim")
+                .is_none(),
+            "a held lease is not taken"
+        );
+        let attempt = l
+            .begin_attempt(&id, "a", Some("ev-1"), &Change::default())
+            .await
+            .expect("begin")
+            .expect("lease held");
+        let done = Change {
+            state: Some(state::DONE),
+            outcome: Some(Some(outcome::PROVISIONED)),
+            release: true,
+            ..Default::default()
+        };
+        assert!(
+            l.end_attempt(&id, "a", &done, attempt, outcome::PROVISIONED, None)
+                .await
+                .expect("end")
+        );
+        let row = l.get(&id).await.expect("get").expect("row");
+        assert_eq!(row.outcome.as_deref(), Some(outcome::PROVISIONED));
+        assert_eq!(l.attempts(&id).await.expect("attempts").len(), 1);
+        // The last change gave the lease back.
+        assert!(
+            l.claim(&id, "b", Duration::from_secs(30))
+                .await
+                .expect("claim")
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn sqlite_file_and_memory_ledgers_read_their_writes() {
+        let dir = std::env::temp_dir().join(format!("ledger-{}", uuid::Uuid::new_v4().simple()));
+        let file = ledger(format!("sqlite://{}/l.db", dir.display())).await;
+        assert!(file.writer.is_some());
+        claim_write_read(&file).await;
+        let mem = ledger("sqlite::memory:".into()).await;
+        assert!(mem.writer.is_none());
+        claim_write_read(&mem).await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
