@@ -152,35 +152,38 @@ pub struct Change<'a> {
 pub struct Ledger {
     /// Migrations, readiness, operator tools; every write on PostgreSQL.
     pool: AnyPool,
-    /// Reads; the same pool on PostgreSQL.
+    /// Reads where no SQLite reader connections are held (PostgreSQL, in-memory SQLite).
     read: AnyPool,
     /// SQLite: the connection every write goes through, held outside the pool (a pooled
     /// connection is pinged each time it goes back: one more trip to SQLite's thread per write).
     writer: Option<Arc<tokio::sync::Mutex<AnyConnection>>>,
+    /// SQLite: query-only connections for reads, held outside the pool for the same reason.
+    readers: Arc<Vec<tokio::sync::Mutex<AnyConnection>>>,
+    next_reader: Arc<std::sync::atomic::AtomicUsize>,
     backend: Backend,
 }
 
-/// The connection a write runs on.
-enum Writer<'a> {
+/// The connection a statement runs on: held (SQLite) or pooled.
+enum LedgerConn<'a> {
     Pooled(PoolConnection<Any>),
     Shared(tokio::sync::MutexGuard<'a, AnyConnection>),
 }
 
-impl std::ops::Deref for Writer<'_> {
+impl std::ops::Deref for LedgerConn<'_> {
     type Target = AnyConnection;
     fn deref(&self) -> &AnyConnection {
         match self {
-            Writer::Pooled(c) => c,
-            Writer::Shared(g) => g,
+            LedgerConn::Pooled(c) => c,
+            LedgerConn::Shared(g) => g,
         }
     }
 }
 
-impl std::ops::DerefMut for Writer<'_> {
+impl std::ops::DerefMut for LedgerConn<'_> {
     fn deref_mut(&mut self) -> &mut AnyConnection {
         match self {
-            Writer::Pooled(c) => c,
-            Writer::Shared(g) => g,
+            LedgerConn::Pooled(c) => c,
+            LedgerConn::Shared(g) => g,
         }
     }
 }
@@ -233,42 +236,60 @@ impl Ledger {
             Backend::Sqlite => (1, cfg.max_connections.clamp(1, 4)),
             Backend::Postgres => (cfg.max_connections, 0),
         };
-        let pool = Self::pool_with(&opts, writers, backend, false).await?;
-        let read = if readers > 0 {
-            Self::pool_with(&opts, readers, backend, true).await?
-        } else {
-            pool.clone()
-        };
-        let writer = if backend == Backend::Sqlite && !in_memory {
+        let pool = Self::pool_with(&opts, writers, backend).await?;
+        let read = pool.clone();
+        let (writer, readers) = if backend == Backend::Sqlite && !in_memory {
             use sqlx::{ConnectOptions, Executor};
             let mut conn = opts.connect().await?;
             conn.execute(SQLITE_PRAGMAS).await?;
-            Some(Arc::new(tokio::sync::Mutex::new(conn)))
+            let mut held = Vec::new();
+            for _ in 0..readers {
+                let mut r = opts.connect().await?;
+                r.execute(SQLITE_PRAGMAS).await?;
+                r.execute("PRAGMA query_only = ON;").await?;
+                held.push(tokio::sync::Mutex::new(r));
+            }
+            (Some(Arc::new(tokio::sync::Mutex::new(conn))), held)
         } else {
-            None
+            (None, Vec::new())
         };
         Ok(Self {
             pool,
             read,
             writer,
+            readers: Arc::new(readers),
+            next_reader: Arc::default(),
             backend,
         })
     }
 
+    /// A connection for a read: a free SQLite reader (else the next one in turn), or one from
+    /// the read pool.
+    async fn reader(&self) -> Result<LedgerConn<'_>> {
+        let n = self.readers.len();
+        if n == 0 {
+            return Ok(LedgerConn::Pooled(self.read.acquire().await?));
+        }
+        let start = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(g) = self.readers[(start + i) % n].try_lock() {
+                return Ok(LedgerConn::Shared(g));
+            }
+        }
+        Ok(LedgerConn::Shared(self.readers[start % n].lock().await))
+    }
+
     /// The connection for a write: SQLite's single writer, or one from the pool.
-    async fn writer(&self) -> Result<Writer<'_>> {
+    async fn writer(&self) -> Result<LedgerConn<'_>> {
         Ok(match &self.writer {
-            Some(w) => Writer::Shared(w.lock().await),
-            None => Writer::Pooled(self.pool.acquire().await?),
+            Some(w) => LedgerConn::Shared(w.lock().await),
+            None => LedgerConn::Pooled(self.pool.acquire().await?),
         })
     }
 
-    async fn pool_with(
-        opts: &AnyConnectOptions,
-        max: u32,
-        backend: Backend,
-        query_only: bool,
-    ) -> Result<AnyPool> {
+    async fn pool_with(opts: &AnyConnectOptions, max: u32, backend: Backend) -> Result<AnyPool> {
         Ok(AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(10))
@@ -280,9 +301,6 @@ impl Ledger {
                     if backend == Backend::Sqlite {
                         use sqlx::Executor;
                         conn.execute(SQLITE_PRAGMAS).await?;
-                        if query_only {
-                            conn.execute("PRAGMA query_only = ON;").await?;
-                        }
                     }
                     Ok(())
                 })
@@ -328,9 +346,10 @@ impl Ledger {
 
     /// The stored replay id of a channel.
     pub async fn load_cursor(&self, channel: &str) -> Result<Option<Vec<u8>>> {
+        let mut conn = self.reader().await?;
         let row = sqlx::query("SELECT replay_id FROM cursors WHERE channel = $1")
             .bind(channel)
-            .fetch_optional(&self.read)
+            .fetch_optional(&mut *conn)
             .await?;
         Ok(match row {
             Some(r) => hex::decode(r.try_get::<String, _>("replay_id")?).ok(),
@@ -375,6 +394,7 @@ impl Ledger {
 
     /// Which of these event ids the inbox already holds.
     pub async fn seen_events(&self, event_ids: &[&str]) -> Result<Vec<String>> {
+        let mut conn = self.reader().await?;
         if event_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -387,7 +407,7 @@ impl Ledger {
         for id in event_ids {
             q = q.bind(*id);
         }
-        let rows = q.fetch_all(&self.read).await?;
+        let rows = q.fetch_all(&mut *conn).await?;
         rows.iter()
             .map(|r| r.try_get::<String, _>("event_id").map_err(Into::into))
             .collect()
@@ -456,8 +476,9 @@ impl Ledger {
 
     /// Number of events in the inbox by status (`enqueued`, `poison`).
     pub async fn inbox_counts(&self) -> Result<BTreeMap<String, i64>> {
+        let mut conn = self.reader().await?;
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM event_inbox GROUP BY status")
-            .fetch_all(&self.read)
+            .fetch_all(&mut *conn)
             .await?;
         let mut out = BTreeMap::new();
         for r in rows {
@@ -630,16 +651,18 @@ impl Ledger {
 
     /// The Order's row, if the ledger knows it.
     pub async fn get(&self, order: &SalesforceId) -> Result<Option<OrderRecord>> {
+        let mut conn = self.reader().await?;
         let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE sf_order_id = $1");
         let row = sqlx::query(&sql)
             .bind(order.as_str())
-            .fetch_optional(&self.read)
+            .fetch_optional(&mut *conn)
             .await?;
         row.as_ref().map(order_from_row).transpose()
     }
 
     /// Most recently updated Orders, optionally in one state.
     pub async fn list(&self, state: Option<&str>, limit: i64) -> Result<Vec<OrderRecord>> {
+        let mut conn = self.reader().await?;
         let rows = match state {
             Some(s) => {
                 let sql = format!(
@@ -648,13 +671,13 @@ impl Ledger {
                 sqlx::query(&sql)
                     .bind(s)
                     .bind(limit)
-                    .fetch_all(&self.read)
+                    .fetch_all(&mut *conn)
                     .await?
             }
             None => {
                 let sql =
                     format!("SELECT {ORDER_COLUMNS} FROM orders ORDER BY updated_at DESC LIMIT $1");
-                sqlx::query(&sql).bind(limit).fetch_all(&self.read).await?
+                sqlx::query(&sql).bind(limit).fetch_all(&mut *conn).await?
             }
         };
         rows.iter().map(order_from_row).collect()
@@ -662,8 +685,9 @@ impl Ledger {
 
     /// Number of Orders per state.
     pub async fn counts_by_state(&self) -> Result<BTreeMap<String, i64>> {
+        let mut conn = self.reader().await?;
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM orders GROUP BY state")
-            .fetch_all(&self.read)
+            .fetch_all(&mut *conn)
             .await?;
         let mut out = BTreeMap::new();
         for r in rows {
@@ -762,12 +786,13 @@ impl Ledger {
 
     /// An Order's attempt history, oldest first.
     pub async fn attempts(&self, order: &SalesforceId) -> Result<Vec<AttemptRecord>> {
+        let mut conn = self.reader().await?;
         let rows = sqlx::query(
             "SELECT id, event_id, started_at, finished_at, outcome, error_code, error_message \
              FROM attempts WHERE sf_order_id = $1 ORDER BY id",
         )
         .bind(order.as_str())
-        .fetch_all(&self.read)
+        .fetch_all(&mut *conn)
         .await?;
         rows.iter()
             .map(|r| {
@@ -786,6 +811,7 @@ impl Ledger {
 
     /// Finished attempts since `since_ms`, split into (failed, total), for the alert window.
     pub async fn outcome_counts_since(&self, since_ms: i64) -> Result<(i64, i64)> {
+        let mut conn = self.reader().await?;
         let row = sqlx::query(
             "SELECT COALESCE(SUM(CASE WHEN outcome = $2 THEN 1 ELSE 0 END), 0) AS failed, \
              COUNT(*) AS total FROM attempts WHERE finished_at >= $1 AND outcome IN ($2, $3)",
@@ -793,7 +819,7 @@ impl Ledger {
         .bind(since_ms)
         .bind(outcome::FAILED)
         .bind(outcome::PROVISIONED)
-        .fetch_one(&self.read)
+        .fetch_one(&mut *conn)
         .await?;
         Ok((row.try_get("failed")?, row.try_get("total")?))
     }
