@@ -174,11 +174,12 @@ async fn run_workers(
     let instance = state.instance.clone();
     let concurrency = state.cfg.queue.concurrency;
     let beat = last_beat.clone();
+    let queue = state.queue.clone();
     let monitor = Monitor::new()
         .register(move |restarts| {
             let beat = beat.clone();
             WorkerBuilder::new(format!("{instance}-w{restarts}"))
-                .backend(storage.clone().poll_with_interval(queue::POLL_INTERVAL))
+                .backend(storage.clone().poll_with_strategy(queue.wake_strategy()))
                 .catch_panic()
                 .concurrency(concurrency)
                 .parallelize(tokio::spawn)

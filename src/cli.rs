@@ -1,6 +1,6 @@
 //! Command line (clap): `serve` (default), `migrate`, `check`, `healthcheck`, `sim`, `demo`,
-//! `chaos` (defined in [`crate::chaos`]) and the operator tools `orders`, `cursor`, `queue`
-//! (defined in [`crate::ops`]).
+//! `chaos` (defined in [`crate::chaos`]), `bench` (defined in [`crate::bench`]) and the operator
+//! tools `orders`, `cursor`, `queue` (defined in [`crate::ops`]).
 
 use std::path::PathBuf;
 
@@ -68,4 +68,7 @@ pub enum Command {
     /// Reliability run: the daemon as a child process against the simulator and a Redis of its
     /// own, under seeded crashes and faults; audits the invariants, exits non-zero if one broke.
     Chaos(crate::chaos::ChaosArgs),
+    /// Measure throughput, latency, CPU, memory, API speed and catch-up against the simulator
+    /// (run from a release build: `scripts/bench.sh`).
+    Bench(crate::bench::BenchArgs),
 }

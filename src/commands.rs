@@ -99,6 +99,7 @@ pub async fn dispatch(config: Option<&Path>, command: Command) -> ExitCode {
         }
         Command::Demo { orders, redis_url } => crate::demo::run(orders, &redis_url).await,
         Command::Chaos(args) => crate::chaos::main(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod alert;
 pub mod app;
+pub mod bench;
 pub mod chaos;
 pub mod check;
 pub mod cli;

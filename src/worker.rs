@@ -265,8 +265,15 @@ impl Provisioner {
             () = lease_lost.cancelled() => Err(JobError::LeaseLost(id.to_string())),
         };
         renewer.abort();
-        if let Err(e) = self.ledger.release(&id, &owner).await {
-            warn!(error.message = %e, "lease release failed; it expires by itself");
+        // A finished attempt gave the lease back with its last change.
+        let released = matches!(
+            result,
+            Ok(Outcome::Provisioned { .. } | Outcome::Failed { .. })
+        );
+        if !released {
+            if let Err(e) = self.ledger.release(&id, &owner).await {
+                warn!(error.message = %e, "lease release failed; it expires by itself");
+            }
         }
         let _ = self.changes.send(OrderChanged {
             order_id: id.to_string(),
@@ -385,20 +392,23 @@ impl Provisioner {
         if row.last_event_id.as_deref() == Some(job.event_id.as_str()) && row.outcome.is_some() {
             return Ok(Outcome::Skipped("duplicate_event"));
         }
-        let attempt = self.ledger.start_attempt(id, Some(&job.event_id)).await?;
-        self.update(
-            id,
-            owner,
-            &Change {
-                last_event_id: Some(&job.event_id),
-                correlation_id: Some(&job.correlation_id),
-                account_id: order.account_id.as_ref().map(SalesforceId::as_str),
-                sf_status: order.status.as_deref(),
-                outcome: Some(None),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let attempt = self
+            .ledger
+            .begin_attempt(
+                id,
+                owner,
+                Some(&job.event_id),
+                &Change {
+                    last_event_id: Some(&job.event_id),
+                    correlation_id: Some(&job.correlation_id),
+                    account_id: order.account_id.as_ref().map(SalesforceId::as_str),
+                    sf_status: order.status.as_deref(),
+                    outcome: Some(None),
+                    ..Default::default()
+                },
+            )
+            .await?
+            .ok_or_else(|| JobError::LeaseLost(id.to_string()))?;
 
         let result = self.drive(id, order, &row, owner).await;
         let (outcome, update) = match result {
@@ -462,20 +472,20 @@ impl Provisioner {
             ),
             Outcome::Skipped(_) => (ledger::state::NEW, "Skipped", None),
         };
-        self.update(
-            id,
-            owner,
-            &Change {
-                state: Some(state),
-                outcome: Some(Some(outcome_label)),
-                error: Some(err),
-                ..Default::default()
-            },
-        )
-        .await?;
-        self.ledger
-            .finish_attempt(attempt, outcome_label, err)
-            .await?;
+        let change = Change {
+            state: Some(state),
+            outcome: Some(Some(outcome_label)),
+            error: Some(err),
+            release: true,
+            ..Default::default()
+        };
+        if !self
+            .ledger
+            .end_attempt(id, owner, &change, attempt, outcome_label, err)
+            .await?
+        {
+            return Err(JobError::LeaseLost(id.to_string()));
+        }
         Ok(outcome)
     }
 

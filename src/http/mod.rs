@@ -55,7 +55,8 @@ const MAX_BODY: usize = 64 * 1024;
 /// Shared HTTP state.
 #[derive(Clone)]
 struct Http {
-    app: AppState,
+    /// Behind an `Arc`: axum clones the state for every request.
+    app: Arc<AppState>,
     auth: Option<Arc<orders::Auth>>,
     lookups: orders::Lookups,
     sse: Arc<Semaphore>,
@@ -82,7 +83,7 @@ pub fn router_with_shutdown(app: AppState, shutdown: CancellationToken) -> Route
         sse: Arc::new(Semaphore::new(http.sse_max_clients)),
         limiter,
         shutdown,
-        app,
+        app: Arc::new(app),
     };
     let mut api = Router::new()
         .route("/api/orders/{id}", get(orders::status))
@@ -104,7 +105,7 @@ pub fn router_with_shutdown(app: AppState, shutdown: CancellationToken) -> Route
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .merge(api)
-        .merge(crate::dashboard::routes(state.app.clone()))
+        .merge(crate::dashboard::routes((*state.app).clone()))
         .with_state(state)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

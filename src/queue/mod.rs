@@ -11,18 +11,28 @@
 //! - The connection manager has a 10 s response timeout (the 500 ms default kills workers).
 //! - Each worker gets a unique name per process and per restart; the orphan timeout is
 //!   heartbeat × missed heartbeats, set explicitly (10 s × 3).
-//! - Workers poll every 200 ms; tasks run on their own tokio task.
+//! - Workers poll every 200 ms for jobs pushed elsewhere (other replicas, re-enqueued orphans)
+//!   and are woken at once when this process pushes jobs ([`Queue::wake_strategy`]); tasks run
+//!   on their own tokio task.
 //! - The handler never returns a plain `Err` for business outcomes (the backend would retry it
 //!   up to 25 times); transient retries happen inside the job, bounded by `job_max_attempts`.
 //! - Queue statistics are read from the keys directly (the built-in metrics are broken).
 //! - The backlog stays far below the ~8,000 due-jobs limit of `fetch_next.lua`: the subscriber
 //!   stops fetching events above `sf_events_max_pending_jobs`.
 
-use std::time::Duration;
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use apalis::prelude::*;
+use apalis_core::backend::ext::poll_strategy::{PollSnapshot, PollStrategy};
 use apalis_redis::{Config as RedisQueueConfig, ConnectionManager, RedisStorage};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
 
 use crate::config::QueueConfig;
 
@@ -105,6 +115,33 @@ pub struct Queue {
     storage: RedisStorage<Job>,
     conn: ConnectionManager,
     cfg: RedisQueueConfig,
+    /// Bumped after every successful push, to wake this process's idle workers.
+    pushed: Arc<watch::Sender<u64>>,
+}
+
+/// Worker poll strategy: fetch when this process pushed jobs, and every [`POLL_INTERVAL`]
+/// (jobs pushed by other replicas, re-enqueued orphans).
+pub struct PushOrPoll {
+    pushed: WatchStream<u64>,
+    tick: tokio::time::Interval,
+}
+
+impl PollStrategy for PushOrPoll {
+    fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
+        // Poll both sources until they are pending, so both hold this task's waker.
+        let mut ready = false;
+        while self.tick.poll_tick(cx).is_ready() {
+            ready = true;
+        }
+        while let Poll::Ready(Some(_)) = self.pushed.poll_next_unpin(cx) {
+            ready = true;
+        }
+        if ready {
+            Poll::Ready(Some(()))
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 impl std::fmt::Debug for Queue {
@@ -142,7 +179,18 @@ impl Queue {
             storage,
             conn,
             cfg: qcfg,
+            pushed: Arc::new(watch::channel(0).0),
         })
+    }
+
+    /// The poll strategy for this process's workers: woken by [`Queue::push`], and polling.
+    pub fn wake_strategy(&self) -> PushOrPoll {
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        PushOrPoll {
+            pushed: WatchStream::from_changes(self.pushed.subscribe()),
+            tick,
+        }
     }
 
     /// The apalis storage, for workers.
@@ -170,12 +218,26 @@ impl Queue {
         storage
             .push_all(futures::stream::iter(tasks))
             .await
-            .map_err(|e| QueueError::Push(e.to_string()))
+            .map_err(|e| QueueError::Push(e.to_string()))?;
+        self.pushed.send_modify(|v| *v = v.wrapping_add(1));
+        Ok(())
     }
 
-    /// Number of jobs waiting to run (ready now).
+    /// Number of jobs waiting to run (ready now). One round trip (the subscriber asks before
+    /// every demand top-up).
     pub async fn pending(&self) -> Result<u64> {
-        Ok(self.stats().await?.pending)
+        let mut conn = self.conn.clone();
+        let now = chrono::Utc::now().timestamp();
+        let (active, due): (u64, u64) = redis::pipe()
+            .cmd("LLEN")
+            .arg(self.cfg.active_jobs_list())
+            .cmd("ZCOUNT")
+            .arg(self.cfg.scheduled_jobs_set())
+            .arg(0)
+            .arg(now)
+            .query_async(&mut conn)
+            .await?;
+        Ok(active + due)
     }
 
     /// Counts by state.
@@ -256,28 +318,32 @@ impl Queue {
             .await?;
         let cutoff =
             chrono::Utc::now().timestamp() - i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+        if done.is_empty() {
+            return Ok(0);
+        }
+        // Two round trips for the whole sample: every `done_at` in one pipeline, every removal
+        // in another (was one HGET per job).
+        let metas: Vec<String> = done
+            .iter()
+            .map(|id| format!("{}:{}", self.cfg.job_meta_hash(), id))
+            .collect();
+        let mut p = redis::pipe();
+        for meta in &metas {
+            p.cmd("HGET").arg(meta).arg("done_at");
+        }
+        let done_at: Vec<Option<i64>> = p.query_async(&mut conn).await?;
+        let mut p = redis::pipe();
         let mut removed = 0;
-        for id in done {
-            let meta = format!("{}:{}", self.cfg.job_meta_hash(), id);
-            let done_at: Option<i64> = redis::cmd("HGET")
-                .arg(&meta)
-                .arg("done_at")
-                .query_async(&mut conn)
-                .await?;
-            if done_at.is_some_and(|t| t < cutoff) {
-                let mut p = redis::pipe();
-                p.cmd("SREM")
-                    .arg(self.cfg.done_jobs_set())
-                    .arg(&id)
-                    .ignore();
-                p.cmd("HDEL")
-                    .arg(self.cfg.job_data_hash())
-                    .arg(&id)
-                    .ignore();
-                p.cmd("DEL").arg(&meta).ignore();
-                let () = p.query_async(&mut conn).await?;
+        for ((id, meta), at) in done.iter().zip(&metas).zip(done_at) {
+            if at.is_some_and(|t| t < cutoff) {
+                p.cmd("SREM").arg(self.cfg.done_jobs_set()).arg(id).ignore();
+                p.cmd("HDEL").arg(self.cfg.job_data_hash()).arg(id).ignore();
+                p.cmd("DEL").arg(meta).ignore();
                 removed += 1;
             }
+        }
+        if removed > 0 {
+            let () = p.query_async(&mut conn).await?;
         }
         Ok(removed)
     }

@@ -265,6 +265,8 @@ pub(crate) struct OrderRec {
     pub fields: Map<String, Value>,
     pub items: Vec<ItemRec>,
     pub counts: CallCounts,
+    /// When the Order last took a successful PATCH (write-back latency in benchmarks).
+    pub patched_at: Option<std::time::Instant>,
 }
 
 impl OrderRec {
@@ -755,6 +757,7 @@ impl Simulator {
                 fields,
                 items,
                 counts: CallCounts::default(),
+                patched_at: None,
             },
         );
         st.write_field(&id, "Status", Value::from(seed.status));
@@ -846,6 +849,15 @@ impl Simulator {
     pub fn counts(&self, id: &SalesforceId) -> CallCounts {
         let st = self.0.lock();
         st.orders.get(id).map(|r| r.counts).unwrap_or_default()
+    }
+
+    /// When each Order last took a successful PATCH (`None`: never), in one lock; for latency
+    /// measurements (approval → write-back).
+    pub fn patched_at(&self, ids: &[SalesforceId]) -> Vec<Option<std::time::Instant>> {
+        let st = self.0.lock();
+        ids.iter()
+            .map(|id| st.orders.get(id).and_then(|r| r.patched_at))
+            .collect()
     }
 
     pub fn totals(&self) -> Totals {

@@ -663,6 +663,9 @@ async fn patch_record(
         st.write_field(&id, &canon, value);
     }
     st.touch(&id);
+    if let Some(rec) = st.orders.get_mut(&id) {
+        rec.patched_at = Some(std::time::Instant::now());
+    }
     with_usage(StatusCode::NO_CONTENT.into_response(), usage)
 }
 

@@ -12,5 +12,6 @@ mod observability;
 mod ops;
 mod pipeline;
 mod process;
+mod queue;
 mod replicas;
 mod subscriber;

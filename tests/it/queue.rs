@@ -1,0 +1,47 @@
+//! Queue housekeeping and statistics against a real Redis.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use crate::helpers::{Options, spawn_app, wait_until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_removes_finished_jobs_and_pending_counts_ready_ones() {
+    let mut app = spawn_app(Options::default()).await;
+    let queue = app.state.queue.clone();
+    assert_eq!(queue.pending().await.expect("pending"), 0);
+    let ids = app.seed(3);
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    app.wait_terminal(&ids, Duration::from_secs(60)).await;
+    wait_until(Duration::from_secs(10), "3 finished jobs", || async {
+        queue.stats().await.expect("stats").done == 3
+    })
+    .await;
+    assert_eq!(queue.pending().await.expect("pending"), 0);
+    // Nothing is old enough for a one-hour cutoff.
+    assert_eq!(
+        queue
+            .cleanup(Duration::from_secs(3600))
+            .await
+            .expect("cleanup"),
+        0
+    );
+    assert_eq!(queue.job_count().await.expect("count"), 3);
+    // With no age limit every finished job goes once its `done_at` second has passed.
+    let removed = AtomicU64::new(0);
+    wait_until(Duration::from_secs(10), "cleanup of 3 jobs", || {
+        let (queue, removed) = (queue.clone(), &removed);
+        async move {
+            let n = queue.cleanup(Duration::ZERO).await.expect("cleanup");
+            removed.fetch_add(n, Ordering::Relaxed) + n == 3
+        }
+    })
+    .await;
+    assert_eq!(queue.job_count().await.expect("count"), 0);
+    assert_eq!(queue.stats().await.expect("stats").done, 0);
+    app.stop().await.expect("clean stop");
+}
