@@ -162,6 +162,8 @@ pub struct Ledger {
     /// SQLite: query-only connections for reads, held outside the pool for the same reason.
     readers: Arc<Vec<tokio::sync::Mutex<AnyConnection>>>,
     next_reader: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set by [`Ledger::close`]: held connections refuse work like a closed pool.
+    closed: Arc<std::sync::atomic::AtomicBool>,
     backend: Backend,
 }
 
@@ -261,6 +263,7 @@ impl Ledger {
             writer,
             readers: Arc::new(readers),
             next_reader: Arc::default(),
+            closed: Arc::default(),
             backend,
         })
     }
@@ -268,6 +271,9 @@ impl Ledger {
     /// A connection for a read: a free SQLite reader (else the next one in turn), or one from
     /// the read pool.
     async fn reader(&self) -> Result<LedgerConn<'_>> {
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(sqlx::Error::PoolClosed.into());
+        }
         let n = self.readers.len();
         if n == 0 {
             return Ok(LedgerConn::Pooled(self.read.acquire().await?));
@@ -285,6 +291,9 @@ impl Ledger {
 
     /// The connection for a write: SQLite's single writer, or one from the pool.
     async fn writer(&self) -> Result<LedgerConn<'_>> {
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(sqlx::Error::PoolClosed.into());
+        }
         Ok(match &self.writer {
             Some(w) => LedgerConn::Shared(w.lock().await),
             None => LedgerConn::Pooled(self.pool.acquire().await?),
@@ -323,6 +332,14 @@ impl Ledger {
     /// The connection pool (operator tools and tests).
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Closes every connection; later calls fail as with an unreachable database.
+    pub async fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.pool.close().await;
+        self.read.close().await;
     }
 
     pub fn backend(&self) -> Backend {

@@ -949,7 +949,7 @@ async fn openapi_document_describes_every_real_response() {
     record(order, 429);
 
     // 503: the ledger goes away.
-    app.state.ledger.pool().close().await;
+    app.state.ledger.close().await;
     let (status, body) = spec
         .check("/health/ready", get("/health/ready".into()).await)
         .await;
