@@ -238,6 +238,25 @@ fn admit(
     Ok((account, id))
 }
 
+/// The Order as `account` may see it, encoded with its ETag: 404 for an unknown Order or one
+/// of another Account (the same body either way).
+async fn visible(
+    s: &Http,
+    id: &SalesforceId,
+    account: Option<&SalesforceId>,
+) -> Result<(Vec<u8>, String), Response> {
+    match resolve(s, id).await? {
+        Some(v) if v.visible_to(account) => v.encode().ok_or_else(|| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        }),
+        _ => Err(not_found()),
+    }
+}
+
 /// The Order as the caller may see it: ledger first, Salesforce for unknown Orders.
 async fn resolve(s: &Http, id: &SalesforceId) -> Result<Option<OrderView>, Response> {
     match s.app.ledger.get(id).await {
@@ -260,17 +279,9 @@ pub(super) async fn status(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let view = match resolve(&s, &id).await {
-        Ok(Some(v)) if v.visible_to(account.as_ref()) => v,
-        Ok(_) => return not_found(),
+    let (body, etag) = match visible(&s, &id, account.as_ref()).await {
+        Ok(v) => v,
         Err(r) => return r,
-    };
-    let Some((body, etag)) = view.encode() else {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        );
     };
     let matches = headers
         .get(header::IF_NONE_MATCH)
@@ -365,17 +376,9 @@ pub(super) async fn events(
     };
     // Subscribe before reading, so a change between the read and the first event is not lost.
     let changes = s.app.changes.subscribe();
-    let view = match resolve(&s, &id).await {
-        Ok(Some(v)) if v.visible_to(account.as_ref()) => v,
-        Ok(_) => return not_found(),
+    let (body, etag) = match visible(&s, &id, account.as_ref()).await {
+        Ok(v) => v,
         Err(r) => return r,
-    };
-    let Some((body, etag)) = view.encode() else {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        );
     };
     let keepalive = s.app.cfg.http.sse_keepalive;
     let watch = Watch {
