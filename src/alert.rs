@@ -14,51 +14,19 @@
 //! - A failing ledger read is logged and skipped; it never stops the daemon.
 
 use std::{
-    sync::Mutex,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::{app::AppState, config::AlertConfig, ledger};
+use crate::{config::AlertConfig, ledger, status::AlertStatus};
 
 /// Delivery tries per notification.
 pub const MAX_DELIVERY_TRIES: u32 = 3;
-
-/// What `/health/sf-events` reports under `alert`.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AlertSnapshot {
-    pub firing: bool,
-    /// Failed / finished attempts in the window; `None` before the first evaluation or with
-    /// no finished attempt.
-    pub failure_rate: Option<f64>,
-    pub failed: i64,
-    pub total: i64,
-    /// When the current firing period started.
-    pub since: Option<DateTime<Utc>>,
-    pub last_notified_at: Option<DateTime<Utc>>,
-    pub checked_at: Option<DateTime<Utc>>,
-    /// Evaluations so far.
-    pub checks: u64,
-}
-
-/// The alert state shared with the HTTP server.
-#[derive(Debug, Default)]
-pub struct AlertStatus(Mutex<AlertSnapshot>);
-
-impl AlertStatus {
-    pub fn snapshot(&self) -> AlertSnapshot {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn update(&self, f: impl FnOnce(&mut AlertSnapshot)) {
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
-    }
-}
 
 /// What one evaluation asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,15 +87,14 @@ impl Evaluator {
     }
 }
 
-fn message(state: &AppState, failed: i64, total: i64) -> String {
-    let cfg = &state.cfg.alert;
+fn message(cfg: &AlertConfig, instance: &str, failed: i64, total: i64) -> String {
     format!(
         "provisioner: {failed} of {total} provisioning attempts failed in the last {} ({:.1} %), \
          above the {:.1} % threshold (instance {}). See /health/sf-events and the logs.",
         human(cfg.window),
         failed as f64 * 100.0 / total.max(1) as f64,
         cfg.threshold * 100.0,
-        state.instance,
+        instance,
     )
 }
 
@@ -155,11 +122,27 @@ async fn deliver(client: &reqwest::Client, url: &str, text: &str) -> Result<(), 
     }
 }
 
+/// What the alert loop reads and writes.
+pub struct Alerter {
+    pub cfg: AlertConfig,
+    /// `ALERT_WEBHOOK_URL`, if set (a secret: never logged).
+    pub webhook: Option<String>,
+    pub ledger: ledger::Ledger,
+    pub status: Arc<AlertStatus>,
+    /// This process's name, quoted in the message.
+    pub instance: String,
+}
+
 /// Runs the alert loop until `shutdown`.
-pub async fn run(state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let cfg = state.cfg.alert.clone();
-    let client = crate::app::http_client(cfg.webhook_timeout)?;
-    let webhook = state.cfg.alert_webhook_url.clone();
+pub async fn run(alerter: Alerter, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Alerter {
+        cfg,
+        webhook,
+        ledger,
+        status,
+        instance,
+    } = alerter;
+    let client = crate::net::client(cfg.webhook_timeout)?;
     let mut evaluator = Evaluator::new(&cfg);
     // A notification whose webhook delivery is still owed: (text, tries so far).
     let mut owed: Option<(String, u32)> = None;
@@ -171,7 +154,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) -> anyhow::Result
             _ = tick.tick() => {}
         }
         let since = ledger::now_ms() - cfg.window.as_millis() as i64;
-        let (failed, total) = match state.ledger.outcome_counts_since(since).await {
+        let (failed, total) = match ledger.outcome_counts_since(since).await {
             Ok(v) => v,
             Err(e) => {
                 warn!(error.message = %e, "cannot read attempt outcomes for the failure-rate alert");
@@ -180,7 +163,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) -> anyhow::Result
         };
         let decision = evaluator.observe(failed, total, Instant::now());
         let now = Utc::now();
-        state.alert.update(|a| {
+        status.update(|a| {
             a.checks += 1;
             a.checked_at = Some(now);
             a.failed = failed;
@@ -204,7 +187,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) -> anyhow::Result
         });
         match decision {
             Decision::Notify => {
-                let text = message(&state, failed, total);
+                let text = message(&cfg, &instance, failed, total);
                 error!(
                     alert.failed = failed,
                     alert.total = total,

@@ -68,6 +68,12 @@ impl SalesforceId {
     }
 }
 
+impl AsRef<str> for SalesforceId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for SalesforceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -1,30 +1,28 @@
 //! `provisioner`: turns Salesforce Order approvals (the `OrderProvisionRequested__e` platform
 //! event) into provisioned WHMCS orders, exactly once, and reports back to Salesforce and to the
-//! customer portal. See `docs/ARCHITECTURE.md` for the design and its invariants.
+//! customer portal. See `docs/ARCHITECTURE.md` for the design, its invariants and a module map.
+//!
+//! The pipeline, top to bottom: [`ingest`] (Pub/Sub → queue → ledger) → [`queue`] →
+//! [`jobs`] (guard → claim → WHMCS → write-back) → [`ledger`]; [`http`] serves what the ledger
+//! knows. [`salesforce`] and [`whmcs`] are pure clients; [`daemon`] supervises the parts.
 
 pub mod alert;
-pub mod app;
-pub mod bench;
-pub mod chaos;
-pub mod check;
 pub mod cli;
-pub mod commands;
 pub mod config;
-pub mod dashboard;
-pub mod demo;
+pub mod daemon;
 pub mod error;
 pub mod http;
 pub mod ids;
-pub mod leader;
+pub mod ingest;
+pub mod jobs;
 pub mod ledger;
 pub mod lenient;
 pub mod metrics;
 pub mod net;
-pub mod ops;
 pub mod queue;
 pub mod reconciler;
 pub mod salesforce;
-pub mod sim;
+pub mod state;
+pub mod status;
 pub mod telemetry;
 pub mod whmcs;
-pub mod worker;

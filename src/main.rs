@@ -4,13 +4,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use provisioner::{
-    cli::{Cli, Command},
-    commands,
-};
+use provisioner::cli::{Cli, Command, dispatch};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    commands::dispatch(cli.config.as_deref(), cli.command.unwrap_or(Command::Serve)).await
+    dispatch(cli.config.as_deref(), cli.command.unwrap_or(Command::Serve)).await
 }

@@ -10,10 +10,12 @@ use std::{fmt::Write as _, time::Duration};
 /// Connect timeout of the shared client (TCP + TLS handshake).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Builds the shared HTTP client: rustls, keep-alive pool, connect timeout, TCP keep-alive.
-/// Build it once at start-up and clone it into every client (clones share the pool).
-pub fn client() -> reqwest::Result<reqwest::Client> {
+/// Builds an outbound HTTP client: rustls, keep-alive pool, connect timeout, TCP keep-alive,
+/// and `timeout` as the default total timeout of each request. Build one per dependency at
+/// start-up and clone it into every user (clones share the pool).
+pub fn client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
+        .timeout(timeout)
         .user_agent(concat!("provisioner/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(CONNECT_TIMEOUT)
         .pool_idle_timeout(Duration::from_secs(60))
@@ -79,7 +81,7 @@ mod tests {
 
     #[tokio::test]
     async fn connection_refused_is_connect_and_described_without_url() {
-        let http = client().expect("client");
+        let http = client(Duration::from_secs(5)).expect("client");
         // A port that was free a moment ago: nothing listens there now.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

@@ -20,18 +20,8 @@ use crate::{
     metrics::Metrics,
     queue::{Job, JobSource, ProvisionOrderV1, Queue},
     salesforce::rest::RestClient,
+    status::SweepReport,
 };
-
-/// What the last sweep did, for health output.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SweepReport {
-    pub last_run_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub candidates: u64,
-    pub enqueued: u64,
-    pub total_enqueued: u64,
-    pub last_error: Option<String>,
-}
 
 pub struct Reconciler {
     pub cfg: ReconcilerConfig,

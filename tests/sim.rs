@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use apache_avro::Schema;
 use provisioner::ids::SalesforceId;
-use provisioner::salesforce::event::{EventFields, EventPayload, decode};
+use provisioner::salesforce::event::{EventFields, decode};
 use provisioner::salesforce::pb::{
     FetchRequest, FetchResponse, ReplayPreset, SchemaRequest, TopicRequest,
     pub_sub_client::PubSubClient,
 };
-use provisioner::sim::{
-    Faults, ItemSeed, OrderSeed, SimConfig, SimHandle, Simulator, WhmcsFaultKind,
+use provisioner_sim::{
+    EventPayload, Faults, ItemSeed, OrderSeed, SimConfig, SimHandle, Simulator, WhmcsFaultKind,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -221,7 +221,7 @@ async fn subscribe_receives_avro_events_decodable_with_get_schema() {
     assert_eq!(pe.schema_id, topic.schema_id);
     let req =
         decode(&schema, &pe.schema_id, &pe.payload, &EventFields::default()).expect("decodes");
-    assert_eq!(req.order_id, order);
+    assert_eq!(req.order_id.as_str(), order.as_str());
     assert!(req.idem_key.is_some() && req.correlation_id.is_some());
     assert_eq!(req.created_by_id, "005000000000001AAA");
     assert!(req.created_date_ms > 0);
@@ -764,7 +764,7 @@ async fn rest_query_and_patch_round_trip() {
     assert_eq!(body["StatusCode"], "Activated");
     assert_eq!(
         h.sim.counts(&order),
-        provisioner::sim::CallCounts {
+        provisioner_sim::CallCounts {
             soql: 1,
             patch: 1,
             ..Default::default()

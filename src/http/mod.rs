@@ -19,6 +19,7 @@
 //! - No handler logs or returns a secret or token. The served OpenAPI document is
 //!   `docs/openapi.json`, checked against real responses by the integration tests.
 
+mod admin;
 mod limit;
 mod orders;
 mod server;
@@ -42,7 +43,7 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use crate::{app::AppState, salesforce::subscriber::SubState};
+use crate::{state::AppState, status::SubState};
 
 pub use server::serve;
 
@@ -105,7 +106,7 @@ pub fn router_with_shutdown(app: AppState, shutdown: CancellationToken) -> Route
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .merge(api)
-        .merge(crate::dashboard::routes((*state.app).clone()))
+        .merge(admin::routes((*state.app).clone()))
         .with_state(state)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

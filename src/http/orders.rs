@@ -37,8 +37,8 @@ use super::{Http, error, retry_later};
 use crate::{
     config::ApiAuth,
     ids::SalesforceId,
+    jobs::provision::OrderChanged,
     ledger::{OrderRecord, outcome},
-    worker::OrderChanged,
 };
 
 /// How a browser should wait before reconnecting a dropped SSE stream.

@@ -348,6 +348,47 @@ impl Queue {
         Ok(removed)
     }
 
+    /// Queue workers (of any process) that heartbeated within `window`: a sign of running
+    /// daemons.
+    pub async fn live_workers(&self, window: Duration) -> Result<u64> {
+        let mut conn = self.redis();
+        let since = chrono::Utc::now().timestamp() - window.as_secs() as i64;
+        Ok(redis::cmd("ZCOUNT")
+            .arg(self.config().workers_set())
+            .arg(since)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// The queue's status of one job: `Pending`, `Running`, `Done`, `Failed`, … (`Stored` when
+    /// only its payload is left), or `None` when Redis no longer (or never) held it.
+    pub async fn job_status(&self, id: &str) -> Result<Option<String>> {
+        let mut conn = self.redis();
+        let status: Option<String> = redis::cmd("HGET")
+            .arg(format!("{}:{}", self.config().job_meta_hash(), id))
+            .arg("status")
+            .query_async(&mut conn)
+            .await?;
+        if status.is_some() {
+            return Ok(status);
+        }
+        Ok(self.contains(id).await?.then(|| "Stored".to_owned()))
+    }
+
+    /// Whether Redis keeps its data across a restart (`CONFIG GET appendonly`); `None` when the
+    /// server does not say (managed services often refuse `CONFIG`).
+    pub async fn append_only(&self) -> Option<bool> {
+        let mut conn = self.redis();
+        let v: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendonly")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        v.get(1).map(|s| s == "yes")
+    }
+
     pub fn config(&self) -> &RedisQueueConfig {
         &self.cfg
     }

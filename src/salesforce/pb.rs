@@ -1,5 +1,5 @@
-//! Generated Pub/Sub API types (`eventbus.v1`). Only `salesforce` and the simulator use these;
-//! everything else works with the domain types of `salesforce::event`.
-#![allow(clippy::all, clippy::pedantic, missing_docs)]
+//! The generated Pub/Sub API types (`eventbus.v1`, from the `pubsub-proto` crate, which the
+//! simulator shares). Only the Pub/Sub client uses these; everything else works with the domain
+//! types of [`super::event`].
 
-tonic::include_proto!("eventbus.v1");
+pub use pubsub_proto::*;

@@ -6,8 +6,8 @@ use provisioner::{
     error::{Classify, ErrorClass},
     ids::SalesforceId,
     salesforce::rest::OrderUpdate,
-    sim::Faults,
 };
+use provisioner_sim::Faults;
 
 use crate::helpers::{Options, spawn_app};
 
@@ -93,7 +93,9 @@ async fn whmcs_bad_credentials_are_a_config_error() {
     env.retain(|(k, _)| k != "WHMCS_API_SECRET");
     env.push(("WHMCS_API_SECRET".into(), "wrong-secret".into()));
     let cfg = provisioner::config::Config::load_from(None, env).expect("config");
-    let state = provisioner::app::AppState::build(cfg).await.expect("state");
+    let state = provisioner::daemon::AppState::build(cfg)
+        .await
+        .expect("state");
     let e = tokio::time::timeout(Duration::from_secs(10), state.whmcs.get_orders("1", 0, 1))
         .await
         .expect("answers")
@@ -108,7 +110,7 @@ async fn daemon_provisions_with_the_jwt_bearer_flow() {
     let public =
         std::fs::read_to_string(format!("{fixtures}/jwt_rsa.pub.pem")).expect("public key");
     let mut app = spawn_app(Options {
-        sim: provisioner::sim::SimConfig {
+        sim: provisioner_sim::SimConfig {
             jwt_public_key_pem: Some(public),
             ..Default::default()
         },

@@ -3,15 +3,13 @@
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use provisioner::{
-    ids::SalesforceId,
-    sim::{ItemSeed, OrderSeed},
-};
+use provisioner::ids::SalesforceId;
+use provisioner_sim::{ItemSeed, OrderSeed};
 use reqwest::{StatusCode, header, redirect::Policy};
 use serde_json::Value;
 use tokio::process::Command;
 
-use crate::helpers::{Options, TestApp, spawn_app, wait_until};
+use crate::helpers::{Options, TestApp, sf_id, spawn_app, wait_until};
 
 const TOKEN: &str = "dashboard-test-token-0123456789";
 
@@ -36,13 +34,13 @@ async fn app_with_dashboard(token: Option<&str>) -> TestApp {
 /// finished in Salesforce and in the ledger.
 async fn provision(app: &TestApp, ok: usize) -> (Vec<SalesforceId>, SalesforceId) {
     let good = app.seed(ok);
-    let bad = app.sim.sim.seed_order(OrderSeed {
+    let bad = sf_id(app.sim.sim.seed_order(OrderSeed {
         items: vec![ItemSeed {
             product_id: None,
             ..ItemSeed::default()
         }],
         ..OrderSeed::default()
-    });
+    }));
     let all: Vec<SalesforceId> = good.iter().cloned().chain([bad.clone()]).collect();
     for id in &all {
         app.sim.sim.approve(id);

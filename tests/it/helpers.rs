@@ -3,13 +3,18 @@
 use std::{future::Future, time::Duration};
 
 use provisioner::{
-    app::{self, AppState},
     config::Config,
+    daemon::{self as app, AppState},
     ids::SalesforceId,
-    sim::{OrderSeed, SimConfig, SimHandle},
 };
+use provisioner_sim::{OrderSeed, SimConfig, SimHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// The daemon's id of a record the simulator minted.
+pub fn sf_id(id: impl AsRef<str>) -> SalesforceId {
+    SalesforceId::parse(id.as_ref()).expect("the simulator mints valid ids")
+}
 
 /// Which ledger database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +79,7 @@ impl Default for Options {
 }
 
 pub async fn spawn_app(opts: Options) -> TestApp {
-    let sim = provisioner::sim::Simulator::start(opts.sim)
+    let sim = provisioner_sim::Simulator::start(opts.sim)
         .await
         .expect("simulator");
     let dir = std::env::temp_dir().join(format!("prov-it-{}", uuid::Uuid::new_v4().simple()));
@@ -153,7 +158,7 @@ impl TestApp {
 
     pub fn seed(&self, n: usize) -> Vec<SalesforceId> {
         (0..n)
-            .map(|_| self.sim.sim.seed_order(OrderSeed::default()))
+            .map(|_| sf_id(self.sim.sim.seed_order(OrderSeed::default())))
             .collect()
     }
 

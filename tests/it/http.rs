@@ -7,13 +7,11 @@
 use std::time::Duration;
 
 use jsonwebtoken::{EncodingKey, Header};
-use provisioner::{
-    ids::SalesforceId,
-    sim::{Faults, OrderSeed},
-};
+use provisioner::ids::SalesforceId;
+use provisioner_sim::{Faults, OrderSeed};
 use serde_json::{Value, json};
 
-use crate::helpers::{Options, TestApp, spawn_app, wait_until};
+use crate::helpers::{Options, TestApp, sf_id, spawn_app, wait_until};
 
 /// The portal secret `spawn_app` configures.
 pub const PORTAL_SECRET: &[u8] = b"portal-test-secret";
@@ -489,7 +487,7 @@ async fn readiness_fails_when_redis_is_unreachable_at_start() {
         ),
     ));
     let cfg = provisioner::config::Config::load_from(None, env).expect("config");
-    let err = match provisioner::app::AppState::build(cfg).await {
+    let err = match provisioner::daemon::AppState::build(cfg).await {
         Ok(_) => panic!("must not start without Redis"),
         Err(e) => format!("{e:#}"),
     };
@@ -863,18 +861,18 @@ async fn openapi_document_describes_every_real_response() {
 
     // A provisioned and a failed Order in the ledger, and one Salesforce-only Order.
     let ok = app.seed(1).remove(0);
-    let bad = app.sim.sim.seed_order(OrderSeed {
-        items: vec![provisioner::sim::ItemSeed {
+    let bad = sf_id(app.sim.sim.seed_order(OrderSeed {
+        items: vec![provisioner_sim::ItemSeed {
             product_id: None,
             ..Default::default()
         }],
         ..Default::default()
-    });
+    }));
     // Another customer's Order, never approved: Salesforce-only.
-    let draft = app.sim.sim.seed_order(OrderSeed {
+    let draft = sf_id(app.sim.sim.seed_order(OrderSeed {
         whmcs_client_id: Some("2".into()),
         ..Default::default()
-    });
+    }));
     app.sim.sim.approve(&ok);
     app.sim.sim.approve(&bad);
     app.wait_terminal(&[ok.clone(), bad.clone()], Duration::from_secs(60))

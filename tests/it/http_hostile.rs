@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use provisioner::{ids::SalesforceId, sim::OrderSeed};
+use provisioner::ids::SalesforceId;
+use provisioner_sim::OrderSeed;
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -12,7 +13,7 @@ use tokio::{
 };
 
 use crate::{
-    helpers::{Options, spawn_app},
+    helpers::{Options, sf_id, spawn_app},
     http::{PORTAL_SECRET, account_of, base64_url, http_up, token_with},
 };
 
@@ -44,7 +45,7 @@ async fn forged_expired_and_premature_tokens_are_401() {
     })
     .await;
     http_up(&app.http).await;
-    let id = app.sim.sim.seed_order(OrderSeed::default());
+    let id = sf_id(app.sim.sim.seed_order(OrderSeed::default()));
     let account = account_of(&app, &id);
     let now = chrono::Utc::now().timestamp();
     let claims = |patch: Value| {

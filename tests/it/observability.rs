@@ -10,15 +10,13 @@ use std::{
 };
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
-use provisioner::{
-    ids::SalesforceId,
-    sim::{Faults, ItemSeed, OrderSeed, SimConfig},
-};
+use provisioner::ids::SalesforceId;
+use provisioner_sim::{Faults, ItemSeed, OrderSeed, SimConfig};
 use serde_json::Value;
 use tokio::{io::AsyncReadExt, process::Command};
 
 use crate::{
-    helpers::{Db, Options, TestApp, spawn_app, wait_until},
+    helpers::{Db, Options, TestApp, sf_id, spawn_app, wait_until},
     http::{SseReader, account_of, http_up, token, token_with},
 };
 
@@ -257,13 +255,13 @@ async fn metrics_parse_and_carry_the_contract_series_after_a_run() {
         ..Faults::default()
     });
     let mut ids = app.seed(3);
-    ids.push(app.sim.sim.seed_order(OrderSeed {
+    ids.push(sf_id(app.sim.sim.seed_order(OrderSeed {
         items: vec![ItemSeed {
             product_id: Some("99".into()),
             ..ItemSeed::default()
         }],
         ..OrderSeed::default()
-    }));
+    })));
     for id in &ids {
         app.sim.sim.approve(id);
     }
@@ -405,13 +403,13 @@ async fn receive(State(h): State<Hook>, Json(body): Json<Value>) -> StatusCode {
 fn seed_failing(app: &TestApp, n: usize) -> Vec<SalesforceId> {
     (0..n)
         .map(|_| {
-            app.sim.sim.seed_order(OrderSeed {
+            sf_id(app.sim.sim.seed_order(OrderSeed {
                 items: vec![ItemSeed {
                     product_id: None,
                     ..ItemSeed::default()
                 }],
                 ..OrderSeed::default()
-            })
+            }))
         })
         .collect()
 }
@@ -751,7 +749,8 @@ async fn daemon_logs_carry_ids_and_never_a_secret() {
             );
             request_ids.insert(rid.to_owned());
         }
-        if target.starts_with("provisioner::worker") || span_name(l).as_deref() == Some("provision")
+        if target.starts_with("provisioner::jobs::provision")
+            || span_name(l).as_deref() == Some("provision")
         {
             provisioning_lines += 1;
             assert_eq!(span_name(l).as_deref(), Some("provision"), "{l}");

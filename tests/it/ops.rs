@@ -4,15 +4,12 @@
 
 use std::{process::Stdio, time::Duration};
 
-use provisioner::{
-    config::ReplayStart,
-    ids::SalesforceId,
-    sim::{ItemSeed, OrderSeed},
-};
+use provisioner::{config::ReplayStart, ids::SalesforceId};
+use provisioner_sim::{ItemSeed, OrderSeed};
 use serde_json::Value;
 use tokio::process::Command;
 
-use crate::helpers::{Db, Options, TestApp, spawn_app, wait_until};
+use crate::helpers::{Db, Options, TestApp, sf_id, spawn_app, wait_until};
 
 struct Out {
     ok: bool,
@@ -63,13 +60,13 @@ async fn tool_json(app: &TestApp, args: &[&str]) -> Value {
 async fn orders_list_show_and_queue_stats_after_a_provisioning_run() {
     let mut app = spawn_app(Options::default()).await;
     let good = app.seed(2);
-    let bad = app.sim.sim.seed_order(OrderSeed {
+    let bad = sf_id(app.sim.sim.seed_order(OrderSeed {
         items: vec![ItemSeed {
             product_id: None,
             ..ItemSeed::default()
         }],
         ..OrderSeed::default()
-    });
+    }));
     let all: Vec<SalesforceId> = good.iter().cloned().chain([bad.clone()]).collect();
     for id in &all {
         app.sim.sim.approve(id);
@@ -214,7 +211,7 @@ async fn cursor_set_and_replay(db: Db) {
         out.stderr
     );
     assert_eq!(
-        provisioner::ops::replay_request(&app.state.ledger, &channel)
+        provisioner::ledger::Ledger::replay_request(&app.state.ledger, &channel)
             .await
             .expect("request"),
         None
@@ -279,7 +276,7 @@ async fn cursor_set_and_replay(db: Db) {
     let out = tool(&app, &["cursor", "set", "--earliest", "--yes"]).await;
     assert!(out.ok, "{}", out.stderr);
     assert_eq!(
-        provisioner::ops::replay_request(&app.state.ledger, &channel)
+        provisioner::ledger::Ledger::replay_request(&app.state.ledger, &channel)
             .await
             .expect("request"),
         Some(ReplayStart::Earliest)
@@ -309,7 +306,7 @@ async fn cursor_set_and_replay(db: Db) {
     })
     .await;
     assert_eq!(
-        provisioner::ops::replay_request(&app.state.ledger, &channel)
+        provisioner::ledger::Ledger::replay_request(&app.state.ledger, &channel)
             .await
             .expect("request"),
         None

@@ -5,10 +5,10 @@ use std::time::Duration;
 use provisioner::{
     ids::SalesforceId,
     queue::{Job, JobSource, ProvisionOrderV1},
-    sim::{Faults, ItemSeed, OrderSeed, WhmcsFaultKind},
 };
+use provisioner_sim::{Faults, ItemSeed, OrderSeed, WhmcsFaultKind};
 
-use crate::helpers::{Db, Options, spawn_app, wait_until};
+use crate::helpers::{Db, Options, sf_id, spawn_app, wait_until};
 
 async fn approve_all_and_check(db: Db, n: usize) {
     let mut app = spawn_app(Options {
@@ -154,13 +154,13 @@ async fn business_error_fails_then_retrigger_after_fix_succeeds_once_on(db: Db) 
         ..Default::default()
     })
     .await;
-    let id = app.sim.sim.seed_order(OrderSeed {
+    let id = sf_id(app.sim.sim.seed_order(OrderSeed {
         items: vec![ItemSeed {
             product_id: Some("99".into()),
             ..ItemSeed::default()
         }],
         ..OrderSeed::default()
-    });
+    }));
     app.sim.sim.set_faults(Faults {
         whmcs_reject_products: vec!["99".into()],
         ..Faults::default()
@@ -201,17 +201,17 @@ async fn missing_mapping_is_a_precise_failure_on(db: Db) {
         ..Default::default()
     })
     .await;
-    let no_client = app.sim.sim.seed_order(OrderSeed {
+    let no_client = sf_id(app.sim.sim.seed_order(OrderSeed {
         whmcs_client_id: None,
         ..OrderSeed::default()
-    });
-    let no_product = app.sim.sim.seed_order(OrderSeed {
+    }));
+    let no_product = sf_id(app.sim.sim.seed_order(OrderSeed {
         items: vec![ItemSeed {
             product_id: None,
             ..ItemSeed::default()
         }],
         ..OrderSeed::default()
-    });
+    }));
     app.sim.sim.approve(&no_client);
     app.sim.sim.approve(&no_product);
     app.wait_terminal(
@@ -261,14 +261,12 @@ async fn order_not_activating_gets_no_whmcs_call_on(db: Db) {
     let id = app.seed(1).remove(0);
     // An event for an Order that is not (or no longer) Activating, e.g. pulled back by an
     // operator before the worker read it.
-    app.sim
-        .sim
-        .publish(provisioner::salesforce::event::EventPayload {
-            created_date_ms: chrono::Utc::now().timestamp_millis(),
-            created_by_id: "005000000000001AAA".into(),
-            order_id: Some(id.to_string()),
-            ..Default::default()
-        });
+    app.sim.sim.publish(provisioner_sim::EventPayload {
+        created_date_ms: chrono::Utc::now().timestamp_millis(),
+        created_by_id: "005000000000001AAA".into(),
+        order_id: Some(id.to_string()),
+        ..Default::default()
+    });
     let control = app.seed(1).remove(0);
     app.sim.sim.approve(&control);
     app.wait_terminal(std::slice::from_ref(&control), Duration::from_secs(60))

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use provisioner::sim::Faults;
+use provisioner_sim::Faults;
 use tokio::process::{Child, Command};
 
 use crate::helpers::{Options, TestApp, spawn_app, wait_until};
@@ -32,7 +32,7 @@ async fn sigkill_after_add_order_is_reconciled_on_restart() {
     // before the ledger recorded its id.
     app.sim.sim.set_faults(Faults {
         whmcs_error_rate: 1.0,
-        whmcs_error_kind: provisioner::sim::WhmcsFaultKind::CommitThenHang,
+        whmcs_error_kind: provisioner_sim::WhmcsFaultKind::CommitThenHang,
         ..Faults::default()
     });
     let id = app.seed(1).remove(0);

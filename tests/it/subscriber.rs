@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use provisioner::{ids::SalesforceId, salesforce::event::EventPayload, sim::Faults};
+use provisioner::ids::SalesforceId;
+use provisioner_sim::{EventPayload, Faults};
 use sqlx::Row;
 
 use crate::helpers::{Options, TestApp, spawn_app, wait_until};

@@ -1,0 +1,76 @@
+//! Command line (clap): `serve` (default), `migrate`, `check`, `healthcheck`, `sim`, `demo` and
+//! the operator tools `orders`, `cursor`, `queue` ([`ops`]). Each command's code is in its own
+//! file; [`dispatch`] runs one and turns its outcome into the exit code. Operator commands go
+//! through the ledger's and the queue's APIs: no SQL and no Redis key lives here.
+
+pub mod check;
+pub mod demo;
+mod dispatch;
+pub mod ops;
+
+pub use dispatch::dispatch;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Turns Salesforce Order approvals into provisioned WHMCS orders, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "provisioner", version, about, long_about = None)]
+pub struct Cli {
+    /// Optional TOML file layered over the defaults (environment variables still win).
+    #[arg(long, global = true, env = "PROVISIONER_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: subscriber, workers and HTTP server (the default).
+    Serve,
+    /// Apply pending ledger migrations and exit.
+    Migrate,
+    /// Validate the configuration and reach Salesforce (token, topic, schema), WHMCS, Redis and
+    /// the database; print a report and exit non-zero if anything fails.
+    Check,
+    /// Exit 0 if the local daemon answers /health/ready, 1 otherwise (container health checks).
+    Healthcheck {
+        /// Base URL of the daemon; default: derived from HTTP_ADDR on 127.0.0.1.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Run the local Salesforce + WHMCS simulator.
+    Sim {
+        /// gRPC (Pub/Sub) listen address.
+        #[arg(long, default_value = "127.0.0.1:7011")]
+        grpc_addr: std::net::SocketAddr,
+        /// HTTP (OAuth, REST, WHMCS, control) listen address.
+        #[arg(long, default_value = "127.0.0.1:7012")]
+        http_addr: std::net::SocketAddr,
+    },
+    /// Operator tools: list and inspect Orders in the ledger, re-enqueue one.
+    Orders {
+        #[command(subcommand)]
+        command: crate::cli::ops::OrdersCommand,
+    },
+    /// Operator tools: show or set the subscription's replay cursor.
+    Cursor {
+        #[command(subcommand)]
+        command: crate::cli::ops::CursorCommand,
+    },
+    /// Operator tools: queue statistics.
+    Queue {
+        #[command(subcommand)]
+        command: crate::cli::ops::QueueCommand,
+    },
+    /// Run a demo end to end: simulator + daemon + sample orders, with progress and a summary.
+    Demo {
+        /// Number of orders to approve.
+        #[arg(long, default_value_t = 20)]
+        orders: usize,
+        /// Redis to use for the demo's queue.
+        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+    },
+}

@@ -1,0 +1,316 @@
+//! The daemon: builds every part from the configuration and supervises them.
+//!
+//! Parts run under one [`CancellationToken`]: the HTTP server, the Pub/Sub subscriber, the queue
+//! workers (apalis `Monitor`) and housekeeping. Shutdown (SIGTERM/SIGINT, or the token from a
+//! test) stops the subscriber between batches (its cursor is already stored), stops workers
+//! from taking new jobs and lets in-flight jobs finish within `shutdown_grace_secs` (a job cut
+//! off is re-run by another worker and resumes from the ledger), then exits 0.
+//! Any part that ends while the token is not cancelled — including a queue worker that stopped
+//! heartbeating, which apalis would otherwise hide — is logged by name and the process exits
+//! non-zero so the container runtime restarts it.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use apalis::prelude::*;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use crate::state::AppState;
+use crate::{
+    config::Config,
+    ingest::{lease::Lease, subscriber::Subscriber},
+    jobs::provision::Provisioner,
+    metrics::StateLabel,
+    queue::{self, Job},
+    reconciler::Reconciler,
+    status::SubState,
+};
+
+async fn handle_job(job: Job, p: Data<Arc<Provisioner>>) -> Result<(), BoxDynError> {
+    match job {
+        Job::ProvisionOrderV1(j) => {
+            p.run(&j).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Runs the queue workers until `shutdown`; returns early only if they all died.
+async fn run_workers(
+    state: AppState,
+    shutdown: CancellationToken,
+    last_beat: Arc<AtomicI64>,
+) -> anyhow::Result<()> {
+    let provisioner = Arc::new(state.provisioner());
+    let storage = state.queue.storage();
+    let instance = state.instance.clone();
+    let concurrency = state.cfg.queue.concurrency;
+    let beat = last_beat.clone();
+    let queue = state.queue.clone();
+    let monitor = Monitor::new()
+        .register(move |restarts| {
+            let beat = beat.clone();
+            WorkerBuilder::new(format!("{instance}-w{restarts}"))
+                .backend(storage.clone().poll_with_strategy(queue.wake_strategy()))
+                .catch_panic()
+                .concurrency(concurrency)
+                .parallelize(tokio::spawn)
+                .data(provisioner.clone())
+                .on_event(move |ctx, ev| match ev {
+                    Event::Start | Event::HeartBeat => {
+                        beat.store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+                    }
+                    Event::Error(e) => warn!(worker = ctx.name(), error.message = %e, "queue worker error"),
+                    Event::Exit => info!(worker = ctx.name(), "queue worker exited"),
+                    _ => {}
+                })
+                .build(handle_job)
+        })
+        .should_restart(|ctx, err| {
+            error!(worker = ctx.name(), error.message = %err, restarts = ctx.restarts(), "queue worker failed; restarting");
+            true
+        })
+        .shutdown_timeout(state.cfg.shutdown_grace);
+    let token = shutdown.clone();
+    monitor
+        .run_with_signal(async move {
+            token.cancelled().await;
+            Ok(())
+        })
+        .await
+        .context("queue workers")?;
+    Ok(())
+}
+
+/// Exports queue depth to metrics and cleans up finished jobs.
+async fn housekeeping(state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        match state.queue.stats().await {
+            Ok(s) => {
+                for (label, v) in [
+                    ("pending", s.pending),
+                    ("delayed", s.delayed),
+                    ("running", s.running),
+                    ("failed", s.failed),
+                    ("done", s.done),
+                ] {
+                    state
+                        .metrics
+                        .queue_depth
+                        .get_or_create(&StateLabel {
+                            state: label.into(),
+                        })
+                        .set(v as i64);
+                }
+            }
+            Err(e) => warn!(error.message = %e, "cannot read queue statistics"),
+        }
+        if n % 120 == 0 {
+            if let Err(e) = state.queue.cleanup(Duration::from_secs(24 * 3600)).await {
+                warn!(error.message = %e, "queue cleanup failed");
+            }
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled (exit 0) or a part fails (error).
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let state = AppState::build(cfg).await?;
+    run_with_state(state, shutdown).await
+}
+
+/// Like [`run`], with parts already built (tests reach into the state).
+pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if matches!(state.cfg.http.auth, crate::config::ApiAuth::Disabled) {
+        warn!("API_AUTH=disabled: /api/orders answers without authentication; use only locally");
+    }
+    let listener = tokio::net::TcpListener::bind(state.cfg.http.addr)
+        .await
+        .with_context(|| format!("HTTP_ADDR: cannot listen on {}", state.cfg.http.addr))?;
+    info!(http.addr = %listener.local_addr()?, instance = %state.instance, "provisioner starting");
+
+    let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    {
+        let (s, token) = (state.clone(), shutdown.clone());
+        parts.spawn(async move {
+            let r = crate::http::serve(listener, s, token).await;
+            ("http", r.map_err(anyhow::Error::from))
+        });
+    }
+    if state.cfg.events.enabled {
+        let lease = Lease::new(
+            state.queue.redis(),
+            &state.cfg.queue.name,
+            &state.instance,
+            state.cfg.leader_lease_ttl,
+        );
+        let (s, token) = (state.clone(), shutdown.clone());
+        parts.spawn(async move {
+            let health = s.health.clone();
+            let r = lease
+                .run(&health, token, move |fencing_token, leadership| {
+                    let s = s.clone();
+                    async move { lead(s, fencing_token, leadership).await }
+                })
+                .await;
+            ("subscriber", r)
+        });
+    } else {
+        state.health.update(|h| h.state = SubState::Disabled);
+    }
+    let last_beat = Arc::new(AtomicI64::new(chrono::Utc::now().timestamp_millis()));
+    {
+        let (s, token, beat) = (state.clone(), shutdown.clone(), last_beat.clone());
+        parts.spawn(async move { ("workers", run_workers(s, token, beat).await) });
+    }
+    {
+        let (token, beat) = (shutdown.clone(), last_beat.clone());
+        parts.spawn(async move {
+            // apalis reports success even when every worker died: watch heartbeats ourselves.
+            let limit = (queue::HEARTBEAT * 3).as_millis() as i64;
+            let mut tick = tokio::time::interval(queue::HEARTBEAT);
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return ("worker-watchdog", Ok(())),
+                    _ = tick.tick() => {}
+                }
+                let age = chrono::Utc::now().timestamp_millis() - beat.load(Ordering::Relaxed);
+                if age > limit {
+                    return (
+                        "worker-watchdog",
+                        Err(anyhow::anyhow!(
+                            "queue workers stopped heartbeating {age} ms ago"
+                        )),
+                    );
+                }
+            }
+        });
+    }
+    {
+        let (s, token) = (state.clone(), shutdown.clone());
+        parts.spawn(async move { ("housekeeping", housekeeping(s, token).await) });
+    }
+    {
+        let (s, token) = (state.clone(), shutdown.clone());
+        let alerter = crate::alert::Alerter {
+            cfg: s.cfg.alert.clone(),
+            webhook: s.cfg.alert_webhook_url.clone(),
+            ledger: s.ledger.clone(),
+            status: s.alert.clone(),
+            instance: s.instance.clone(),
+        };
+        parts.spawn(async move { ("alerts", crate::alert::run(alerter, token).await) });
+    }
+
+    let mut failure: Option<anyhow::Error> = None;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let grace = state.cfg.shutdown_grace + Duration::from_secs(5);
+    loop {
+        let joined = tokio::select! {
+            j = parts.join_next() => match j {
+                Some(j) => j,
+                None => break,
+            },
+            () = shutdown.cancelled(), if deadline.is_none() => {
+                deadline = Some(tokio::time::Instant::now() + grace);
+                continue;
+            }
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                warn!(grace_secs = grace.as_secs(), "parts did not stop within the grace period; aborting them");
+                parts.abort_all();
+                break;
+            }
+        };
+        let (name, result) = match joined {
+            Ok(v) => v,
+            Err(e) if e.is_cancelled() => continue,
+            Err(e) => ("task", Err(anyhow::anyhow!("panicked: {e}"))),
+        };
+        if shutdown.is_cancelled() && failure.is_none() {
+            if let Err(e) = result {
+                warn!(part = name, error.message = %e, "part ended with an error during shutdown");
+            }
+            continue;
+        }
+        if failure.is_some() {
+            continue;
+        }
+        let e = result
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("ended unexpectedly"));
+        error!(part = name, error.message = %e, "a part of the daemon stopped; shutting down");
+        failure = Some(e.context(format!("{name} stopped")));
+        shutdown.cancel();
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            info!("provisioner stopped");
+            Ok(())
+        }
+    }
+}
+
+/// What the subscriber leader runs: the Pub/Sub subscriber (writing cursors with the lease's
+/// fencing token) and the stuck-order reconciler, until leadership ends.
+async fn lead(
+    state: AppState,
+    fencing_token: i64,
+    leadership: CancellationToken,
+) -> anyhow::Result<()> {
+    let sub = Subscriber {
+        cfg: state.cfg.events.clone(),
+        tokens: state.tokens.clone(),
+        ledger: state.ledger.clone(),
+        queue: state.queue.clone(),
+        metrics: state.metrics.clone(),
+        health: state.health.clone(),
+        fencing_token,
+    };
+    let reconciler = Reconciler {
+        cfg: state.cfg.reconciler.clone(),
+        rest: state.rest.clone(),
+        ledger: state.ledger.clone(),
+        queue: state.queue.clone(),
+        metrics: state.metrics.clone(),
+        report: state.reconciler.clone(),
+        max_pending_jobs: state.cfg.events.max_pending_jobs,
+    };
+    let (a, b) = tokio::join!(
+        sub.run(leadership.clone()),
+        reconciler.run(leadership.clone())
+    );
+    a.and(b)
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub async fn on_signal(token: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = term => info!("SIGTERM received; shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received; shutting down"),
+    }
+    token.cancel();
+}

@@ -1,0 +1,5 @@
+//! What the queue workers run: the provisioning job ([`provision`]) and the retry policy every
+//! retry in the daemon follows ([`retry`]).
+
+pub mod provision;
+pub mod retry;

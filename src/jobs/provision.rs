@@ -1,0 +1,767 @@
+//! The provisioning job: one job = one Salesforce Order.
+//!
+//! read the Order (one SOQL) → guard `Activation_Status__c = Activating` → claim the Order in
+//! the ledger → resolve the WHMCS client and products → `AddOrder` (notes `sf-order:<Id>`) →
+//! `AcceptOrder(autosetup)` → one `PATCH` of the Order → ledger done.
+//!
+//! Invariants (see `docs/ARCHITECTURE.md`):
+//! - Never `AddOrder` twice for one Order. The ledger's `adding` intent is committed before the
+//!   call; any re-run that finds it — or any `AddOrder` failure that may have reached WHMCS
+//!   (timeouts, resets, 5xx) — first looks the order up with `GetOrders(userid)` and the notes
+//!   tag, and adopts what it finds. A WHMCS order id already on the ledger row or on the
+//!   Salesforce Order is reused, including when an operator re-triggers a Failed Order.
+//! - Only one job works on an Order at a time (ledger lease, renewed while the job runs).
+//! - Transient failures are retried inside the job with capped, jittered exponential backoff,
+//!   `job_max_attempts` times; then the Order is marked Failed. Business and configuration
+//!   failures are never retried: the Order is marked Failed with a code and message.
+//! - If Salesforce itself cannot be reached to read or write back the Order, the job returns an
+//!   error and the queue runs it again later; the ledger state makes that re-run resume, not
+//!   repeat.
+//! - Every step runs inside a span carrying the order id, event id and correlation id.
+
+use std::{fmt::Display, sync::Arc, time::Duration};
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::{
+    error::{Classify, ErrorClass},
+    ids::SalesforceId,
+    jobs::retry::Backoff,
+    ledger::{self, Change, Ledger, OrderRecord},
+    metrics::Metrics,
+    queue::ProvisionOrderV1,
+    salesforce::rest::{OrderUpdate, RestClient, SfOrder},
+    whmcs::{AddOrderRequest, OrderLine, WhmcsClient, WhmcsOrder},
+};
+
+/// The value of `Activation_Status__c` the worker acts on.
+pub const ACTIVATING: &str = "Activating";
+/// How long a claim on an Order lasts without renewal.
+pub const LEASE: Duration = Duration::from_secs(30);
+
+/// What a job did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Provisioned { whmcs_order_id: u64 },
+    Failed { code: String, message: String },
+    Skipped(&'static str),
+}
+
+/// A status change, broadcast to order-status listeners (SSE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderChanged {
+    pub order_id: String,
+}
+
+/// Tunables of the job.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub payment_method: String,
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Everything a job needs; shared by all jobs of a process.
+pub struct Provisioner {
+    pub ledger: Ledger,
+    pub rest: RestClient,
+    pub whmcs: WhmcsClient,
+    pub metrics: Arc<Metrics>,
+    pub settings: WorkerSettings,
+    /// Lease owner name of this process.
+    pub instance: String,
+    pub changes: broadcast::Sender<OrderChanged>,
+}
+
+/// A failure that ends the attempt with the Order marked Failed.
+#[derive(Debug, Clone)]
+struct Fail {
+    code: String,
+    message: String,
+}
+
+impl Fail {
+    fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Errors that end the job without an outcome; the queue runs it again later.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("ledger: {0}")]
+    Ledger(#[from] ledger::LedgerError),
+    #[error("salesforce unavailable: {0}")]
+    Salesforce(String),
+    #[error("order {0} is being provisioned by another job")]
+    Busy(String),
+    #[error("lease on order {0} was lost")]
+    LeaseLost(String),
+}
+
+fn tag(order: &SalesforceId) -> String {
+    format!("sf-order:{}", order.as_str())
+}
+
+impl Provisioner {
+    fn backoff(&self, attempt: u32) -> Duration {
+        Backoff::new(self.settings.backoff_initial, self.settings.backoff_max).delay(attempt)
+    }
+
+    /// Runs `f` until it succeeds, fails non-transiently, or `max_attempts` are spent.
+    async fn retry<T, E, F, Fut>(&self, what: &str, mut f: F) -> Result<T, E>
+    where
+        E: Classify + Display,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e)
+                    if e.class() == ErrorClass::Transient
+                        && attempt + 1 < self.settings.max_attempts =>
+                {
+                    let delay = self.backoff(attempt);
+                    warn!(step = what, attempt, error.code = %e.code(), error.message = %e, delay_ms = delay.as_millis() as u64, "transient failure, retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs one job.
+    pub async fn run(&self, job: &ProvisionOrderV1) -> Result<Outcome, JobError> {
+        let span = info_span!(
+            "provision",
+            order.id = %job.order_id,
+            event.id = %job.event_id,
+            correlation.id = %job.correlation_id,
+            job.source = ?job.source,
+        );
+        async {
+            let started = std::time::Instant::now();
+            let outcome = self.run_inner(job).await;
+            match &outcome {
+                Ok(Outcome::Provisioned { whmcs_order_id }) => {
+                    self.metrics.attempt("provisioned");
+                    self.metrics
+                        .provisioning_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    if job.event_created_ms > 0 {
+                        let lag = (ledger::now_ms() - job.event_created_ms).max(0) as f64 / 1000.0;
+                        self.metrics.approval_to_writeback.observe(lag);
+                    }
+                    info!(
+                        whmcs.order_id = whmcs_order_id,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "order provisioned"
+                    );
+                }
+                Ok(Outcome::Failed { code, message }) => {
+                    self.metrics.attempt("failed");
+                    self.metrics
+                        .provisioning_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    warn!(error.code = %code, error.message = %message, "order failed");
+                }
+                Ok(Outcome::Skipped(reason)) => {
+                    self.metrics.attempt("skipped");
+                    self.metrics.skip(reason);
+                    info!(reason, "order skipped");
+                }
+                Err(e) => error!(error.message = %e, "job did not finish; it will run again"),
+            }
+            if let Some(api) = self.rest.api_usage() {
+                self.metrics.salesforce_api_used.set(api.0 as i64);
+                self.metrics.salesforce_api_limit.set(api.1 as i64);
+            }
+            outcome
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn run_inner(&self, job: &ProvisionOrderV1) -> Result<Outcome, JobError> {
+        let Ok(id) = SalesforceId::parse(&job.order_id) else {
+            return Ok(Outcome::Skipped("invalid_order_id"));
+        };
+        // A redelivered job whose attempt already finished: nothing to do, no Salesforce call.
+        if let Some(row) = self.ledger.get(&id).await? {
+            if row.last_event_id.as_deref() == Some(job.event_id.as_str()) && row.outcome.is_some()
+            {
+                return Ok(Outcome::Skipped("duplicate_event"));
+            }
+        }
+        let order = match self.retry("read_order", || self.rest.get_order(&id)).await {
+            Ok(Some(o)) => o,
+            Ok(None) => return Ok(Outcome::Skipped("order_not_found")),
+            Err(e) => {
+                self.metrics
+                    .salesforce_errors
+                    .get_or_create(&crate::metrics::ReasonLabel { reason: e.code() })
+                    .inc();
+                if e.class() == ErrorClass::Permanent {
+                    error!(error.code = %e.code(), error.message = %e, "cannot read the order");
+                    return Ok(Outcome::Skipped("order_unreadable"));
+                }
+                // Transient, or a configuration problem (credentials, permissions, field names)
+                // an operator must fix: the job runs again later rather than being dropped, and
+                // the reconciler re-enqueues the Order if the queue gives up on it.
+                if e.class() == ErrorClass::Config {
+                    error!(error.code = %e.code(), error.message = %e, "cannot read the order: Salesforce configuration problem");
+                }
+                return Err(JobError::Salesforce(e.to_string()));
+            }
+        };
+        if order.activation_status.as_deref() != Some(ACTIVATING) {
+            self.adopt_written_back(&id, &order).await?;
+            return Ok(Outcome::Skipped("not_activating"));
+        }
+
+        // Each run holds the lease under its own name, so two jobs of this process for the same
+        // Order exclude each other too.
+        let owner = format!("{}:{}", self.instance, uuid::Uuid::new_v4().simple());
+        let row = self.claim(&id, &owner).await?;
+        let lease_lost = CancellationToken::new();
+        let renewer = {
+            let (ledger, id, owner, lost) = (
+                self.ledger.clone(),
+                id.clone(),
+                owner.clone(),
+                lease_lost.clone(),
+            );
+            tokio::spawn(
+                async move {
+                    loop {
+                        tokio::time::sleep(LEASE / 3).await;
+                        match ledger.renew(&id, &owner, LEASE).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                lost.cancel();
+                                return;
+                            }
+                            Err(e) => warn!(error.message = %e, "lease renewal failed"),
+                        }
+                    }
+                }
+                .in_current_span(),
+            )
+        };
+        let result = tokio::select! {
+            r = self.provision_claimed(job, &id, &order, row, &owner) => r,
+            () = lease_lost.cancelled() => Err(JobError::LeaseLost(id.to_string())),
+        };
+        renewer.abort();
+        // A finished attempt gave the lease back with its last change.
+        let released = matches!(
+            result,
+            Ok(Outcome::Provisioned { .. } | Outcome::Failed { .. })
+        );
+        if !released {
+            if let Err(e) = self.ledger.release(&id, &owner).await {
+                warn!(error.message = %e, "lease release failed; it expires by itself");
+            }
+        }
+        let _ = self.changes.send(OrderChanged {
+            order_id: id.to_string(),
+        });
+        result
+    }
+
+    /// A run that died between its write-back and the ledger's final update left the ledger
+    /// without the outcome Salesforce already shows, and every later run stops at the guard. The
+    /// portal reads the ledger, so record that outcome here: `Activated` when Salesforce carries
+    /// the WHMCS order the ledger recorded, `Failed` with the code the ledger kept before the
+    /// write-back. Orders whose ledger row is finished (the usual duplicate) cost nothing more.
+    async fn adopt_written_back(&self, id: &SalesforceId, order: &SfOrder) -> Result<(), JobError> {
+        let Some(row) = self.ledger.get(id).await? else {
+            return Ok(());
+        };
+        if row.outcome.is_some() || row.last_event_id.is_none() {
+            return Ok(());
+        }
+        let in_salesforce = order
+            .whmcs_order_id
+            .as_deref()
+            .and_then(|s| s.trim().parse::<i64>().ok());
+        let (state, label) = match order.activation_status.as_deref() {
+            Some("Activated")
+                if row.whmcs_order_id.is_some() && row.whmcs_order_id == in_salesforce =>
+            {
+                (ledger::state::DONE, ledger::outcome::PROVISIONED)
+            }
+            Some("Failed") => (ledger::state::FAILED, ledger::outcome::FAILED),
+            _ => return Ok(()),
+        };
+        let owner = format!("{}:{}", self.instance, uuid::Uuid::new_v4().simple());
+        let row = self.claim(id, &owner).await?;
+        let result = async {
+            if row.outcome.is_some() {
+                return Ok(());
+            }
+            let err = (label == ledger::outcome::FAILED).then(|| {
+                (
+                    row.error_code.as_deref().unwrap_or("INTERRUPTED"),
+                    row.error_message.as_deref().unwrap_or(
+                        "The attempt was interrupted after Salesforce recorded its outcome",
+                    ),
+                )
+            });
+            self.update(
+                id,
+                &owner,
+                &Change {
+                    state: Some(state),
+                    outcome: Some(Some(label)),
+                    error: Some(err),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            let attempts = self.ledger.attempts(id).await?;
+            if let Some(open) = attempts.iter().rev().find(|a| a.finished_at.is_none()) {
+                self.ledger.finish_attempt(open.id, label, err).await?;
+            }
+            info!(
+                outcome = label,
+                "recorded the outcome an interrupted attempt wrote back to Salesforce"
+            );
+            Ok(())
+        }
+        .await;
+        if let Err(e) = self.ledger.release(id, &owner).await {
+            warn!(error.message = %e, "lease release failed; it expires by itself");
+        }
+        let _ = self.changes.send(OrderChanged {
+            order_id: id.to_string(),
+        });
+        result
+    }
+
+    /// Waits for the Order's lease; another job holding it finishes or its lease expires.
+    async fn claim(&self, id: &SalesforceId, owner: &str) -> Result<OrderRecord, JobError> {
+        let deadline = tokio::time::Instant::now() + LEASE * 2;
+        let mut wait = Duration::from_millis(20);
+        loop {
+            if let Some(row) = self.ledger.claim(id, owner, LEASE).await? {
+                return Ok(row);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(JobError::Busy(id.to_string()));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn update(
+        &self,
+        id: &SalesforceId,
+        owner: &str,
+        change: &Change<'_>,
+    ) -> Result<(), JobError> {
+        if self.ledger.update(id, owner, change).await? {
+            Ok(())
+        } else {
+            Err(JobError::LeaseLost(id.to_string()))
+        }
+    }
+
+    async fn provision_claimed(
+        &self,
+        job: &ProvisionOrderV1,
+        id: &SalesforceId,
+        order: &SfOrder,
+        row: OrderRecord,
+        owner: &str,
+    ) -> Result<Outcome, JobError> {
+        // Another job finished this very event while we waited for the lease.
+        if row.last_event_id.as_deref() == Some(job.event_id.as_str()) && row.outcome.is_some() {
+            return Ok(Outcome::Skipped("duplicate_event"));
+        }
+        let attempt = self
+            .ledger
+            .begin_attempt(
+                id,
+                owner,
+                Some(&job.event_id),
+                &Change {
+                    last_event_id: Some(&job.event_id),
+                    correlation_id: Some(&job.correlation_id),
+                    account_id: order.account_id.as_ref().map(SalesforceId::as_str),
+                    sf_status: order.status.as_deref(),
+                    outcome: Some(None),
+                    ..Default::default()
+                },
+            )
+            .await?
+            .ok_or_else(|| JobError::LeaseLost(id.to_string()))?;
+
+        let result = self.drive(id, order, &row, owner).await;
+        let (outcome, update) = match result {
+            Ok(whmcs_order_id) => (
+                Outcome::Provisioned { whmcs_order_id },
+                OrderUpdate::Activated {
+                    whmcs_order_id: whmcs_order_id.to_string(),
+                    at: chrono::Utc::now(),
+                },
+            ),
+            Err(StepError::Job(e)) => return Err(e),
+            Err(StepError::Fail(f)) => (
+                Outcome::Failed {
+                    code: f.code.clone(),
+                    message: f.message.clone(),
+                },
+                OrderUpdate::Failed {
+                    code: f.code,
+                    message: f.message,
+                    at: chrono::Utc::now(),
+                },
+            ),
+        };
+        // Keep the failure's code before the write-back, so a run that dies right after it can
+        // still tell the ledger why (see `adopt_written_back`).
+        if let Outcome::Failed { code, message } = &outcome {
+            self.update(
+                id,
+                owner,
+                &Change {
+                    error: Some(Some((code.as_str(), message.as_str()))),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+
+        // Write back (one PATCH). If Salesforce stays unreachable, the job runs again later and
+        // resumes here: the ledger already holds the WHMCS state.
+        if let Err(e) = self
+            .retry("write_back", || self.rest.update_order(id, &update))
+            .await
+        {
+            self.metrics
+                .salesforce_errors
+                .get_or_create(&crate::metrics::ReasonLabel { reason: e.code() })
+                .inc();
+            if e.class() == ErrorClass::Transient {
+                return Err(JobError::Salesforce(e.to_string()));
+            }
+            error!(error.code = %e.code(), error.message = %e, "Salesforce rejected the write-back");
+        }
+        let (state, outcome_label, err) = match &outcome {
+            Outcome::Provisioned { .. } => {
+                (ledger::state::DONE, ledger::outcome::PROVISIONED, None)
+            }
+            Outcome::Failed { code, message } => (
+                ledger::state::FAILED,
+                ledger::outcome::FAILED,
+                Some((code.as_str(), message.as_str())),
+            ),
+            Outcome::Skipped(_) => (ledger::state::NEW, "Skipped", None),
+        };
+        let change = Change {
+            state: Some(state),
+            outcome: Some(Some(outcome_label)),
+            error: Some(err),
+            release: true,
+            ..Default::default()
+        };
+        if !self
+            .ledger
+            .end_attempt(id, owner, &change, attempt, outcome_label, err)
+            .await?
+        {
+            return Err(JobError::LeaseLost(id.to_string()));
+        }
+        Ok(outcome)
+    }
+
+    /// WHMCS steps, resumed from the ledger state. Returns the WHMCS order id.
+    async fn drive(
+        &self,
+        id: &SalesforceId,
+        order: &SfOrder,
+        row: &OrderRecord,
+        owner: &str,
+    ) -> Result<u64, StepError> {
+        let client_id = order
+            .whmcs_client_id
+            .clone()
+            .or_else(|| row.whmcs_client_id.clone())
+            .filter(|c| !c.trim().is_empty())
+            .ok_or_else(|| {
+                Fail::new(
+                    "MAPPING_CLIENT_MISSING",
+                    "The Order's Account has no WHMCS client id",
+                )
+            })?;
+
+        // A WHMCS order we already created (ledger) or Salesforce already knows is reused.
+        let known = row
+            .whmcs_order_id
+            .and_then(|v| u64::try_from(v).ok())
+            .or_else(|| {
+                order
+                    .whmcs_order_id
+                    .as_deref()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+            });
+        let mut whmcs_order_id = known;
+        let mut accepted = row.state == ledger::state::WHMCS_ACCEPTED
+            || (row.state == ledger::state::DONE && known.is_some());
+
+        if whmcs_order_id.is_none() {
+            let lines = order_lines(order)?;
+            if row.state == ledger::state::ADDING || row.whmcs_client_id.is_some() {
+                // A previous attempt got as far as AddOrder: it may have created the order
+                // without recording it (crash, timeout, 5xx after commit).
+                if let Some(found) = self.reconcile(id, &client_id).await? {
+                    whmcs_order_id = Some(found.id);
+                    self.record_added(id, owner, &found.id, &found.service_ids)
+                        .await?;
+                }
+            }
+            if whmcs_order_id.is_none() {
+                self.update(
+                    id,
+                    owner,
+                    &Change {
+                        state: Some(ledger::state::ADDING),
+                        whmcs_client_id: Some(&client_id),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                let request = AddOrderRequest {
+                    client_id: client_id.clone(),
+                    payment_method: self.settings.payment_method.clone(),
+                    lines,
+                    notes: tag(id),
+                    no_email: true,
+                };
+                let created = self.add_order_once(id, &client_id, &request).await?;
+                self.record_added(id, owner, &created.0, &created.1).await?;
+                whmcs_order_id = Some(created.0);
+            }
+        }
+        let whmcs_order_id =
+            whmcs_order_id.ok_or_else(|| Fail::new("INTERNAL", "no WHMCS order id"))?;
+
+        if !accepted {
+            match self
+                .retry("accept_order", || self.whmcs.accept_order(whmcs_order_id))
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.kind == crate::whmcs::WhmcsErrorKind::NotPending => {
+                    // Accepted by an earlier attempt, or cancelled: ask WHMCS.
+                    let current = self
+                        .retry("get_order", || self.whmcs.get_order(whmcs_order_id))
+                        .await
+                        .map_err(|e| self.whmcs_fail("GetOrders", &e))?;
+                    match current {
+                        Some(o) if o.status.eq_ignore_ascii_case("Active") => {}
+                        Some(o) => {
+                            return Err(Fail::new(
+                                "WHMCS_ORDER_NOT_PENDING",
+                                format!(
+                                    "WHMCS order {whmcs_order_id} is {} and cannot be accepted",
+                                    o.status
+                                ),
+                            )
+                            .into());
+                        }
+                        None => {
+                            return Err(Fail::new(
+                                "WHMCS_ORDER_MISSING",
+                                format!("WHMCS order {whmcs_order_id} no longer exists"),
+                            )
+                            .into());
+                        }
+                    }
+                }
+                Err(e) => return Err(self.whmcs_fail("AcceptOrder", &e).into()),
+            }
+            accepted = true;
+        }
+        if accepted {
+            self.update(
+                id,
+                owner,
+                &Change {
+                    state: Some(ledger::state::WHMCS_ACCEPTED),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        Ok(whmcs_order_id)
+    }
+
+    async fn record_added(
+        &self,
+        id: &SalesforceId,
+        owner: &str,
+        order_id: &u64,
+        services: &[u64],
+    ) -> Result<(), JobError> {
+        let services = services
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        self.update(
+            id,
+            owner,
+            &Change {
+                state: Some(ledger::state::WHMCS_ADDED),
+                whmcs_order_id: Some(i64::try_from(*order_id).unwrap_or(i64::MAX)),
+                whmcs_service_ids: Some(&services),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// `AddOrder` with reconciliation: any failure that may have reached WHMCS is followed by a
+    /// lookup before the next try, so the order is created at most once.
+    async fn add_order_once(
+        &self,
+        id: &SalesforceId,
+        client_id: &str,
+        request: &AddOrderRequest,
+    ) -> Result<(u64, Vec<u64>), StepError> {
+        let mut attempt = 0;
+        loop {
+            match self.whmcs.add_order(request).await {
+                Ok(r) => return Ok((r.order_id, r.service_ids)),
+                Err(e) if e.class() == ErrorClass::Transient => {
+                    self.metrics.whmcs_error("AddOrder", &e.code());
+                    warn!(attempt, error.code = %e.code(), error.message = %e, "AddOrder outcome unknown; reconciling");
+                    if let Some(found) = self.reconcile(id, client_id).await? {
+                        info!(
+                            whmcs.order_id = found.id,
+                            "found the order AddOrder created"
+                        );
+                        return Ok((found.id, found.service_ids));
+                    }
+                    attempt += 1;
+                    if attempt >= self.settings.max_attempts {
+                        return Err(Fail::new(
+                            &e.code(),
+                            format!("WHMCS AddOrder kept failing: {e}"),
+                        )
+                        .into());
+                    }
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+                Err(e) => return Err(self.whmcs_fail("AddOrder", &e).into()),
+            }
+        }
+    }
+
+    /// Finds the WHMCS order tagged with this Salesforce Order, if any.
+    async fn reconcile(
+        &self,
+        id: &SalesforceId,
+        client_id: &str,
+    ) -> Result<Option<WhmcsOrder>, StepError> {
+        let notes = tag(id);
+        self.retry("reconcile", || {
+            self.whmcs.find_order_by_notes(client_id, &notes)
+        })
+        .await
+        .map_err(|e| self.whmcs_fail("GetOrders", &e).into())
+    }
+
+    fn whmcs_fail(&self, action: &str, e: &crate::whmcs::WhmcsError) -> Fail {
+        self.metrics.whmcs_error(action, &e.code());
+        if e.class() == ErrorClass::Config {
+            error!(action, error.code = %e.code(), error.message = %e, "WHMCS rejected our credentials or permissions");
+        }
+        Fail::new(&e.code(), format!("WHMCS {action}: {e}"))
+    }
+}
+
+/// Why the WHMCS steps stopped.
+#[derive(Debug)]
+enum StepError {
+    Fail(Fail),
+    Job(JobError),
+}
+
+impl From<Fail> for StepError {
+    fn from(f: Fail) -> Self {
+        StepError::Fail(f)
+    }
+}
+
+impl From<JobError> for StepError {
+    fn from(e: JobError) -> Self {
+        StepError::Job(e)
+    }
+}
+
+impl From<ledger::LedgerError> for StepError {
+    fn from(e: ledger::LedgerError) -> Self {
+        StepError::Job(e.into())
+    }
+}
+
+/// Maps the Order's items to WHMCS order lines; a missing mapping is a precise failure.
+fn order_lines(order: &SfOrder) -> Result<Vec<OrderLine>, Fail> {
+    if order.items.is_empty() {
+        return Err(Fail::new(
+            "ORDER_HAS_NO_ITEMS",
+            "The Order has no Order Products",
+        ));
+    }
+    order
+        .items
+        .iter()
+        .map(|item| {
+            let pid = item
+                .whmcs_product_id
+                .clone()
+                .filter(|p| !p.trim().is_empty())
+                .ok_or_else(|| {
+                    Fail::new(
+                        "MAPPING_PRODUCT_MISSING",
+                        format!("Order Product {} has no WHMCS product id", item.id),
+                    )
+                })?;
+            let billing_cycle = item
+                .billing_cycle
+                .clone()
+                .filter(|c| !c.trim().is_empty())
+                .ok_or_else(|| {
+                    Fail::new(
+                        "MAPPING_BILLING_CYCLE_MISSING",
+                        format!("Order Product {} has no WHMCS billing cycle", item.id),
+                    )
+                })?
+                .to_ascii_lowercase();
+            if item.quantity < 1.0 || item.quantity.fract() != 0.0 || item.quantity > 10_000.0 {
+                return Err(Fail::new(
+                    "INVALID_QUANTITY",
+                    format!("Order Product {} has quantity {}", item.id, item.quantity),
+                ));
+            }
+            Ok(OrderLine {
+                pid,
+                billing_cycle,
+                qty: item.quantity as u32,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,137 @@
+//! The `attempts` table: the history of every attempt on an Order, for operators and for the
+//! failure-rate alert.
+
+use sqlx::{AnyConnection, Row};
+
+use super::{AttemptRecord, Change, Ledger, Result, now_ms, outcome};
+use crate::ids::SalesforceId;
+
+impl Ledger {
+    /// Opens an attempt and applies `c` (while `owner` holds the lease) on one connection: one
+    /// pool round trip instead of two. `None` when the lease was lost.
+    pub async fn begin_attempt(
+        &self,
+        order: &SalesforceId,
+        owner: &str,
+        event_id: Option<&str>,
+        c: &Change<'_>,
+    ) -> Result<Option<i64>> {
+        let mut conn = self.writer().await?;
+        let attempt = Self::start_attempt_on(&mut conn, order, event_id).await?;
+        Ok(Self::update_on(&mut conn, order, owner, c)
+            .await?
+            .then_some(attempt))
+    }
+
+    /// Applies the job's last change `c` and, if the lease was still held, closes the attempt,
+    /// on one connection. `false` when the lease was lost (nothing written).
+    pub async fn end_attempt(
+        &self,
+        order: &SalesforceId,
+        owner: &str,
+        c: &Change<'_>,
+        attempt_id: i64,
+        outcome: &str,
+        error: Option<(&str, &str)>,
+    ) -> Result<bool> {
+        let mut conn = self.writer().await?;
+        if !Self::update_on(&mut conn, order, owner, c).await? {
+            return Ok(false);
+        }
+        Self::finish_attempt_on(&mut conn, attempt_id, outcome, error).await?;
+        Ok(true)
+    }
+
+    /// Opens an attempt in the Order's history.
+    pub async fn start_attempt(&self, order: &SalesforceId, event_id: Option<&str>) -> Result<i64> {
+        let mut conn = self.writer().await?;
+        Self::start_attempt_on(&mut conn, order, event_id).await
+    }
+
+    async fn start_attempt_on(
+        conn: &mut AnyConnection,
+        order: &SalesforceId,
+        event_id: Option<&str>,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO attempts (sf_order_id, event_id, started_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(order.as_str())
+        .bind(event_id)
+        .bind(now_ms())
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(row.try_get("id")?)
+    }
+
+    /// Closes an attempt with its outcome.
+    pub async fn finish_attempt(
+        &self,
+        attempt_id: i64,
+        outcome: &str,
+        error: Option<(&str, &str)>,
+    ) -> Result<()> {
+        let mut conn = self.writer().await?;
+        Self::finish_attempt_on(&mut conn, attempt_id, outcome, error).await
+    }
+
+    async fn finish_attempt_on(
+        conn: &mut AnyConnection,
+        attempt_id: i64,
+        outcome: &str,
+        error: Option<(&str, &str)>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE attempts SET finished_at = $2, outcome = $3, error_code = $4, error_message = $5 \
+             WHERE id = $1",
+        )
+        .bind(attempt_id)
+        .bind(now_ms())
+        .bind(outcome)
+        .bind(error.map(|e| e.0))
+        .bind(error.map(|e| e.1))
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// An Order's attempt history, oldest first.
+    pub async fn attempts(&self, order: &SalesforceId) -> Result<Vec<AttemptRecord>> {
+        let mut conn = self.reader().await?;
+        let rows = sqlx::query(
+            "SELECT id, event_id, started_at, finished_at, outcome, error_code, error_message \
+             FROM attempts WHERE sf_order_id = $1 ORDER BY id",
+        )
+        .bind(order.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRecord {
+                    id: r.try_get("id")?,
+                    event_id: r.try_get("event_id")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                    outcome: r.try_get("outcome")?,
+                    error_code: r.try_get("error_code")?,
+                    error_message: r.try_get("error_message")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Finished attempts since `since_ms`, split into (failed, total), for the alert window.
+    pub async fn outcome_counts_since(&self, since_ms: i64) -> Result<(i64, i64)> {
+        let mut conn = self.reader().await?;
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN outcome = $2 THEN 1 ELSE 0 END), 0) AS failed, \
+             COUNT(*) AS total FROM attempts WHERE finished_at >= $1 AND outcome IN ($2, $3)",
+        )
+        .bind(since_ms)
+        .bind(outcome::FAILED)
+        .bind(outcome::PROVISIONED)
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok((row.try_get("failed")?, row.try_get("total")?))
+    }
+}

@@ -1,0 +1,131 @@
+//! [`AppState`]: the parts of one daemon process, built once from the configuration and shared
+//! (cheaply cloned) by the HTTP handlers, the supervisor and the tests.
+//!
+//! A leaf of the module graph: it knows the clients, the ledger, the queue and the status
+//! types, and nothing that runs them (the daemon, the HTTP surface and the background loops
+//! take what they need from it).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::broadcast;
+
+use crate::{
+    config::{Config, SalesforceAuth},
+    jobs::provision::{OrderChanged, Provisioner, WorkerSettings},
+    ledger::Ledger,
+    metrics::Metrics,
+    net,
+    queue::Queue,
+    salesforce::{
+        auth::{AuthFlow, TokenProvider},
+        rest::RestClient,
+    },
+    status::{AlertStatus, SubscriptionHealth, SweepReport},
+    whmcs::{WhmcsClient, WhmcsConfig},
+};
+
+/// Everything the parts share.
+#[derive(Clone)]
+pub struct AppState {
+    pub cfg: Arc<Config>,
+    pub ledger: Ledger,
+    pub queue: Queue,
+    pub tokens: TokenProvider,
+    pub rest: RestClient,
+    pub whmcs: WhmcsClient,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<SubscriptionHealth>,
+    pub changes: broadcast::Sender<OrderChanged>,
+    pub alert: Arc<AlertStatus>,
+    /// Unique name of this process (lease owner, worker names).
+    pub instance: String,
+    /// The stuck-order reconciler's last sweep.
+    pub reconciler: Arc<std::sync::Mutex<SweepReport>>,
+}
+
+impl AppState {
+    /// Connects to the ledger (migrating if configured) and Redis, and builds the clients.
+    pub async fn build(cfg: Config) -> anyhow::Result<Self> {
+        let cfg = Arc::new(cfg);
+        let ledger = Ledger::open(&cfg.database)
+            .await
+            .context("opening the ledger (DATABASE_URL)")?;
+        let queue = Queue::connect(&cfg.queue)
+            .await
+            .context("connecting to Redis (REDIS_URL)")?;
+        let sf_http =
+            net::client(cfg.salesforce.http_timeout).context("building the HTTP client")?;
+        let flow = match &cfg.salesforce.auth {
+            SalesforceAuth::Jwt {
+                username,
+                private_key_pem,
+            } => AuthFlow::Jwt {
+                login_url: cfg.salesforce.login_url.clone(),
+                client_id: cfg.salesforce.client_id.clone(),
+                username: username.clone(),
+                private_key_pem: private_key_pem.clone(),
+            },
+            SalesforceAuth::ClientCredentials { client_secret } => AuthFlow::ClientCredentials {
+                login_url: cfg.salesforce.login_url.clone(),
+                client_id: cfg.salesforce.client_id.clone(),
+                client_secret: client_secret.clone(),
+            },
+        };
+        let tokens = TokenProvider::new(sf_http.clone(), flow).context("SF_PRIVATE_KEY")?;
+        let rest = RestClient::new(
+            sf_http,
+            tokens.clone(),
+            &cfg.salesforce.api_version,
+            cfg.salesforce.fields.clone(),
+        );
+        let whmcs = WhmcsClient::new(
+            net::client(cfg.whmcs.timeout).context("building the HTTP client")?,
+            WhmcsConfig {
+                api_url: cfg.whmcs.api_url.clone(),
+                identifier: cfg.whmcs.identifier.clone(),
+                secret: cfg.whmcs.secret.clone(),
+                access_key: cfg.whmcs.access_key.clone(),
+                timeout: cfg.whmcs.timeout,
+            },
+        );
+        let (changes, _) = broadcast::channel(1024);
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "provisioner".into());
+        let instance = format!(
+            "{host}-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        Ok(Self {
+            health: Arc::new(SubscriptionHealth::new(cfg.events.enabled)),
+            cfg,
+            ledger,
+            queue,
+            tokens,
+            rest,
+            whmcs,
+            metrics: Arc::new(Metrics::new()),
+            changes,
+            alert: Arc::default(),
+            instance,
+            reconciler: Arc::default(),
+        })
+    }
+
+    pub fn provisioner(&self) -> Provisioner {
+        Provisioner {
+            ledger: self.ledger.clone(),
+            rest: self.rest.clone(),
+            whmcs: self.whmcs.clone(),
+            metrics: self.metrics.clone(),
+            settings: WorkerSettings {
+                payment_method: self.cfg.whmcs.payment_method.clone(),
+                max_attempts: self.cfg.queue.max_attempts,
+                backoff_initial: self.cfg.queue.backoff_initial,
+                backoff_max: self.cfg.queue.backoff_max,
+            },
+            instance: self.instance.clone(),
+            changes: self.changes.clone(),
+        }
+    }
+}
