@@ -3,7 +3,9 @@
 //! exactly the `sf_field_*` defaults of `config/default.toml` (plus the contract's
 //! `Version__c`, which has no setting); field types and picklist values are the ones the
 //! daemon reads and writes; the Flows set `Activating` on approval and publish the event; the
-//! permission set grants the integration user what the daemon uses.
+//! permission set grants the integration user what the daemon uses. Deploying the package
+//! into an existing org replaces nothing of the org's own: the `OrderStatus` standard value
+//! set is a separate, optional project in `salesforce/optional/order-status/`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,9 +20,99 @@ const EVENT: &str = "OrderProvisionRequested__e";
 /// Event fields of the contract that have no `sf_field_*` setting (the decoder reads them by
 /// their fixed name).
 const CONTRACT_ONLY_FIELDS: &[&str] = &["OrderProvisionRequested__e.Version__c"];
+/// Common standard value sets (the values of standard picklists such as Order Status; the
+/// Metadata API names many more, for industry objects). A GlobalValueSet of one of these names
+/// would stand in for the org's standard values.
+const STANDARD_VALUE_SETS: &[&str] = &[
+    "AccountContactMultiRoles",
+    "AccountContactRole",
+    "AccountOwnership",
+    "AccountRating",
+    "AccountType",
+    "AssetStatus",
+    "CampaignMemberStatus",
+    "CampaignStatus",
+    "CampaignType",
+    "CaseContactRole",
+    "CaseOrigin",
+    "CasePriority",
+    "CaseReason",
+    "CaseStatus",
+    "CaseType",
+    "ContactRole",
+    "ContractContactRole",
+    "ContractStatus",
+    "EntitlementType",
+    "EventSubject",
+    "EventType",
+    "Industry",
+    "LeadSource",
+    "LeadStatus",
+    "OpportunityCompetitor",
+    "OpportunityStage",
+    "OpportunityType",
+    "OrderStatus",
+    "OrderType",
+    "PartnerRole",
+    "Product2Family",
+    "QuoteStatus",
+    "Salutation",
+    "SolutionStatus",
+    "TaskPriority",
+    "TaskStatus",
+    "TaskSubject",
+    "TaskType",
+    "WorkOrderPriority",
+    "WorkOrderStatus",
+];
 
+/// The sfdx project deployed into the org.
+fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("salesforce")
+}
+
+/// The optional sfdx project that sets the org's Order Status values.
+fn order_status_root() -> PathBuf {
+    project_root().join("optional/order-status")
+}
+
+fn order_status_file() -> PathBuf {
+    order_status_root()
+        .join("force-app/main/default/standardValueSets/OrderStatus.standardValueSet-meta.xml")
+}
+
+fn project(root: &Path) -> serde_json::Value {
+    serde_json::from_str(&read(&root.join("sfdx-project.json"))).expect("sfdx-project.json is JSON")
+}
+
+/// Every package directory of the sfdx project in `root`, with its `default` flag.
+/// `sf project deploy start` without `--source-dir` deploys all of them, default or not.
+fn package_dirs(root: &Path) -> Vec<(PathBuf, bool)> {
+    let project = project(root);
+    let dirs = project["packageDirectories"]
+        .as_array()
+        .expect("packageDirectories is a list");
+    assert!(
+        !dirs.is_empty(),
+        "{}: no packageDirectories",
+        root.display()
+    );
+    dirs.iter()
+        .map(|d| {
+            let path = d["path"].as_str().expect("packageDirectories[].path");
+            (root.join(path), d["default"] == true)
+        })
+        .collect()
+}
+
+/// Source of the default package directory: the custom fields, Flows and permission set.
 fn source_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("salesforce/force-app/main/default")
+    let defaults: Vec<PathBuf> = package_dirs(&project_root())
+        .into_iter()
+        .filter_map(|(dir, default)| default.then_some(dir))
+        .collect();
+    assert_eq!(defaults.len(), 1, "one default package directory");
+    defaults[0].join("main/default")
 }
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -34,11 +126,19 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn metadata_files() -> Vec<PathBuf> {
+/// Every file in the package directories of the sfdx project in `root`.
+fn project_files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    files(&source_root(), &mut out);
+    for (dir, _) in package_dirs(root) {
+        files(&dir, &mut out);
+    }
     out.sort();
     out
+}
+
+/// What deploying `salesforce/` sends to the org.
+fn metadata_files() -> Vec<PathBuf> {
+    project_files(&project_root())
 }
 
 fn read(path: &Path) -> String {
@@ -146,9 +246,15 @@ fn every_metadata_file_is_well_formed_and_named_after_its_component() {
         (".permissionset-meta.xml", "PermissionSet"),
         (".standardValueSet-meta.xml", "StandardValueSet"),
     ];
-    let all = metadata_files();
-    assert!(all.len() >= 18, "metadata files: {all:?}");
-    for path in &all {
+    let deployed = metadata_files();
+    assert!(deployed.len() >= 17, "metadata files: {deployed:?}");
+    let optional = project_files(&order_status_root());
+    assert_eq!(
+        optional,
+        [order_status_file()],
+        "the optional Order Status project"
+    );
+    for path in deployed.iter().chain(&optional) {
         let name = path.file_name().and_then(|n| n.to_str()).expect("name");
         let (suffix, root_tag) = expected_root
             .iter()
@@ -177,13 +283,21 @@ fn every_metadata_file_is_well_formed_and_named_after_its_component() {
             assert_eq!(v, defaults()["sf_api_version"], "{}", path.display());
         }
     }
-    let project: serde_json::Value = serde_json::from_str(&read(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("salesforce/sfdx-project.json"),
-    ))
-    .expect("sfdx-project.json is JSON");
-    assert_eq!(project["packageDirectories"][0]["path"], "force-app");
-    assert_eq!(project["packageDirectories"][0]["default"], true);
-    assert_eq!(project["sourceApiVersion"], defaults()["sf_api_version"]);
+    for root in [project_root(), order_status_root()] {
+        let project = project(&root);
+        assert_eq!(
+            project["packageDirectories"],
+            serde_json::json!([{ "path": "force-app", "default": true }]),
+            "{}",
+            root.display()
+        );
+        assert_eq!(
+            project["sourceApiVersion"],
+            defaults()["sf_api_version"],
+            "{}",
+            root.display()
+        );
+    }
 }
 
 #[test]
@@ -322,8 +436,9 @@ fn flows_set_activating_on_approval_and_publish_the_event() {
     let d = defaults();
     let activation = &d["sf_field_activation_status"];
     let package = package_fields();
-    let status_values =
-        read(&source_root().join("standardValueSets/OrderStatus.standardValueSet-meta.xml"));
+    // The Order Status values the Flows rely on: the optional value set lists them, and the
+    // set-up guide asks for them in orgs that keep their own values.
+    let status_values = read(&order_status_file());
     let status_doc = Document::parse(&status_values).expect("OrderStatus");
     let statuses: Vec<&str> = children(status_doc.root_element(), "standardValue")
         .filter_map(|v| text(v, "fullName"))
@@ -521,5 +636,118 @@ fn permission_set_grants_what_the_daemon_uses() {
     assert!(
         perms.contains("ActivateOrder"),
         "the write-back sets Status = Activated"
+    );
+}
+
+/// Why deploying `path` would delete or overwrite metadata the org already has, if it would:
+/// destructive-changes manifests, standard value sets (they replace every value of a standard
+/// picklist such as Order Status), GlobalValueSets named after standard value sets, profiles,
+/// org settings, and definitions of standard objects or fields.
+fn replaces_org_metadata(path: &Path) -> Option<String> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let lower = name.to_ascii_lowercase();
+    let stem = name.split('.').next().unwrap_or_default();
+    let in_dir = |dir: &str| path.components().any(|c| c.as_os_str() == dir);
+    let has_suffix = |suffix: &str| {
+        lower.ends_with(&format!(".{suffix}")) || lower.ends_with(&format!(".{suffix}-meta.xml"))
+    };
+    let standard_set = |n: &str| {
+        STANDARD_VALUE_SETS
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(n))
+    };
+    let custom = |n: &str| {
+        ["__c", "__e", "__mdt", "__b", "__x"]
+            .iter()
+            .any(|s| n.ends_with(s))
+    };
+    if lower.starts_with("destructivechanges") && lower.ends_with(".xml") {
+        return Some("a destructive-changes manifest deletes components of the org".into());
+    }
+    if has_suffix("standardvalueset") || in_dir("standardValueSets") {
+        return Some(format!(
+            "the StandardValueSet {stem} replaces every value of a standard picklist"
+        ));
+    }
+    if has_suffix("profile") || in_dir("profiles") {
+        return Some(format!("the Profile {stem} overwrites the org's profile"));
+    }
+    if has_suffix("settings") || in_dir("settings") {
+        return Some(format!("the {stem} Settings change org-wide configuration"));
+    }
+    if has_suffix("globalvalueset") && standard_set(stem) {
+        return Some(format!(
+            "the GlobalValueSet {stem} stands in for a standard value set"
+        ));
+    }
+    if has_suffix("field") && !custom(stem) {
+        return Some(format!(
+            "{stem} is a standard field: its definition overwrites the org's"
+        ));
+    }
+    if has_suffix("object") && !custom(stem) {
+        return Some(format!(
+            "{stem} is a standard object: its definition overwrites the org's"
+        ));
+    }
+    // The content decides too, whatever the file is called.
+    let xml = std::fs::read_to_string(path).ok()?;
+    let doc = Document::parse(&xml).ok()?;
+    let root = doc.root_element();
+    let full = text(root, "fullName").unwrap_or(stem);
+    match root.tag_name().name() {
+        "StandardValueSet" => Some(format!(
+            "{name} is a StandardValueSet: it replaces every value of a standard picklist"
+        )),
+        "Profile" => Some(format!("{name} is a Profile: it overwrites the org's")),
+        "GlobalValueSet" if standard_set(full) => Some(format!(
+            "{name} is a GlobalValueSet named {full}, a standard value set"
+        )),
+        _ => None,
+    }
+}
+
+#[test]
+fn deploying_the_package_replaces_nothing_in_the_org() {
+    // Every package directory counts: a deploy without `--source-dir` sends them all.
+    let deployed = metadata_files();
+    assert!(deployed.len() >= 17, "metadata files: {deployed:?}");
+    let replacing: Vec<String> = deployed
+        .iter()
+        .filter_map(|p| replaces_org_metadata(p).map(|why| format!("{}: {why}", p.display())))
+        .collect();
+    assert!(
+        replacing.is_empty(),
+        "deployed by default, but deletes or overwrites the org's metadata:\n{}",
+        replacing.join("\n")
+    );
+
+    // The Order Status value set is its own sfdx project, outside every package directory
+    // of `salesforce/`: only deploying `salesforce/optional/order-status` sends it.
+    let canonical =
+        |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let optional = canonical(&order_status_root());
+    for (dir, _) in package_dirs(&project_root()) {
+        let dir = canonical(&dir);
+        assert!(
+            !optional.starts_with(&dir) && !dir.starts_with(&optional),
+            "package directory {} overlaps the optional {}",
+            dir.display(),
+            optional.display()
+        );
+    }
+    assert!(
+        !deployed.contains(&order_status_file()),
+        "OrderStatus is deployed by default"
+    );
+    // The check recognises that value set for what it is.
+    let why = replaces_org_metadata(&order_status_file());
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.contains("StandardValueSet")),
+        "OrderStatus not recognised as replacing the org's values: {why:?}"
     );
 }
