@@ -36,14 +36,14 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use clap::{ArgGroup, Args, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Subcommand};
 use serde_json::{Value, json};
 
 use crate::{
     config::{Config, ReplayStart, ToolsConfig},
     ids::SalesforceId,
     ingest::lease::Lease,
-    ledger::{self, CursorRow, EARLIEST_REQUEST, Ledger, OrderRecord, state},
+    ledger::{self, CursorRow, EARLIEST_REQUEST, Ledger, OrderRecord, OrderState, state},
     queue::{self, Job, JobSource, ProvisionOrderV1, Queue},
 };
 
@@ -57,7 +57,7 @@ pub enum OrdersCommand {
     List {
         /// Only Orders in this ledger state.
         #[arg(long, value_enum)]
-        state: Option<LedgerState>,
+        state: Option<OrderState>,
         /// At most this many Orders (1–1000).
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
         limit: i64,
@@ -126,31 +126,6 @@ pub enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// Ledger states, as `--state` accepts them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-#[value(rename_all = "snake_case")]
-pub enum LedgerState {
-    New,
-    Adding,
-    WhmcsAdded,
-    WhmcsAccepted,
-    Done,
-    Failed,
-}
-
-impl LedgerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::New => state::NEW,
-            Self::Adding => state::ADDING,
-            Self::WhmcsAdded => state::WHMCS_ADDED,
-            Self::WhmcsAccepted => state::WHMCS_ACCEPTED,
-            Self::Done => state::DONE,
-            Self::Failed => state::FAILED,
-        }
-    }
 }
 
 /// One operator command.
@@ -258,12 +233,12 @@ impl Tools {
 
     async fn orders_list(
         &self,
-        state: Option<LedgerState>,
+        state: Option<OrderState>,
         limit: i64,
         json: bool,
     ) -> anyhow::Result<ExitCode> {
         let ledger = self.ledger().await?;
-        let orders = ledger.list(state.map(LedgerState::as_str), limit).await?;
+        let orders = ledger.list(state.map(OrderState::as_str), limit).await?;
         if json {
             print_json(&json!({ "orders": orders }))?;
             return Ok(ExitCode::SUCCESS);

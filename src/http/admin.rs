@@ -31,7 +31,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ledger::{OrderRecord, state},
+    ledger::{OrderRecord, OrderState},
     queue::QueueStats,
     state::AppState,
     status::SubState,
@@ -52,14 +52,17 @@ const ALERT_RATE: f64 = 0.10;
 /// Timeout of each data source read.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
-const STATES: [&str; 6] = [
-    state::NEW,
-    state::ADDING,
-    state::WHMCS_ADDED,
-    state::WHMCS_ACCEPTED,
-    state::DONE,
-    state::FAILED,
-];
+const STATES: [&str; 6] = {
+    let [a, b, c, d, e, f] = OrderState::ALL;
+    [
+        a.as_str(),
+        b.as_str(),
+        c.as_str(),
+        d.as_str(),
+        e.as_str(),
+        f.as_str(),
+    ]
+};
 
 #[derive(Clone)]
 struct Dash {

@@ -1,7 +1,7 @@
 //! The `attempts` table: the history of every attempt on an Order, for operators and for the
 //! failure-rate alert.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, FromRow, Row};
 
 use super::{AttemptRecord, Change, Ledger, Result, now_ms, outcome};
 use crate::ids::SalesforceId;
@@ -106,17 +106,7 @@ impl Ledger {
         .fetch_all(&mut *conn)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok(AttemptRecord {
-                    id: r.try_get("id")?,
-                    event_id: r.try_get("event_id")?,
-                    started_at: r.try_get("started_at")?,
-                    finished_at: r.try_get("finished_at")?,
-                    outcome: r.try_get("outcome")?,
-                    error_code: r.try_get("error_code")?,
-                    error_message: r.try_get("error_message")?,
-                })
-            })
+            .map(|r| AttemptRecord::from_row(r).map_err(Into::into))
             .collect()
     }
 

@@ -19,7 +19,7 @@
 use std::{str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
-    Any, AnyConnection, AnyPool, Row,
+    Any, AnyConnection, AnyPool,
     any::{AnyConnectOptions, AnyPoolOptions},
     migrate::Migrator,
     pool::PoolConnection,
@@ -63,14 +63,69 @@ pub enum Backend {
     Postgres,
 }
 
-/// States of the per-Order state machine.
+/// The per-Order state machine: `new → adding → whmcs_added → whmcs_accepted → done`, or
+/// `failed` from any state. The one place the states are spelled; the ledger stores
+/// [`OrderState::as_str`], operators filter with the same names (`--state whmcs_added`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum OrderState {
+    New,
+    /// The intent to call `AddOrder` is committed; the call may or may not have reached WHMCS.
+    Adding,
+    WhmcsAdded,
+    WhmcsAccepted,
+    Done,
+    Failed,
+}
+
+impl OrderState {
+    /// Every state, in the order of the happy path (then `failed`).
+    pub const ALL: [OrderState; 6] = [
+        Self::New,
+        Self::Adding,
+        Self::WhmcsAdded,
+        Self::WhmcsAccepted,
+        Self::Done,
+        Self::Failed,
+    ];
+
+    /// The name stored in the ledger.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Adding => "adding",
+            Self::WhmcsAdded => "whmcs_added",
+            Self::WhmcsAccepted => "whmcs_accepted",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// The state a stored name means; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for OrderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The stored names of [`OrderState`], for SQL binds and comparisons with stored rows.
 pub mod state {
-    pub const NEW: &str = "new";
-    pub const ADDING: &str = "adding";
-    pub const WHMCS_ADDED: &str = "whmcs_added";
-    pub const WHMCS_ACCEPTED: &str = "whmcs_accepted";
-    pub const DONE: &str = "done";
-    pub const FAILED: &str = "failed";
+    use super::OrderState;
+
+    pub const NEW: &str = OrderState::New.as_str();
+    pub const ADDING: &str = OrderState::Adding.as_str();
+    pub const WHMCS_ADDED: &str = OrderState::WhmcsAdded.as_str();
+    pub const WHMCS_ACCEPTED: &str = OrderState::WhmcsAccepted.as_str();
+    pub const DONE: &str = OrderState::Done.as_str();
+    pub const FAILED: &str = OrderState::Failed.as_str();
 }
 
 /// Outcomes written back to Salesforce.
@@ -80,7 +135,7 @@ pub mod outcome {
 }
 
 /// One Order as the ledger knows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
 pub struct OrderRecord {
     pub sf_order_id: String,
     pub state: String,
@@ -100,7 +155,7 @@ pub struct OrderRecord {
 }
 
 /// One attempt in an Order's history.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
 pub struct AttemptRecord {
     pub id: i64,
     pub event_id: Option<String>,
@@ -119,26 +174,6 @@ pub fn now_ms() -> i64 {
 const ORDER_COLUMNS: &str = "sf_order_id, state, outcome, account_id, whmcs_client_id, \
     whmcs_order_id, whmcs_service_ids, error_code, error_message, sf_status, last_event_id, \
     correlation_id, attempts, created_at, updated_at";
-
-fn order_from_row(row: &sqlx::any::AnyRow) -> Result<OrderRecord> {
-    Ok(OrderRecord {
-        sf_order_id: row.try_get("sf_order_id")?,
-        state: row.try_get("state")?,
-        outcome: row.try_get("outcome")?,
-        account_id: row.try_get("account_id")?,
-        whmcs_client_id: row.try_get("whmcs_client_id")?,
-        whmcs_order_id: row.try_get("whmcs_order_id")?,
-        whmcs_service_ids: row.try_get("whmcs_service_ids")?,
-        error_code: row.try_get("error_code")?,
-        error_message: row.try_get("error_message")?,
-        sf_status: row.try_get("sf_status")?,
-        last_event_id: row.try_get("last_event_id")?,
-        correlation_id: row.try_get("correlation_id")?,
-        attempts: row.try_get("attempts")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
 
 /// A change to an Order row, applied only while the caller holds the lease.
 #[derive(Debug, Clone, Default)]

@@ -5,9 +5,9 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, FromRow, Row};
 
-use super::{Change, Ledger, ORDER_COLUMNS, OrderRecord, Result, now_ms, order_from_row, state};
+use super::{Change, Ledger, ORDER_COLUMNS, OrderRecord, Result, now_ms, state};
 use crate::ids::SalesforceId;
 
 impl Ledger {
@@ -42,7 +42,7 @@ impl Ledger {
             .bind(now)
             .fetch_optional(&mut *conn)
             .await?;
-        row.as_ref().map(order_from_row).transpose()
+        Ok(row.as_ref().map(OrderRecord::from_row).transpose()?)
     }
 
     /// Extends a held lease; `false` when it was lost.
@@ -179,7 +179,7 @@ impl Ledger {
             .bind(order.as_str())
             .fetch_optional(&mut *conn)
             .await?;
-        row.as_ref().map(order_from_row).transpose()
+        Ok(row.as_ref().map(OrderRecord::from_row).transpose()?)
     }
 
     /// Most recently updated Orders, optionally in one state.
@@ -202,7 +202,10 @@ impl Ledger {
                 sqlx::query(&sql).bind(limit).fetch_all(&mut *conn).await?
             }
         };
-        rows.iter().map(order_from_row).collect()
+        Ok(rows
+            .iter()
+            .map(OrderRecord::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Number of Orders per state.
