@@ -1,5 +1,8 @@
 //! Lenient readers for JSON produced by PHP (WHMCS) and by Salesforce text/number fields.
 //!
+//! Hand-written because PHP's JSON (WHMCS) breaks serde's typing rules in ways no crate models:
+//! the same field is a number, a string or `""` depending on the row.
+//!
 //! Owns the "numbers may be strings, empty lists may be `""`, lists may be a lone object" rules
 //! shared by both HTTP clients, so each client decodes its responses the same way.
 //!

@@ -1,6 +1,9 @@
 //! The HTTP server: accept loop, per-connection protocol choice (HTTP/1.1, or HTTP/2 with prior
 //! knowledge), header-read timeout and graceful shutdown.
 //!
+//! Hand-written rather than hyper-util's auto builder, which has no timeout while it sniffs the
+//! protocol (hyperium/hyper#3962), so a silent client could hold a connection forever.
+//!
 //! Invariants:
 //! - A client has `http_header_read_timeout_secs` to send a request's complete headers — from
 //!   its first byte, and again for every later request on a kept-alive connection; a slower

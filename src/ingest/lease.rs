@@ -1,5 +1,9 @@
 //! Subscriber leadership across replicas: a Redis lease with a fencing token.
 //!
+//! Hand-written (three Lua scripts) because a lease needs compare-and-renew and
+//! compare-and-delete on the owner, which no well-kept Redis lock crate offers with a fencing
+//! token.
+//!
 //! Every replica runs workers; only the holder of the lease `<queue>:leader` runs the Pub/Sub
 //! subscriber and the stuck-order reconciler. Acquiring the lease increments
 //! `<queue>:leader:epoch`, and that epoch is the fencing token the subscriber writes with every

@@ -2,6 +2,9 @@
 //! RS256 JWT bearer), identity/userinfo, and the REST resources the daemon uses
 //! (`query` with a small SOQL subset, `sobjects/Order/{id}` GET and PATCH).
 //!
+//! The SOQL parser is hand-written and deliberately small: it accepts the statements the daemon
+//! sends (and rejects the rest loudly), which is what a test double needs; no crate parses SOQL.
+//!
 //! Invariants:
 //! * Every REST response (success or error) carries `Sforce-Limit-Info: api-usage=<n>/100000`;
 //!   `n` counts authenticated REST calls.
