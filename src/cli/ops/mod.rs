@@ -91,7 +91,7 @@ pub async fn run(config: Option<&Path>, command: OpsCommand) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("provisioner: {e:#}");
+            eprintln!("provisioner: {}", crate::error::chain(&e));
             ExitCode::FAILURE
         }
     }
