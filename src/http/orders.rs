@@ -274,11 +274,11 @@ fn authorize(s: &Http, headers: &HeaderMap) -> Result<Option<Caller>, Response> 
         .and_then(Value::as_str)
         .and_then(|a| SalesforceId::parse(a).ok())
         .ok_or_else(unauthorized)?;
-    // Required and type-checked by the validation above.
+    // Required and type-checked by the validation above (a number, possibly fractional).
     let expires_at = data
         .claims
         .get("exp")
-        .and_then(Value::as_i64)
+        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f.floor() as i64)))
         .ok_or_else(unauthorized)?;
     Ok(Some(Caller {
         account,
