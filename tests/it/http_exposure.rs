@@ -249,13 +249,17 @@ async fn an_event_stream_ends_when_its_token_expires() {
         .await
         .expect("current status first");
     // Nothing changes about the Order: only the token's expiry can end the stream.
-    loop {
-        match sse.next(Duration::from_secs(15)).await {
-            None => break,
-            Some(SseItem::Comment) => continue,
-            Some(other) => panic!("unexpected {other:?}"),
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match sse.next(Duration::from_secs(15)).await {
+                None => break,
+                Some(SseItem::Comment) => continue,
+                Some(other) => panic!("unexpected {other:?}"),
+            }
         }
-    }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its token by 13 s");
     let lived = started.elapsed();
     assert!(
         lived >= Duration::from_millis(900) && lived < Duration::from_secs(10),
