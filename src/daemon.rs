@@ -142,7 +142,20 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
     let listener = tokio::net::TcpListener::bind(state.cfg.http.addr)
         .await
         .with_context(|| format!("HTTP_ADDR: cannot listen on {}", state.cfg.http.addr))?;
-    info!(http.addr = %listener.local_addr()?, instance = %state.instance, "provisioner starting");
+    let internal = match state.cfg.http.internal_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("INTERNAL_HTTP_ADDR: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    info!(
+        http.addr = %listener.local_addr()?,
+        http.internal_addr = ?internal.as_ref().and_then(|l| l.local_addr().ok()),
+        instance = %state.instance,
+        "provisioner starting"
+    );
 
     let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     {
@@ -150,6 +163,14 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
         parts.spawn(async move {
             let r = crate::http::serve(listener, s, token).await;
             ("http", r.map_err(anyhow::Error::from))
+        });
+    }
+    if let Some(listener) = internal {
+        let (s, token) = (state.clone(), shutdown.clone());
+        parts.spawn(async move {
+            let r = crate::http::serve_surface(listener, s, crate::http::Surface::Internal, token)
+                .await;
+            ("internal-http", r.map_err(anyhow::Error::from))
         });
     }
     if state.cfg.events.enabled {

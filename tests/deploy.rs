@@ -428,6 +428,13 @@ fn env_example_and_compose_environment_make_a_valid_configuration() {
         "SF_PRIVATE_KEY_PATH".into(),
         path("tests/fixtures/sf_test_key.pem").display().to_string(),
     );
+    // The example's portal secret is a placeholder the daemon refuses until it is replaced.
+    let refused = Config::load_from(None, env.clone()).expect_err("placeholder secret");
+    assert_eq!(refused.setting, "PORTAL_JWT_SECRET", "{refused}");
+    env.insert(
+        "PORTAL_JWT_SECRET".into(),
+        "k3VbQx0r7mXc2pL9sT4wYz8aN1dF6gH5jE0uR2iO".into(),
+    );
     let cfg = Config::load_from(None, env).unwrap_or_else(|e| {
         panic!(".env.example + docker-compose.yml is not a valid configuration: {e}")
     });
@@ -437,6 +444,20 @@ fn env_example_and_compose_environment_make_a_valid_configuration() {
     );
     assert!(!cfg.database.auto_migrate);
     assert_eq!(cfg.queue.redis_url, "redis://redis:6379");
+    // Health, metrics and the dashboard listen on their own port, which is not published.
+    let internal = cfg
+        .http
+        .internal_addr
+        .expect("INTERNAL_HTTP_ADDR set by compose");
+    let ports = str_list(service(&doc, "provisioner").get("ports"));
+    assert!(!ports.is_empty());
+    for p in &ports {
+        assert!(
+            p.ends_with(&format!(":{}", cfg.http.addr.port())),
+            "only HTTP_ADDR is published: {p}"
+        );
+        assert!(!p.ends_with(&format!(":{}", internal.port())), "{p}");
+    }
 }
 
 /// Metric names the daemon exports, from `Metrics::render` after every labelled family has a

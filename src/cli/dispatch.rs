@@ -154,9 +154,10 @@ fn shell_quote(v: &str) -> String {
 
 async fn healthcheck(url: Option<String>) -> ExitCode {
     let base = url.unwrap_or_else(|| {
-        let addr = std::env::var("HTTP_ADDR").unwrap_or_else(|_| "0.0.0.0:8080".into());
-        let port = addr.rsplit(':').next().unwrap_or("8080").to_owned();
-        format!("http://127.0.0.1:{port}")
+        local_base(
+            std::env::var("INTERNAL_HTTP_ADDR").ok().as_deref(),
+            std::env::var("HTTP_ADDR").ok().as_deref(),
+        )
     });
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
@@ -180,5 +181,51 @@ async fn healthcheck(url: Option<String>) -> ExitCode {
             eprintln!("unreachable: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Where `healthcheck` finds `/health/ready` on this host: the internal listener when one is
+/// configured (health is served only there then), else `HTTP_ADDR`; a wildcard address is
+/// reached over loopback.
+fn local_base(internal: Option<&str>, public: Option<&str>) -> String {
+    let addr = internal
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .or(public.map(str::trim).filter(|a| !a.is_empty()))
+        .unwrap_or("0.0.0.0:8080");
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),
+        Ok(a) => format!("http://{a}"),
+        Err(_) => {
+            let port = addr.rsplit(':').next().unwrap_or("8080");
+            format!("http://127.0.0.1:{port}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_base;
+
+    #[test]
+    fn healthcheck_probes_the_internal_listener_when_there_is_one() {
+        assert_eq!(local_base(None, None), "http://127.0.0.1:8080");
+        assert_eq!(
+            local_base(None, Some("0.0.0.0:8081")),
+            "http://127.0.0.1:8081"
+        );
+        assert_eq!(
+            local_base(Some(""), Some("0.0.0.0:8081")),
+            "http://127.0.0.1:8081"
+        );
+        assert_eq!(
+            local_base(Some("0.0.0.0:9090"), Some("0.0.0.0:8081")),
+            "http://127.0.0.1:9090"
+        );
+        assert_eq!(
+            local_base(Some("10.0.0.5:9090"), Some("0.0.0.0:8081")),
+            "http://10.0.0.5:9090"
+        );
+        assert_eq!(local_base(Some("[::]:9090"), None), "http://127.0.0.1:9090");
     }
 }

@@ -100,7 +100,7 @@ pub struct WhmcsSettings {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct QueueConfig {
     pub redis_url: String,
     pub name: String,
@@ -110,11 +110,84 @@ pub struct QueueConfig {
     pub backoff_max: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DatabaseConfig {
     pub url: String,
     pub auto_migrate: bool,
     pub max_connections: u32,
+}
+
+impl std::fmt::Debug for QueueConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueConfig")
+            .field("redis_url", &redact_credentials(&self.redis_url))
+            .field("name", &self.name)
+            .field("concurrency", &self.concurrency)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_credentials(&self.url))
+            .field("auto_migrate", &self.auto_migrate)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// The marker that replaces a credential in displayed URLs.
+const REDACTED: &str = "REDACTED";
+
+/// A connection URL fit for display: user, password and any `password`-like query parameter
+/// replaced by `REDACTED`; a URL that does not parse is not shown at all.
+pub fn redact_credentials(raw: &str) -> String {
+    let Ok(mut u) = url::Url::parse(raw) else {
+        return format!("<{REDACTED} unparsable URL>");
+    };
+    if !u.username().is_empty() {
+        let _ = u.set_username(REDACTED);
+    }
+    if u.password().is_some() {
+        let _ = u.set_password(Some(REDACTED));
+    }
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let lower = k.to_ascii_lowercase();
+                let secret = ["pass", "pwd", "secret", "token", "key", "auth"]
+                    .iter()
+                    .any(|s| lower.contains(s));
+                let v = if secret {
+                    REDACTED.to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
+/// A webhook URL fit for display: scheme, host and port only (webhook paths and queries are
+/// themselves credentials, e.g. Slack's).
+pub fn redact_webhook(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(u) => format!(
+            "{}://{}{}/{REDACTED}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => format!("<{REDACTED} unparsable URL>"),
+    }
 }
 
 /// Portal API authentication.
@@ -132,6 +205,8 @@ pub enum ApiAuth {
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub addr: SocketAddr,
+    /// Listener of health, metrics and the dashboard; `None`: `addr` serves everything.
+    pub internal_addr: Option<SocketAddr>,
     pub auth: ApiAuth,
     pub lookup_cache: Duration,
     /// Origins allowed by CORS; empty: no CORS headers; `["*"]`: any origin.
@@ -141,8 +216,26 @@ pub struct HttpConfig {
     /// Reverse proxies in front of the daemon whose `X-Forwarded-For` entries are trusted.
     pub trusted_proxy_hops: usize,
     pub sse_max_clients: usize,
+    /// Concurrent event streams of one Account.
+    pub sse_max_per_account: usize,
     pub sse_keepalive: Duration,
     pub header_read_timeout: Duration,
+    /// What customers see of a failed Order's error.
+    pub customer_errors: CustomerErrors,
+}
+
+/// Customer-safe error texts by error code, and the text of every other code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerErrors {
+    pub by_code: std::collections::BTreeMap<String, String>,
+    pub default: String,
+}
+
+impl CustomerErrors {
+    /// The text shown for `code`.
+    pub fn message(&self, code: &str) -> &str {
+        self.by_code.get(code).map_or(&self.default, String::as_str)
+    }
 }
 
 /// Token bucket per client: `per_sec` sustained, up to `burst` at once.
@@ -174,8 +267,9 @@ pub struct ReconcilerConfig {
     pub batch_limit: u32,
 }
 
-/// The validated configuration of one daemon process.
-#[derive(Debug, Clone)]
+/// The validated configuration of one daemon process. `Debug` shows no credential: secrets are
+/// [`SecretString`]s, connection URLs lose their user and password, the webhook its path.
+#[derive(Clone)]
 pub struct Config {
     pub events: EventsConfig,
     pub salesforce: SalesforceConfig,
@@ -192,6 +286,29 @@ pub struct Config {
     pub leader_lease_ttl: Duration,
     /// Bearer token of the operator dashboard (`/admin`); `None` disables it (404).
     pub admin_token: Option<SecretString>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("events", &self.events)
+            .field("salesforce", &self.salesforce)
+            .field("whmcs", &self.whmcs)
+            .field("queue", &self.queue)
+            .field("database", &self.database)
+            .field("http", &self.http)
+            .field(
+                "alert_webhook_url",
+                &self.alert_webhook_url.as_deref().map(redact_webhook),
+            )
+            .field("alert", &self.alert)
+            .field("log_format", &self.log_format)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("reconciler", &self.reconciler)
+            .field("leader_lease_ttl", &self.leader_lease_ttl)
+            .field("admin_token", &self.admin_token)
+            .finish()
+    }
 }
 
 /// What the operator tools (`orders`, `cursor`, `queue`) need: the ledger, the queue and the
@@ -304,6 +421,8 @@ impl Config {
 mod tests {
     use super::*;
 
+    const PORTAL: &str = "unit-test-portal-secret-0123456789abcdef";
+
     fn base() -> Vec<(String, String)> {
         [
             ("SF_CLIENT_ID", "cid"),
@@ -312,7 +431,7 @@ mod tests {
             ("WHMCS_API_URL", "http://127.0.0.1:1/includes/api.php"),
             ("WHMCS_API_IDENTIFIER", "id"),
             ("WHMCS_API_SECRET", "s3cret"),
-            ("PORTAL_JWT_SECRET", "portal"),
+            ("PORTAL_JWT_SECRET", PORTAL),
             ("PATH", "/usr/bin"),
         ]
         .into_iter()
@@ -510,6 +629,31 @@ mod tests {
             ),
             (with(&[("ALERT_WINDOW_SECS", "0")]), "ALERT_WINDOW_SECS"),
             (with(&[("ALERT_MIN_SAMPLES", "0")]), "ALERT_MIN_SAMPLES"),
+            (
+                with(&[("INTERNAL_HTTP_ADDR", "nowhere")]),
+                "INTERNAL_HTTP_ADDR",
+            ),
+            (
+                with(&[
+                    ("HTTP_ADDR", "127.0.0.1:8080"),
+                    ("INTERNAL_HTTP_ADDR", "127.0.0.1:8080"),
+                ]),
+                "INTERNAL_HTTP_ADDR",
+            ),
+            (with(&[("SSE_MAX_PER_ACCOUNT", "0")]), "SSE_MAX_PER_ACCOUNT"),
+            (
+                with(&[("CUSTOMER_ERROR_MESSAGES", "WHMCS_ERROR")]),
+                "CUSTOMER_ERROR_MESSAGES",
+            ),
+            (
+                with(&[("CUSTOMER_ERROR_MESSAGES", "lower=text")]),
+                "CUSTOMER_ERROR_MESSAGES",
+            ),
+            (
+                with(&[("CUSTOMER_ERROR_MESSAGE_DEFAULT", " ")]),
+                "CUSTOMER_ERROR_MESSAGE_DEFAULT",
+            ),
+            (with(&[("PORTAL_JWT_SECRET", "short")]), "PORTAL_JWT_SECRET"),
         ];
         for (result, setting) in cases {
             let e = result.expect_err(setting);
@@ -579,8 +723,107 @@ mod tests {
         let c = with(&[]).expect("valid");
         let dbg = format!("{c:?}");
         assert!(
-            !dbg.contains("s3cret") && !dbg.contains("portal\"") && !dbg.contains("12345"),
+            !dbg.contains("s3cret") && !dbg.contains(PORTAL) && !dbg.contains("12345"),
             "{dbg}"
+        );
+    }
+
+    #[test]
+    fn portal_secret_must_be_long_and_not_a_placeholder() {
+        for bad in [
+            "change-me-to-a-long-random-secret",
+            "changeme",
+            "secret",
+            "SECRET",
+            "portal-test-secret",
+            "0123456789abcdef0123456789abcde",
+            "please-change-me-0123456789abcdef0123456789",
+        ] {
+            let e = with(&[("PORTAL_JWT_SECRET", bad)]).expect_err(bad);
+            assert_eq!(e.setting, "PORTAL_JWT_SECRET", "{e}");
+            if bad.len() > 8 {
+                assert!(
+                    !e.to_string().contains(bad),
+                    "the error repeats the secret: {e}"
+                );
+            }
+        }
+        with(&[("PORTAL_JWT_SECRET", "0123456789abcdef0123456789abcdef")]).expect("32 bytes");
+        // The `.env.example` value is refused as it stands.
+        let example = include_str!("../../.env.example")
+            .lines()
+            .find_map(|l| l.strip_prefix("PORTAL_JWT_SECRET="))
+            .expect("listed in .env.example");
+        assert!(with(&[("PORTAL_JWT_SECRET", example)]).is_err());
+    }
+
+    #[test]
+    fn customer_error_table_and_internal_listener_are_read() {
+        let c = with(&[]).expect("valid");
+        assert!(c.http.internal_addr.is_none());
+        assert_eq!(c.http.sse_max_per_account, 5);
+        let e = &c.http.customer_errors;
+        assert!(
+            e.message("WHMCS_CLIENT_NOT_FOUND")
+                .contains("billing account")
+        );
+        assert_eq!(e.message("WHMCS_ERROR"), e.default);
+        let c = with(&[
+            ("INTERNAL_HTTP_ADDR", "127.0.0.1:9090"),
+            (
+                "CUSTOMER_ERROR_MESSAGES",
+                "WHMCS_ERROR = Billing said no. ; WHMCS_TIMEOUT=Billing is slow.;",
+            ),
+            ("CUSTOMER_ERROR_MESSAGE_DEFAULT", "Something went wrong."),
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.http.internal_addr,
+            Some("127.0.0.1:9090".parse().expect("addr"))
+        );
+        let e = &c.http.customer_errors;
+        assert_eq!(e.message("WHMCS_ERROR"), "Billing said no.");
+        assert_eq!(e.message("WHMCS_TIMEOUT"), "Billing is slow.");
+        assert_eq!(e.message("WHMCS_CLIENT_NOT_FOUND"), "Something went wrong.");
+    }
+
+    #[test]
+    fn debug_hides_credentials_in_urls() {
+        let c = with(&[
+            (
+                "DATABASE_URL",
+                "postgres://ledger:db-pass-123@db.internal:5432/prov?sslmode=require&password=qp-456",
+            ),
+            ("REDIS_URL", "redis://default:redis-pass-789@redis.internal:6379/0"),
+            (
+                "ALERT_WEBHOOK_URL",
+                "https://hooks.slack.example/services/T000/B000/hook-secret-xyz?token=tq",
+            ),
+        ])
+        .expect("valid");
+        let dbg = format!("{c:?}");
+        for secret in [
+            "db-pass-123",
+            "qp-456",
+            "ledger:",
+            "redis-pass-789",
+            "hook-secret-xyz",
+            "T000",
+            "tq",
+        ] {
+            assert!(!dbg.contains(secret), "{secret} in {dbg}");
+        }
+        assert!(dbg.contains("db.internal:5432/prov"), "{dbg}");
+        assert!(dbg.contains("sslmode=require"), "{dbg}");
+        assert!(dbg.contains("redis.internal:6379"), "{dbg}");
+        assert!(
+            dbg.contains("https://hooks.slack.example/REDACTED"),
+            "{dbg}"
+        );
+        assert_eq!(redact_credentials("not a url"), "<REDACTED unparsable URL>");
+        assert_eq!(
+            redact_credentials("sqlite:///var/lib/ledger.db"),
+            "sqlite:///var/lib/ledger.db"
         );
     }
 

@@ -255,6 +255,94 @@ fn salesforce_auth(
     }
 }
 
+/// `CUSTOMER_ERROR_MESSAGES` (`CODE=text;CODE=text`) and the default text.
+fn customer_errors_setting(table: &str, default: &str) -> Result<CustomerErrors, ConfigError> {
+    const MAX: usize = 255;
+    let mut by_code = std::collections::BTreeMap::new();
+    for entry in table.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((code, text)) = entry.split_once('=') else {
+            return Err(err(
+                "customer_error_messages",
+                format!("entries are CODE=text, got {entry:?}"),
+            ));
+        };
+        let (code, text) = (code.trim(), text.trim());
+        if code.is_empty()
+            || !code
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(err(
+                "customer_error_messages",
+                format!("{code:?} is not an error code like WHMCS_ERROR"),
+            ));
+        }
+        if text.is_empty() || text.chars().count() > MAX {
+            return Err(err(
+                "customer_error_messages",
+                format!("the text of {code} must be 1 to {MAX} characters"),
+            ));
+        }
+        by_code.insert(code.to_owned(), text.to_owned());
+    }
+    let default = default.trim();
+    if default.is_empty() || default.chars().count() > MAX {
+        return Err(err(
+            "customer_error_message_default",
+            format!("must be 1 to {MAX} characters"),
+        ));
+    }
+    Ok(CustomerErrors {
+        by_code,
+        default: default.to_owned(),
+    })
+}
+
+/// Secrets people leave in place from examples; compared without case.
+const PLACEHOLDER_SECRETS: &[&str] = &[
+    "change-me-to-a-long-random-secret",
+    "changeme",
+    "change-me",
+    "change_me",
+    "secret",
+    "password",
+    "portal",
+    "portal-secret",
+    "jwt-secret",
+    "your-secret",
+    "your-256-bit-secret",
+];
+
+/// The portal's HS256 secret: anyone who knows it can mint tokens for any Account, so it must
+/// be long (at least 32 bytes, the HS256 key size) and not a value copied from an example.
+fn portal_secret_setting(v: SecretString) -> Result<SecretString, ConfigError> {
+    use secrecy::ExposeSecret;
+    let secret = secret_non_empty(v)
+        .ok_or_else(|| err("portal_jwt_secret", "is required unless API_AUTH=disabled"))?;
+    let s = secret.expose_secret();
+    let lower = s.trim().to_ascii_lowercase();
+    let placeholder = PLACEHOLDER_SECRETS.contains(&lower.as_str())
+        || ["change-me", "changeme", "replace-with", "replace-me"]
+            .iter()
+            .any(|p| lower.contains(p));
+    if placeholder {
+        return Err(err(
+            "portal_jwt_secret",
+            "is a placeholder; set a random secret, e.g. `openssl rand -base64 48`",
+        ));
+    }
+    if s.len() < 32 {
+        return Err(err(
+            "portal_jwt_secret",
+            format!(
+                "must be at least 32 bytes, got {}; e.g. `openssl rand -base64 48`",
+                s.len()
+            ),
+        ));
+    }
+    Ok(secret)
+}
+
 fn api_auth_setting(
     r_api_auth: &str,
     secret: SecretString,
@@ -264,8 +352,7 @@ fn api_auth_setting(
 ) -> Result<ApiAuth, ConfigError> {
     match r_api_auth.trim() {
         "jwt" => Ok(ApiAuth::Jwt {
-            secret: secret_non_empty(secret)
-                .ok_or_else(|| err("portal_jwt_secret", "is required unless API_AUTH=disabled"))?,
+            secret: portal_secret_setting(secret)?,
             account_claim: require("portal_jwt_account_claim", claim)?,
             issuer: non_empty(issuer),
             audience: non_empty(audience),
@@ -357,6 +444,24 @@ impl Config {
                 format!("must be host:port, got {:?}", r.http_addr),
             )
         }));
+        let internal_addr: Option<Option<SocketAddr>> = p.ok(match r.internal_http_addr.trim() {
+            "" => Ok(None),
+            v => match v.parse::<SocketAddr>() {
+                Err(_) => Err(err(
+                    "internal_http_addr",
+                    format!("must be host:port or empty, got {v:?}"),
+                )),
+                Ok(a) if Some(a) == addr => Err(err(
+                    "internal_http_addr",
+                    "must differ from HTTP_ADDR (or be empty)",
+                )),
+                Ok(a) => Ok(Some(a)),
+            },
+        });
+        let customer_errors = p.ok(customer_errors_setting(
+            &r.customer_error_messages,
+            &r.customer_error_message_default,
+        ));
         let api_auth = p.ok(api_auth_setting(
             &r.api_auth,
             r.portal_jwt_secret,
@@ -366,7 +471,9 @@ impl Config {
         ));
         let alert_webhook_url = non_empty(r.alert_webhook_url);
         if let Some(u) = &alert_webhook_url {
-            p.ok(http_url("alert_webhook_url", u));
+            // Not echoed: a webhook URL is itself a credential.
+            p.ok(http_url("alert_webhook_url", u)
+                .map_err(|_| err("alert_webhook_url", "must be an http:// or https:// URL")));
         }
         let cors_allowed_origins = p.val(cors_origins(&r.cors_allowed_origins));
         let rate_limit = match (r.api_rate_limit_per_sec, r.api_rate_limit_burst) {
@@ -383,6 +490,7 @@ impl Config {
         };
         for (name, v) in [
             ("sse_max_clients", r.sse_max_clients as u64),
+            ("sse_max_per_account", r.sse_max_per_account as u64),
             ("sse_keepalive_secs", r.sse_keepalive_secs),
             (
                 "http_header_read_timeout_secs",
@@ -470,6 +578,8 @@ impl Config {
             Some(api_auth),
             Some(log_format),
             Some(admin_token),
+            Some(internal_addr),
+            Some(customer_errors),
         ) = (
             queue,
             database,
@@ -480,6 +590,8 @@ impl Config {
             api_auth,
             log_format,
             admin_token,
+            internal_addr,
+            customer_errors,
         )
         else {
             return Err(p.0);
@@ -527,14 +639,17 @@ impl Config {
             database,
             http: HttpConfig {
                 addr,
+                internal_addr,
                 auth: api_auth,
                 lookup_cache: Duration::from_secs(r.order_lookup_cache_secs),
                 cors_allowed_origins,
                 rate_limit,
                 trusted_proxy_hops: r.http_trusted_proxy_hops,
                 sse_max_clients: r.sse_max_clients,
+                sse_max_per_account: r.sse_max_per_account,
                 sse_keepalive: Duration::from_secs(r.sse_keepalive_secs),
                 header_read_timeout: Duration::from_secs(r.http_header_read_timeout_secs),
+                customer_errors,
             },
             alert_webhook_url,
             alert: AlertConfig {

@@ -1,34 +1,51 @@
 //! The operator dashboard: a small server-rendered page at `/admin` and its data as JSON at
-//! `/admin/api/summary` — subscription state, cursor, queue depth, failure rate of the last
-//! hour, Orders by state and the most recent Orders with their errors. The page reloads itself
-//! every few seconds (meta refresh; it runs no script at all).
+//! `/admin/api/summary` — subscription state, cursor, queue depth, the failure rate over the
+//! alert's window, Orders by state and the most recent Orders with their errors. The page
+//! reloads itself every few seconds (meta refresh; it runs no script at all).
 //!
 //! Invariants:
 //! - Disabled unless `ADMIN_TOKEN` is set: without it no `/admin` route exists (404).
 //! - Every response needs the token: `Authorization: Bearer <token>`, or a session cookie
-//!   obtained once through `/admin?token=<token>` (or the login form's POST). The cookie is
-//!   `HttpOnly; SameSite=Strict; Path=/admin`, holds an HS256-signed session (12 h) rather than
-//!   the token, and the login answers with a redirect so the token leaves the address bar.
-//!   Rotating the token ends every session. Tokens are compared in constant time and never
-//!   logged (the request span records only the path).
-//! - Read-only: no handler changes anything, so there is nothing to forge across sites.
-//! - Every piece of text put into the page goes through [`esc`]; the page's CSP allows no
-//!   script, no framing and no external resource.
+//!   obtained through the login form (`POST /admin/login`). A token in the URL is never
+//!   accepted (URLs end up in proxy logs and browser history). The cookie is
+//!   `HttpOnly; SameSite=Strict; Path=/admin`, `Secure` unless the client is on loopback, and
+//!   holds an HS256-signed session (12 h) whose key is derived from the token (HMAC-SHA256 with
+//!   a fixed context), never the token itself. Rotating the token ends every session;
+//!   `POST /admin/logout` clears the cookie.
+//! - Tokens are compared in constant time (`subtle`, over SHA-256 digests so the length does
+//!   not leak either) and never logged (the request span records only the path).
+//! - Failed sign-ins (form or bearer) are limited per client address: after
+//!   [`MAX_FAILED_LOGINS`] within [`FAILED_LOGIN_WINDOW`] every attempt answers 429 until the
+//!   window has passed.
+//! - Read-only apart from the session: no handler changes anything else.
+//! - The HTML is built with `maud`, which escapes every dynamic value by construction; the
+//!   page's CSP allows no script, no framing and no external resource.
+//! - The failure rate uses the alert's own settings (`ALERT_WINDOW_SECS`,
+//!   `ALERT_FAILURE_RATE_THRESHOLD`, `ALERT_MIN_SAMPLES`), so the page and the alert agree.
 //! - Each data source is read with a timeout; one that fails is shown as unavailable instead
 //!   of failing the page.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use axum::{
     Form, Json, Router,
-    extract::{Query, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{ConnectInfo, FromRequestParts, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use secrecy::{ExposeSecret, SecretString};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::{
     ledger::{OrderRecord, OrderState},
@@ -45,12 +62,14 @@ const SESSION_SECS: i64 = 12 * 3600;
 pub const REFRESH_SECS: u32 = 5;
 /// Orders shown in the recent-orders table.
 const RECENT_ORDERS: i64 = 50;
-/// Window of the failure rate.
-const FAILURE_WINDOW: Duration = Duration::from_secs(3600);
-/// Failure rate above which the dashboard highlights it (the alerting threshold).
-const ALERT_RATE: f64 = 0.10;
 /// Timeout of each data source read.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// Failed sign-ins one client address may make per [`FAILED_LOGIN_WINDOW`].
+pub const MAX_FAILED_LOGINS: u32 = 5;
+/// The window of [`MAX_FAILED_LOGINS`].
+pub const FAILED_LOGIN_WINDOW: Duration = Duration::from_secs(60);
+/// Context of the session key's derivation from the admin token.
+const SESSION_KEY_CONTEXT: &[u8] = b"provisioner admin session cookie v1";
 
 const STATES: [&str; OrderState::ALL.len()] = {
     let mut out = [""; OrderState::ALL.len()];
@@ -65,9 +84,21 @@ const STATES: [&str; OrderState::ALL.len()] = {
 #[derive(Clone)]
 struct Dash {
     app: AppState,
-    token: Arc<SecretString>,
+    /// SHA-256 of the admin token: what candidates are compared with.
+    token_digest: [u8; 32],
     encoding: Arc<EncodingKey>,
     decoding: Arc<DecodingKey>,
+    failures: Arc<FailedLogins>,
+}
+
+/// The session-signing key: HMAC-SHA256 of a fixed context, keyed by the admin token. Knowing
+/// a session (or this key) reveals nothing about the token.
+fn session_key(token: &[u8]) -> [u8; 32] {
+    // HMAC accepts keys of any length.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(token)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(SESSION_KEY_CONTEXT);
+    mac.finalize().into_bytes().into()
 }
 
 /// The dashboard's routes, or none at all (404) when `ADMIN_TOKEN` is empty. Generic over the
@@ -79,16 +110,18 @@ where
     let Some(token) = app.cfg.admin_token.clone() else {
         return Router::new();
     };
-    let secret = token.expose_secret().as_bytes().to_vec();
+    let key = session_key(token.expose_secret().as_bytes());
     let dash = Dash {
         app,
-        encoding: Arc::new(EncodingKey::from_secret(&secret)),
-        decoding: Arc::new(DecodingKey::from_secret(&secret)),
-        token: Arc::new(token),
+        token_digest: Sha256::digest(token.expose_secret().as_bytes()).into(),
+        encoding: Arc::new(EncodingKey::from_secret(&key)),
+        decoding: Arc::new(DecodingKey::from_secret(&key)),
+        failures: Arc::new(FailedLogins::default()),
     };
     Router::new()
         .route("/admin", get(page))
         .route("/admin/login", post(login))
+        .route("/admin/logout", post(logout))
         .route("/admin/api/summary", get(summary_json))
         .with_state(dash)
 }
@@ -104,15 +137,68 @@ struct Session {
 
 const SESSION_SUBJECT: &str = "provisioner-admin";
 
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The client's address (the TCP peer), when the server recorded it.
+struct Peer(Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+impl Peer {
+    /// The key failed sign-ins are counted under (an unknown peer shares one).
+    fn ip(&self) -> IpAddr {
+        self.0
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip().to_canonical())
+    }
+
+    fn is_loopback(&self) -> bool {
+        self.0.is_some_and(|a| a.ip().to_canonical().is_loopback())
+    }
+}
+
+/// Failed sign-ins by client address, in fixed windows.
+#[derive(Default)]
+struct FailedLogins(Mutex<HashMap<IpAddr, (Instant, u32)>>);
+
+impl FailedLogins {
+    /// `Err(retry_after)` while `ip` has used up its failures in the current window.
+    fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&ip) {
+            Some((start, n)) if *n >= MAX_FAILED_LOGINS => {
+                let left = FAILED_LOGIN_WINDOW.saturating_sub(start.elapsed());
+                if left.is_zero() { Ok(()) } else { Err(left) }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn record(&self, ip: IpAddr) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if map.len() > 10_000 {
+            map.retain(|_, (start, _)| now.duration_since(*start) < FAILED_LOGIN_WINDOW);
+        }
+        let entry = map.entry(ip).or_insert((now, 0));
+        if now.duration_since(entry.0) >= FAILED_LOGIN_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+    }
 }
 
 fn token_matches(d: &Dash, candidate: &str) -> bool {
-    ct_eq(
-        candidate.trim().as_bytes(),
-        d.token.expose_secret().as_bytes(),
-    )
+    let digest: [u8; 32] = Sha256::digest(candidate.trim().as_bytes()).into();
+    bool::from(digest.ct_eq(&d.token_digest))
 }
 
 fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -126,7 +212,18 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn authorized(d: &Dash, headers: &HeaderMap) -> bool {
+/// How a request presents itself.
+enum Access {
+    Granted,
+    /// No credential, or an invalid session cookie.
+    Missing,
+    /// A wrong bearer token (counted as a failed sign-in).
+    Refused,
+    /// Too many failed sign-ins from this address; retry after the duration.
+    Throttled(Duration),
+}
+
+fn access(d: &Dash, peer: &Peer, headers: &HeaderMap) -> Access {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -135,20 +232,31 @@ fn authorized(d: &Dash, headers: &HeaderMap) -> bool {
                 .or_else(|| v.strip_prefix("bearer "))
         });
     if let Some(t) = bearer {
-        return token_matches(d, t);
+        if let Err(wait) = d.failures.check(peer.ip()) {
+            return Access::Throttled(wait);
+        }
+        if token_matches(d, t) {
+            return Access::Granted;
+        }
+        d.failures.record(peer.ip());
+        return Access::Refused;
     }
     let Some(session) = cookie_value(headers, COOKIE) else {
-        return false;
+        return Access::Missing;
     };
     let mut v = Validation::new(Algorithm::HS256);
     v.set_required_spec_claims(&["exp", "sub"]);
     v.sub = Some(SESSION_SUBJECT.into());
     v.validate_aud = false;
     v.leeway = 0;
-    jsonwebtoken::decode::<Session>(session, &d.decoding, &v).is_ok()
+    if jsonwebtoken::decode::<Session>(session, &d.decoding, &v).is_ok() {
+        Access::Granted
+    } else {
+        Access::Missing
+    }
 }
 
-fn session_cookie(d: &Dash, headers: &HeaderMap) -> Option<HeaderValue> {
+fn session_cookie(d: &Dash, peer: &Peer) -> Option<HeaderValue> {
     let now = chrono::Utc::now().timestamp();
     let claims = Session {
         sub: SESSION_SUBJECT.into(),
@@ -156,15 +264,17 @@ fn session_cookie(d: &Dash, headers: &HeaderMap) -> Option<HeaderValue> {
         exp: now + SESSION_SECS,
     };
     let jwt = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &d.encoding).ok()?;
-    let https = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
     HeaderValue::from_str(&format!(
         "{COOKIE}={jwt}; Path=/admin; Max-Age={SESSION_SECS}; HttpOnly; SameSite=Strict{}",
-        if https { "; Secure" } else { "" }
+        secure_attr(peer)
     ))
     .ok()
+}
+
+/// `; Secure` unless the client is on loopback (a browser on the host itself, over plain
+/// HTTP); everyone else reaches the dashboard through TLS.
+fn secure_attr(peer: &Peer) -> &'static str {
+    if peer.is_loopback() { "" } else { "; Secure" }
 }
 
 /// Security headers every dashboard response carries.
@@ -190,22 +300,25 @@ fn harden(mut r: Response) -> Response {
     r
 }
 
-fn login_page(status: StatusCode, message: &str) -> Response {
-    let body = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <title>provisioner · sign in</title><style>{CSS}</style></head><body>\
-         <main class=\"login\"><h1>provisioner</h1><p>{}</p>\
-         <form method=\"post\" action=\"/admin/login\">\
-         <label>Admin token <input type=\"password\" name=\"token\" autocomplete=\"current-password\" autofocus></label>\
-         <button type=\"submit\">Open dashboard</button></form></main></body></html>",
-        esc(message)
-    );
-    let mut r = (
+fn with_retry_after(mut r: Response, wait: Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+fn html_response(status: StatusCode, markup: Markup) -> Response {
+    (
         status,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        body,
+        markup.into_string(),
     )
-        .into_response();
+        .into_response()
+}
+
+fn login_page(status: StatusCode, message: &str) -> Response {
+    let mut r = html_response(status, render_login(message));
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -213,14 +326,20 @@ fn login_page(status: StatusCode, message: &str) -> Response {
     harden(r)
 }
 
-/// A successful login: the session cookie and a redirect to the page without the token.
-fn signed_in(d: &Dash, headers: &HeaderMap, state: Option<&str>) -> Response {
-    let location = match state {
-        Some(s) => format!("/admin?state={s}"),
-        None => "/admin".to_owned(),
-    };
-    let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response();
-    if let Some(c) = session_cookie(d, headers) {
+fn throttled_page(wait: Duration) -> Response {
+    with_retry_after(
+        login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed sign-ins from this address; wait a minute and try again.",
+        ),
+        wait,
+    )
+}
+
+/// A successful login: the session cookie and a redirect to the page.
+fn signed_in(d: &Dash, peer: &Peer) -> Response {
+    let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, "/admin")]).into_response();
+    if let Some(c) = session_cookie(d, peer) {
         r.headers_mut().insert(header::SET_COOKIE, c);
     }
     harden(r)
@@ -277,17 +396,38 @@ pub struct SubscriptionView {
     pub last_error: Option<String>,
 }
 
-/// Finished attempts of the last hour.
+/// Finished attempts over the alert's window, judged as the alert judges them.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FailureRate {
+    /// `ALERT_WINDOW_SECS`.
     pub window_secs: u64,
     pub failed: i64,
     pub finished: i64,
     /// `failed / finished`, absent when nothing finished.
     pub rate: Option<f64>,
-    /// Above the 10 % alerting threshold.
+    /// `ALERT_FAILURE_RATE_THRESHOLD`.
+    pub threshold: f64,
+    /// `ALERT_MIN_SAMPLES`.
+    pub min_samples: i64,
+    /// Above the threshold with enough samples: what fires the alert.
     pub alert: bool,
+}
+
+impl FailureRate {
+    /// The rate of `failed` of `finished` under the alert's settings.
+    pub fn judge(cfg: &crate::config::AlertConfig, failed: i64, finished: i64) -> Self {
+        let rate = (finished > 0).then(|| failed as f64 / finished as f64);
+        Self {
+            window_secs: cfg.window.as_secs(),
+            failed,
+            finished,
+            rate,
+            threshold: cfg.threshold,
+            min_samples: cfg.min_samples,
+            alert: finished >= cfg.min_samples && rate.is_some_and(|r| r > cfg.threshold),
+        }
+    }
 }
 
 /// Everything the dashboard shows; also served as JSON.
@@ -337,23 +477,14 @@ pub async fn summary(app: &AppState, state_filter: Option<&str>) -> Summary {
         .await
         .flatten()
         .map(|c| c.replay_id);
-    let since = crate::ledger::now_ms() - FAILURE_WINDOW.as_millis() as i64;
+    let since = crate::ledger::now_ms() - app.cfg.alert.window.as_millis() as i64;
     let failure_rate = read(
         "failure rate",
         &mut errors,
         app.ledger.outcome_counts_since(since),
     )
     .await
-    .map(|(failed, finished)| {
-        let rate = (finished > 0).then(|| failed as f64 / finished as f64);
-        FailureRate {
-            window_secs: FAILURE_WINDOW.as_secs(),
-            failed,
-            finished,
-            rate,
-            alert: rate.is_some_and(|r| r > ALERT_RATE),
-        }
-    });
+    .map(|(failed, finished)| FailureRate::judge(&app.cfg.alert, failed, finished));
     let orders_by_state = read("orders", &mut errors, app.ledger.counts_by_state()).await;
     let recent_orders = read(
         "recent orders",
@@ -391,9 +522,9 @@ pub async fn summary(app: &AppState, state_filter: Option<&str>) -> Summary {
 
 // ── handlers ────────────────────────────────────────────────────────────────────────────────
 
+/// Query of the page and the JSON summary. Anything else (a `token` in particular) is ignored.
 #[derive(Debug, Deserialize)]
 struct PageQuery {
-    token: Option<String>,
     state: Option<String>,
 }
 
@@ -402,74 +533,95 @@ struct LoginForm {
     token: String,
 }
 
-async fn page(State(d): State<Dash>, Query(q): Query<PageQuery>, headers: HeaderMap) -> Response {
+async fn page(
+    State(d): State<Dash>,
+    peer: Peer,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+) -> Response {
     let filter = q.state.as_deref().filter(|s| STATES.contains(s));
-    if let Some(t) = &q.token {
-        return if token_matches(&d, t) {
-            signed_in(&d, &headers, filter)
-        } else {
-            login_page(StatusCode::UNAUTHORIZED, "That token is not valid.")
-        };
-    }
-    if !authorized(&d, &headers) {
-        return login_page(
-            StatusCode::UNAUTHORIZED,
-            "Sign in with the admin token (ADMIN_TOKEN).",
-        );
+    match access(&d, &peer, &headers) {
+        Access::Granted => {}
+        Access::Throttled(wait) => return throttled_page(wait),
+        Access::Refused => {
+            return login_page(StatusCode::UNAUTHORIZED, "That token is not valid.");
+        }
+        Access::Missing => {
+            return login_page(
+                StatusCode::UNAUTHORIZED,
+                "Sign in with the admin token (ADMIN_TOKEN).",
+            );
+        }
     }
     let s = summary(&d.app, filter).await;
-    harden(
-        (
-            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            render(&s),
-        )
-            .into_response(),
-    )
+    harden(html_response(StatusCode::OK, render_page(&s)))
 }
 
-async fn login(State(d): State<Dash>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+async fn login(State(d): State<Dash>, peer: Peer, Form(f): Form<LoginForm>) -> Response {
+    if let Err(wait) = d.failures.check(peer.ip()) {
+        return throttled_page(wait);
+    }
     if token_matches(&d, &f.token) {
-        signed_in(&d, &headers, None)
+        signed_in(&d, &peer)
     } else {
+        d.failures.record(peer.ip());
+        tracing::warn!(peer = ?peer.0, "dashboard: failed sign-in");
         login_page(StatusCode::UNAUTHORIZED, "That token is not valid.")
     }
 }
 
+/// `POST /admin/logout`: clears the session cookie and shows the login form.
+async fn logout(peer: Peer) -> Response {
+    let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, "/admin")]).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{COOKIE}=; Path=/admin; Max-Age=0; HttpOnly; SameSite=Strict{}",
+        secure_attr(&peer)
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    harden(r)
+}
+
 async fn summary_json(
     State(d): State<Dash>,
+    peer: Peer,
     Query(q): Query<PageQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if !authorized(&d, &headers) {
-        let mut r = (
-            StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({"error": "unauthorized", "message": "A valid admin token is required"})),
+    let error = |status: StatusCode, kind: &str, message: &str| {
+        (
+            status,
+            Json(serde_json::json!({"error": kind, "message": message})),
         )
-            .into_response();
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return harden(r);
+            .into_response()
+    };
+    match access(&d, &peer, &headers) {
+        Access::Granted => {}
+        Access::Throttled(wait) => {
+            return harden(with_retry_after(
+                error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "Too many failed sign-ins from this address",
+                ),
+                wait,
+            ));
+        }
+        Access::Missing | Access::Refused => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "A valid admin token is required",
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return harden(r);
+        }
     }
     harden(Json(summary(&d.app, q.state.as_deref()).await).into_response())
 }
 
 // ── rendering ───────────────────────────────────────────────────────────────────────────────
-
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 fn rfc3339(ms: i64) -> Option<String> {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -486,6 +638,18 @@ fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
             )
         }
         None => "never".into(),
+    }
+}
+
+/// A duration as operators read it: "15 min", "1 h", "90 s".
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 && s % 3600 == 0 {
+        format!("{} h", s / 3600)
+    } else if s >= 60 && s % 60 == 0 {
+        format!("{} min", s / 60)
+    } else {
+        format!("{s} s")
     }
 }
 
@@ -508,27 +672,30 @@ fn badge_class(state: &str) -> &'static str {
     }
 }
 
-fn badge(text: &str) -> String {
-    format!(
-        "<span class=\"badge {}\">{}</span>",
-        badge_class(text),
-        esc(text)
-    )
+fn badge(text: &str) -> Markup {
+    html! { span class={ "badge " (badge_class(text)) } { (text) } }
 }
 
-fn kv(rows: &[(&str, String)]) -> String {
-    let mut s = String::from("<dl>");
-    for (k, v) in rows {
-        s.push_str(&format!("<dt>{}</dt><dd>{v}</dd>", esc(k)));
+fn kv(rows: &[(&str, Markup)]) -> Markup {
+    html! {
+        dl {
+            @for (k, v) in rows {
+                dt { (k) }
+                dd { (v) }
+            }
+        }
     }
-    s.push_str("</dl>");
-    s
+}
+
+fn code(text: &str) -> Markup {
+    html! { code { (text) } }
 }
 
 const CSS: &str = "\
 *{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,'DejaVu Sans',sans-serif;\
 background:#f4f6f9;color:#1d2733}header{background:#1d3557;color:#fff;padding:14px 24px;display:flex;\
 justify-content:space-between;align-items:baseline}header h1{margin:0;font-size:20px}header small{opacity:.8}\
+header form{display:inline;margin-left:12px}header button{font-size:12px}\
 main{padding:18px 24px}.grid{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:14px}\
 section{background:#fff;border:1px solid #d8dee6;border-radius:6px;padding:12px 16px}\
 h2{font-size:13px;text-transform:uppercase;letter-spacing:.05em;color:#52606d;margin:0 0 8px}\
@@ -545,176 +712,183 @@ color:#8a1c1c;padding:8px 12px;border-radius:6px;margin-bottom:12px}\
 .login{max-width:420px;margin:80px auto;background:#fff;padding:24px;border:1px solid #d8dee6;border-radius:6px}\
 .login input{display:block;width:100%;margin:6px 0 12px;padding:6px}";
 
-/// Renders the page; every dynamic value is escaped.
-pub fn render(s: &Summary) -> String {
-    let sub = &s.subscription;
-    let mut html = String::with_capacity(16 * 1024);
-    html.push_str(&format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>provisioner · operations</title><style>{CSS}</style></head><body>\
-         <header><h1>provisioner</h1><small>instance <code>{}</code> · v{} · {} · refreshes every {REFRESH_SECS} s</small></header><main>",
-        esc(&s.instance),
-        esc(s.version),
-        esc(&s.generated_at),
-    ));
-    if !s.errors.is_empty() {
-        html.push_str(&format!(
-            "<div class=\"errors\" id=\"errors\">{}</div>",
-            esc(&s.errors.join(" · "))
-        ));
-    }
-    html.push_str("<div class=\"grid\">");
-
-    // Subscription.
-    html.push_str("<section id=\"subscription\"><h2>Subscription</h2>");
-    html.push_str(&kv(&[
-        ("State", badge(sub_state_name(sub.state))),
-        ("Channel", format!("<code>{}</code>", esc(&sub.channel))),
-        (
-            "Cursor",
-            format!(
-                "<code>{}</code>",
-                esc(sub.cursor.as_deref().unwrap_or("none"))
-            ),
-        ),
-        (
-            "Stored",
-            format!(
-                "<code>{}</code>",
-                esc(sub.stored_cursor.as_deref().unwrap_or("none"))
-            ),
-        ),
-        ("Last event", esc(&when(sub.last_event_at))),
-        ("Keepalive", esc(&when(sub.last_keepalive_at))),
-        (
-            "Events",
-            format!(
-                "{} received · {} enqueued · {} poison",
-                sub.events_received, sub.events_enqueued, sub.poison_events
-            ),
-        ),
-        ("Reconnects", sub.reconnects.to_string()),
-        (
-            "Last error",
-            esc(sub.last_error.as_deref().unwrap_or("none")),
-        ),
-    ]));
-    html.push_str("</section>");
-
-    // Queue.
-    html.push_str("<section id=\"queue\"><h2>Queue</h2>");
-    match &s.queue {
-        Some(q) => {
-            html.push_str(&format!(
-                "<div class=\"big\">{}</div><div>waiting</div>",
-                q.pending + q.delayed
-            ));
-            html.push_str(&kv(&[
-                ("Ready", q.pending.to_string()),
-                ("Delayed", q.delayed.to_string()),
-                ("Running", q.running.to_string()),
-                ("Failed", q.failed.to_string()),
-                ("Done", q.done.to_string()),
-                ("Workers", q.workers.to_string()),
-            ]));
-        }
-        None => html.push_str("<p>unavailable</p>"),
-    }
-    html.push_str("</section>");
-
-    // Failure rate.
-    match &s.failure_rate {
-        Some(f) => {
-            html.push_str(&format!(
-                "<section id=\"failure-rate\" class=\"{}\"><h2>Failure rate · last hour</h2>",
-                if f.alert { "alert" } else { "" }
-            ));
-            html.push_str(&format!(
-                "<div class=\"big\">{}</div><div>{} failed of {} finished{}</div>",
-                f.rate
-                    .map(|r| format!("{:.1} %", r * 100.0))
-                    .unwrap_or_else(|| "–".into()),
-                f.failed,
-                f.finished,
-                if f.alert { " · above 10 %" } else { "" }
-            ));
-        }
-        None => html.push_str(
-            "<section id=\"failure-rate\"><h2>Failure rate · last hour</h2><p>unavailable</p>",
-        ),
-    }
-    html.push_str("</section>");
-
-    // Orders by state.
-    html.push_str("<section id=\"orders-by-state\"><h2>Orders by state</h2>");
-    match &s.orders_by_state {
-        Some(m) => {
-            let rows: Vec<(&str, String)> = STATES
-                .iter()
-                .map(|st| {
-                    (
-                        *st,
-                        format!(
-                            "<a href=\"/admin?state={}\">{}</a>",
-                            esc(st),
-                            m.get(*st).copied().unwrap_or(0)
-                        ),
-                    )
-                })
-                .collect();
-            html.push_str(&kv(&rows));
-        }
-        None => html.push_str("<p>unavailable</p>"),
-    }
-    html.push_str("</section></div>");
-
-    // Recent orders.
-    html.push_str(&format!(
-        "<section id=\"orders\" style=\"margin-top:14px\"><h2>Recent orders{}</h2>\
-         <div class=\"filters\">Filter: <a href=\"/admin\">all</a>",
-        s.state_filter
-            .as_deref()
-            .map(|f| format!(" · state {}", esc(f)))
-            .unwrap_or_default()
-    ));
-    for st in STATES {
-        html.push_str(&format!("<a href=\"/admin?state={0}\">{0}</a>", esc(st)));
-    }
-    html.push_str("</div>");
-    match &s.recent_orders {
-        Some(orders) if orders.is_empty() => html.push_str("<p>No orders yet.</p>"),
-        Some(orders) => {
-            html.push_str(
-                "<table><thead><tr><th>Order</th><th>State</th><th>Outcome</th>\
-                 <th>WHMCS order</th><th>Attempts</th><th>Updated</th><th>Error</th></tr></thead><tbody>",
-            );
-            for o in orders {
-                let error = match (&o.error_code, &o.error_message) {
-                    (Some(c), Some(m)) => format!("<code>{}</code> {}", esc(c), esc(m)),
-                    (Some(c), None) => format!("<code>{}</code>", esc(c)),
-                    (None, Some(m)) => esc(m),
-                    (None, None) => String::new(),
-                };
-                html.push_str(&format!(
-                    "<tr class=\"order\" data-state=\"{}\"><td><code>{}</code></td><td>{}</td><td>{}</td>\
-                     <td>{}</td><td>{}</td><td>{}</td><td class=\"err\">{error}</td></tr>",
-                    esc(&o.state),
-                    esc(&o.sf_order_id),
-                    badge(&o.state),
-                    o.outcome.as_deref().map(badge).unwrap_or_default(),
-                    o.whmcs_order_id.map(|v| v.to_string()).unwrap_or_default(),
-                    o.attempts,
-                    esc(o.updated_at.as_deref().unwrap_or("")),
-                ));
+/// The sign-in form.
+pub fn render_login(message: &str) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { "provisioner · sign in" }
+                style { (PreEscaped(CSS)) }
             }
-            html.push_str("</tbody></table>");
+            body {
+                main class="login" {
+                    h1 { "provisioner" }
+                    p { (message) }
+                    form method="post" action="/admin/login" {
+                        label {
+                            "Admin token "
+                            input type="password" name="token" autocomplete="current-password" autofocus;
+                        }
+                        button type="submit" { "Open dashboard" }
+                    }
+                }
+            }
         }
-        None => html.push_str("<p>unavailable</p>"),
     }
-    html.push_str("</section></main></body></html>");
-    html
+}
+
+/// Renders the page (maud escapes every dynamic value).
+fn render_page(s: &Summary) -> Markup {
+    let sub = &s.subscription;
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content=(REFRESH_SECS);
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "provisioner · operations" }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                header {
+                    h1 { "provisioner" }
+                    small {
+                        "instance " (code(&s.instance)) " · v" (s.version) " · " (s.generated_at)
+                        " · refreshes every " (REFRESH_SECS) " s"
+                        form method="post" action="/admin/logout" {
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main {
+                    @if !s.errors.is_empty() {
+                        div class="errors" id="errors" { (s.errors.join(" · ")) }
+                    }
+                    div class="grid" {
+                        section id="subscription" {
+                            h2 { "Subscription" }
+                            (kv(&[
+                                ("State", badge(sub_state_name(sub.state))),
+                                ("Channel", code(&sub.channel)),
+                                ("Cursor", code(sub.cursor.as_deref().unwrap_or("none"))),
+                                ("Stored", code(sub.stored_cursor.as_deref().unwrap_or("none"))),
+                                ("Last event", html! { (when(sub.last_event_at)) }),
+                                ("Keepalive", html! { (when(sub.last_keepalive_at)) }),
+                                ("Events", html! {
+                                    (sub.events_received) " received · " (sub.events_enqueued)
+                                    " enqueued · " (sub.poison_events) " poison"
+                                }),
+                                ("Reconnects", html! { (sub.reconnects) }),
+                                ("Last error", html! { (sub.last_error.as_deref().unwrap_or("none")) }),
+                            ]))
+                        }
+                        section id="queue" {
+                            h2 { "Queue" }
+                            @match &s.queue {
+                                Some(q) => {
+                                    div class="big" { (q.pending + q.delayed) }
+                                    div { "waiting" }
+                                    (kv(&[
+                                        ("Ready", html! { (q.pending) }),
+                                        ("Delayed", html! { (q.delayed) }),
+                                        ("Running", html! { (q.running) }),
+                                        ("Failed", html! { (q.failed) }),
+                                        ("Done", html! { (q.done) }),
+                                        ("Workers", html! { (q.workers) }),
+                                    ]))
+                                }
+                                None => p { "unavailable" },
+                            }
+                        }
+                        @match &s.failure_rate {
+                            Some(f) => section id="failure-rate" class=[f.alert.then_some("alert")] {
+                                h2 { "Failure rate · last " (human(Duration::from_secs(f.window_secs))) }
+                                div class="big" {
+                                    @match f.rate {
+                                        Some(r) => (format!("{:.1} %", r * 100.0)),
+                                        None => "–",
+                                    }
+                                }
+                                div {
+                                    (f.failed) " failed of " (f.finished) " finished"
+                                    @if f.alert {
+                                        " · above " (format!("{:.1}", f.threshold * 100.0)) " %"
+                                    }
+                                }
+                            },
+                            None => section id="failure-rate" {
+                                h2 { "Failure rate" }
+                                p { "unavailable" }
+                            },
+                        }
+                        section id="orders-by-state" {
+                            h2 { "Orders by state" }
+                            @match &s.orders_by_state {
+                                Some(m) => {
+                                    dl {
+                                        @for st in STATES {
+                                            dt { (st) }
+                                            dd {
+                                                a href={ "/admin?state=" (st) } {
+                                                    (m.get(st).copied().unwrap_or(0))
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                                None => p { "unavailable" },
+                            }
+                        }
+                    }
+                    section id="orders" style="margin-top:14px" {
+                        h2 {
+                            "Recent orders"
+                            @if let Some(f) = &s.state_filter { " · state " (f) }
+                        }
+                        div class="filters" {
+                            "Filter: "
+                            a href="/admin" { "all" }
+                            @for st in STATES {
+                                a href={ "/admin?state=" (st) } { (st) }
+                            }
+                        }
+                        @match &s.recent_orders {
+                            Some(orders) if orders.is_empty() => p { "No orders yet." },
+                            Some(orders) => table {
+                                thead {
+                                    tr {
+                                        th { "Order" } th { "State" } th { "Outcome" }
+                                        th { "WHMCS order" } th { "Attempts" } th { "Updated" }
+                                        th { "Error" }
+                                    }
+                                }
+                                tbody {
+                                    @for o in orders {
+                                        tr class="order" data-state=(o.state) {
+                                            td { (code(&o.sf_order_id)) }
+                                            td { (badge(&o.state)) }
+                                            td { @if let Some(out) = &o.outcome { (badge(out)) } }
+                                            td { @if let Some(w) = o.whmcs_order_id { (w) } }
+                                            td { (o.attempts) }
+                                            td { (o.updated_at.as_deref().unwrap_or("")) }
+                                            td class="err" {
+                                                @if let Some(c) = &o.error_code { (code(c)) " " }
+                                                @if let Some(m) = &o.error_message { (m) }
+                                            }
+                                        }
+                                    }
+                                }
+                            },
+                            None => p { "unavailable" },
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -742,10 +916,12 @@ mod tests {
             },
             queue: Some(QueueStats::default()),
             failure_rate: Some(FailureRate {
-                window_secs: 3600,
+                window_secs: 900,
                 failed: 1,
                 finished: 4,
                 rate: Some(0.25),
+                threshold: 0.1,
+                min_samples: 3,
                 alert: true,
             }),
             orders_by_state: Some(BTreeMap::from([("failed".to_owned(), 1)])),
@@ -766,28 +942,55 @@ mod tests {
 
     #[test]
     fn everything_dynamic_is_escaped() {
-        let html = render(&sample());
+        let html = render_page(&sample()).into_string();
         assert!(!html.contains("<script>"), "{html}");
         assert!(!html.contains("<img src=x"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert("), "{html}");
         assert!(
-            html.contains(
-                "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;quoted&quot;"
-            )
+            html.contains("&lt;/script&gt; &amp; &quot;quoted&quot;"),
+            "{html}"
+        );
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{html}"
         );
         assert!(html.contains("801000000000001AAA"));
         assert!(html.contains("25.0 %") && html.contains("class=\"alert\""));
+        assert!(
+            html.contains("last 15 min") && html.contains("above 10.0 %"),
+            "{html}"
+        );
         assert!(html.contains(&format!(
             "http-equiv=\"refresh\" content=\"{REFRESH_SECS}\""
         )));
+        assert!(html.contains("action=\"/admin/logout\""), "{html}");
+        let login = render_login("<b>hi</b>").into_string();
+        assert!(login.contains("&lt;b&gt;hi&lt;/b&gt;") && !login.contains("<b>"));
+        assert!(login.contains("method=\"post\" action=\"/admin/login\""));
     }
 
     #[test]
-    fn esc_covers_the_five_characters() {
-        assert_eq!(esc("&<>\"'a"), "&amp;&lt;&gt;&quot;&#39;a");
+    fn failure_rate_is_judged_like_the_alert() {
+        let cfg = crate::config::AlertConfig {
+            window: Duration::from_secs(900),
+            threshold: 0.2,
+            min_samples: 5,
+            repeat_interval: Duration::from_secs(3600),
+            check_interval: Duration::from_secs(30),
+            webhook_timeout: Duration::from_secs(10),
+        };
+        // 15 % is above a fixed 10 % but below this alert's 20 %.
+        let f = FailureRate::judge(&cfg, 3, 20);
+        assert!(!f.alert);
+        assert_eq!((f.window_secs, f.threshold), (900, 0.2));
+        assert!(FailureRate::judge(&cfg, 5, 20).alert);
+        // Too few samples: no alert, whatever the rate.
+        assert!(!FailureRate::judge(&cfg, 4, 4).alert);
+        assert!(FailureRate::judge(&cfg, 0, 0).rate.is_none());
     }
 
     #[test]
-    fn cookie_lookup_and_constant_time_compare() {
+    fn cookie_lookup_and_session_key() {
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
@@ -795,7 +998,55 @@ mod tests {
         );
         assert_eq!(cookie_value(&h, COOKIE), Some("xyz"));
         assert_eq!(cookie_value(&h, "c"), None);
-        assert!(ct_eq(b"abc", b"abc"));
-        assert!(!ct_eq(b"abc", b"abd") && !ct_eq(b"abc", b"abcd"));
+        let token = b"dashboard-token-0123456789";
+        let key = session_key(token);
+        assert_eq!(key, session_key(token), "stable");
+        assert_ne!(key, session_key(b"dashboard-token-0123456780"));
+        assert!(!key.windows(token.len()).any(|w| w == token));
+        assert_ne!(&key[..], &Sha256::digest(token)[..]);
+    }
+
+    #[test]
+    fn failed_logins_are_limited_per_address_and_window() {
+        let f = FailedLogins::default();
+        let (a, b): (IpAddr, IpAddr) = (
+            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.2".parse().expect("ip"),
+        );
+        for _ in 0..MAX_FAILED_LOGINS {
+            assert!(f.check(a).is_ok());
+            f.record(a);
+        }
+        let wait = f.check(a).expect_err("throttled");
+        assert!(wait <= FAILED_LOGIN_WINDOW && !wait.is_zero());
+        assert!(f.check(b).is_ok(), "other addresses are not affected");
+        // Once the window has passed the address may try again.
+        f.0.lock().expect("lock").get_mut(&a).expect("entry").0 -= FAILED_LOGIN_WINDOW;
+        assert!(f.check(a).is_ok());
+        f.record(a);
+        assert!(f.check(a).is_ok(), "a new window starts with one failure");
+    }
+
+    #[test]
+    fn peers_on_loopback_get_no_secure_cookie() {
+        assert_eq!(
+            secure_attr(&Peer(Some("127.0.0.1:5000".parse().expect("addr")))),
+            ""
+        );
+        assert_eq!(
+            secure_attr(&Peer(Some("[::1]:5000".parse().expect("addr")))),
+            ""
+        );
+        assert_eq!(
+            secure_attr(&Peer(Some(
+                "[::ffff:127.0.0.1]:5000".parse().expect("addr")
+            ))),
+            ""
+        );
+        assert_eq!(
+            secure_attr(&Peer(Some("192.0.2.7:5000".parse().expect("addr")))),
+            "; Secure"
+        );
+        assert_eq!(secure_attr(&Peer(None)), "; Secure");
     }
 }

@@ -17,6 +17,12 @@
 //! - Every request has a request id (a sane client `x-request-id`, or a generated UUID), echoed
 //!   in the response and carried by the span of every log line the request produces.
 //! - `/api` is rate limited per client; health, metrics and the OpenAPI document are not.
+//! - With `INTERNAL_HTTP_ADDR` set, health, metrics and the dashboard are served only on that
+//!   listener ([`Surface::Internal`]) and the public one serves `/api` and the OpenAPI
+//!   document; without it one listener serves everything.
+//! - Every response carries `X-Content-Type-Options: nosniff`.
+//! - A failed Order's `error.message` is the customer-safe text configured for its code,
+//!   never the raw WHMCS or Salesforce message.
 //! - No handler logs or returns a secret or token. The served OpenAPI document is
 //!   `docs/openapi.json`, checked against real responses by the integration tests.
 
@@ -42,12 +48,23 @@ use tokio_util::sync::CancellationToken;
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    set_header::SetResponseHeaderLayer,
     trace::TraceLayer,
 };
 
 use crate::state::AppState;
 
-pub use server::serve;
+pub use server::{serve, serve_surface};
+
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `HTTP_ADDR`: `/api` and the OpenAPI document, plus everything else when no internal
+    /// listener is configured.
+    Public,
+    /// `INTERNAL_HTTP_ADDR`: health, metrics and the operator dashboard.
+    Internal,
+}
 
 /// The OpenAPI 3.1 document of this API (`GET /openapi.json`).
 pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
@@ -63,6 +80,8 @@ struct Http {
     auth: Option<Arc<orders::Auth>>,
     lookups: orders::Lookups,
     sse: Arc<Semaphore>,
+    /// Open event streams by Account.
+    sse_accounts: orders::StreamsByAccount,
     limiter: Option<Arc<limit::Limiter>>,
     /// Cancelled when the daemon shuts down: ends SSE streams.
     shutdown: CancellationToken,
@@ -73,9 +92,15 @@ pub fn router(app: AppState) -> Router {
     router_with_shutdown(app, CancellationToken::new())
 }
 
-/// Builds the router; SSE streams end when `shutdown` is cancelled.
+/// Builds the router of the public listener; SSE streams end when `shutdown` is cancelled.
 pub fn router_with_shutdown(app: AppState, shutdown: CancellationToken) -> Router {
+    surface_router(app, Surface::Public, shutdown)
+}
+
+/// Builds the router of one listener; SSE streams end when `shutdown` is cancelled.
+pub fn surface_router(app: AppState, surface: Surface, shutdown: CancellationToken) -> Router {
     let http = &app.cfg.http;
+    let split = http.internal_addr.is_some();
     let limiter = http
         .rate_limit
         .map(|r| Arc::new(limit::Limiter::new(r, http.trusted_proxy_hops)));
@@ -84,6 +109,7 @@ pub fn router_with_shutdown(app: AppState, shutdown: CancellationToken) -> Route
         auth: orders::Auth::from_config(&http.auth).map(Arc::new),
         lookups: orders::Lookups::default(),
         sse: Arc::new(Semaphore::new(http.sse_max_clients)),
+        sse_accounts: orders::StreamsByAccount::default(),
         limiter,
         shutdown,
         app: Arc::new(app),
@@ -98,7 +124,7 @@ pub fn router_with_shutdown(app: AppState, shutdown: CancellationToken) -> Route
     if let Some(cors) = cors {
         api = api.layer(cors);
     }
-    Router::new()
+    let internal = Router::new()
         .route(
             "/health/live",
             get(|| async { Json(json!({"status": "ok"})) }),
@@ -106,9 +132,16 @@ pub fn router_with_shutdown(app: AppState, shutdown: CancellationToken) -> Route
         .route("/health/ready", get(health::ready))
         .route("/health/sf-events", get(health::sf_events))
         .route("/metrics", get(health::metrics))
+        .merge(admin::routes((*state.app).clone()));
+    let public = Router::new()
         .route("/openapi.json", get(openapi))
-        .merge(api)
-        .merge(admin::routes((*state.app).clone()))
+        .merge(api);
+    let routes = match (surface, split) {
+        (Surface::Public, false) => public.merge(internal),
+        (Surface::Public, true) => public,
+        (Surface::Internal, _) => internal,
+    };
+    routes
         .with_state(state)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -128,6 +161,10 @@ pub fn router_with_shutdown(app: AppState, shutdown: CancellationToken) -> Route
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(middleware::map_request(drop_unusable_request_id))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
 }
 
 /// A client's `x-request-id` is kept only if it is short and plain (it ends up in every log

@@ -10,7 +10,11 @@
 //!   cached Salesforce lookup.
 //! - An SSE stream subscribes to changes *before* reading the current status, so no change is
 //!   lost between the two; it sends the current status first, then one event per change of the
-//!   status body, and ends on daemon shutdown. At most `sse_max_clients` streams are open.
+//!   status body, and ends on daemon shutdown or when the token that opened it expires (its
+//!   `exp`). At most `sse_max_clients` streams are open (then 503), and at most
+//!   `sse_max_per_account` of one Account (then 429).
+//! - A failed Order's `error.message` is the configured customer text for its code; the raw
+//!   message (which may name WHMCS internals) is never served here.
 
 use std::{
     collections::HashMap,
@@ -35,7 +39,7 @@ use tokio::sync::{OnceCell, OwnedSemaphorePermit, broadcast};
 
 use super::{Http, error, retry_later};
 use crate::{
-    config::ApiAuth,
+    config::{ApiAuth, CustomerErrors},
     ids::SalesforceId,
     jobs::provision::OrderChanged,
     ledger::{OrderRecord, outcome},
@@ -91,6 +95,58 @@ impl Auth {
     }
 }
 
+/// The verified caller of an authorised request.
+#[derive(Debug, Clone)]
+pub(super) struct Caller {
+    account: SalesforceId,
+    /// The token's `exp` (Unix seconds).
+    expires_at: i64,
+}
+
+/// Open event streams by Account. A [`StreamSlot`] counts one until it is dropped.
+#[derive(Clone, Default)]
+pub(super) struct StreamsByAccount(Arc<Mutex<HashMap<SalesforceId, usize>>>);
+
+impl StreamsByAccount {
+    /// A slot for one more stream of `account`, unless it already has `max` open.
+    fn acquire(&self, account: &SalesforceId, max: usize) -> Option<StreamSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let open = map.entry(account.clone()).or_insert(0);
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(StreamSlot {
+            streams: self.clone(),
+            account: account.clone(),
+        })
+    }
+
+    #[cfg(test)]
+    fn open(&self, account: &SalesforceId) -> usize {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(account).copied().unwrap_or(0)
+    }
+}
+
+/// One open stream of an Account; releases its place when dropped.
+pub(super) struct StreamSlot {
+    streams: StreamsByAccount,
+    account: SalesforceId,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut map = self.streams.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = map.get_mut(&self.account) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                map.remove(&self.account);
+            }
+        }
+    }
+}
+
 type Lookup = Arc<OnceCell<Option<OrderView>>>;
 
 /// Salesforce lookups of Orders unknown to the ledger, by id, with the time they started.
@@ -138,7 +194,7 @@ fn ms_to_rfc3339(ms: i64) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
-fn from_ledger(r: &OrderRecord) -> OrderView {
+fn from_ledger(r: &OrderRecord, texts: &CustomerErrors) -> OrderView {
     let (status, activation) = match r.outcome.as_deref() {
         Some(outcome::PROVISIONED) => ("Provisioned", "Activated"),
         Some(outcome::FAILED) => ("Failed", "Failed"),
@@ -151,7 +207,7 @@ fn from_ledger(r: &OrderRecord) -> OrderView {
         whmcs_order_id: r.whmcs_order_id.map(|v| v.to_string()),
         error: match (r.outcome.as_deref(), &r.error_code) {
             (Some(outcome::FAILED), Some(code)) => {
-                Some(json!({"code": code, "message": r.error_message.clone().unwrap_or_default()}))
+                Some(json!({"code": code, "message": texts.message(code)}))
             }
             _ => None,
         },
@@ -181,12 +237,13 @@ fn invalid_id() -> Response {
     )
 }
 
-/// Verifies the portal JWT; returns the caller's Account id, or `None` when auth is disabled.
+/// Verifies the portal JWT; returns the caller (Account and token expiry), or `None` when auth
+/// is disabled.
 #[expect(
     clippy::result_large_err,
     reason = "the error is the response itself, built once"
 )]
-fn authorize(s: &Http, headers: &HeaderMap) -> Result<Option<SalesforceId>, Response> {
+fn authorize(s: &Http, headers: &HeaderMap) -> Result<Option<Caller>, Response> {
     let Some(auth) = &s.auth else {
         return Ok(None);
     };
@@ -217,7 +274,16 @@ fn authorize(s: &Http, headers: &HeaderMap) -> Result<Option<SalesforceId>, Resp
         .and_then(Value::as_str)
         .and_then(|a| SalesforceId::parse(a).ok())
         .ok_or_else(unauthorized)?;
-    Ok(Some(account))
+    // Required and type-checked by the validation above (a number, possibly fractional).
+    let expires_at = data
+        .claims
+        .get("exp")
+        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f.floor() as i64)))
+        .ok_or_else(unauthorized)?;
+    Ok(Some(Caller {
+        account,
+        expires_at,
+    }))
 }
 
 /// Authorises the caller and validates the id, in that order.
@@ -229,13 +295,13 @@ fn admit(
     s: &Http,
     headers: &HeaderMap,
     path: Result<Path<String>, PathRejection>,
-) -> Result<(Option<SalesforceId>, SalesforceId), Response> {
-    let account = authorize(s, headers)?;
+) -> Result<(Option<Caller>, SalesforceId), Response> {
+    let caller = authorize(s, headers)?;
     let id = path
         .ok()
         .and_then(|Path(raw)| SalesforceId::parse(&raw).ok())
         .ok_or_else(invalid_id)?;
-    Ok((account, id))
+    Ok((caller, id))
 }
 
 /// The Order as `account` may see it, encoded with its ETag: 404 for an unknown Order or one
@@ -260,7 +326,9 @@ async fn visible(
 /// The Order as the caller may see it: ledger first, Salesforce for unknown Orders.
 async fn resolve(s: &Http, id: &SalesforceId) -> Result<Option<OrderView>, Response> {
     match s.app.ledger.get(id).await {
-        Ok(Some(r)) if r.account_id.is_some() => Ok(Some(from_ledger(&r))),
+        Ok(Some(r)) if r.account_id.is_some() => {
+            Ok(Some(from_ledger(&r, &s.app.cfg.http.customer_errors)))
+        }
         Ok(_) => lookup(s, id).await,
         Err(e) => {
             tracing::error!(error.message = %e, "ledger read failed");
@@ -275,10 +343,11 @@ pub(super) async fn status(
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let (account, id) = match admit(&s, &headers, path) {
+    let (caller, id) = match admit(&s, &headers, path) {
         Ok(v) => v,
         Err(r) => return r,
     };
+    let account = caller.map(|c| c.account);
     let (body, etag) = match visible(&s, &id, account.as_ref()).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -310,7 +379,24 @@ struct Watch {
     changes: broadcast::Receiver<OrderChanged>,
     last_etag: String,
     first: Option<Event>,
+    /// When the token that opened the stream expires; the stream ends then.
+    expires: Option<tokio::time::Instant>,
     _permit: OwnedSemaphorePermit,
+    _slot: Option<StreamSlot>,
+}
+
+/// Completes at `deadline`, or never.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The instant a token with `exp` (Unix seconds) expires.
+fn expiry_instant(exp: i64) -> tokio::time::Instant {
+    let left_ms = exp.saturating_mul(1000) - chrono::Utc::now().timestamp_millis();
+    tokio::time::Instant::now() + Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))
 }
 
 fn status_event(body: &[u8], etag: &str) -> Event {
@@ -329,6 +415,7 @@ impl Watch {
         loop {
             let relevant = tokio::select! {
                 () = self.s.shutdown.cancelled() => return None,
+                () = until(self.expires) => return None,
                 r = self.changes.recv() => match r {
                     Ok(c) => c.order_id == self.id.as_str(),
                     // Missed some notifications: ours may be among them.
@@ -362,10 +449,29 @@ pub(super) async fn events(
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let (account, id) = match admit(&s, &headers, path) {
+    let (caller, id) = match admit(&s, &headers, path) {
         Ok(v) => v,
         Err(r) => return r,
     };
+    let slot = match &caller {
+        Some(c) => match s
+            .sse_accounts
+            .acquire(&c.account, s.app.cfg.http.sse_max_per_account)
+        {
+            Some(slot) => Some(slot),
+            None => {
+                return retry_later(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_streams",
+                    "Too many open event streams for this account; close one or poll GET /api/orders/{id}",
+                    SSE_RETRY,
+                );
+            }
+        },
+        None => None,
+    };
+    let expires = caller.as_ref().map(|c| expiry_instant(c.expires_at));
+    let account = caller.map(|c| c.account);
     let Ok(permit) = s.sse.clone().try_acquire_owned() else {
         return retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -388,7 +494,9 @@ pub(super) async fn events(
         id,
         account,
         changes,
+        expires,
         _permit: permit,
+        _slot: slot,
     };
     let stream = futures::stream::unfold(watch, Watch::next);
     let mut resp = Sse::new(stream)
@@ -482,6 +590,63 @@ mod tests {
         assert!(!view(Some(acct.as_str())).visible_to(Some(&other)));
         assert!(!view(None).visible_to(Some(&acct)));
         assert!(view(None).visible_to(None));
+    }
+
+    #[test]
+    fn failed_orders_show_the_customer_text_of_their_code() {
+        let texts = CustomerErrors {
+            by_code: [(
+                "WHMCS_CLIENT_NOT_FOUND".to_owned(),
+                "Not set up yet.".to_owned(),
+            )]
+            .into(),
+            default: "Something went wrong.".into(),
+        };
+        let record = |code: &str| OrderRecord {
+            sf_order_id: SalesforceId::synthesize("801", 7).to_string(),
+            outcome: Some(outcome::FAILED.into()),
+            error_code: Some(code.into()),
+            error_message: Some("Client ID Not Found (whmcs.internal/api.php)".into()),
+            account_id: Some(SalesforceId::synthesize("001", 7).to_string()),
+            state: "failed".into(),
+            whmcs_client_id: None,
+            whmcs_order_id: None,
+            whmcs_service_ids: None,
+            sf_status: None,
+            last_event_id: None,
+            correlation_id: None,
+            attempts: 1,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let v = from_ledger(&record("WHMCS_CLIENT_NOT_FOUND"), &texts);
+        assert_eq!(
+            v.error,
+            Some(json!({"code": "WHMCS_CLIENT_NOT_FOUND", "message": "Not set up yet."}))
+        );
+        let v = from_ledger(&record("WHMCS_HTTP"), &texts);
+        assert_eq!(
+            v.error,
+            Some(json!({"code": "WHMCS_HTTP", "message": "Something went wrong."}))
+        );
+    }
+
+    #[test]
+    fn streams_per_account_are_counted_and_released() {
+        let streams = StreamsByAccount::default();
+        let (a, b) = (
+            SalesforceId::synthesize("001", 1),
+            SalesforceId::synthesize("001", 2),
+        );
+        let first = streams.acquire(&a, 2).expect("1st");
+        let second = streams.acquire(&a, 2).expect("2nd");
+        assert!(streams.acquire(&a, 2).is_none());
+        assert!(streams.acquire(&b, 2).is_some());
+        drop(first);
+        assert_eq!(streams.open(&a), 1);
+        let _third = streams.acquire(&a, 2).expect("a place was released");
+        drop(second);
+        assert_eq!(streams.open(&a), 1);
     }
 
     #[test]

@@ -44,14 +44,25 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Largest request head (request line + headers) accepted over HTTP/1.1.
 const MAX_HEAD: usize = 64 * 1024;
 
-/// Serves the HTTP API on `listener` until `shutdown` is cancelled and every connection is done.
+/// Serves the public HTTP API on `listener` until `shutdown` is cancelled and every connection
+/// is done.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    serve_surface(listener, state, super::Surface::Public, shutdown).await
+}
+
+/// Serves `surface` on `listener` until `shutdown` is cancelled and every connection is done.
+pub async fn serve_surface(
+    listener: TcpListener,
+    state: AppState,
+    surface: super::Surface,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
     let header_timeout = state.cfg.http.header_read_timeout;
-    let router = super::router_with_shutdown(state, shutdown.clone());
+    let router = super::surface_router(state, surface, shutdown.clone());
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {

@@ -103,8 +103,27 @@ async fn admin_needs_the_token_by_header_or_login_cookie() {
         .await
         .expect("request");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // A token in the URL signs nobody in, not even the right one.
+    for t in ["not-the-token", TOKEN] {
+        let r = http
+            .get(format!("{base}/admin?token={t}"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.headers().get(header::SET_COOKIE).is_none());
+    }
+    // A session signed with the token itself (rather than the key derived from it) is refused.
+    let now = chrono::Utc::now().timestamp();
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "provisioner-admin", "iat": now, "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(TOKEN.as_bytes()),
+    )
+    .expect("jwt");
     let r = http
-        .get(format!("{base}/admin?token=not-the-token"))
+        .get(format!("{base}/admin"))
+        .header(header::COOKIE, format!("provisioner_admin={forged}"))
         .send()
         .await
         .expect("request");
@@ -158,9 +177,10 @@ async fn admin_needs_the_token_by_header_or_login_cookie() {
         "filtered page omits done orders"
     );
 
-    // ?token= login: a redirect without the token and a hardened session cookie.
+    // The login form: a redirect and a hardened session cookie.
     let r = http
-        .get(format!("{base}/admin?token={TOKEN}"))
+        .post(format!("{base}/admin/login"))
+        .form(&[("token", TOKEN)])
         .send()
         .await
         .expect("request");
@@ -184,6 +204,10 @@ async fn admin_needs_the_token_by_header_or_login_cookie() {
         !cookie.contains(TOKEN),
         "the cookie holds a session, not the token"
     );
+    assert!(
+        !cookie.contains("Secure"),
+        "a client on loopback gets a cookie it can send over plain HTTP: {cookie}"
+    );
     let session = cookie.split(';').next().expect("name=value").to_owned();
     let r = http
         .get(format!("{base}/admin"))
@@ -194,16 +218,152 @@ async fn admin_needs_the_token_by_header_or_login_cookie() {
     assert_eq!(r.status(), StatusCode::OK);
     let html = r.text().await.expect("html");
     assert!(html.contains(good[0].as_str()) && html.contains(bad.as_str()));
-    // The login form posts the token instead.
+    // Logout clears the cookie.
+    let r = http
+        .post(format!("{base}/admin/logout"))
+        .header(header::COOKIE, &session)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let cleared = r
+        .headers()
+        .get(header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .expect("cookie cleared")
+        .to_owned();
+    assert!(
+        cleared.starts_with("provisioner_admin=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_limited_and_the_failure_rate_follows_the_alert_settings() {
+    let mut app = spawn_app(Options {
+        extra_env: vec![
+            ("ADMIN_TOKEN", TOKEN.to_owned()),
+            ("ALERT_WINDOW_SECS", "600".into()),
+            ("ALERT_FAILURE_RATE_THRESHOLD", "0.6".into()),
+            ("ALERT_MIN_SAMPLES", "1".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client");
+    let base = app.http.clone();
+    wait_until(Duration::from_secs(20), "HTTP up", || async {
+        http.get(format!("{base}/health/live")).send().await.is_ok()
+    })
+    .await;
+    // One failed Order of two: 50 %, below this alert's 60 % (a fixed 10 % would flag it).
+    let _ = provision(&app, 1).await;
+    let v: Value = http
+        .get(format!("{base}/admin/api/summary"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let f = &v["failureRate"];
+    assert_eq!(
+        (f["failed"].as_i64(), f["finished"].as_i64()),
+        (Some(1), Some(2)),
+        "{v}"
+    );
+    assert_eq!(f["windowSecs"], 600, "{v}");
+    assert!(
+        f["threshold"]
+            .as_f64()
+            .is_some_and(|t| (t - 0.6).abs() < 1e-6),
+        "{v}"
+    );
+    assert_eq!(f["alert"], false, "{v}");
+    let html = http
+        .get(format!("{base}/admin"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("html");
+    assert!(html.contains("last 10 min"), "{html}");
+    assert!(!html.contains("class=\"alert\""), "{html}");
+
+    // Five wrong tokens are answered 401; then this address is refused for a while, even with
+    // the right token, by form and by header alike.
+    for _ in 0..5 {
+        let r = http
+            .post(format!("{base}/admin/login"))
+            .form(&[("token", "wrong-token-wrong-token")])
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
     let r = http
         .post(format!("{base}/admin/login"))
         .form(&[("token", TOKEN)])
         .send()
         .await
         .expect("request");
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert!(r.headers().get(header::SET_COOKIE).is_some());
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().get(header::SET_COOKIE).is_none());
+    let wait: u64 = r.headers()[header::RETRY_AFTER]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&wait), "{wait}");
+    for path in ["/admin", "/admin/api/summary"] {
+        let r = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{path}");
+    }
     app.stop().await.expect("stop");
+}
+
+/// Serves, on its own loopback port (same site as the daemon, another origin), a page that
+/// posts the admin token to the daemon's login form as soon as it loads: how the browser signs
+/// in without the token ever being in a URL. Returns the page's URL.
+async fn login_helper(daemon: &str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    let page = format!(
+        "<!doctype html><html><body onload=\"document.forms[0].submit()\">\
+         <form method=\"post\" action=\"{daemon}/admin/login\">\
+         <input type=\"hidden\" name=\"token\" value=\"{TOKEN}\"></form></body></html>"
+    );
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+        page.len()
+    );
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let response = response.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    url
 }
 
 /// The Chromium binary: `CHROMIUM`, or `chromium` / `chromium-browser` on PATH.
@@ -274,8 +434,8 @@ async fn dashboard_renders_in_headless_chromium() {
     let (good, bad) = provision(&app, 3).await;
     let dir = std::env::temp_dir().join(format!("prov-dash-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("dir");
-    // The browser signs in with ?token=, follows the redirect and sends the session cookie.
-    let url = format!("{}/admin?token={TOKEN}", app.http);
+    // The browser posts the login form, follows the redirect and sends the session cookie.
+    let url = login_helper(&app.http).await;
 
     let shot = dir.join("dashboard.png");
     headless(
@@ -283,6 +443,7 @@ async fn dashboard_renders_in_headless_chromium() {
         &[
             format!("--screenshot={}", shot.display()),
             "--window-size=1280,900".into(),
+            "--virtual-time-budget=3000".into(),
             url.clone(),
         ],
     )
@@ -318,7 +479,15 @@ async fn dashboard_renders_in_headless_chromium() {
         shot.display()
     );
 
-    let dom = headless(&dir, &["--dump-dom".into(), url]).await;
+    let dom = headless(
+        &dir,
+        &[
+            "--dump-dom".into(),
+            "--virtual-time-budget=3000".into(),
+            url,
+        ],
+    )
+    .await;
     assert!(
         dom.contains("Recent orders"),
         "not the dashboard (login failed?):\n{dom}"

@@ -101,7 +101,10 @@ pub async fn spawn_app(opts: Options) -> TestApp {
             ),
             ("DATABASE_URL", database_url),
             ("HTTP_ADDR", format!("127.0.0.1:{port}")),
-            ("PORTAL_JWT_SECRET", "portal-test-secret".into()),
+            (
+                "PORTAL_JWT_SECRET",
+                "portal-test-secret-0123456789abcdef".into(),
+            ),
             ("JOB_BACKOFF_INITIAL_MS", "20".into()),
             ("JOB_BACKOFF_MAX_MS", "200".into()),
             ("SF_EVENTS_BACKOFF_INITIAL_MS", "20".into()),

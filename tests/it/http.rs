@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::helpers::{Options, TestApp, sf_id, spawn_app, wait_until};
 
 /// The portal secret `spawn_app` configures.
-pub const PORTAL_SECRET: &[u8] = b"portal-test-secret";
+pub const PORTAL_SECRET: &[u8] = b"portal-test-secret-0123456789abcdef";
 
 pub fn token(account: &str, exp_offset: i64) -> String {
     token_with(
@@ -472,7 +472,7 @@ async fn readiness_fails_when_redis_is_unreachable_at_start() {
         ("WHMCS_API_URL", "http://127.0.0.1:9/includes/api.php"),
         ("WHMCS_API_IDENTIFIER", "i"),
         ("WHMCS_API_SECRET", "s"),
-        ("PORTAL_JWT_SECRET", "p"),
+        ("PORTAL_JWT_SECRET", "portal-test-secret-0123456789abcdef"),
         ("REDIS_URL", "redis://127.0.0.1:9"),
     ]
     .into_iter()
@@ -620,6 +620,8 @@ async fn sse_clients_are_bounded_with_503_and_retry_after() {
     let app = spawn_app(Options {
         extra_env: vec![
             ("SSE_MAX_CLIENTS", MAX.to_string()),
+            // All streams belong to one Account; this test is about the service-wide bound.
+            ("SSE_MAX_PER_ACCOUNT", (MAX + 10).to_string()),
             ("API_RATE_LIMIT_PER_SEC", "0".into()),
         ],
         ..Default::default()

@@ -8,6 +8,7 @@ mod dashboard;
 mod deploy;
 mod helpers;
 mod http;
+mod http_exposure;
 mod http_hostile;
 mod observability;
 mod ops;

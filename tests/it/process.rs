@@ -125,6 +125,63 @@ async fn config_error_stops_with_one_line_naming_the_setting() {
     assert!(stderr.contains("SF_CLIENT_ID"), "{stderr}");
 }
 
+/// `check` reports unreachable dependencies and a malformed webhook without printing the
+/// credentials inside their URLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_config_errors_print_no_url_credentials() {
+    let app = spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await;
+    let run = |extra: Vec<(&'static str, String)>| {
+        let env = app.env.clone();
+        async move {
+            let out = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+                .arg("check")
+                .env_clear()
+                .envs(env)
+                .envs(extra)
+                .env("RUST_LOG", "debug")
+                .output()
+                .await
+                .expect("run check");
+            (
+                out.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        }
+    };
+    let (ok, output) = run(vec![(
+        "DATABASE_URL",
+        "postgres://ledger:db-pass-4711@127.0.0.1:1/prov".into(),
+    )])
+    .await;
+    assert!(!ok, "{output}");
+    assert!(output.contains("DATABASE_URL"), "{output}");
+    assert!(!output.contains("db-pass-4711"), "{output}");
+    let (ok, output) = run(vec![(
+        "REDIS_URL",
+        "redis://default:redis-pass-4711@127.0.0.1:1/0".into(),
+    )])
+    .await;
+    assert!(!ok, "{output}");
+    assert!(output.contains("REDIS_URL"), "{output}");
+    assert!(!output.contains("redis-pass-4711"), "{output}");
+    let (ok, output) = run(vec![(
+        "ALERT_WEBHOOK_URL",
+        "hooks.example.com/services/T0/B0/hook-secret-4711".into(),
+    )])
+    .await;
+    assert!(!ok, "{output}");
+    assert!(output.contains("ALERT_WEBHOOK_URL"), "{output}");
+    assert!(!output.contains("hook-secret-4711"), "{output}");
+}
+
 #[tokio::test]
 async fn help_lists_the_commands() {
     let out = Command::new(env!("CARGO_BIN_EXE_provisioner"))

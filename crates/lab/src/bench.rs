@@ -117,7 +117,7 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 }
 
 /// The HS256 secret the benchmark's daemon accepts portal tokens with.
-const PORTAL_SECRET: &str = "bench-portal-secret";
+const PORTAL_SECRET: &str = "bench-portal-secret-0123456789abcdef";
 /// Longest wait for any one phase to finish.
 const PHASE_LIMIT: Duration = Duration::from_secs(600);
 
