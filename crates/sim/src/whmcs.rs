@@ -107,6 +107,29 @@ impl WhmcsState {
             .and_then(|i| self.orders.get_mut(usize::try_from(i).ok()?))
     }
 
+    /// Adds `n` Active orders for `client` dated `date` (WHMCS's `Y-m-d H:i:s`), with no
+    /// Salesforce tag and no services: a long order history in one call.
+    pub fn seed_history(&mut self, client: u64, n: usize, date: &str) {
+        for _ in 0..n {
+            let id = self.orders.len() as u64 + 1;
+            self.by_client.entry(client).or_default().push(id);
+            self.orders.push(WOrder {
+                snap: WhmcsOrderSnapshot {
+                    id,
+                    ordernum: 1_000_000_000 + (id.wrapping_mul(2_654_435_761) % 8_999_999_999),
+                    userid: client,
+                    status: "Active".into(),
+                    notes: String::new(),
+                    payment_method: "banktransfer".into(),
+                    invoice_id: 0,
+                    lines: Vec::new(),
+                },
+                date: date.to_owned(),
+                sf_order: None,
+            });
+        }
+    }
+
     pub fn orders_for(&self, sf: &RecordId) -> Vec<WhmcsOrderSnapshot> {
         self.by_sf
             .get(sf)
@@ -473,8 +496,15 @@ fn add_order(st: &mut SimState, p: &Params) -> Response {
 }
 
 fn accept_order(st: &mut SimState, p: &Params) -> Response {
+    let module_error = st.faults.whmcs_accept_error.clone();
     let order = positive_int(p.get("orderid")).and_then(|id| st.whmcs.get_mut(id));
     match order {
+        // A module create that failed: WHMCS answers the module's message and the order stays
+        // Pending, so a later AcceptOrder retries it.
+        Some(o) if o.snap.status == "Pending" && module_error.is_some() => error(
+            StatusCode::OK,
+            module_error.as_deref().unwrap_or("Module create failed"),
+        ),
         Some(o) if o.snap.status == "Pending" => {
             o.snap.status = "Active".into();
             for l in &mut o.snap.lines {
