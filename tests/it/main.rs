@@ -4,6 +4,7 @@
 mod clients;
 mod crash_windows;
 mod dashboard;
+mod exactly_once;
 mod deploy;
 mod helpers;
 mod http;
