@@ -590,16 +590,20 @@ impl Provisioner {
 
         if whmcs_order_id.is_none() {
             let lines = order_lines(order)?;
-            let history = self.ledger.client_ids(id).await?;
+            // A row this run created has no client history (it is written with the `adding`
+            // intent, after the row): the common first run costs no extra read.
+            let fresh_row = row.attempts <= 1
+                && row.state == ledger::state::NEW
+                && row.whmcs_client_id.is_none();
+            let history = if fresh_row {
+                Vec::new()
+            } else {
+                self.ledger.client_ids(id).await?
+            };
             // Anything but a provable first run may follow an attempt that created the order
             // without recording it (crash, timeout, 5xx after commit, or a ledger that lost its
             // last commits): look before adding, whatever the ledger row says.
-            let first_run = execution.is_first()
-                && job.source == JobSource::Event
-                && row.attempts <= 1
-                && row.state == ledger::state::NEW
-                && row.whmcs_client_id.is_none()
-                && history.is_empty();
+            let first_run = execution.is_first() && job.source == JobSource::Event && fresh_row;
             let search = search_scope(job, row, &client_id, &history);
             if !first_run {
                 if let Some(found) = self.reconcile(id, &search).await? {

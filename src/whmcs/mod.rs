@@ -209,10 +209,8 @@ impl WhmcsClient {
         loop {
             let (total, page) = self.get_orders(user_id, start, NOTES_SCAN_PAGE).await?;
             let seen = page.len() as u64;
-            let reached_older = not_before.is_some_and(|limit| {
-                page.iter()
-                    .any(|o| o.date.is_some_and(|d| d < limit))
-            });
+            let reached_older = not_before
+                .is_some_and(|limit| page.iter().any(|o| o.date.is_some_and(|d| d < limit)));
             if let Some(found) = page.into_iter().find(|o| o.notes.contains(notes)) {
                 return Ok(Some(found));
             }
@@ -375,10 +373,9 @@ fn decode_order(o: &Value) -> Option<WhmcsOrder> {
             .filter_map(|li| li.get("relid").and_then(lenient::u64_of))
             .filter(|id| *id > 0)
             .collect(),
-        date: o
-            .get("date")
-            .and_then(Value::as_str)
-            .and_then(|d| chrono::NaiveDateTime::parse_from_str(d.trim(), "%Y-%m-%d %H:%M:%S").ok()),
+        date: o.get("date").and_then(Value::as_str).and_then(|d| {
+            chrono::NaiveDateTime::parse_from_str(d.trim(), "%Y-%m-%d %H:%M:%S").ok()
+        }),
     })
 }
 
@@ -524,7 +521,8 @@ mod tests {
                  {"type":"product","relid":"5","product":"VPS"},
                  {"type":"domain","relid":9},
                  {"type":"product","relid":6}]}},
-            {"id":10,"userid":42,"status":"Active","notes":null,"lineitems":""}
+            {"id":10,"userid":42,"status":"Active","notes":null,"lineitems":"",
+             "date":"2020-09-23 13:59:35"}
         ]}});
         let (total, orders) = decode_orders(&v).expect("decoded");
         assert_eq!(total, 2);
@@ -540,6 +538,10 @@ mod tests {
             }
         );
         assert_eq!((orders[1].id, orders[1].notes.as_str()), (10, ""));
+        assert_eq!(
+            orders[1].date,
+            chrono::NaiveDate::from_ymd_opt(2020, 9, 23).and_then(|d| d.and_hms_opt(13, 59, 35))
+        );
         assert!(orders[1].service_ids.is_empty());
 
         // Empty list as "", and a lone object instead of a one-element list.

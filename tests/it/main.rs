@@ -4,8 +4,8 @@
 mod clients;
 mod crash_windows;
 mod dashboard;
-mod exactly_once;
 mod deploy;
+mod exactly_once;
 mod helpers;
 mod http;
 mod http_hostile;

@@ -10,8 +10,12 @@
 //! * Order ids are dense (`id = index + 1`); per-client and per-Salesforce-order indices make
 //!   every lookup O(1) or O(page).
 //! * Credentials are checked before any fault is injected; a failed auth never mutates state.
-//! * Faults (latency, error rate, timeout, after-commit) are decided under the lock, slept out
-//!   without it; a hanging call ends early when the simulator shuts down.
+//! * Faults (latency, error rate, timeout, after-commit, a failing module create on AcceptOrder)
+//!   are decided under the lock, slept out without it; a hanging call ends early when the
+//!   simulator shuts down.
+//! * GetOrders answers newest first (`ORDER BY id DESC`, as WHMCS does; it has no sort
+//!   parameter) with each order's `date` in `Y-m-d H:i:s`; [`WhmcsState::seed_history`] gives a
+//!   client thousands of older orders at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
