@@ -101,12 +101,6 @@ pub struct Execution {
 }
 
 impl Execution {
-    /// A job's first execution.
-    pub const FIRST: Execution = Execution {
-        queue_attempt: 1,
-        runs: 1,
-    };
-
     /// Whether this is, as far as the queue knows, the job's first execution.
     pub fn is_first(self) -> bool {
         self.queue_attempt <= 1 && self.runs <= 1
@@ -901,4 +895,110 @@ fn order_lines(order: &SfOrder) -> Result<Vec<OrderLine>, Fail> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(event_created_ms: i64) -> ProvisionOrderV1 {
+        ProvisionOrderV1 {
+            event_id: "e".into(),
+            replay_id: None,
+            order_id: "801000000000001AAA".into(),
+            idem_key: None,
+            correlation_id: "c".into(),
+            event_created_ms,
+            source: JobSource::Event,
+        }
+    }
+
+    fn row(attempts: i64, created_at: i64, client: Option<&str>) -> OrderRecord {
+        OrderRecord {
+            sf_order_id: "801000000000001AAA".into(),
+            state: ledger::state::NEW.into(),
+            outcome: None,
+            account_id: None,
+            whmcs_client_id: client.map(str::to_owned),
+            whmcs_order_id: None,
+            whmcs_service_ids: None,
+            error_code: None,
+            error_message: None,
+            sf_status: None,
+            last_event_id: None,
+            correlation_id: None,
+            attempts,
+            created_at,
+            updated_at: created_at,
+        }
+    }
+
+    fn ms(t: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .expect("time")
+            .timestamp_millis()
+    }
+
+    #[test]
+    fn a_run_is_first_only_if_the_queue_never_started_it() {
+        let first = Execution {
+            queue_attempt: 1,
+            runs: 1,
+        };
+        assert!(first.is_first());
+        assert!(!Execution { runs: 2, ..first }.is_first(), "orphan re-run");
+        assert!(
+            !Execution {
+                queue_attempt: 2,
+                ..first
+            }
+            .is_first(),
+            "retry after an error"
+        );
+    }
+
+    #[test]
+    fn search_covers_every_client_and_starts_a_day_before_the_first_attempt() {
+        let history = vec![
+            ("7".to_owned(), ms("2026-05-02T10:00:00Z")),
+            ("9".to_owned(), ms("2026-05-03T10:00:00Z")),
+        ];
+        let s = search_scope(
+            &job(ms("2026-05-04T00:00:00Z")),
+            &row(3, ms("2026-05-01T12:00:00Z"), Some("9")),
+            "11",
+            &history,
+        );
+        assert_eq!(
+            s.clients,
+            ["11", "9", "7"],
+            "current first, then newest to oldest, once each"
+        );
+        assert_eq!(
+            s.not_before.map(|t| t.to_string()).as_deref(),
+            Some("2026-04-30 12:00:00"),
+            "the ledger row's creation less a day"
+        );
+
+        // A row this run just created proves nothing: only the event bounds the scan …
+        let s = search_scope(
+            &job(ms("2026-05-04T00:00:00Z")),
+            &row(1, ms("2026-06-01T00:00:00Z"), None),
+            "11",
+            &[],
+        );
+        assert_eq!(s.clients, ["11"]);
+        assert_eq!(
+            s.not_before.map(|t| t.to_string()).as_deref(),
+            Some("2026-05-03 00:00:00")
+        );
+        // … and without an event time the whole history is scanned.
+        let s = search_scope(
+            &job(0),
+            &row(1, ms("2026-06-01T00:00:00Z"), None),
+            "11",
+            &[],
+        );
+        assert_eq!(s.not_before, None);
+    }
 }
