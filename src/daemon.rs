@@ -27,17 +27,30 @@ pub use crate::state::AppState;
 use crate::{
     config::Config,
     ingest::{lease::Lease, subscriber::Subscriber},
-    jobs::provision::Provisioner,
+    jobs::provision::{Execution, Provisioner},
     metrics::StateLabel,
     queue::{self, Job},
     reconciler::Reconciler,
     status::SubState,
 };
 
-async fn handle_job(job: Job, p: Data<Arc<Provisioner>>) -> Result<(), BoxDynError> {
+async fn handle_job(
+    job: Job,
+    attempt: Attempt,
+    p: Data<Arc<Provisioner>>,
+    queue: Data<queue::Queue>,
+) -> Result<(), BoxDynError> {
+    // Counted before anything else, so a run cut off by a crash is known to the next one even
+    // if the ledger lost that run's commits. Without Redis the job cannot be trusted to run
+    // safely: it fails and the queue runs it again.
+    let runs = queue.mark_run(job.id()).await?;
+    let execution = Execution {
+        queue_attempt: attempt.current(),
+        runs,
+    };
     match job {
         Job::ProvisionOrderV1(j) => {
-            p.run(&j).await?;
+            p.run(&j, execution).await?;
             Ok(())
         }
     }
@@ -64,6 +77,7 @@ async fn run_workers(
                 .concurrency(concurrency)
                 .parallelize(tokio::spawn)
                 .data(provisioner.clone())
+                .data(queue.clone())
                 .on_event(move |ctx, ev| match ev {
                     Event::Start | Event::HeartBeat => {
                         beat.store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);

@@ -6,10 +6,19 @@
 //!
 //! Invariants (see `docs/ARCHITECTURE.md`):
 //! - Never `AddOrder` twice for one Order. The ledger's `adding` intent is committed before the
-//!   call; any re-run that finds it — or any `AddOrder` failure that may have reached WHMCS
-//!   (timeouts, resets, 5xx) — first looks the order up with `GetOrders(userid)` and the notes
-//!   tag, and adopts what it finds. A WHMCS order id already on the ledger row or on the
-//!   Salesforce Order is reused, including when an operator re-triggers a Failed Order.
+//!   call. Before any `AddOrder`, every run that is not provably the Order's first — the queue
+//!   ran this job before (attempt count, or its run marker in Redis), the job comes from the
+//!   reconciler or an operator, or the ledger saw an earlier claim, `adding` intent or client id
+//!   — looks the order up with `GetOrders(userid)` and the notes tag, whatever the ledger row
+//!   says, so the protection does not depend on the ledger's last commit surviving a power loss.
+//!   Any `AddOrder` failure that may have reached WHMCS (timeouts, resets, 5xx) is followed by
+//!   the same lookup. The lookup searches every WHMCS client id the Order was attempted under
+//!   (the Account may have been re-mapped in between), newest orders first, and stops at orders
+//!   dated before the Order's first attempt less [`RECONCILE_MARGIN`]. A WHMCS order id already
+//!   on the ledger row or on the Salesforce Order is reused, including when an operator
+//!   re-triggers a Failed Order.
+//! - The WHMCS order id is never lost: a `Failed` write-back for an Order whose WHMCS order exists
+//!   (e.g. `AcceptOrder` failed) carries `WHMCS_Order_ID__c`.
 //! - Only one job works on an Order at a time (ledger lease, renewed while the job runs).
 //! - Transient failures are retried inside the job with capped, jittered exponential backoff,
 //!   `job_max_attempts` times; then the Order is marked Failed. Business and configuration
@@ -40,6 +49,10 @@ use crate::{
 pub const ACTIVATING: &str = "Activating";
 /// How long a claim on an Order lasts without renewal.
 pub const LEASE: Duration = Duration::from_secs(30);
+/// How far before the Order's first attempt the reconciliation scan still looks. WHMCS dates its
+/// orders in its server's local time without naming the zone (at most 12 h behind UTC), and the
+/// two clocks may disagree: a day covers both.
+pub const RECONCILE_MARGIN: Duration = Duration::from_secs(24 * 3600);
 
 /// What a job did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +87,33 @@ pub struct Provisioner {
     /// Lease owner name of this process.
     pub instance: String,
     pub changes: broadcast::Sender<OrderChanged>,
+}
+
+/// How the queue is running this job: what it knows about earlier executions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Execution {
+    /// The queue's attempt number of this job (1 on its first execution; apalis counts retries
+    /// after an error, not re-runs of a job whose worker died).
+    pub queue_attempt: usize,
+    /// How many times a worker started this job id, counting this run (the queue's run marker,
+    /// which survives a worker's death).
+    pub runs: u64,
+}
+
+impl Execution {
+    /// Whether this is, as far as the queue knows, the job's first execution.
+    pub fn is_first(self) -> bool {
+        self.queue_attempt <= 1 && self.runs <= 1
+    }
+}
+
+/// Where reconciliation looks for an order created by an earlier attempt.
+#[derive(Debug, Clone)]
+struct Search {
+    /// WHMCS client ids, the current one first.
+    clients: Vec<String>,
+    /// Orders dated before this (WHMCS local time) are too old to be ours.
+    not_before: Option<chrono::NaiveDateTime>,
 }
 
 /// A failure that ends the attempt with the Order marked Failed.
@@ -139,18 +179,24 @@ impl Provisioner {
         }
     }
 
-    /// Runs one job.
-    pub async fn run(&self, job: &ProvisionOrderV1) -> Result<Outcome, JobError> {
+    /// Runs one job; `execution` says what the queue knows about earlier runs of it.
+    pub async fn run(
+        &self,
+        job: &ProvisionOrderV1,
+        execution: Execution,
+    ) -> Result<Outcome, JobError> {
         let span = info_span!(
             "provision",
             order.id = %job.order_id,
             event.id = %job.event_id,
             correlation.id = %job.correlation_id,
             job.source = ?job.source,
+            job.attempt = execution.queue_attempt,
+            job.runs = execution.runs,
         );
         async {
             let started = std::time::Instant::now();
-            let outcome = self.run_inner(job).await;
+            let outcome = self.run_inner(job, execution).await;
             match &outcome {
                 Ok(Outcome::Provisioned { whmcs_order_id }) => {
                     self.metrics.attempt("provisioned");
@@ -191,7 +237,11 @@ impl Provisioner {
         .await
     }
 
-    async fn run_inner(&self, job: &ProvisionOrderV1) -> Result<Outcome, JobError> {
+    async fn run_inner(
+        &self,
+        job: &ProvisionOrderV1,
+        execution: Execution,
+    ) -> Result<Outcome, JobError> {
         let Ok(id) = SalesforceId::parse(&job.order_id) else {
             return Ok(Outcome::Skipped("invalid_order_id"));
         };
@@ -283,7 +333,7 @@ impl Provisioner {
             )
         };
         let result = tokio::select! {
-            r = self.provision_claimed(job, &id, &order, row, &owner) => r,
+            r = self.provision_claimed(job, execution, &id, &order, row, &owner) => r,
             () = lease_lost.cancelled() => Err(JobError::LeaseLost(id.to_string())),
         };
         renewer.abort();
@@ -405,6 +455,7 @@ impl Provisioner {
     async fn provision_claimed(
         &self,
         job: &ProvisionOrderV1,
+        execution: Execution,
         id: &SalesforceId,
         order: &SfOrder,
         row: OrderRecord,
@@ -432,7 +483,11 @@ impl Provisioner {
             .await?
             .ok_or_else(|| JobError::LeaseLost(id.to_string()))?;
 
-        let result = self.drive(id, order, &row, owner).await;
+        // The WHMCS order this attempt created, found or reused, even if a later step failed.
+        let mut whmcs_order = None;
+        let result = self
+            .drive(job, execution, id, order, &row, owner, &mut whmcs_order)
+            .await;
         let (outcome, update) = match result {
             Ok(whmcs_order_id) => (
                 Outcome::Provisioned { whmcs_order_id },
@@ -450,6 +505,7 @@ impl Provisioner {
                 OrderUpdate::Failed {
                     code: f.code,
                     message: f.message,
+                    whmcs_order_id: whmcs_order.map(|o: u64| o.to_string()),
                     at: chrono::Utc::now(),
                 },
             ),
@@ -554,13 +610,18 @@ impl Provisioner {
         }
     }
 
-    /// WHMCS steps, resumed from the ledger state. Returns the WHMCS order id.
+    /// WHMCS steps, resumed from the ledger state. Returns the WHMCS order id; `whmcs_order` is
+    /// set as soon as the WHMCS order is known to exist.
+    #[allow(clippy::too_many_arguments)]
     async fn drive(
         &self,
+        job: &ProvisionOrderV1,
+        execution: Execution,
         id: &SalesforceId,
         order: &SfOrder,
         row: &OrderRecord,
         owner: &str,
+        whmcs_order: &mut Option<u64>,
     ) -> Result<u64, StepError> {
         let client_id = order
             .whmcs_client_id
@@ -585,6 +646,7 @@ impl Provisioner {
                     .and_then(|s| s.trim().parse::<u64>().ok())
             });
         let mut whmcs_order_id = known;
+        *whmcs_order = known;
         let mut accepted = row.state == ledger::state::WHMCS_ACCEPTED
             || (known.is_some()
                 && (row.state == ledger::state::DONE
@@ -593,26 +655,38 @@ impl Provisioner {
 
         if whmcs_order_id.is_none() {
             let lines = order_lines(order)?;
-            if row.state == ledger::state::ADDING || row.whmcs_client_id.is_some() {
-                // A previous attempt got as far as AddOrder: it may have created the order
-                // without recording it (crash, timeout, 5xx after commit).
-                if let Some(found) = self.reconcile(id, &client_id).await? {
+            // A row this run created has no client history (it is written with the `adding`
+            // intent, after the row): the common first run costs no extra read.
+            let fresh_row = row.attempts <= 1
+                && row.state == ledger::state::NEW
+                && row.whmcs_client_id.is_none();
+            let history = if fresh_row {
+                Vec::new()
+            } else {
+                self.ledger.client_ids(id).await?
+            };
+            // Anything but a provable first run may follow an attempt that created the order
+            // without recording it (crash, timeout, 5xx after commit, or a ledger that lost its
+            // last commits): look before adding, whatever the ledger row says.
+            let first_run = execution.is_first() && job.source == JobSource::Event && fresh_row;
+            let search = search_scope(job, row, &client_id, &history);
+            if !first_run {
+                if let Some(found) = self.reconcile(id, &search).await? {
+                    info!(
+                        whmcs.order_id = found.id,
+                        whmcs.client_id = found.user_id,
+                        "found the order an earlier attempt created"
+                    );
                     whmcs_order_id = Some(found.id);
+                    *whmcs_order = Some(found.id);
                     self.record_added(id, owner, &found.id, &found.service_ids)
                         .await?;
                 }
             }
             if whmcs_order_id.is_none() {
-                self.update(
-                    id,
-                    owner,
-                    &Change {
-                        state: Some(ledger::state::ADDING),
-                        whmcs_client_id: Some(&client_id),
-                        ..Default::default()
-                    },
-                )
-                .await?;
+                if !self.ledger.mark_adding(id, owner, &client_id).await? {
+                    return Err(JobError::LeaseLost(id.to_string()).into());
+                }
                 let request = AddOrderRequest {
                     client_id: client_id.clone(),
                     payment_method: self.settings.payment_method.clone(),
@@ -620,7 +694,12 @@ impl Provisioner {
                     notes: tag(id),
                     no_email: true,
                 };
-                let created = self.add_order_once(id, &client_id, &request).await?;
+                let current = Search {
+                    clients: vec![client_id.clone()],
+                    not_before: search.not_before,
+                };
+                let created = self.add_order_once(id, &current, &request).await?;
+                *whmcs_order = Some(created.0);
                 self.record_added(id, owner, &created.0, &created.1).await?;
                 whmcs_order_id = Some(created.0);
             }
@@ -653,6 +732,7 @@ impl Provisioner {
                             .into());
                         }
                         None => {
+                            *whmcs_order = None;
                             return Err(Fail::new(
                                 "WHMCS_ORDER_MISSING",
                                 format!("WHMCS order {whmcs_order_id} no longer exists"),
@@ -709,7 +789,7 @@ impl Provisioner {
     async fn add_order_once(
         &self,
         id: &SalesforceId,
-        client_id: &str,
+        search: &Search,
         request: &AddOrderRequest,
     ) -> Result<(u64, Vec<u64>), StepError> {
         let mut attempt = 0;
@@ -719,7 +799,7 @@ impl Provisioner {
                 Err(e) if e.class() == ErrorClass::Transient => {
                     self.metrics.whmcs_error("AddOrder", &e.code());
                     warn!(attempt, error.code = %e.code(), error.message = %e, "AddOrder outcome unknown; reconciling");
-                    if let Some(found) = self.reconcile(id, client_id).await? {
+                    if let Some(found) = self.reconcile(id, search).await? {
                         info!(
                             whmcs.order_id = found.id,
                             "found the order AddOrder created"
@@ -741,18 +821,27 @@ impl Provisioner {
         }
     }
 
-    /// Finds the WHMCS order tagged with this Salesforce Order, if any.
+    /// Finds the WHMCS order tagged with this Salesforce Order under any of the search's
+    /// clients, if any.
     async fn reconcile(
         &self,
         id: &SalesforceId,
-        client_id: &str,
+        search: &Search,
     ) -> Result<Option<WhmcsOrder>, StepError> {
         let notes = tag(id);
-        self.retry("reconcile", || {
-            self.whmcs.find_order_by_notes(client_id, &notes)
-        })
-        .await
-        .map_err(|e| self.whmcs_fail("GetOrders", &e).into())
+        for client_id in &search.clients {
+            let found = self
+                .retry("reconcile", || {
+                    self.whmcs
+                        .find_order_by_notes(client_id, &notes, search.not_before)
+                })
+                .await
+                .map_err(|e| self.whmcs_fail("GetOrders", &e))?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
     }
 
     fn whmcs_fail(&self, action: &str, e: &crate::whmcs::WhmcsError) -> Fail {
@@ -761,6 +850,48 @@ impl Provisioner {
             error!(action, error.code = %e.code(), error.message = %e, "WHMCS rejected our credentials or permissions");
         }
         Fail::new(&e.code(), format!("WHMCS {action}: {e}"))
+    }
+}
+
+/// The clients to search and how far back: the current client first, then every client id the
+/// ledger saw for this Order (newest first); orders dated before the Order's first attempt less
+/// [`RECONCILE_MARGIN`] are not looked at. The first attempt is the earliest of the ledger row's
+/// creation, the client history and the event's creation. A ledger row just created by this run
+/// proves nothing (its history may be lost): then only the event's time bounds the scan, and
+/// without one the scan covers the client's whole history.
+fn search_scope(
+    job: &ProvisionOrderV1,
+    row: &OrderRecord,
+    current: &str,
+    history: &[(String, i64)],
+) -> Search {
+    let mut clients = vec![current.to_owned()];
+    for c in history
+        .iter()
+        .rev()
+        .map(|(c, _)| c.as_str())
+        .chain(row.whmcs_client_id.as_deref())
+    {
+        if !c.trim().is_empty() && !clients.iter().any(|k| k == c) {
+            clients.push(c.to_owned());
+        }
+    }
+    let ledger_knew = row.attempts > 1 || !history.is_empty() || row.whmcs_client_id.is_some();
+    let first_attempt_ms = [
+        ledger_knew.then_some(row.created_at),
+        history.iter().map(|(_, at)| *at).min(),
+        (job.event_created_ms > 0).then_some(job.event_created_ms),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    let margin_ms = i64::try_from(RECONCILE_MARGIN.as_millis()).unwrap_or(i64::MAX);
+    let not_before = first_attempt_ms
+        .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms.saturating_sub(margin_ms)))
+        .map(|t| t.naive_utc());
+    Search {
+        clients,
+        not_before,
     }
 }
 
@@ -835,4 +966,110 @@ fn order_lines(order: &SfOrder) -> Result<Vec<OrderLine>, Fail> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(event_created_ms: i64) -> ProvisionOrderV1 {
+        ProvisionOrderV1 {
+            event_id: "e".into(),
+            replay_id: None,
+            order_id: "801000000000001AAA".into(),
+            idem_key: None,
+            correlation_id: "c".into(),
+            event_created_ms,
+            source: JobSource::Event,
+        }
+    }
+
+    fn row(attempts: i64, created_at: i64, client: Option<&str>) -> OrderRecord {
+        OrderRecord {
+            sf_order_id: "801000000000001AAA".into(),
+            state: ledger::state::NEW.into(),
+            outcome: None,
+            account_id: None,
+            whmcs_client_id: client.map(str::to_owned),
+            whmcs_order_id: None,
+            whmcs_service_ids: None,
+            error_code: None,
+            error_message: None,
+            sf_status: None,
+            last_event_id: None,
+            correlation_id: None,
+            attempts,
+            created_at,
+            updated_at: created_at,
+        }
+    }
+
+    fn ms(t: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .expect("time")
+            .timestamp_millis()
+    }
+
+    #[test]
+    fn a_run_is_first_only_if_the_queue_never_started_it() {
+        let first = Execution {
+            queue_attempt: 1,
+            runs: 1,
+        };
+        assert!(first.is_first());
+        assert!(!Execution { runs: 2, ..first }.is_first(), "orphan re-run");
+        assert!(
+            !Execution {
+                queue_attempt: 2,
+                ..first
+            }
+            .is_first(),
+            "retry after an error"
+        );
+    }
+
+    #[test]
+    fn search_covers_every_client_and_starts_a_day_before_the_first_attempt() {
+        let history = vec![
+            ("7".to_owned(), ms("2026-05-02T10:00:00Z")),
+            ("9".to_owned(), ms("2026-05-03T10:00:00Z")),
+        ];
+        let s = search_scope(
+            &job(ms("2026-05-04T00:00:00Z")),
+            &row(3, ms("2026-05-01T12:00:00Z"), Some("9")),
+            "11",
+            &history,
+        );
+        assert_eq!(
+            s.clients,
+            ["11", "9", "7"],
+            "current first, then newest to oldest, once each"
+        );
+        assert_eq!(
+            s.not_before.map(|t| t.to_string()).as_deref(),
+            Some("2026-04-30 12:00:00"),
+            "the ledger row's creation less a day"
+        );
+
+        // A row this run just created proves nothing: only the event bounds the scan …
+        let s = search_scope(
+            &job(ms("2026-05-04T00:00:00Z")),
+            &row(1, ms("2026-06-01T00:00:00Z"), None),
+            "11",
+            &[],
+        );
+        assert_eq!(s.clients, ["11"]);
+        assert_eq!(
+            s.not_before.map(|t| t.to_string()).as_deref(),
+            Some("2026-05-03 00:00:00")
+        );
+        // … and without an event time the whole history is scanned.
+        let s = search_scope(
+            &job(0),
+            &row(1, ms("2026-06-01T00:00:00Z"), None),
+            "11",
+            &[],
+        );
+        assert_eq!(s.not_before, None);
+    }
 }

@@ -1,7 +1,11 @@
 //! The `orders` table: one row per Salesforce Order, its state machine and its lease.
 //!
-//! Invariant: an Order is worked on by at most one job at a time. [`Ledger::claim`] takes the
-//! lease with a single conditional upsert, and every change is conditioned on still holding it.
+//! Invariants:
+//! - An Order is worked on by at most one job at a time. [`Ledger::claim`] takes the lease with
+//!   a single conditional upsert, and every change is conditioned on still holding it.
+//! - Every WHMCS client id an Order's `AddOrder` was attempted under is kept (`order_clients`),
+//!   written in the same transaction as the `adding` intent ([`Ledger::mark_adding`]), so
+//!   reconciliation can search all of them after the Account is re-mapped.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -74,6 +78,56 @@ impl Ledger {
         .execute(&mut *conn)
         .await?;
         Ok(())
+    }
+
+    /// Commits the intent to call `AddOrder` under `client_id` (`state = adding`) and adds the
+    /// client id to the Order's history, in one transaction, while `owner` holds the lease;
+    /// `false` (nothing written) when the lease was lost.
+    pub async fn mark_adding(
+        &self,
+        order: &SalesforceId,
+        owner: &str,
+        client_id: &str,
+    ) -> Result<bool> {
+        use sqlx::Connection;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
+        let change = Change {
+            state: Some(state::ADDING),
+            whmcs_client_id: Some(client_id),
+            ..Default::default()
+        };
+        if !Self::update_on(&mut tx, order, owner, &change).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO order_clients (sf_order_id, whmcs_client_id, first_seen_at) \
+             VALUES ($1, $2, $3) ON CONFLICT (sf_order_id, whmcs_client_id) DO NOTHING",
+        )
+        .bind(order.as_str())
+        .bind(client_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Every WHMCS client id the Order's `AddOrder` was attempted under, with the time of the
+    /// first attempt under it (epoch ms), oldest first.
+    pub async fn client_ids(&self, order: &SalesforceId) -> Result<Vec<(String, i64)>> {
+        let mut conn = self.reader().await?;
+        let rows = sqlx::query(
+            "SELECT whmcs_client_id, first_seen_at FROM order_clients WHERE sf_order_id = $1 \
+             ORDER BY first_seen_at, whmcs_client_id",
+        )
+        .bind(order.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("whmcs_client_id")?, r.try_get("first_seen_at")?)))
+            .collect()
     }
 
     /// Applies a change while `owner` still holds the lease; `false` when it was lost (the

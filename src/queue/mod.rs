@@ -3,7 +3,8 @@
 //!
 //! Redis key layout (prefix = queue name, default `provisioning`):
 //! `:scheduled` ZSET (every push lands here first), `:active` LIST, `:inflight:<worker>` SET,
-//! `:data` HASH (id → job JSON), `:meta:<id>` HASH, `:done` / `:dead` SETs, `:workers` ZSET.
+//! `:data` HASH (id → job JSON), `:meta:<id>` HASH, `:done` / `:dead` SETs, `:workers` ZSET;
+//! and ours: `:runs:<id>` counter (how many times a worker started the job, [`Queue::mark_run`]).
 //!
 //! Invariants and workarounds:
 //! - Job ids are the event's EventUuid (or a reconciler/operator id), so pushing the same event
@@ -17,6 +18,10 @@
 //! - The handler never returns a plain `Err` for business outcomes (the backend would retry it
 //!   up to 25 times); transient retries happen inside the job, bounded by `job_max_attempts`.
 //! - Queue statistics are read from the keys directly (the built-in metrics are broken).
+//! - apalis does not count a re-run of a job whose worker died (orphan re-enqueue keeps the
+//!   attempt number), so every start of a job is counted in `:runs:<id>` before the job does
+//!   anything: a job knows it is not its first execution even when its ledger lost the earlier
+//!   run's commits.
 //! - The backlog stays far below the ~8,000 due-jobs limit of `fetch_next.lua`: the subscriber
 //!   stops fetching events above `sf_events_max_pending_jobs`.
 
@@ -50,6 +55,8 @@ pub enum QueueError {
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Missed heartbeats after which a worker's jobs are re-enqueued by another worker.
 pub const MISSED_HEARTBEATS: usize = 3;
+/// How long a job's run marker outlives its last start (longer than the 72 h job-id dedupe).
+pub const RUN_MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often idle workers look for new jobs.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -115,6 +122,8 @@ pub struct Queue {
     storage: RedisStorage<Job>,
     conn: ConnectionManager,
     cfg: RedisQueueConfig,
+    /// The queue name: the prefix of every key.
+    name: String,
     /// Bumped after every successful push, to wake this process's idle workers.
     pushed: Arc<watch::Sender<u64>>,
 }
@@ -179,6 +188,7 @@ impl Queue {
             storage,
             conn,
             cfg: qcfg,
+            name: cfg.name.clone(),
             pushed: Arc::new(watch::channel(0).0),
         })
     }
@@ -221,6 +231,20 @@ impl Queue {
             .map_err(|e| QueueError::Push(e.to_string()))?;
         self.pushed.send_modify(|v| *v = v.wrapping_add(1));
         Ok(())
+    }
+
+    /// Counts one more start of job `id` and returns how many starts there were, this one
+    /// included (one round trip). The counter expires [`RUN_MARKER_TTL`] after the last start.
+    pub async fn mark_run(&self, id: &str) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let key = format!("{}:runs:{id}", self.name);
+        let (runs, _): (u64, bool) = redis::pipe()
+            .atomic()
+            .incr(&key, 1)
+            .expire(&key, RUN_MARKER_TTL.as_secs() as i64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(runs)
     }
 
     /// Number of jobs waiting to run (ready now). One round trip (the subscriber asks before

@@ -157,9 +157,12 @@ pub enum OrderUpdate {
         whmcs_order_id: String,
         at: DateTime<Utc>,
     },
+    /// `whmcs_order_id` is set when the WHMCS order exists (e.g. `AcceptOrder` failed): it is
+    /// written too, so a re-trigger reuses that order even if the ledger lost it.
     Failed {
         code: String,
         message: String,
+        whmcs_order_id: Option<String>,
         at: DateTime<Utc>,
     },
 }
@@ -511,7 +514,7 @@ impl Serialize for PatchBody<'_> {
         let len = match self.update {
             OrderUpdate::Activated { .. } => 6,
             OrderUpdate::ActivatedFieldsOnly { .. } => 5,
-            OrderUpdate::Failed { .. } => 4,
+            OrderUpdate::Failed { whmcs_order_id, .. } => 4 + usize::from(whmcs_order_id.is_some()),
         };
         let mut m = s.serialize_map(Some(len))?;
         match self.update {
@@ -526,8 +529,16 @@ impl Serialize for PatchBody<'_> {
                 m.serialize_entry(&f.error_message, &())?;
                 m.serialize_entry(&f.last_attempt_at, &soql_datetime(at))?;
             }
-            OrderUpdate::Failed { code, message, at } => {
+            OrderUpdate::Failed {
+                code,
+                message,
+                whmcs_order_id,
+                at,
+            } => {
                 m.serialize_entry(&f.activation_status, "Failed")?;
+                if let Some(id) = whmcs_order_id {
+                    m.serialize_entry(&f.whmcs_order_id, id)?;
+                }
                 m.serialize_entry(&f.error_code, truncate_for_field(code, ERROR_MESSAGE_MAX))?;
                 m.serialize_entry(
                     &f.error_message,
@@ -972,6 +983,7 @@ mod tests {
         let failed = OrderUpdate::Failed {
             code: "WHMCS_NO_ITEMS".into(),
             message: "ü".repeat(400),
+            whmcs_order_id: None,
             at,
         };
         let v: Value = serde_json::to_value(PatchBody {
@@ -991,6 +1003,21 @@ mod tests {
         );
         assert!(v.get("Status").is_none());
         assert!(v.get("WHMCS_Order_ID__c").is_none());
+        // A failure after the WHMCS order exists keeps its id on the Order.
+        let failed = OrderUpdate::Failed {
+            code: "WHMCS_ERROR".into(),
+            message: "module create failed".into(),
+            whmcs_order_id: Some("77".into()),
+            at,
+        };
+        let v: Value = serde_json::to_value(PatchBody {
+            fields: &f,
+            update: &failed,
+        })
+        .expect("json");
+        assert_eq!(v["Activation_Status__c"], "Failed");
+        assert_eq!(v["WHMCS_Order_ID__c"], "77");
+        assert_eq!(v.as_object().map(|o| o.len()), Some(5));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Invariants:
 //! - One HTTP request per call (no retries here; the worker owns backoff, and auth failures must
 //!   never be retried at all, see [`error`]). [`WhmcsClient::find_order_by_notes`] pages through
-//!   `GetOrders`, one request per page.
+//!   `GetOrders`, one request per page, newest first (WHMCS orders `GetOrders` by id
+//!   descending and has no sort parameter), and stops at the first page reaching orders dated
+//!   before the caller's `not_before`: a client's long history costs one or two calls.
 //! - Every request has a total timeout (`WhmcsConfig::timeout`, default 120 s because
 //!   `AcceptOrder` runs the module create synchronously). A timeout or a broken connection is
 //!   reported as ambiguous ([`WhmcsError::is_ambiguous`]): WHMCS may have acted.
@@ -91,6 +93,9 @@ pub struct WhmcsOrder {
     pub notes: String,
     /// `relid` of the order's product line items.
     pub service_ids: Vec<u64>,
+    /// `date` (`Y-m-d H:i:s`), in the WHMCS server's local time zone, which the API does not
+    /// name. `None` when absent or unreadable.
+    pub date: Option<chrono::NaiveDateTime>,
 }
 
 struct Inner {
@@ -186,11 +191,15 @@ impl WhmcsClient {
     }
 
     /// The newest order of `user_id` whose notes contain `notes`, scanning `GetOrders` pages of
-    /// 100 newest-first until found or exhausted. An empty `notes` matches nothing.
+    /// 100 newest-first until found, exhausted, or — with `not_before` — past a page holding an
+    /// order dated before it (every later page is older still). `not_before` is compared with
+    /// WHMCS's local-time `date`, so the caller leaves a margin for the time zone and clock
+    /// differences. An empty `notes` matches nothing.
     pub async fn find_order_by_notes(
         &self,
         user_id: &str,
         notes: &str,
+        not_before: Option<chrono::NaiveDateTime>,
     ) -> Result<Option<WhmcsOrder>, WhmcsError> {
         let notes = notes.trim();
         if notes.is_empty() {
@@ -200,11 +209,13 @@ impl WhmcsClient {
         loop {
             let (total, page) = self.get_orders(user_id, start, NOTES_SCAN_PAGE).await?;
             let seen = page.len() as u64;
+            let reached_older = not_before
+                .is_some_and(|limit| page.iter().any(|o| o.date.is_some_and(|d| d < limit)));
             if let Some(found) = page.into_iter().find(|o| o.notes.contains(notes)) {
                 return Ok(Some(found));
             }
             start += seen;
-            if seen == 0 || start >= total {
+            if seen == 0 || start >= total || reached_older {
                 return Ok(None);
             }
         }
@@ -362,6 +373,9 @@ fn decode_order(o: &Value) -> Option<WhmcsOrder> {
             .filter_map(|li| li.get("relid").and_then(lenient::u64_of))
             .filter(|id| *id > 0)
             .collect(),
+        date: o.get("date").and_then(Value::as_str).and_then(|d| {
+            chrono::NaiveDateTime::parse_from_str(d.trim(), "%Y-%m-%d %H:%M:%S").ok()
+        }),
     })
 }
 
@@ -507,7 +521,8 @@ mod tests {
                  {"type":"product","relid":"5","product":"VPS"},
                  {"type":"domain","relid":9},
                  {"type":"product","relid":6}]}},
-            {"id":10,"userid":42,"status":"Active","notes":null,"lineitems":""}
+            {"id":10,"userid":42,"status":"Active","notes":null,"lineitems":"",
+             "date":"2020-09-23 13:59:35"}
         ]}});
         let (total, orders) = decode_orders(&v).expect("decoded");
         assert_eq!(total, 2);
@@ -519,9 +534,14 @@ mod tests {
                 status: "Pending".into(),
                 notes: "sf-order:801000000000005AAA".into(),
                 service_ids: vec![5, 6],
+                date: None,
             }
         );
         assert_eq!((orders[1].id, orders[1].notes.as_str()), (10, ""));
+        assert_eq!(
+            orders[1].date,
+            chrono::NaiveDate::from_ymd_opt(2020, 9, 23).and_then(|d| d.and_hms_opt(13, 59, 35))
+        );
         assert!(orders[1].service_ids.is_empty());
 
         // Empty list as "", and a lone object instead of a one-element list.

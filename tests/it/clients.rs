@@ -55,6 +55,7 @@ async fn rest_permanent_errors_are_not_retried_and_transient_ones_are_classified
     let update = OrderUpdate::Failed {
         code: "X".into(),
         message: "y".into(),
+        whmcs_order_id: None,
         at: chrono::Utc::now(),
     };
     let before = app.sim.sim.totals().rest_calls;

@@ -6,6 +6,7 @@ mod commands;
 mod crash_windows;
 mod dashboard;
 mod deploy;
+mod exactly_once;
 mod helpers;
 mod http;
 mod http_exposure;

@@ -131,6 +131,10 @@ pub struct Faults {
     /// AddOrder with any of these pids fails with "No items added to cart…".
     #[serde(alias = "whmcsRejectProducts")]
     pub whmcs_reject_products: Vec<String>,
+    /// AcceptOrder on a Pending order answers this error (a failed module create) and leaves the
+    /// order Pending.
+    #[serde(alias = "whmcsAcceptError")]
+    pub whmcs_accept_error: Option<String>,
     /// The next N Salesforce REST calls answer 400 UNABLE_TO_LOCK_ROW.
     #[serde(alias = "sfLockRowNext")]
     pub sf_lock_row_next: u32,
@@ -847,6 +851,34 @@ impl Simulator {
         };
         st.write_field(id, &canonical, value);
         st.touch(id);
+    }
+
+    /// Re-maps the Order's Account to another WHMCS client (`Account.WHMCS_Client_ID__c`), as an
+    /// operator editing the Account would; every Order of that Account sees the new value.
+    pub fn set_account_client_id(&self, id: &(impl AsRef<str> + ?Sized), client: Option<String>) {
+        let Ok(id) = RecordId::parse(id.as_ref()) else {
+            return;
+        };
+        let mut st = self.0.lock();
+        let Some(account) = st.orders.get(&id).map(|o| o.account_id.clone()) else {
+            return;
+        };
+        let old = st
+            .accounts
+            .get_mut(&account)
+            .map(|a| std::mem::replace(&mut a.whmcs_client_id, client.clone()));
+        if let Some(old) = old {
+            if st.account_by_client.get(&old) == Some(&account) {
+                st.account_by_client.remove(&old);
+            }
+        }
+        st.account_by_client.entry(client).or_insert(account);
+    }
+
+    /// Gives WHMCS client `client` `n` older orders dated `date` (`YYYY-MM-DD HH:MM:SS`, WHMCS's
+    /// format), untagged: a long order history for reconciliation scans.
+    pub fn seed_whmcs_history(&self, client: u64, n: usize, date: &str) {
+        self.0.lock().whmcs.seed_history(client, n, date);
     }
 
     /// Changes (or removes) the WHMCS product mapping of the item at `index`.

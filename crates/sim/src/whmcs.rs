@@ -10,8 +10,12 @@
 //! * Order ids are dense (`id = index + 1`); per-client and per-Salesforce-order indices make
 //!   every lookup O(1) or O(page).
 //! * Credentials are checked before any fault is injected; a failed auth never mutates state.
-//! * Faults (latency, error rate, timeout, after-commit) are decided under the lock, slept out
-//!   without it; a hanging call ends early when the simulator shuts down.
+//! * Faults (latency, error rate, timeout, after-commit, a failing module create on AcceptOrder)
+//!   are decided under the lock, slept out without it; a hanging call ends early when the
+//!   simulator shuts down.
+//! * GetOrders answers newest first (`ORDER BY id DESC`, as WHMCS does; it has no sort
+//!   parameter) with each order's `date` in `Y-m-d H:i:s`; [`WhmcsState::seed_history`] gives a
+//!   client thousands of older orders at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -105,6 +109,29 @@ impl WhmcsState {
     fn get_mut(&mut self, id: u64) -> Option<&mut WOrder> {
         id.checked_sub(1)
             .and_then(|i| self.orders.get_mut(usize::try_from(i).ok()?))
+    }
+
+    /// Adds `n` Active orders for `client` dated `date` (WHMCS's `Y-m-d H:i:s`), with no
+    /// Salesforce tag and no services: a long order history in one call.
+    pub fn seed_history(&mut self, client: u64, n: usize, date: &str) {
+        for _ in 0..n {
+            let id = self.orders.len() as u64 + 1;
+            self.by_client.entry(client).or_default().push(id);
+            self.orders.push(WOrder {
+                snap: WhmcsOrderSnapshot {
+                    id,
+                    ordernum: 1_000_000_000 + (id.wrapping_mul(2_654_435_761) % 8_999_999_999),
+                    userid: client,
+                    status: "Active".into(),
+                    notes: String::new(),
+                    payment_method: "banktransfer".into(),
+                    invoice_id: 0,
+                    lines: Vec::new(),
+                },
+                date: date.to_owned(),
+                sf_order: None,
+            });
+        }
     }
 
     pub fn orders_for(&self, sf: &RecordId) -> Vec<WhmcsOrderSnapshot> {
@@ -473,8 +500,15 @@ fn add_order(st: &mut SimState, p: &Params) -> Response {
 }
 
 fn accept_order(st: &mut SimState, p: &Params) -> Response {
+    let module_error = st.faults.whmcs_accept_error.clone();
     let order = positive_int(p.get("orderid")).and_then(|id| st.whmcs.get_mut(id));
     match order {
+        // A module create that failed: WHMCS answers the module's message and the order stays
+        // Pending, so a later AcceptOrder retries it.
+        Some(o) if o.snap.status == "Pending" && module_error.is_some() => error(
+            StatusCode::OK,
+            module_error.as_deref().unwrap_or("Module create failed"),
+        ),
         Some(o) if o.snap.status == "Pending" => {
             o.snap.status = "Active".into();
             for l in &mut o.snap.lines {
