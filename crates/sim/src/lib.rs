@@ -137,6 +137,10 @@ pub struct Faults {
     /// The next N Salesforce REST calls answer 503 SERVER_UNAVAILABLE.
     #[serde(alias = "sfUnavailableNext")]
     pub sf_unavailable_next: u32,
+    /// Report this many API calls used in `Sforce-Limit-Info` instead of the real count (the
+    /// limit stays the same), e.g. to show an org close to its daily API limit.
+    #[serde(alias = "sfApiUsed")]
+    pub sf_api_used: Option<u64>,
     /// Seed of the RNG behind `whmcs_error_rate`.
     pub seed: u64,
 }
