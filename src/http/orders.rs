@@ -181,7 +181,8 @@ impl Lookups {
                 && u128::from(used) * 100
                     >= u128::from(limit) * u128::from(self.stop_at_usage_percent)
             {
-                tracing::warn!(
+                // Debug only: a flood of unknown ids must not flood the log.
+                tracing::debug!(
                     salesforce.api_used = used,
                     salesforce.api_limit = limit,
                     "Salesforce API usage is high; order lookups paused"
