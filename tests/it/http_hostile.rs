@@ -624,7 +624,7 @@ async fn failed_lookups_are_remembered_briefly() {
             ("API_RATE_LIMIT_PER_SEC", "0".into()),
             ("API_ACCOUNT_RATE_LIMIT_PER_SEC", "0".into()),
             ("RECONCILER_INTERVAL_SECS", "0".into()),
-            ("ORDER_LOOKUP_ERROR_CACHE_SECS", "1".into()),
+            ("ORDER_LOOKUP_ERROR_CACHE_SECS", "2".into()),
         ],
         ..Default::default()
     })
