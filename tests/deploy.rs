@@ -112,7 +112,8 @@ fn environment(svc: &Yaml) -> BTreeMap<String, String> {
     }
 }
 
-/// Compose-style interpolation of `${NAME}`, `${NAME:-default}` and `${NAME:?message}`.
+/// Compose-style interpolation of `${NAME}`, `${NAME:-default}` (unset or empty),
+/// `${NAME-default}` (unset only) and `${NAME:?message}`.
 fn interpolate(s: &str, vars: &BTreeMap<String, String>) -> String {
     let mut out = String::new();
     let mut rest = s;
@@ -120,13 +121,20 @@ fn interpolate(s: &str, vars: &BTreeMap<String, String>) -> String {
         out.push_str(&rest[..start]);
         let end = rest[start..].find('}').expect("closing brace") + start;
         let inner = &rest[start + 2..end];
+        let mut empty_is_set = false;
         let (name, default) = match inner.find(":-").or_else(|| inner.find(":?")) {
             Some(i) if inner[i..].starts_with(":-") => (&inner[..i], Some(&inner[i + 2..])),
             Some(i) => (&inner[..i], None),
-            None => (inner, None),
+            None => match inner.find('-') {
+                Some(i) => {
+                    empty_is_set = true;
+                    (&inner[..i], Some(&inner[i + 1..]))
+                }
+                None => (inner, None),
+            },
         };
         match (vars.get(name), default) {
-            (Some(v), _) if !v.is_empty() => out.push_str(v),
+            (Some(v), _) if !v.is_empty() || empty_is_set => out.push_str(v),
             (_, Some(d)) => out.push_str(d),
             _ => panic!("${{{name}}} is not set"),
         }

@@ -213,8 +213,10 @@ pub struct HttpConfig {
     pub cors_allowed_origins: Vec<String>,
     /// Per-client limit on `/api`; `None`: unlimited.
     pub rate_limit: Option<RateLimit>,
-    /// Reverse proxies in front of the daemon whose `X-Forwarded-For` entries are trusted.
-    pub trusted_proxy_hops: usize,
+    /// Per-account limit on `/api`, after authentication; `None`: unlimited.
+    pub account_rate_limit: Option<RateLimit>,
+    /// Addresses of the reverse proxies whose `X-Forwarded-For` entries are trusted.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub sse_max_clients: usize,
     /// Concurrent event streams of one Account.
     pub sse_max_per_account: usize,
@@ -222,6 +224,13 @@ pub struct HttpConfig {
     pub header_read_timeout: Duration,
     /// What customers see of a failed Order's error.
     pub customer_errors: CustomerErrors,
+    /// Most open connections.
+    pub max_connections: usize,
+    /// An open connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// How failed Salesforce lookups are remembered.
+    pub lookup_error_cache: Duration,
+    pub lookup_budget: LookupBudget,
 }
 
 /// Customer-safe error texts by error code, and the text of every other code.
@@ -236,6 +245,19 @@ impl CustomerErrors {
     pub fn message(&self, code: &str) -> &str {
         self.by_code.get(code).map_or(&self.default, String::as_str)
     }
+}
+
+/// What the order-status API may spend on Salesforce lookups of Orders the ledger lacks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LookupBudget {
+    /// Lookups per second over all clients; 0: none at all.
+    pub per_sec: u32,
+    /// Lookups in flight at once (at least 1).
+    pub max_concurrent: usize,
+    /// Lookups per Account per minute; 0: no per-account budget.
+    pub per_account_per_min: u32,
+    /// No lookups while the org's API usage is at or above this percent (1..=100).
+    pub stop_at_usage_percent: u64,
 }
 
 /// Token bucket per client: `per_sec` sustained, up to `burst` at once.
@@ -615,6 +637,38 @@ mod tests {
                 "API_RATE_LIMIT_PER_SEC",
             ),
             (
+                with(&[("HTTP_TRUSTED_PROXIES", "10.0.0.0/33")]),
+                "HTTP_TRUSTED_PROXIES",
+            ),
+            (
+                with(&[("HTTP_TRUSTED_PROXY_HOPS", "1")]),
+                "HTTP_TRUSTED_PROXY_HOPS",
+            ),
+            (
+                with(&[("API_ACCOUNT_RATE_LIMIT_BURST", "0")]),
+                "API_ACCOUNT_RATE_LIMIT_BURST",
+            ),
+            (
+                with(&[("SF_LOOKUP_STOP_AT_USAGE_PERCENT", "0")]),
+                "SF_LOOKUP_STOP_AT_USAGE_PERCENT",
+            ),
+            (
+                with(&[("SF_LOOKUP_STOP_AT_USAGE_PERCENT", "101")]),
+                "SF_LOOKUP_STOP_AT_USAGE_PERCENT",
+            ),
+            (
+                with(&[("SF_LOOKUP_MAX_CONCURRENT", "0")]),
+                "SF_LOOKUP_MAX_CONCURRENT",
+            ),
+            (
+                with(&[("HTTP_MAX_CONNECTIONS", "0")]),
+                "HTTP_MAX_CONNECTIONS",
+            ),
+            (
+                with(&[("HTTP_IDLE_TIMEOUT_SECS", "0")]),
+                "HTTP_IDLE_TIMEOUT_SECS",
+            ),
+            (
                 with(&[("API_RATE_LIMIT_BURST", "0")]),
                 "API_RATE_LIMIT_BURST",
             ),
@@ -668,7 +722,25 @@ mod tests {
         let c = with(&[]).expect("valid");
         assert!(c.http.cors_allowed_origins.is_empty());
         assert!(c.http.rate_limit.is_some());
-        assert_eq!(c.http.trusted_proxy_hops, 0);
+        assert!(c.http.trusted_proxies.is_empty());
+        assert_eq!(
+            c.http.account_rate_limit,
+            Some(RateLimit {
+                per_sec: 5.0,
+                burst: 20
+            })
+        );
+        assert_eq!(c.http.max_connections, 1024);
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
+        assert_eq!(
+            c.http.lookup_budget,
+            LookupBudget {
+                per_sec: 5,
+                max_concurrent: 4,
+                per_account_per_min: 30,
+                stop_at_usage_percent: 80,
+            }
+        );
         assert!((c.alert.threshold - 0.1).abs() < 1e-9);
         let c = with(&[
             (
@@ -677,7 +749,10 @@ mod tests {
             ),
             ("API_RATE_LIMIT_PER_SEC", "0.5"),
             ("API_RATE_LIMIT_BURST", "3"),
-            ("HTTP_TRUSTED_PROXY_HOPS", "1"),
+            (
+                "HTTP_TRUSTED_PROXIES",
+                "10.0.0.0/8, 192.168.1.10 ,2001:db8::/32",
+            ),
             ("SSE_MAX_CLIENTS", "7"),
             ("ALERT_FAILURE_RATE_THRESHOLD", "0.25"),
             ("ALERT_MIN_SAMPLES", "4"),
@@ -695,7 +770,11 @@ mod tests {
                 burst: 3
             })
         );
-        assert_eq!(c.http.trusted_proxy_hops, 1);
+        assert_eq!(
+            c.http.trusted_proxies,
+            ["10.0.0.0/8", "192.168.1.10/32", "2001:db8::/32"]
+                .map(|n| n.parse::<ipnet::IpNet>().expect("net"))
+        );
         assert_eq!(c.http.sse_max_clients, 7);
         assert!((c.alert.threshold - 0.25).abs() < 1e-9);
         assert_eq!(c.alert.min_samples, 4);

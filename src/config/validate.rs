@@ -48,6 +48,42 @@ fn http_url(name: &str, v: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// A token bucket from its two settings: a rate of 0 turns it off.
+fn token_bucket(
+    (rate_name, per_sec): (&str, f64),
+    (burst_name, burst): (&str, u32),
+) -> Result<Option<RateLimit>, ConfigError> {
+    if !per_sec.is_finite() || per_sec < 0.0 {
+        return Err(err(rate_name, "must be 0 (off) or positive"));
+    }
+    if per_sec == 0.0 {
+        return Ok(None);
+    }
+    if burst == 0 {
+        return Err(err(burst_name, "must be at least 1"));
+    }
+    Ok(Some(RateLimit { per_sec, burst }))
+}
+
+/// `HTTP_TRUSTED_PROXIES`: comma-separated IP addresses or CIDR blocks.
+fn trusted_proxies(v: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            e.parse::<ipnet::IpNet>()
+                .or_else(|_| e.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| {
+                    err(
+                        "http_trusted_proxies",
+                        format!("{e:?} is not an IP address or CIDR block like 10.0.0.0/8"),
+                    )
+                })
+        })
+        .collect()
+}
+
 /// `CORS_ALLOWED_ORIGINS`: comma-separated `scheme://host[:port]` origins, or `*`.
 fn cors_origins(v: &str) -> Result<Vec<String>, ConfigError> {
     let list: Vec<String> = v
@@ -476,19 +512,44 @@ impl Config {
                 .map_err(|_| err("alert_webhook_url", "must be an http:// or https:// URL")));
         }
         let cors_allowed_origins = p.val(cors_origins(&r.cors_allowed_origins));
-        let rate_limit = match (r.api_rate_limit_per_sec, r.api_rate_limit_burst) {
-            (v, _) if !v.is_finite() || v < 0.0 => {
-                p.fail(err("api_rate_limit_per_sec", "must be 0 (off) or positive"));
-                None
-            }
-            (0.0, _) => None,
-            (_, 0) => {
-                p.fail(err("api_rate_limit_burst", "must be at least 1"));
-                None
-            }
-            (per_sec, burst) => Some(RateLimit { per_sec, burst }),
-        };
+        let rate_limit = p
+            .ok(token_bucket(
+                ("api_rate_limit_per_sec", r.api_rate_limit_per_sec),
+                ("api_rate_limit_burst", r.api_rate_limit_burst),
+            ))
+            .flatten();
+        let account_rate_limit = p
+            .ok(token_bucket(
+                (
+                    "api_account_rate_limit_per_sec",
+                    r.api_account_rate_limit_per_sec,
+                ),
+                (
+                    "api_account_rate_limit_burst",
+                    r.api_account_rate_limit_burst,
+                ),
+            ))
+            .flatten();
+        if r.http_trusted_proxy_hops != 0 {
+            p.fail(err(
+                "http_trusted_proxy_hops",
+                "is replaced by http_trusted_proxies (the proxies' addresses or CIDR blocks); set it to 0",
+            ));
+        }
+        let trusted_proxies = p.val(trusted_proxies(&r.http_trusted_proxies));
+        if !(1..=100).contains(&r.sf_lookup_stop_at_usage_percent) {
+            p.fail(err(
+                "sf_lookup_stop_at_usage_percent",
+                "must be a percentage from 1 to 100",
+            ));
+        }
         for (name, v) in [
+            (
+                "sf_lookup_max_concurrent",
+                r.sf_lookup_max_concurrent as u64,
+            ),
+            ("http_max_connections", r.http_max_connections as u64),
+            ("http_idle_timeout_secs", r.http_idle_timeout_secs),
             ("sse_max_clients", r.sse_max_clients as u64),
             ("sse_max_per_account", r.sse_max_per_account as u64),
             ("sse_keepalive_secs", r.sse_keepalive_secs),
@@ -644,12 +705,22 @@ impl Config {
                 lookup_cache: Duration::from_secs(r.order_lookup_cache_secs),
                 cors_allowed_origins,
                 rate_limit,
-                trusted_proxy_hops: r.http_trusted_proxy_hops,
+                account_rate_limit,
+                trusted_proxies,
                 sse_max_clients: r.sse_max_clients,
                 sse_max_per_account: r.sse_max_per_account,
                 sse_keepalive: Duration::from_secs(r.sse_keepalive_secs),
                 header_read_timeout: Duration::from_secs(r.http_header_read_timeout_secs),
                 customer_errors,
+                max_connections: r.http_max_connections,
+                idle_timeout: Duration::from_secs(r.http_idle_timeout_secs),
+                lookup_error_cache: Duration::from_secs(r.order_lookup_error_cache_secs),
+                lookup_budget: LookupBudget {
+                    per_sec: r.sf_lookup_rate_per_sec,
+                    max_concurrent: r.sf_lookup_max_concurrent,
+                    per_account_per_min: r.sf_lookup_per_account_per_min,
+                    stop_at_usage_percent: r.sf_lookup_stop_at_usage_percent,
+                },
             },
             alert_webhook_url,
             alert: AlertConfig {

@@ -1,19 +1,27 @@
-//! Per-client rate limit on `/api`: a token bucket per client address, answering 429 with
-//! `Retry-After` when empty.
+//! Rate limits on `/api`: one per client address, and one per customer Account after
+//! authentication, answering 429 with `Retry-After` when spent. Both are keyed `governor` limiters
+//! (GCRA, equivalent to a token bucket of `burst` refilled at `per_sec`).
 //!
 //! Invariants:
-//! - The client is the TCP peer, unless `http_trusted_proxy_hops` says that many reverse
-//!   proxies append to `X-Forwarded-For`; then it is the entry those proxies vouch for (the
-//!   n-th from the right). Entries further left are client-controlled and never used.
+//! - The client is the TCP peer, unless the peer is one of `http_trusted_proxies`; then
+//!   `X-Forwarded-For` is walked from the right, skipping trusted proxies, and the first other
+//!   entry is the client. A header sent by any other peer changes nothing, and entries left of
+//!   the first untrusted one (client-controlled) are never used.
 //! - IPv6 clients are keyed by their /64 (one host usually owns a whole /64).
-//! - Memory is bounded: the table is pruned of refilled buckets, and never exceeds
-//!   [`MAX_CLIENTS`] entries.
+//! - A request with a valid token is charged to its Account first: a request the Account limit
+//!   refuses costs the address nothing, so one customer behind a shared address (proxy, NAT)
+//!   cannot spend the address's budget beyond its own limit. Other requests are charged to the
+//!   address only.
+//! - Memory is bounded: every [`PRUNE_EVERY`] checks, keys whose bucket has refilled (and so
+//!   carry no information) are dropped; the table holds at most the keys seen within one refill
+//!   period plus [`PRUNE_EVERY`].
 
 use std::{
-    collections::HashMap,
+    hash::Hash,
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    sync::Mutex,
-    time::{Duration, Instant},
+    num::NonZeroU32,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
 };
 
 use axum::{
@@ -22,73 +30,106 @@ use axum::{
     middleware::Next,
     response::Response,
 };
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
+use ipnet::IpNet;
 
-use super::{Http, retry_later};
-use crate::config::RateLimit;
+use super::{Http, orders, retry_later};
+use crate::{config::RateLimit, ids::SalesforceId};
 
-/// Most clients tracked at once.
-const MAX_CLIENTS: usize = 100_000;
+/// Checks between two prunings of a keyed limiter.
+const PRUNE_EVERY: u64 = 4096;
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+/// The `governor` quota of a token bucket: `burst` at once, one more every `1 / per_sec`.
+pub(super) fn quota(rate: RateLimit) -> Quota {
+    let period = Duration::try_from_secs_f64(1.0 / rate.per_sec)
+        .unwrap_or(Duration::MAX)
+        .clamp(
+            Duration::from_nanos(1),
+            Duration::from_secs(365 * 24 * 3600),
+        );
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+        .allow_burst(burst)
 }
 
-/// Token buckets by client.
-pub(super) struct Limiter {
-    rate: RateLimit,
-    hops: usize,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+/// A rate limiter with one bucket per key, pruned as it goes.
+pub(super) struct Keyed<K: Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
+    checks: AtomicU64,
 }
 
-impl Limiter {
-    pub(super) fn new(rate: RateLimit, trusted_proxy_hops: usize) -> Self {
+impl<K: Hash + Eq + Clone> Keyed<K> {
+    pub(super) fn new(quota: Quota) -> Self {
         Self {
-            rate,
-            hops: trusted_proxy_hops,
-            buckets: Mutex::new(HashMap::new()),
+            limiter: RateLimiter::keyed(quota),
+            checks: AtomicU64::new(0),
         }
     }
 
-    /// Takes one token for `client`; `Err(wait)` when none is left.
-    fn take(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
-        let burst = f64::from(self.rate.burst);
-        let per_sec = self.rate.per_sec;
-        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_CLIENTS && !map.contains_key(&client) {
-            // Refilled buckets carry no information; drop them first.
-            let full_after = Duration::from_secs_f64(burst / per_sec);
-            map.retain(|_, b| now.duration_since(b.at) < full_after);
-            if map.len() >= MAX_CLIENTS {
-                // Still full: forget the longest-idle half.
-                let mut ages: Vec<Instant> = map.values().map(|b| b.at).collect();
-                ages.sort_unstable();
-                let cutoff = ages[ages.len() / 2];
-                map.retain(|_, b| b.at > cutoff);
-            }
+    /// Takes one cell for `key`; `Err(wait)` until the next one is available.
+    pub(super) fn check(&self, key: &K) -> Result<(), Duration> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
         }
-        let b = map.entry(client).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
-        let refill = now.saturating_duration_since(b.at).as_secs_f64() * per_sec;
-        b.tokens = (b.tokens + refill).min(burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / per_sec))
+        self.limiter
+            .check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+/// The limits on `/api` and how clients are told apart.
+pub(super) struct Limits {
+    per_client: Option<Keyed<IpAddr>>,
+    per_account: Option<Keyed<SalesforceId>>,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl Limits {
+    pub(super) fn new(
+        per_client: Option<RateLimit>,
+        per_account: Option<RateLimit>,
+        trusted_proxies: Vec<IpNet>,
+    ) -> Self {
+        Self {
+            per_client: per_client.map(|r| Keyed::new(quota(r))),
+            per_account: per_account.map(|r| Keyed::new(quota(r))),
+            trusted_proxies,
         }
     }
+}
+
+/// IPv4-mapped IPv6 addresses as the IPv4 address they are.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn parse_entry(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip()))
+        .ok()
+        .map(canonical)
 }
 
 /// The address a request is attributed to (see the module invariants).
-pub(super) fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, hops: usize) -> Option<IpAddr> {
-    let ip = if hops == 0 {
-        peer
-    } else {
+pub(super) fn client_ip(
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let mut client = peer.map(canonical);
+    if client.as_ref().is_some_and(is_trusted) {
         let entries: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
@@ -97,53 +138,64 @@ pub(super) fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, hops: usize) 
             .map(str::trim)
             .filter(|e| !e.is_empty())
             .collect();
-        match entries.len() {
-            0 => peer,
-            n => {
-                let entry = entries[n.saturating_sub(hops)];
-                entry
-                    .parse::<IpAddr>()
-                    .or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip()))
-                    .ok()
-                    .or(peer)
+        for entry in entries.iter().rev() {
+            // An unreadable entry vouches for nothing: the last trusted hop is the client.
+            let Some(ip) = parse_entry(entry) else { break };
+            client = Some(ip);
+            if !is_trusted(&ip) {
+                break;
             }
         }
-    };
-    ip.map(|ip| match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
+    }
+    client.map(|ip| match ip {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
         v4 => v4,
     })
 }
 
+fn limited(wait: Duration) -> Response {
+    retry_later(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "Too many requests; retry after the number of seconds in Retry-After",
+        wait,
+    )
+}
+
 /// Middleware on the `/api` routes.
-pub(super) async fn enforce(State(s): State<Http>, req: Request, next: Next) -> Response {
-    let Some(limiter) = &s.limiter else {
+pub(super) async fn enforce(State(s): State<Http>, mut req: Request, next: Next) -> Response {
+    let limits = &*s.limits;
+    if limits.per_client.is_none() && limits.per_account.is_none() {
         return next.run(req).await;
-    };
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let client = client_ip(peer, req.headers(), limiter.hops)
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    match limiter.take(client, Instant::now()) {
-        Ok(()) => next.run(req).await,
-        Err(wait) => {
-            tracing::debug!(client.ip = %client, "rate limited");
-            retry_later(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "Too many requests; retry after the number of seconds in Retry-After",
-                wait,
-            )
+    }
+    let caller = orders::authorize(&s, req.headers()).ok();
+    if let (Some(Some(c)), Some(per_account)) = (&caller, &limits.per_account) {
+        let account = &c.account;
+        if let Err(wait) = per_account.check(account) {
+            tracing::debug!(account.id = %account, "rate limited (account)");
+            return limited(wait);
         }
     }
+    if let Some(per_client) = &limits.per_client {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let client = client_ip(peer, req.headers(), &limits.trusted_proxies)
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        if let Err(wait) = per_client.check(&client) {
+            tracing::debug!(client.ip = %client, "rate limited");
+            return limited(wait);
+        }
+    }
+    if let Some(account) = caller {
+        // The handler need not verify the token again.
+        req.extensions_mut().insert(orders::Verified(account));
+    }
+    next.run(req).await
 }
 
 #[cfg(test)]
@@ -162,96 +214,118 @@ mod tests {
         s.parse().expect("ip")
     }
 
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().expect("net")).collect()
+    }
+
     #[test]
-    fn forwarded_for_is_ignored_unless_trusted() {
-        let peer = Some(ip("10.0.0.1"));
+    fn forwarded_for_is_read_only_from_trusted_proxies() {
+        let proxy = Some(ip("10.0.0.1"));
+        let trusted = nets(&["10.0.0.0/24"]);
+        // An untrusted peer: the header changes nothing.
         assert_eq!(
-            client_ip(peer, &headers(&["203.0.113.9"]), 0),
+            client_ip(Some(ip("192.0.2.50")), &headers(&["203.0.113.9"]), &trusted),
+            Some(ip("192.0.2.50"))
+        );
+        assert_eq!(
+            client_ip(proxy, &headers(&["203.0.113.9"]), &[]),
             Some(ip("10.0.0.1"))
         );
+        // A trusted peer: the rightmost untrusted entry; spoofed entries further left are not used.
         assert_eq!(
-            client_ip(peer, &headers(&["198.51.100.1, 203.0.113.9"]), 1),
+            client_ip(proxy, &headers(&["198.51.100.1, 203.0.113.9"]), &trusted),
             Some(ip("203.0.113.9"))
         );
-        // Two proxies: the second-to-last entry; spoofed entries further left are ignored.
+        // Two trusted proxies in a row are skipped, across several header lines.
         assert_eq!(
-            client_ip(peer, &headers(&["6.6.6.6, 198.51.100.1", "203.0.113.9"]), 2),
+            client_ip(
+                proxy,
+                &headers(&["6.6.6.6, 198.51.100.1", "10.0.0.7"]),
+                &trusted
+            ),
             Some(ip("198.51.100.1"))
         );
-        // Fewer entries than hops: the leftmost one.
+        // Every entry trusted: the leftmost.
         assert_eq!(
-            client_ip(peer, &headers(&["198.51.100.1"]), 3),
+            client_ip(proxy, &headers(&["10.0.0.9, 10.0.0.8"]), &trusted),
+            Some(ip("10.0.0.9"))
+        );
+        // Garbage stops the walk at the last trusted hop; no header: the peer.
+        assert_eq!(
+            client_ip(proxy, &headers(&["203.0.113.9, nonsense"]), &trusted),
+            proxy
+        );
+        assert_eq!(
+            client_ip(proxy, &headers(&["10.0.0.5, unknown"]), &trusted),
+            proxy
+        );
+        assert_eq!(client_ip(proxy, &headers(&[]), &trusted), proxy);
+        assert_eq!(
+            client_ip(proxy, &headers(&["198.51.100.1:4711"]), &trusted),
             Some(ip("198.51.100.1"))
         );
-        // Garbage or no header: the peer.
-        assert_eq!(client_ip(peer, &headers(&["nonsense"]), 1), peer);
-        assert_eq!(client_ip(peer, &headers(&[]), 1), peer);
+        // A trusted proxy connecting over IPv6 as an IPv4-mapped address.
         assert_eq!(
-            client_ip(peer, &headers(&["198.51.100.1:4711"]), 1),
-            Some(ip("198.51.100.1"))
+            client_ip(
+                Some(ip("::ffff:10.0.0.1")),
+                &headers(&["203.0.113.9"]),
+                &trusted
+            ),
+            Some(ip("203.0.113.9"))
         );
     }
 
     #[test]
     fn ipv6_clients_share_their_slash_64() {
-        let a = client_ip(Some(ip("2001:db8:1:2:aaaa::1")), &HeaderMap::new(), 0);
-        let b = client_ip(Some(ip("2001:db8:1:2:bbbb::2")), &HeaderMap::new(), 0);
-        let c = client_ip(Some(ip("2001:db8:1:3::1")), &HeaderMap::new(), 0);
+        let a = client_ip(Some(ip("2001:db8:1:2:aaaa::1")), &HeaderMap::new(), &[]);
+        let b = client_ip(Some(ip("2001:db8:1:2:bbbb::2")), &HeaderMap::new(), &[]);
+        let c = client_ip(Some(ip("2001:db8:1:3::1")), &HeaderMap::new(), &[]);
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(
-            client_ip(Some(ip("::ffff:192.0.2.7")), &HeaderMap::new(), 0),
+            client_ip(Some(ip("::ffff:192.0.2.7")), &HeaderMap::new(), &[]),
             Some(ip("192.0.2.7"))
         );
     }
 
     #[test]
-    fn bucket_allows_the_burst_then_refills_at_the_rate() {
-        let l = Limiter::new(
-            RateLimit {
-                per_sec: 2.0,
-                burst: 3,
-            },
-            0,
-        );
-        let t0 = Instant::now();
+    fn bucket_allows_the_burst_then_refuses_with_the_wait() {
+        let l = Keyed::new(quota(RateLimit {
+            per_sec: 2.0,
+            burst: 3,
+        }));
         let me = ip("192.0.2.1");
         for _ in 0..3 {
-            assert!(l.take(me, t0).is_ok());
+            assert!(l.check(&me).is_ok());
         }
-        let wait = l.take(me, t0).expect_err("empty");
-        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
+        let wait = l.check(&me).expect_err("empty");
+        assert!(
+            wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
         // Another client has its own bucket.
-        assert!(l.take(ip("192.0.2.2"), t0).is_ok());
-        // Half a second later one token is back, and only one.
-        let t1 = t0 + Duration::from_millis(500);
-        assert!(l.take(me, t1).is_ok());
-        assert!(l.take(me, t1).is_err());
-        // Long idle: back to the burst, not beyond.
-        let t2 = t1 + Duration::from_secs(60);
-        for _ in 0..3 {
-            assert!(l.take(me, t2).is_ok());
-        }
-        assert!(l.take(me, t2).is_err());
+        assert!(l.check(&ip("192.0.2.2")).is_ok());
     }
 
     #[test]
-    fn table_size_is_bounded() {
-        let l = Limiter::new(
-            RateLimit {
-                per_sec: 0.001,
-                burst: 1,
-            },
-            0,
-        );
-        let t0 = Instant::now();
-        for i in 0..(MAX_CLIENTS as u32 + 10) {
-            let _ = l.take(
-                IpAddr::V4(i.into()),
-                t0 + Duration::from_micros(u64::from(i)),
-            );
+    fn refilled_buckets_are_pruned() {
+        // Refills in a microsecond: every bucket is back to full long before the next prune.
+        let l = Keyed::new(quota(RateLimit {
+            per_sec: 1e6,
+            burst: 1,
+        }));
+        for i in 0..(3 * PRUNE_EVERY as u32) {
+            let _ = l.check(&IpAddr::V4(i.into()));
         }
-        let n = l.buckets.lock().expect("lock").len();
-        assert!(n <= MAX_CLIENTS, "{n}");
+        let n = l.len();
+        assert!(n <= PRUNE_EVERY as usize, "{n}");
+    }
+
+    #[test]
+    fn extreme_rates_make_valid_quotas() {
+        for per_sec in [1e-300, 1e-6, 0.5, 1e12, f64::MAX] {
+            let q = quota(RateLimit { per_sec, burst: 2 });
+            assert_eq!(q.burst_size().get(), 2);
+        }
     }
 }

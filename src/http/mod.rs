@@ -4,19 +4,23 @@
 //!
 //! Submodules: [`orders`] (order status, auth, Salesforce lookup cache, SSE), [`health`]
 //! (readiness, subscription health, metrics), [`admin`] (operator dashboard), [`limit`]
-//! (per-client rate limit), [`server`] (accept loop with header-read timeout and graceful
-//! shutdown).
+//! (per-client and per-Account rate limits), [`server`] (accept loop with connection cap,
+//! header-read and idle timeouts, and graceful shutdown).
 //!
 //! Invariants:
 //! - Order status is served from the ledger for every Order the service knows: zero Salesforce
 //!   calls. Unknown Orders are looked up in Salesforce once, cached for
-//!   `order_lookup_cache_secs`; concurrent lookups of one id share a single call.
+//!   `order_lookup_cache_secs` (failures for `order_lookup_error_cache_secs`); concurrent
+//!   lookups of one id share a single call. Lookups stay within a budget (global rate and
+//!   concurrency, per Account, and none while the org's API usage is high); beyond it the
+//!   answer is 503 with `Retry-After`, never a Salesforce call.
 //! - An Order of another Account and an unknown Order get the same 404 body, so ids cannot be
 //!   probed. Ids are validated (15/18 characters) before anything else touches them.
 //! - Responses carry an `ETag`; a matching `If-None-Match` gets an empty 304.
 //! - Every request has a request id (a sane client `x-request-id`, or a generated UUID), echoed
 //!   in the response and carried by the span of every log line the request produces.
-//! - `/api` is rate limited per client; health, metrics and the OpenAPI document are not.
+//! - `/api` is rate limited per client address and per Account; health, metrics and the
+//!   OpenAPI document are not.
 //! - With `INTERNAL_HTTP_ADDR` set, health, metrics and the dashboard are served only on that
 //!   listener ([`Surface::Internal`]) and the public one serves `/api` and the OpenAPI
 //!   document; without it one listener serves everything.
@@ -78,11 +82,11 @@ struct Http {
     /// Behind an `Arc`: axum clones the state for every request.
     app: Arc<AppState>,
     auth: Option<Arc<orders::Auth>>,
-    lookups: orders::Lookups,
+    lookups: Arc<orders::Lookups>,
     sse: Arc<Semaphore>,
     /// Open event streams by Account.
     sse_accounts: orders::StreamsByAccount,
-    limiter: Option<Arc<limit::Limiter>>,
+    limits: Arc<limit::Limits>,
     /// Cancelled when the daemon shuts down: ends SSE streams.
     shutdown: CancellationToken,
 }
@@ -101,16 +105,18 @@ pub fn router_with_shutdown(app: AppState, shutdown: CancellationToken) -> Route
 pub fn surface_router(app: AppState, surface: Surface, shutdown: CancellationToken) -> Router {
     let http = &app.cfg.http;
     let split = http.internal_addr.is_some();
-    let limiter = http
-        .rate_limit
-        .map(|r| Arc::new(limit::Limiter::new(r, http.trusted_proxy_hops)));
+    let limits = Arc::new(limit::Limits::new(
+        http.rate_limit,
+        http.account_rate_limit,
+        http.trusted_proxies.clone(),
+    ));
     let cors = cors_layer(&http.cors_allowed_origins);
     let state = Http {
         auth: orders::Auth::from_config(&http.auth).map(Arc::new),
-        lookups: orders::Lookups::default(),
+        lookups: Arc::new(orders::Lookups::new(http)),
         sse: Arc::new(Semaphore::new(http.sse_max_clients)),
         sse_accounts: orders::StreamsByAccount::default(),
-        limiter,
+        limits,
         shutdown,
         app: Arc::new(app),
     };

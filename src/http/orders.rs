@@ -7,7 +7,14 @@
 //!   an unvalidated id.
 //! - Orders of another Account answer exactly like unknown Orders (404, same body).
 //! - Known Orders come from the ledger (no Salesforce call); unknown ones from one coalesced,
-//!   cached Salesforce lookup.
+//!   cached Salesforce lookup (a bounded `moka` cache: found and not-found for
+//!   `order_lookup_cache_secs`, failures for `order_lookup_error_cache_secs`).
+//! - A lookup that would call Salesforce first passes its budget, in this order: none while the
+//!   last `Sforce-Limit-Info` shows the org's API usage at or above
+//!   `sf_lookup_stop_at_usage_percent` (the workers' calls per Order keep their room); at most
+//!   `sf_lookup_max_concurrent` in flight; `sf_lookup_per_account_per_min` per Account (charged
+//!   to the caller whose request misses the cache); `sf_lookup_rate_per_sec` overall. A refused
+//!   lookup answers 503 with `Retry-After`, is not cached, and makes no call.
 //! - An SSE stream subscribes to changes *before* reading the current status, so no change is
 //!   lost between the two; it sends the current status first, then one event per change of the
 //!   status body, and ends on daemon shutdown or when the token that opened it expires (its
@@ -20,11 +27,13 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     hash::{Hash, Hasher},
+    num::NonZeroU32,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use axum::{
+    Extension,
     extract::{Path, State, rejection::PathRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{
@@ -32,14 +41,15 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
     },
 };
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use tokio::sync::{OnceCell, OwnedSemaphorePermit, broadcast};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 
-use super::{Http, error, retry_later};
+use super::{Http, error, limit, retry_later};
 use crate::{
-    config::{ApiAuth, CustomerErrors},
+    config::{ApiAuth, CustomerErrors, HttpConfig},
     ids::SalesforceId,
     jobs::provision::OrderChanged,
     ledger::{OrderRecord, outcome},
@@ -98,10 +108,15 @@ impl Auth {
 /// The verified caller of an authorised request.
 #[derive(Debug, Clone)]
 pub(super) struct Caller {
-    account: SalesforceId,
+    pub(super) account: SalesforceId,
     /// The token's `exp` (Unix seconds).
-    expires_at: i64,
+    pub(super) expires_at: i64,
 }
+
+/// The caller as the rate-limit middleware verified it (`None`: auth disabled), so the handler
+/// need not verify the token again.
+#[derive(Clone)]
+pub(super) struct Verified(pub(super) Option<Caller>);
 
 /// Open event streams by Account. A [`StreamSlot`] counts one until it is dropped.
 #[derive(Clone, Default)]
@@ -147,11 +162,104 @@ impl Drop for StreamSlot {
     }
 }
 
-type Lookup = Arc<OnceCell<Option<OrderView>>>;
+/// Most lookup results cached at once.
+const MAX_CACHED: u64 = 10_000;
+/// `Retry-After` while the org's API usage is above the threshold.
+const USAGE_RETRY: Duration = Duration::from_secs(60);
 
-/// Salesforce lookups of Orders unknown to the ledger, by id, with the time they started.
-#[derive(Clone, Default)]
-pub(super) struct Lookups(Arc<Mutex<HashMap<SalesforceId, (Instant, Lookup)>>>);
+/// What a Salesforce lookup found, as cached.
+#[derive(Clone)]
+enum Looked {
+    Found(OrderView),
+    Missing,
+    Failed,
+}
+
+/// How long each kind of result is cached.
+struct LookedExpiry {
+    answer: Duration,
+    failure: Duration,
+}
+
+impl moka::Expiry<SalesforceId, Looked> for LookedExpiry {
+    fn expire_after_create(
+        &self,
+        _id: &SalesforceId,
+        value: &Looked,
+        _at: Instant,
+    ) -> Option<Duration> {
+        Some(match value {
+            Looked::Failed => self.failure,
+            Looked::Found(_) | Looked::Missing => self.answer,
+        })
+    }
+}
+
+/// Salesforce lookups of Orders unknown to the ledger: their cache and their budget.
+pub(super) struct Lookups {
+    cache: moka::future::Cache<SalesforceId, Looked>,
+    /// `None`: lookups are off (`sf_lookup_rate_per_sec = 0`).
+    rate: Option<DefaultDirectRateLimiter>,
+    per_account: Option<limit::Keyed<SalesforceId>>,
+    in_flight: Arc<Semaphore>,
+    stop_at_usage_percent: u64,
+}
+
+impl Lookups {
+    pub(super) fn new(http: &HttpConfig) -> Self {
+        let budget = http.lookup_budget;
+        Self {
+            cache: moka::future::Cache::builder()
+                .max_capacity(MAX_CACHED)
+                .expire_after(LookedExpiry {
+                    answer: http.lookup_cache,
+                    failure: http.lookup_error_cache,
+                })
+                .build(),
+            rate: NonZeroU32::new(budget.per_sec)
+                .map(|n| RateLimiter::direct(Quota::per_second(n))),
+            per_account: NonZeroU32::new(budget.per_account_per_min)
+                .map(|n| limit::Keyed::new(Quota::per_minute(n))),
+            in_flight: Arc::new(Semaphore::new(budget.max_concurrent.max(1))),
+            stop_at_usage_percent: budget.stop_at_usage_percent,
+        }
+    }
+
+    /// Admits one Salesforce call for `account`'s request: the permit to hold while it runs, or
+    /// how long to wait.
+    fn admit(
+        &self,
+        rate: &DefaultDirectRateLimiter,
+        api_usage: Option<(u64, u64)>,
+        account: Option<&SalesforceId>,
+    ) -> Result<OwnedSemaphorePermit, Duration> {
+        if let Some((used, limit)) = api_usage {
+            if limit > 0
+                && u128::from(used) * 100
+                    >= u128::from(limit) * u128::from(self.stop_at_usage_percent)
+            {
+                // Debug only: a flood of unknown ids must not flood the log.
+                tracing::debug!(
+                    salesforce.api_used = used,
+                    salesforce.api_limit = limit,
+                    "Salesforce API usage is high; order lookups paused"
+                );
+                return Err(USAGE_RETRY);
+            }
+        }
+        let permit = self
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Duration::from_secs(1))?;
+        if let (Some(per_account), Some(account)) = (&self.per_account, account) {
+            per_account.check(account)?;
+        }
+        rate.check()
+            .map_err(|not_until| not_until.wait_time_from(rate.clock().now()))?;
+        Ok(permit)
+    }
+}
 
 /// What the portal sees of one Order.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -243,7 +351,7 @@ fn invalid_id() -> Response {
     clippy::result_large_err,
     reason = "the error is the response itself, built once"
 )]
-fn authorize(s: &Http, headers: &HeaderMap) -> Result<Option<Caller>, Response> {
+pub(super) fn authorize(s: &Http, headers: &HeaderMap) -> Result<Option<Caller>, Response> {
     let Some(auth) = &s.auth else {
         return Ok(None);
     };
@@ -293,10 +401,14 @@ fn authorize(s: &Http, headers: &HeaderMap) -> Result<Option<Caller>, Response> 
 )]
 fn admit(
     s: &Http,
+    caller: Option<Extension<Verified>>,
     headers: &HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<(Option<Caller>, SalesforceId), Response> {
-    let caller = authorize(s, headers)?;
+    let caller = match caller {
+        Some(Extension(Verified(caller))) => caller,
+        None => authorize(s, headers)?,
+    };
     let id = path
         .ok()
         .and_then(|Path(raw)| SalesforceId::parse(&raw).ok())
@@ -311,7 +423,7 @@ async fn visible(
     id: &SalesforceId,
     account: Option<&SalesforceId>,
 ) -> Result<(Vec<u8>, String), Response> {
-    match resolve(s, id).await? {
+    match resolve(s, id, account).await? {
         Some(v) if v.visible_to(account) => v.encode().ok_or_else(|| {
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -324,12 +436,16 @@ async fn visible(
 }
 
 /// The Order as the caller may see it: ledger first, Salesforce for unknown Orders.
-async fn resolve(s: &Http, id: &SalesforceId) -> Result<Option<OrderView>, Response> {
+async fn resolve(
+    s: &Http,
+    id: &SalesforceId,
+    account: Option<&SalesforceId>,
+) -> Result<Option<OrderView>, Response> {
     match s.app.ledger.get(id).await {
         Ok(Some(r)) if r.account_id.is_some() => {
             Ok(Some(from_ledger(&r, &s.app.cfg.http.customer_errors)))
         }
-        Ok(_) => lookup(s, id).await,
+        Ok(_) => lookup(s, id, account).await,
         Err(e) => {
             tracing::error!(error.message = %e, "ledger read failed");
             Err(unavailable())
@@ -340,10 +456,11 @@ async fn resolve(s: &Http, id: &SalesforceId) -> Result<Option<OrderView>, Respo
 /// `GET /api/orders/{id}`.
 pub(super) async fn status(
     State(s): State<Http>,
+    caller: Option<Extension<Verified>>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let (caller, id) = match admit(&s, &headers, path) {
+    let (caller, id) = match admit(&s, caller, &headers, path) {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -426,7 +543,7 @@ impl Watch {
             if !relevant {
                 continue;
             }
-            let view = match resolve(&self.s, &self.id).await {
+            let view = match resolve(&self.s, &self.id, self.account.as_ref()).await {
                 Ok(Some(v)) if v.visible_to(self.account.as_ref()) => v,
                 Ok(_) => return None,
                 Err(_) => continue, // logged by `resolve`; the next change reads again
@@ -446,10 +563,11 @@ impl Watch {
 /// `GET /api/orders/{id}/events`: the current status, then every change, as SSE.
 pub(super) async fn events(
     State(s): State<Http>,
+    caller: Option<Extension<Verified>>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let (caller, id) = match admit(&s, &headers, path) {
+    let (caller, id) = match admit(&s, caller, &headers, path) {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -508,27 +626,22 @@ pub(super) async fn events(
     resp
 }
 
-/// One Salesforce read per unknown Order per cache period, shared by concurrent callers.
-async fn lookup(s: &Http, id: &SalesforceId) -> Result<Option<OrderView>, Response> {
-    let ttl = s.app.cfg.http.lookup_cache;
-    let cell = {
-        let mut map = s.lookups.0.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if map.len() > 10_000 {
-            map.retain(|_, (at, _)| now.duration_since(*at) < ttl);
-        }
-        match map.get(id) {
-            Some((at, cell)) if now.duration_since(*at) < ttl => cell.clone(),
-            _ => {
-                let cell: Lookup = Arc::new(OnceCell::new());
-                map.insert(id.clone(), (now, cell.clone()));
-                cell
-            }
-        }
+/// One Salesforce read per unknown Order per cache period, shared by concurrent callers, within
+/// the lookup budget (see the module invariants).
+async fn lookup(
+    s: &Http,
+    id: &SalesforceId,
+    account: Option<&SalesforceId>,
+) -> Result<Option<OrderView>, Response> {
+    let lookups = &*s.lookups;
+    let Some(rate) = &lookups.rate else {
+        return Ok(None); // lookups are off: the ledger is all the API knows
     };
-    let result = cell
-        .get_or_try_init(|| async {
-            match s.app.rest.get_order(id).await {
+    let result = lookups
+        .cache
+        .try_get_with(id.clone(), async {
+            let _permit = lookups.admit(rate, s.app.rest.api_usage(), account)?;
+            Ok::<_, Duration>(match s.app.rest.get_order(id).await {
                 Ok(Some(o)) => {
                     let status = match o.activation_status.as_deref() {
                         Some("Activating") => "Activating".to_owned(),
@@ -536,7 +649,7 @@ async fn lookup(s: &Http, id: &SalesforceId) -> Result<Option<OrderView>, Respon
                         Some("Failed") => "Failed".to_owned(),
                         _ => o.status.clone().unwrap_or_else(|| "Unknown".into()),
                     };
-                    Ok(Some(OrderView {
+                    Looked::Found(OrderView {
                         sf_order_id: o.id.to_string(),
                         status,
                         activation_status: o.activation_status.clone(),
@@ -544,23 +657,28 @@ async fn lookup(s: &Http, id: &SalesforceId) -> Result<Option<OrderView>, Respon
                         error: None,
                         updated_at: None,
                         account_id: o.account_id.as_ref().map(ToString::to_string),
-                    }))
+                    })
                 }
-                Ok(None) => Ok(None),
-                Err(e) => Err(e),
-            }
+                Ok(None) => Looked::Missing,
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "Salesforce order lookup failed");
+                    Looked::Failed
+                }
+            })
         })
         .await;
     match result {
-        Ok(v) => Ok(v.clone()),
-        Err(e) => {
-            s.lookups
-                .0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(id);
-            tracing::warn!(error.message = %e, "Salesforce order lookup failed");
-            Err(unavailable())
+        Ok(Looked::Found(v)) => Ok(Some(v)),
+        Ok(Looked::Missing) => Ok(None),
+        Ok(Looked::Failed) => Err(unavailable()),
+        Err(wait) => {
+            tracing::debug!(order.id = %id, "order lookup refused by its budget");
+            Err(retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Try again shortly",
+                *wait,
+            ))
         }
     }
 }

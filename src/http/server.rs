@@ -10,20 +10,32 @@
 //!   ("slowloris") or silent client is disconnected. The protocol sniff at the start of a
 //!   connection (at most 24 bytes) has a deadline of the same length.
 //! - Request heads are bounded (64 KiB, 100 headers → 431), bodies by the router (64 KiB → 413).
+//! - At most `http_max_connections` connections are open: at the cap the loop stops accepting,
+//!   so further clients wait in the kernel's listen backlog until a connection closes.
+//! - A connection with no request in flight (a response whose body is still streaming, e.g.
+//!   SSE, counts as in flight) for `http_idle_timeout_secs` is shut down gracefully: HTTP/1.1
+//!   keep-alive connections close, HTTP/2 ones get GOAWAY. HTTP/2 pings do not count as use.
 //! - On shutdown the listener closes at once, in-flight requests finish, SSE streams end (the
 //!   router watches the same token), idle connections close; the function returns when every
 //!   connection is gone.
 //! - Each request carries its peer address as `ConnectInfo<SocketAddr>`.
 
 use std::{
+    convert::Infallible,
     io,
     net::SocketAddr,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use axum::{Router, extract::ConnectInfo};
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::ConnectInfo,
+};
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -32,6 +44,7 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
+    sync::{Semaphore, watch},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
@@ -61,10 +74,27 @@ pub async fn serve_surface(
     surface: super::Surface,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let header_timeout = state.cfg.http.header_read_timeout;
+    let limits = Limits {
+        header_read: state.cfg.http.header_read_timeout,
+        idle: state.cfg.http.idle_timeout,
+    };
+    let slots = Arc::new(Semaphore::new(state.cfg.http.max_connections));
     let router = super::surface_router(state, surface, shutdown.clone());
     let connections = TaskTracker::new();
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                debug!("at the HTTP connection cap; waiting for a connection to close");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             r = listener.accept() => match r {
@@ -78,13 +108,11 @@ pub async fn serve_surface(
             },
         };
         let _ = stream.set_nodelay(true);
-        connections.spawn(connection(
-            stream,
-            peer,
-            router.clone(),
-            header_timeout,
-            shutdown.clone(),
-        ));
+        let conn = connection(stream, peer, router.clone(), limits, shutdown.clone());
+        connections.spawn(async move {
+            conn.await;
+            drop(slot);
+        });
     }
     drop(listener);
     connections.close();
@@ -118,13 +146,87 @@ async fn sniff(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<bool> {
     }
 }
 
+/// Per-connection timeouts.
+#[derive(Clone, Copy)]
+struct Limits {
+    header_read: Duration,
+    idle: Duration,
+}
+
+/// Counts a connection's requests in flight; a request stays in flight until its response body
+/// is finished or dropped.
+#[derive(Clone)]
+struct InFlight(Arc<watch::Sender<usize>>);
+
+/// One request in flight; dropping it ends it.
+struct InFlightGuard(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn begin(&self) -> InFlightGuard {
+        self.0.send_modify(|n| *n += 1);
+        InFlightGuard(self.0.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Resolves once the connection has had no request in flight for `timeout`.
+async fn idle_for(mut in_flight: watch::Receiver<usize>, timeout: Duration) {
+    loop {
+        if in_flight.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        match tokio::time::timeout(timeout, in_flight.changed()).await {
+            Err(_) => return,
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return std::future::pending().await,
+        }
+    }
+}
+
+/// A response body that ends its request's [`InFlightGuard`] when finished or dropped.
+struct Tracked {
+    inner: Body,
+    guard: Option<InFlightGuard>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     router: Router,
-    header_timeout: Duration,
+    limits: Limits,
     shutdown: CancellationToken,
 ) {
+    let header_timeout = limits.header_read;
     let mut prefix = Vec::with_capacity(H2_PREFACE.len());
     let h2 = match tokio::time::timeout(header_timeout, sniff(&mut stream, &mut prefix)).await {
         Ok(Ok(h2)) => h2,
@@ -142,12 +244,26 @@ async fn connection(
         pos: 0,
         inner: stream,
     });
-    let service = TowerToHyperService::new(router.map_request(
+    let (in_flight, in_flight_rx) = watch::channel(0usize);
+    let in_flight = InFlight(Arc::new(in_flight));
+    let service = TowerToHyperService::new(tower::service_fn(
         move |mut req: axum::http::Request<Incoming>| {
+            let guard = in_flight.begin();
             req.extensions_mut().insert(ConnectInfo(peer));
-            req
+            let router = router.clone();
+            async move {
+                let Ok(resp) = router.oneshot(req).await;
+                Ok::<_, Infallible>(resp.map(|inner| {
+                    Body::new(Tracked {
+                        inner,
+                        guard: Some(guard),
+                    })
+                }))
+            }
         },
     ));
+    let idle = idle_for(in_flight_rx, limits.idle);
+    tokio::pin!(idle);
     let result = if h2 {
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
@@ -163,6 +279,11 @@ async fn connection(
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
+            () = &mut idle => {
+                debug!(peer = %peer, "closing an idle HTTP connection");
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
         }
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
@@ -175,6 +296,11 @@ async fn connection(
         tokio::select! {
             r = conn.as_mut() => r,
             () = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            () = &mut idle => {
+                debug!(peer = %peer, "closing an idle HTTP connection");
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }

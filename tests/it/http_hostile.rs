@@ -1,5 +1,7 @@
 //! Hostile HTTP input: forged and ill-timed tokens, injection attempts and garbage in ids,
-//! oversized requests, and clients that send their headers too slowly.
+//! oversized requests, clients that send their headers too slowly, floods of unknown ids
+//! (the Salesforce lookup budget), forged `X-Forwarded-For`, noisy accounts behind a shared
+//! address, too many and idle connections.
 
 use std::time::{Duration, Instant};
 
@@ -240,7 +242,10 @@ async fn forged_expired_and_premature_tokens_are_401() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_injection_ids_are_400_before_any_salesforce_call() {
     let app = spawn_app(Options {
-        extra_env: vec![("API_RATE_LIMIT_PER_SEC", "0".into())],
+        extra_env: vec![
+            ("API_RATE_LIMIT_PER_SEC", "0".into()),
+            ("API_ACCOUNT_RATE_LIMIT_PER_SEC", "0".into()),
+        ],
         ..Default::default()
     })
     .await;
@@ -482,4 +487,407 @@ async fn http2_with_prior_knowledge_is_served_too() {
         .await
         .expect("h2 request");
     assert_eq!(r.status(), 401);
+}
+
+/// An id no Salesforce org in these tests holds.
+fn unknown_id(n: u64) -> SalesforceId {
+    SalesforceId::synthesize("801", 700_000_000 + n)
+}
+
+/// `GET /api/orders/{id}` as `account`: the status and `Retry-After` (seconds), if any.
+async fn get_as(
+    http: &reqwest::Client,
+    base: &str,
+    id: &SalesforceId,
+    account: &str,
+) -> (u16, Option<u64>) {
+    let r = http
+        .get(format!("{base}/api/orders/{id}"))
+        .bearer_auth(crate::http::token(account, 600))
+        .send()
+        .await
+        .expect("req");
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (r.status().as_u16(), retry)
+}
+
+/// Salesforce REST calls so far (queries included).
+fn rest_calls(app: &crate::helpers::TestApp) -> u64 {
+    app.sim.sim.totals().rest_calls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_order_lookups_stay_within_the_salesforce_budget() {
+    const ACCOUNTS: u64 = 4;
+    const PER_ACCOUNT_PER_MIN: u64 = 3;
+    const PER_SEC: u64 = 2;
+    let app = spawn_app(Options {
+        extra_env: vec![
+            ("API_RATE_LIMIT_PER_SEC", "0".into()),
+            ("API_ACCOUNT_RATE_LIMIT_PER_SEC", "0".into()),
+            ("RECONCILER_INTERVAL_SECS", "0".into()),
+            ("SF_LOOKUP_RATE_PER_SEC", PER_SEC.to_string()),
+            (
+                "SF_LOOKUP_PER_ACCOUNT_PER_MIN",
+                PER_ACCOUNT_PER_MIN.to_string(),
+            ),
+        ],
+        ..Default::default()
+    })
+    .await;
+    http_up(&app.http).await;
+    let http = reqwest::Client::new();
+    let accounts: Vec<String> = (0..ACCOUNTS)
+        .map(|a| SalesforceId::synthesize("001", 500 + a).to_string())
+        .collect();
+    let (calls_before, soql_before) = (rest_calls(&app), app.sim.sim.totals().soql);
+    let started = Instant::now();
+    // 2,000 distinct unknown ids, spread over the accounts, 32 requests at a time.
+    let answers: Vec<(u16, Option<u64>)> =
+        futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+            futures::stream::iter((0..2000u64).map(|i| {
+                let (http, base) = (http.clone(), app.http.clone());
+                let account = accounts[(i % ACCOUNTS) as usize].clone();
+                async move { get_as(&http, &base, &unknown_id(i), &account).await }
+            })),
+            32,
+        ))
+        .await;
+    let elapsed = started.elapsed();
+    let calls = rest_calls(&app) - calls_before;
+    let soql = app.sim.sim.totals().soql - soql_before;
+    // The budget: PER_ACCOUNT_PER_MIN per account in this first minute, and PER_SEC overall
+    // (a burst of PER_SEC, then PER_SEC a second).
+    let per_account = ACCOUNTS * PER_ACCOUNT_PER_MIN;
+    let global = PER_SEC + PER_SEC * elapsed.as_secs().saturating_add(1);
+    assert!(
+        calls <= per_account.min(global),
+        "{calls} Salesforce calls in {elapsed:?}; budget {per_account} per minute, {global} by rate"
+    );
+    assert!(calls >= 1 && soql == calls, "{calls} calls, {soql} queries");
+    // Every looked-up id is a 404; everything beyond the budget a 503 with Retry-After.
+    let not_found = answers.iter().filter(|(s, _)| *s == 404).count() as u64;
+    assert_eq!(not_found, calls, "one 404 per lookup made");
+    for (status, retry) in &answers {
+        assert!(
+            *status == 404 || (*status == 503 && retry.is_some_and(|r| r >= 1)),
+            "{status} {retry:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_stop_while_salesforce_api_usage_is_high() {
+    let app = spawn_app(Options {
+        extra_env: vec![
+            ("API_RATE_LIMIT_PER_SEC", "0".into()),
+            ("API_ACCOUNT_RATE_LIMIT_PER_SEC", "0".into()),
+            ("RECONCILER_INTERVAL_SECS", "0".into()),
+            ("SF_LOOKUP_RATE_PER_SEC", "1000".into()),
+            ("SF_LOOKUP_PER_ACCOUNT_PER_MIN", "0".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    http_up(&app.http).await;
+    let http = reqwest::Client::new();
+    let account = SalesforceId::synthesize("001", 600).to_string();
+    // The org reports 85 % of its daily API calls used (the default threshold is 80 %).
+    app.sim.sim.set_faults(provisioner_sim::Faults {
+        sf_api_used: Some(85_000),
+        ..Default::default()
+    });
+    // The first lookup is made, and brings the usage reading back.
+    let before = rest_calls(&app);
+    assert_eq!(
+        get_as(&http, &app.http, &unknown_id(1), &account).await.0,
+        404
+    );
+    assert_eq!(rest_calls(&app), before + 1);
+    // From then on no lookup reaches Salesforce.
+    for i in 2..22 {
+        let (status, retry) = get_as(&http, &app.http, &unknown_id(i), &account).await;
+        assert_eq!(status, 503, "lookup {i}");
+        assert!(retry.is_some_and(|r| r >= 1), "{retry:?}");
+    }
+    assert_eq!(rest_calls(&app), before + 1, "no call while usage is high");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_lookups_are_remembered_briefly() {
+    let app = spawn_app(Options {
+        extra_env: vec![
+            ("API_RATE_LIMIT_PER_SEC", "0".into()),
+            ("API_ACCOUNT_RATE_LIMIT_PER_SEC", "0".into()),
+            ("RECONCILER_INTERVAL_SECS", "0".into()),
+            ("ORDER_LOOKUP_ERROR_CACHE_SECS", "2".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    http_up(&app.http).await;
+    let http = reqwest::Client::new();
+    let account = SalesforceId::synthesize("001", 700).to_string();
+    let id = unknown_id(1);
+    // Salesforce answers the next query 503.
+    app.sim.sim.set_faults(provisioner_sim::Faults {
+        sf_unavailable_next: 1,
+        ..Default::default()
+    });
+    let before = rest_calls(&app);
+    let (status, retry) = get_as(&http, &app.http, &id, &account).await;
+    assert_eq!((status, rest_calls(&app)), (503, before + 1));
+    assert!(retry.is_some(), "{retry:?}");
+    // Asked again at once: the failure is remembered, no second call.
+    assert_eq!(get_as(&http, &app.http, &id, &account).await.0, 503);
+    assert_eq!(rest_calls(&app), before + 1, "the failure was not cached");
+    // Briefly: after the error TTL the Order is looked up again (and now found missing).
+    crate::helpers::wait_until(Duration::from_secs(10), "the failure to expire", || async {
+        get_as(&http, &app.http, &id, &account).await.0 == 404
+    })
+    .await;
+    assert_eq!(rest_calls(&app), before + 2);
+}
+
+/// A client that connects from `local` (any 127/8 address reaches the loopback listener).
+fn client_from(local: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(local.parse::<std::net::IpAddr>().expect("ip"))
+        .build()
+        .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_counts_only_from_trusted_proxies() {
+    let app = spawn_app(Options {
+        extra_env: vec![
+            ("API_RATE_LIMIT_PER_SEC", "0.01".into()),
+            ("API_RATE_LIMIT_BURST", "2".into()),
+            ("HTTP_TRUSTED_PROXIES", "127.0.0.1/32".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    http_up(&app.http).await;
+    let send = |client: reqwest::Client, xff: String| {
+        let base = app.http.clone();
+        async move {
+            client
+                .get(format!("{base}/api/orders/bad"))
+                .header("x-forwarded-for", xff)
+                .send()
+                .await
+                .expect("req")
+                .status()
+                .as_u16()
+        }
+    };
+    // Through the trusted proxy (127.0.0.1): client A spends its burst; a spoofed left-hand
+    // entry does not make it someone else; client B has its own bucket.
+    let proxy = client_from("127.0.0.1");
+    assert_eq!(send(proxy.clone(), "203.0.113.1".into()).await, 401);
+    assert_eq!(
+        send(proxy.clone(), "6.6.6.6, 203.0.113.1".into()).await,
+        401
+    );
+    assert_eq!(
+        send(proxy.clone(), "7.7.7.7, 203.0.113.1".into()).await,
+        429
+    );
+    assert_eq!(send(proxy.clone(), "203.0.113.2".into()).await, 401);
+    // A trusted hop on the right is skipped.
+    assert_eq!(
+        send(proxy.clone(), "203.0.113.3, 127.0.0.1".into()).await,
+        401
+    );
+    // Straight from an untrusted peer (127.0.0.2): a forged header, fresh on every request,
+    // changes nothing: the peer's own bucket runs dry.
+    let direct = client_from("127.0.0.2");
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        statuses.push(send(direct.clone(), format!("198.51.100.{i}")).await);
+    }
+    assert_eq!(statuses, [401, 401, 429, 429, 429]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_account_cannot_spend_the_limit_of_a_shared_address() {
+    let app = spawn_app(Options {
+        extra_env: vec![
+            ("API_RATE_LIMIT_PER_SEC", "0.01".into()),
+            ("API_RATE_LIMIT_BURST", "10".into()),
+            ("API_ACCOUNT_RATE_LIMIT_PER_SEC", "0.01".into()),
+            ("API_ACCOUNT_RATE_LIMIT_BURST", "3".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    http_up(&app.http).await;
+    let http = reqwest::Client::new();
+    let get = |account: &str| {
+        let (http, base) = (http.clone(), app.http.clone());
+        let token = crate::http::token(account, 600);
+        async move {
+            // A malformed id: answered 400 without touching Salesforce.
+            let r = http
+                .get(format!("{base}/api/orders/bad"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("req");
+            (r.status().as_u16(), r.headers().contains_key("retry-after"))
+        }
+    };
+    let noisy = SalesforceId::synthesize("001", 801).to_string();
+    let quiet = SalesforceId::synthesize("001", 802).to_string();
+    // The noisy customer gets its burst of 3, then 429 with Retry-After, however long it keeps
+    // trying.
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let (status, retry_after) = get(&noisy).await;
+        assert!(status != 429 || retry_after);
+        statuses.push(status);
+    }
+    assert_eq!(&statuses[..3], &[400; 3], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Another customer from the same address is still served.
+    for _ in 0..3 {
+        assert_eq!(get(&quiet).await.0, 400);
+    }
+}
+
+/// Sends a keep-alive `GET /health/live` on `stream` and reads the whole response; `None` if
+/// nothing complete arrived within `within`.
+async fn health_over(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    stream
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(within, async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed before a response");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().expect("length"))
+                    })
+                    .expect("content-length");
+                if buf.len() >= end + 4 + len {
+                    return text;
+                }
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    let app = spawn_app(Options {
+        extra_env: vec![("HTTP_MAX_CONNECTIONS", "2".into())],
+        ..Default::default()
+    })
+    .await;
+    http_up(&app.http).await;
+    let addr = host_port(&app.http);
+    // Two kept-alive connections, both served.
+    let mut first = TcpStream::connect(&addr).await.expect("connect");
+    let mut second = TcpStream::connect(&addr).await.expect("connect");
+    for s in [&mut first, &mut second] {
+        let r = health_over(s, Duration::from_secs(10))
+            .await
+            .expect("served");
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    // A third connects (the kernel's backlog takes it) but is not served while both stay open.
+    let mut third = TcpStream::connect(&addr).await.expect("connect");
+    assert_eq!(
+        health_over(&mut third, Duration::from_millis(1500)).await,
+        None,
+        "a connection beyond the cap was served"
+    );
+    // The open ones still are.
+    assert!(
+        health_over(&mut second, Duration::from_secs(10))
+            .await
+            .expect("served")
+            .starts_with("HTTP/1.1 200")
+    );
+    // One closes: the waiting connection is taken up and its request answered.
+    drop(first);
+    let mut buf = Vec::new();
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = third.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed instead of served");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "the waiting connection was never served");
+    assert!(buf.starts_with(b"HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed() {
+    let app = spawn_app(Options {
+        extra_env: vec![
+            ("HTTP_IDLE_TIMEOUT_SECS", "1".into()),
+            ("HTTP_HEADER_READ_TIMEOUT_SECS", "30".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    http_up(&app.http).await;
+    let addr = host_port(&app.http);
+    let mut conn = TcpStream::connect(&addr).await.expect("connect");
+    let r = health_over(&mut conn, Duration::from_secs(10))
+        .await
+        .expect("served");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let idle_since = Instant::now();
+    // Kept alive, then closed by the server once idle for the timeout.
+    let mut chunk = [0u8; 64];
+    let eof = tokio::time::timeout(Duration::from_secs(8), conn.read(&mut chunk)).await;
+    assert!(
+        matches!(eof, Ok(Ok(0) | Err(_))),
+        "the idle connection was not closed: {eof:?}"
+    );
+    assert!(
+        idle_since.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}",
+        idle_since.elapsed()
+    );
+
+    // HTTP/2 (prior knowledge): after one request, the idle connection is closed too (GOAWAY,
+    // then EOF), although the client answers the server's pings.
+    let tcp = TcpStream::connect(&addr).await.expect("connect");
+    let (mut h2, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(connection);
+    let request = axum::http::Request::get(format!("{}/health/live", app.http))
+        .body(())
+        .expect("request");
+    let (response, _) = h2.send_request(request, true).expect("send");
+    assert_eq!(response.await.expect("response").status(), 200);
+    let idle_since = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(8), driver).await;
+    assert!(
+        matches!(closed, Ok(Ok(Ok(())))),
+        "the idle HTTP/2 connection was not closed: {closed:?}"
+    );
+    assert!(idle_since.elapsed() >= Duration::from_millis(900));
 }

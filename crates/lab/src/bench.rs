@@ -644,6 +644,9 @@ impl Daemon {
             .env("HTTP_ADDR", addr.to_string())
             .env("PORTAL_JWT_SECRET", PORTAL_SECRET)
             .env("SF_EVENTS_REPLAY", "LATEST")
+            // The order-status runs measure throughput from one address and one Account.
+            .env("API_RATE_LIMIT_PER_SEC", "0")
+            .env("API_ACCOUNT_RATE_LIMIT_PER_SEC", "0")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", &args.daemon_log);
         for (k, v) in &args.daemon_env {

@@ -148,6 +148,10 @@ pub struct Faults {
     /// Every PATCH of these Orders answers 400 FIELD_CUSTOM_VALIDATION_EXCEPTION.
     #[serde(alias = "sfRejectWriteback")]
     pub sf_reject_writeback: Vec<String>,
+    /// Report this many API calls used in `Sforce-Limit-Info` instead of the real count (the
+    /// limit stays the same), e.g. to show an org close to its daily API limit.
+    #[serde(alias = "sfApiUsed")]
+    pub sf_api_used: Option<u64>,
     /// Seed of the RNG behind `whmcs_error_rate`.
     pub seed: u64,
 }

@@ -163,11 +163,11 @@ fn rest_auth(st: &mut SimState, headers: &HeaderMap) -> Result<u64, Response> {
     match bearer(headers) {
         Some(t) if st.tokens.contains(t) => {
             st.totals.rest_calls += 1;
-            Ok(st.totals.rest_calls)
+            Ok(st.faults.sf_api_used.unwrap_or(st.totals.rest_calls))
         }
         _ => Err(rest_error(
             StatusCode::UNAUTHORIZED,
-            st.totals.rest_calls,
+            st.faults.sf_api_used.unwrap_or(st.totals.rest_calls),
             "INVALID_SESSION_ID",
             "Session expired or invalid",
         )),
