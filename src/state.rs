@@ -53,7 +53,7 @@ impl AppState {
             .context("opening the ledger (DATABASE_URL)")?;
         let queue = Queue::connect(&cfg.queue)
             .await
-            .context("connecting to Redis (REDIS_URL)")?;
+            .with_context(|| format!("connecting to Redis ({})", cfg.queue.redis_settings()))?;
         let sf_http =
             net::client(cfg.salesforce.http_timeout).context("building the HTTP client")?;
         let flow = match &cfg.salesforce.auth {

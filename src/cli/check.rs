@@ -23,11 +23,26 @@ pub async fn run(cfg: Config) -> ExitCode {
     };
     let mut ok = true;
     match state.ledger.ping().await {
-        Ok(()) => line(
-            true,
-            "database",
-            &format!("{:?} reachable", state.ledger.backend()),
-        ),
+        Ok(()) => match state.ledger.tls_in_use().await {
+            Ok(None) => line(
+                true,
+                "database",
+                &format!("{:?} reachable", state.ledger.backend()),
+            ),
+            Ok(Some(tls)) => {
+                let mode = postgres_sslmode(&state.cfg.database.url);
+                let transport = if tls { "TLS" } else { "no TLS" };
+                line(
+                    true,
+                    "database",
+                    &format!("Postgres reachable ({transport}, sslmode={mode})"),
+                );
+            }
+            Err(e) => {
+                ok = false;
+                line(false, "database", &e.to_string());
+            }
+        },
         Err(e) => {
             ok = false;
             line(false, "database", &e.to_string());
@@ -35,7 +50,12 @@ pub async fn run(cfg: Config) -> ExitCode {
     }
     match state.queue.ping().await {
         Ok(()) => {
-            line(true, "redis", "reachable");
+            let tls = state.cfg.queue.redis_url.starts_with("rediss://");
+            line(
+                true,
+                "redis",
+                if tls { "reachable (TLS)" } else { "reachable" },
+            );
             if state.queue.append_only().await == Some(false) {
                 println!(
                     "[warn] redis: appendonly is off; a Redis restart loses queued jobs \
@@ -126,4 +146,18 @@ pub async fn run(cfg: Config) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The `sslmode` a PostgreSQL URL asks for: its `sslmode` parameter, else `PGSSLMODE`, else
+/// `prefer` (the driver's rules).
+fn postgres_sslmode(database_url: &str) -> String {
+    url::Url::parse(database_url)
+        .ok()
+        .and_then(|u| {
+            u.query_pairs()
+                .find(|(k, _)| k == "sslmode")
+                .map(|(_, v)| v.into_owned())
+        })
+        .or_else(|| std::env::var("PGSSLMODE").ok().filter(|m| !m.is_empty()))
+        .unwrap_or_else(|| "prefer".to_owned())
 }

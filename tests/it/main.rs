@@ -15,3 +15,4 @@ mod process;
 mod queue;
 mod replicas;
 mod subscriber;
+mod tls;
