@@ -123,6 +123,7 @@ impl AppState {
                 max_attempts: self.cfg.queue.max_attempts,
                 backoff_initial: self.cfg.queue.backoff_initial,
                 backoff_max: self.cfg.queue.backoff_max,
+                quantity_mode: self.cfg.whmcs.quantity_mode,
             },
             instance: self.instance.clone(),
             changes: self.changes.clone(),

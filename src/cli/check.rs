@@ -5,14 +5,21 @@ use std::process::ExitCode;
 
 use secrecy::ExposeSecret;
 
-use crate::{config::Config, ingest::subscriber::Subscriber, salesforce::pb, state::AppState};
+use crate::{
+    config::{Config, QuantityMode},
+    ingest::subscriber::Subscriber,
+    salesforce::pb,
+    state::AppState,
+    whmcs::honours_quantity,
+};
 
 fn line(ok: bool, what: &str, detail: &str) {
     println!("[{}] {what}: {detail}", if ok { " ok " } else { "FAIL" });
 }
 
-/// Runs every check and prints one line per dependency.
-pub async fn run(cfg: Config) -> ExitCode {
+/// Runs every check and prints one line per dependency. `products`: check these WHMCS product
+/// ids (comma-separated), or with `Some("")` the ids mapped on Salesforce Products.
+pub async fn run(cfg: Config, products: Option<String>) -> ExitCode {
     line(true, "configuration", "valid");
     let state = match AppState::build(cfg).await {
         Ok(s) => s,
@@ -141,10 +148,83 @@ pub async fn run(cfg: Config) -> ExitCode {
             line(false, "whmcs", &e.to_string());
         }
     }
+    match state.whmcs.details().await {
+        Ok(v) => {
+            let detail = match (honours_quantity(&v), state.cfg.whmcs.quantity_mode) {
+                (Some(true), _) => format!("{v} (order quantities honoured)"),
+                (_, QuantityMode::Expand) => format!(
+                    "{v} (before 8.12: quantities above 1 are sent as lines of 1, WHMCS_QUANTITY_MODE=expand)"
+                ),
+                (_, QuantityMode::Reject) => format!(
+                    "{v} (before 8.12: Orders with quantities above 1 fail, WHMCS_QUANTITY_MODE=reject)"
+                ),
+            };
+            line(true, "whmcs version", &detail);
+        }
+        Err(e) => println!(
+            "[warn] whmcs version: {e} (quantities above 1 are handled as for WHMCS before 8.12)"
+        ),
+    }
+    if let Some(list) = products {
+        ok &= check_products(&state, &list).await;
+    }
     if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Checks that WHMCS has every product id in `list` (comma-separated), or, when `list` is
+/// empty, every id mapped on a Salesforce Product.
+async fn check_products(state: &AppState, list: &str) -> bool {
+    let (ids, source) = if list.trim().is_empty() {
+        match state.rest.mapped_product_ids().await {
+            Ok(ids) => (ids, "mapped on Salesforce Products"),
+            Err(e) => {
+                line(false, "whmcs products", &format!("listing Product2: {e}"));
+                return false;
+            }
+        }
+    } else {
+        let ids = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        (ids, "given")
+    };
+    if ids.is_empty() {
+        line(true, "whmcs products", &format!("no product ids {source}"));
+        return true;
+    }
+    match state.whmcs.missing_products(&ids).await {
+        Ok(missing) if missing.is_empty() => {
+            line(
+                true,
+                "whmcs products",
+                &format!("all {} {source} exist ({})", ids.len(), ids.join(", ")),
+            );
+            true
+        }
+        Ok(missing) => {
+            line(
+                false,
+                "whmcs products",
+                &format!(
+                    "{} of {} {source} not in WHMCS: {}",
+                    missing.len(),
+                    ids.len(),
+                    missing.join(", ")
+                ),
+            );
+            false
+        }
+        Err(e) => {
+            line(false, "whmcs products", &e.to_string());
+            false
+        }
     }
 }
 

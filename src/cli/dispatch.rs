@@ -62,13 +62,13 @@ pub async fn dispatch(config: Option<&Path>, command: Command) -> ExitCode {
                 Err(e) => fail("migration failed", &e),
             }
         }
-        Command::Check => {
+        Command::Check { products } => {
             let cfg = match load(config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             telemetry::init(LogFormat::Pretty);
-            crate::cli::check::run(cfg).await
+            crate::cli::check::run(cfg, products).await
         }
         Command::Healthcheck { url } => healthcheck(url).await,
         Command::Sim {

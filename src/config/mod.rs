@@ -96,6 +96,18 @@ pub struct WhmcsSettings {
     pub access_key: Option<SecretString>,
     pub payment_method: String,
     pub timeout: Duration,
+    /// What to do with quantities above 1 when WHMCS is older than 8.12.
+    pub quantity_mode: QuantityMode,
+}
+
+/// How an Order Product of quantity N reaches a WHMCS that ignores `qty[]` (before 8.12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuantityMode {
+    /// N lines of quantity 1.
+    #[default]
+    Expand,
+    /// The Order fails with `WHMCS_QTY_UNSUPPORTED`.
+    Reject,
 }
 
 #[derive(Debug, Clone)]
@@ -408,6 +420,10 @@ mod tests {
             ),
             (with(&[("ALERT_WINDOW_SECS", "0")]), "ALERT_WINDOW_SECS"),
             (with(&[("ALERT_MIN_SAMPLES", "0")]), "ALERT_MIN_SAMPLES"),
+            (
+                with(&[("WHMCS_QUANTITY_MODE", "sometimes")]),
+                "WHMCS_QUANTITY_MODE",
+            ),
             (
                 with(&[("REDIS_TLS_CA_FILE", "/etc/hostname")]),
                 "REDIS_TLS_CA_FILE",

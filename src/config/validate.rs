@@ -355,6 +355,16 @@ impl Config {
             access_key: secret_non_empty(r.whmcs_api_access_key),
             payment_method: require("whmcs_payment_method", r.whmcs_payment_method)?,
             timeout: Duration::from_secs(r.whmcs_timeout_secs.max(1)),
+            quantity_mode: match r.whmcs_quantity_mode.trim() {
+                "expand" => QuantityMode::Expand,
+                "reject" => QuantityMode::Reject,
+                other => {
+                    return Err(err(
+                        "whmcs_quantity_mode",
+                        format!("must be expand or reject, got {other:?}"),
+                    ));
+                }
+            },
         };
 
         let addr: SocketAddr = r.http_addr.trim().parse().map_err(|_| {

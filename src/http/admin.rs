@@ -299,6 +299,8 @@ pub struct Summary {
     pub generated_at: String,
     pub instance: String,
     pub version: &'static str,
+    /// The WHMCS installation's version (`WhmcsDetails`), once read.
+    pub whmcs_version: Option<String>,
     pub subscription: SubscriptionView,
     pub queue: Option<QueueStats>,
     pub failure_rate: Option<FailureRate>,
@@ -368,6 +370,7 @@ pub async fn summary(app: &AppState, state_filter: Option<&str>) -> Summary {
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         instance: app.instance.clone(),
         version: env!("CARGO_PKG_VERSION"),
+        whmcs_version: app.whmcs.known_version(),
         subscription: SubscriptionView {
             enabled: app.cfg.events.enabled,
             channel,
@@ -556,9 +559,10 @@ pub fn render(s: &Summary) -> String {
          <meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>provisioner · operations</title><style>{CSS}</style></head><body>\
-         <header><h1>provisioner</h1><small>instance <code>{}</code> · v{} · {} · refreshes every {REFRESH_SECS} s</small></header><main>",
+         <header><h1>provisioner</h1><small>instance <code>{}</code> · v{} · WHMCS {} · {} · refreshes every {REFRESH_SECS} s</small></header><main>",
         esc(&s.instance),
         esc(s.version),
+        esc(s.whmcs_version.as_deref().unwrap_or("version unknown")),
         esc(&s.generated_at),
     ));
     if !s.errors.is_empty() {
@@ -728,6 +732,7 @@ mod tests {
             generated_at: "2026-01-01T00:00:00Z".into(),
             instance: "host-1".into(),
             version: "0.1.0",
+            whmcs_version: Some("8.13.1".into()),
             subscription: SubscriptionView {
                 enabled: true,
                 channel: "/event/OrderProvisionRequested__e".into(),

@@ -18,6 +18,9 @@
 //!   error and the queue runs it again later; the ledger state makes that re-run resume, not
 //!   repeat.
 //! - Every step runs inside a span carrying the order id, event id and correlation id.
+//! - WHMCS never provisions fewer units than ordered: before 8.12 (or when its version cannot be
+//!   read) `AddOrder` ignores `qty[]`, so a quantity N is sent as N lines of quantity 1, or the
+//!   Order fails with `WHMCS_QTY_UNSUPPORTED` (`WHMCS_QUANTITY_MODE`).
 
 use std::{fmt::Display, sync::Arc, time::Duration};
 
@@ -26,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{
+    config::QuantityMode,
     error::{Classify, ErrorClass},
     ids::SalesforceId,
     jobs::retry::Backoff,
@@ -35,6 +39,9 @@ use crate::{
     salesforce::rest::{OrderUpdate, RestClient, SfOrder},
     whmcs::{AddOrderRequest, OrderLine, WhmcsClient, WhmcsOrder},
 };
+
+/// Most WHMCS order lines an Order may expand to (quantity N → N lines of 1).
+pub const MAX_EXPANDED_LINES: u32 = 500;
 
 /// The value of `Activation_Status__c` the worker acts on.
 pub const ACTIVATING: &str = "Activating";
@@ -62,6 +69,7 @@ pub struct WorkerSettings {
     pub max_attempts: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    pub quantity_mode: QuantityMode,
 }
 
 /// Everything a job needs; shared by all jobs of a process.
@@ -521,7 +529,7 @@ impl Provisioner {
             || (row.state == ledger::state::DONE && known.is_some());
 
         if whmcs_order_id.is_none() {
-            let lines = order_lines(order)?;
+            let lines = self.fit_quantities(order_lines(order)?).await?;
             if row.state == ledger::state::ADDING || row.whmcs_client_id.is_some() {
                 // A previous attempt got as far as AddOrder: it may have created the order
                 // without recording it (crash, timeout, 5xx after commit).
@@ -670,6 +678,53 @@ impl Provisioner {
         }
     }
 
+    /// Lines WHMCS provisions in full: unchanged when every quantity is 1 or WHMCS honours
+    /// `qty[]` (8.12+); otherwise expanded to lines of quantity 1, or refused
+    /// (`WHMCS_QTY_UNSUPPORTED`), as `WHMCS_QUANTITY_MODE` says.
+    async fn fit_quantities(&self, lines: Vec<OrderLine>) -> Result<Vec<OrderLine>, StepError> {
+        if lines.iter().all(|l| l.qty <= 1) {
+            return Ok(lines);
+        }
+        let version = match self.whmcs.known_version() {
+            Some(v) => Some(v),
+            None => match self.retry("WhmcsDetails", || self.whmcs.details()).await {
+                Ok(v) => Some(v),
+                // The API role may not grant WhmcsDetails: assume the old behaviour.
+                Err(e) if e.class() == ErrorClass::Config => {
+                    warn!(error.code = %e.code(), error.message = %e, "WHMCS version unknown; treating it as older than 8.12");
+                    None
+                }
+                Err(e) => return Err(self.whmcs_fail("WhmcsDetails", &e).into()),
+            },
+        };
+        if version
+            .as_deref()
+            .and_then(crate::whmcs::honours_quantity)
+            .unwrap_or(false)
+        {
+            return Ok(lines);
+        }
+        let shown = version.as_deref().unwrap_or("of unknown version");
+        let units: u32 = lines.iter().map(|l| l.qty.max(1)).sum();
+        match self.settings.quantity_mode {
+            QuantityMode::Reject => Err(Fail::new(
+                "WHMCS_QTY_UNSUPPORTED",
+                format!(
+                    "WHMCS {shown} ignores order quantities (8.12+ needed) and WHMCS_QUANTITY_MODE=reject"
+                ),
+            )
+            .into()),
+            QuantityMode::Expand if units > MAX_EXPANDED_LINES => Err(Fail::new(
+                "WHMCS_QTY_UNSUPPORTED",
+                format!(
+                    "WHMCS {shown} ignores order quantities and {units} units exceed {MAX_EXPANDED_LINES} order lines"
+                ),
+            )
+            .into()),
+            QuantityMode::Expand => Ok(expand_quantities(lines)),
+        }
+    }
+
     /// Finds the WHMCS order tagged with this Salesforce Order, if any.
     async fn reconcile(
         &self,
@@ -716,6 +771,17 @@ impl From<ledger::LedgerError> for StepError {
     fn from(e: ledger::LedgerError) -> Self {
         StepError::Job(e.into())
     }
+}
+
+/// Each line of quantity N as N lines of quantity 1, in order.
+fn expand_quantities(lines: Vec<OrderLine>) -> Vec<OrderLine> {
+    lines
+        .into_iter()
+        .flat_map(|l| {
+            let n = l.qty.max(1) as usize;
+            std::iter::repeat_n(OrderLine { qty: 1, ..l }, n)
+        })
+        .collect()
 }
 
 /// Maps the Order's items to WHMCS order lines; a missing mapping is a precise failure.

@@ -16,3 +16,4 @@ mod queue;
 mod replicas;
 mod subscriber;
 mod tls;
+mod whmcs_compat;
