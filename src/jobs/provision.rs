@@ -689,8 +689,12 @@ impl Provisioner {
             Some(v) => Some(v),
             None => match self.retry("WhmcsDetails", || self.whmcs.details()).await {
                 Ok(v) => Some(v),
-                // The API role may not grant WhmcsDetails: assume the old behaviour.
-                Err(e) if e.class() == ErrorClass::Config => {
+                // The API role may not grant WhmcsDetails, or the answer has no version:
+                // assume the old behaviour (never fewer units than ordered).
+                Err(e)
+                    if e.class() == ErrorClass::Config
+                        || e.kind == crate::whmcs::WhmcsErrorKind::BadResponse =>
+                {
                     warn!(error.code = %e.code(), error.message = %e, "WHMCS version unknown; treating it as older than 8.12");
                     None
                 }

@@ -121,6 +121,20 @@ async fn from_8_12_quantities_are_sent_as_they_are() {
     app.stop().await.expect("stop");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_version_is_treated_as_before_8_12() {
+    // WhmcsDetails answers without a version.
+    let mut app = app_with_whmcs("", Vec::new()).await;
+    let id = seed_quantities(&app);
+    app.sim.sim.approve(&id);
+    app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(60))
+        .await;
+    assert_eq!(app.activation(&id).as_deref(), Some("Activated"));
+    assert_eq!(services(&app, &id), [(7, 1), (7, 1), (7, 1), (8, 1)]);
+    assert_eq!(app.state.whmcs.known_version(), None);
+    app.stop().await.expect("stop");
+}
+
 /// `provisioner check` with the app's environment and `args`: (success, stdout).
 async fn check(app: &TestApp, args: &[&str]) -> (bool, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_provisioner"))
