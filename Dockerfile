@@ -6,7 +6,8 @@
 #   docker run --env-file .env provisioner:latest migrate               # any other command
 #
 # Multi-stage: cargo-chef caches the dependency build in its own layer, so a source change only
-# recompiles the crate. TLS is rustls with built-in roots everywhere (reqwest, tonic): the
+# recompiles the workspace crates. The build context is what .dockerignore lets in (the inputs
+# of the build, nothing else); the runtime image holds the `provisioner` binary only. TLS is rustls with built-in roots everywhere (reqwest, tonic): the
 # runtime image needs no OpenSSL. The runtime is debian-slim with ca-certificates only, running
 # as an unprivileged user. Deployment: deploy/docker-compose.yml and docs/operations.md.
 
@@ -18,15 +19,27 @@ ARG CARGO_CHEF_VERSION
 RUN cargo install --locked "cargo-chef@${CARGO_CHEF_VERSION}"
 WORKDIR /app
 
+# The recipe needs every workspace member's manifest and targets (cargo loads them all).
 FROM chef AS planner
-COPY . .
+COPY Cargo.toml Cargo.lock ./
+COPY crates crates
+COPY src src
 RUN cargo chef prepare --recipe-path recipe.json
 
+# Only the dependencies of the `provisioner` binary are cooked and built; crates/lab (chaos and
+# bench) is a workspace member but never compiled here.
 FROM chef AS build
 COPY --from=planner /app/recipe.json recipe.json
-RUN cargo chef cook --release --locked --recipe-path recipe.json
-COPY . .
-RUN cargo build --release --locked --bin provisioner \
+RUN cargo chef cook --release --locked --package provisioner --bin provisioner \
+      --recipe-path recipe.json
+COPY Cargo.toml Cargo.lock ./
+COPY proto proto
+COPY crates crates
+COPY migrations migrations
+COPY config/default.toml config/default.toml
+COPY docs/openapi.json docs/openapi.json
+COPY src src
+RUN cargo build --release --locked --package provisioner --bin provisioner \
  && cp target/release/provisioner /usr/local/bin/provisioner \
  && /usr/local/bin/provisioner --version
 

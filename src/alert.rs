@@ -148,10 +148,37 @@ pub async fn run(alerter: Alerter, shutdown: CancellationToken) -> anyhow::Resul
     let mut owed: Option<(String, u32)> = None;
     let mut tick = tokio::time::interval(cfg.check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Write-backs Salesforce refused since this point are announced once each check.
+    let mut rejected_since = ledger::now_ms();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
+        }
+        let checked_at = ledger::now_ms();
+        match ledger
+            .count_in_state_since(ledger::state::WRITEBACK_REJECTED, rejected_since)
+            .await
+        {
+            Ok(0) => rejected_since = checked_at + 1,
+            Ok(n) => {
+                rejected_since = checked_at + 1;
+                let text = format!(
+                    "provisioner: Salesforce refused the write-back of {n} Order(s) for good \
+                     (validation rule, locked record or picklist); they stay `writeback_rejected` \
+                     until an operator fixes the cause and re-triggers them (instance {instance}). \
+                     See `provisioner orders list --state writeback_rejected`."
+                );
+                error!(alert.writeback_rejected = n, "{text}");
+                if let Some(url) = &webhook {
+                    if let Err(e) = deliver(&client, url, &text).await {
+                        warn!(error.message = %e, "write-back alert not delivered to the webhook");
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error.message = %e, "cannot read write-back rejections for the alert");
+            }
         }
         let since = ledger::now_ms() - cfg.window.as_millis() as i64;
         let (failed, total) = match ledger.outcome_counts_since(since).await {

@@ -23,3 +23,48 @@ pub trait Classify {
     /// Short, stable error code for Salesforce `Activation_Error_Code__c` and metrics labels.
     fn code(&self) -> String;
 }
+
+/// `"<error>: <cause>: <cause>"` like anyhow's `{:#}`, but a cause whose text the previous
+/// message already contains is left out: many errors print their source inside their own
+/// message, and an operator should read each sentence once.
+pub fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut previous = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !previous.is_empty() && previous.contains(text.as_str()) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        previous = text;
+    }
+    out
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("IO error: {0}")]
+    struct Wraps(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let e = anyhow::Error::new(Wraps(io)).context("connecting to Redis (REDIS_URL)");
+        assert_eq!(
+            format!("{e:#}"),
+            "connecting to Redis (REDIS_URL): IO error: connection refused: connection refused"
+        );
+        assert_eq!(
+            chain(&e),
+            "connecting to Redis (REDIS_URL): IO error: connection refused"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(chain(&plain), "outer: inner");
+    }
+}

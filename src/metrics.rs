@@ -68,6 +68,8 @@ pub struct Metrics {
     pub skipped: Family<ReasonLabel, Counter>,
     /// Orders enqueued by the stuck-order reconciler.
     pub reconciled: Counter,
+    /// Write-backs Salesforce refused for good (the Order is left `writeback_rejected`).
+    pub writeback_rejected: Counter,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -106,6 +108,7 @@ impl Metrics {
             salesforce_api_limit: Gauge::default(),
             skipped: Family::default(),
             reconciled: Counter::default(),
+            writeback_rejected: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -193,6 +196,11 @@ impl Metrics {
             "reconciler_enqueued",
             "Orders enqueued by the stuck-order reconciler",
             m.reconciled.clone(),
+        );
+        registry.register(
+            "writeback_rejected",
+            "Write-backs Salesforce refused for good (validation rule, locked record, …)",
+            m.writeback_rejected.clone(),
         );
         Self { registry, ..m }
     }

@@ -3,7 +3,10 @@
 //!
 //! Invariants: every client built here has a connect timeout; every request the clients send
 //! also carries its own total timeout (set per call by each client), so no outbound call can
-//! hang. Error descriptions never include URLs or bodies (a body may hold credentials).
+//! hang. No client follows a redirect: a 3xx is the answer (a redirect would re-send the
+//! request, credentials included, to a host nobody configured). Plain `http://` is accepted
+//! only towards loopback hosts ([`is_loopback_url`]). Error descriptions never include URLs
+//! or bodies (a body may hold credentials).
 
 use std::{fmt::Write as _, time::Duration};
 
@@ -11,7 +14,7 @@ use std::{fmt::Write as _, time::Duration};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds an outbound HTTP client: rustls, keep-alive pool, connect timeout, TCP keep-alive,
-/// and `timeout` as the default total timeout of each request. Build one per dependency at
+/// no redirects followed, and `timeout` as the default total timeout of each request. Build one per dependency at
 /// start-up and clone it into every user (clones share the pool).
 pub fn client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
@@ -20,7 +23,28 @@ pub fn client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
         .connect_timeout(CONNECT_TIMEOUT)
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_keepalive(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
+}
+
+/// Whether the URL's host is a loopback address (127.0.0.0/8, ::1) or `localhost`: the only
+/// hosts a plain `http://` endpoint may point at (the simulator, a local sidecar).
+pub fn is_loopback_url(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.trim_end_matches('.').eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Whether the URL may carry credentials: `https://`, or `http://` to a loopback host.
+pub fn is_secure_or_loopback(u: &url::Url) -> bool {
+    match u.scheme() {
+        "https" => true,
+        "http" => is_loopback_url(u),
+        _ => false,
+    }
 }
 
 /// How a failed send relates to the remote side's processing of the request.
@@ -78,6 +102,32 @@ fn kind_of(e: &reqwest::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_hosts_may_use_plain_http() {
+        for ok in [
+            "https://login.salesforce.com",
+            "http://127.0.0.1:8080/x",
+            "http://127.5.0.1",
+            "http://[::1]:9/",
+            "http://localhost:1",
+            "http://LOCALHOST.",
+        ] {
+            let u = url::Url::parse(ok).expect("url");
+            assert!(is_secure_or_loopback(&u), "{ok}");
+        }
+        for bad in [
+            "http://login.salesforce.com",
+            "http://10.0.0.1",
+            "http://[::2]",
+            "http://localhost.example.com",
+            "http://128.0.0.1",
+            "ftp://127.0.0.1",
+        ] {
+            let u = url::Url::parse(bad).expect("url");
+            assert!(!is_secure_or_loopback(&u), "{bad}");
+        }
+    }
 
     #[tokio::test]
     async fn connection_refused_is_connect_and_described_without_url() {

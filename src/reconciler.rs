@@ -3,11 +3,12 @@
 //!
 //! It covers what the event stream alone cannot: events lost beyond the 72 h retention, jobs
 //! lost with a flushed or restarted Redis without persistence, and events skipped by a cursor
-//! fallback. One SOQL query per sweep (`Activating` and last attempt older than
-//! `reconciler_stuck_after_secs`, or never attempted); Orders the ledger saw move within that
-//! window (row updated or event received) are left alone. Enqueuing is always safe: the worker
-//! re-reads the Order, claims it and resumes from the ledger, so a reconciled Order is never
-//! provisioned twice. Runs only on the subscriber leader.
+//! fallback. SOQL pages of candidates (`Activating` and last attempt older than
+//! `reconciler_stuck_after_secs`, or never attempted; least recently attempted first); Orders
+//! the ledger saw move within that window (row updated or event received), `writeback_rejected`
+//! ones and ones whose outcome is newer than their last activation request are left alone.
+//! Enqueuing is always safe: the worker re-reads the Order, claims it and resumes from the
+//! ledger, so a reconciled Order is never provisioned twice. Runs only on the subscriber leader.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,12 +17,31 @@ use tracing::{info, warn};
 
 use crate::{
     config::ReconcilerConfig,
-    ledger::Ledger,
+    ids::SalesforceId,
+    ledger::{Ledger, OrderRecord, state},
     metrics::Metrics,
     queue::{Job, JobSource, ProvisionOrderV1, Queue},
-    salesforce::rest::RestClient,
+    salesforce::rest::{RestClient, StuckOrder},
     status::SweepReport,
 };
+
+/// Most queries one sweep makes.
+const MAX_PAGES: usize = 10;
+/// Salesforce's largest `OFFSET`.
+const OFFSET_MAX: u32 = 2000;
+
+/// Whether the ledger's row says this stuck-looking Order must not be re-driven: Salesforce
+/// refused its write-back for good, or its recorded outcome is newer than its last activation
+/// request (a business failure, or a result whose write-back is pending an operator).
+fn leave_alone(row: &OrderRecord, stuck: &StuckOrder) -> bool {
+    if row.state == state::WRITEBACK_REJECTED {
+        return true;
+    }
+    row.outcome.is_some()
+        && stuck
+            .last_modified
+            .is_none_or(|t| row.updated_at >= t.timestamp_millis())
+}
 
 pub struct Reconciler {
     pub cfg: ReconcilerConfig,
@@ -36,6 +56,15 @@ pub struct Reconciler {
 
 impl Reconciler {
     /// One sweep; returns the number of Orders enqueued.
+    ///
+    /// Pages through the stuck candidates, least recently attempted first, until it has
+    /// enqueued `batch_limit` Orders or seen them all (at most [`MAX_PAGES`] queries), so a
+    /// page full of Orders it must leave alone never starves the ones behind it. It leaves
+    /// alone: Orders the ledger saw move within `stuck_after`; `writeback_rejected` ones
+    /// (Salesforce refused their outcome; an operator re-triggers them); and Orders whose ledger
+    /// outcome is newer than their last activation request (`LastModifiedDate`) — the reconciler
+    /// never re-runs a business failure. A fresh operator re-trigger moves `LastModifiedDate`
+    /// past the outcome (and publishes a new event anyway).
     pub async fn sweep(&self) -> anyhow::Result<u64> {
         let now = chrono::Utc::now();
         // The queue is busy: whatever is stuck waits for the next sweep rather than growing the
@@ -44,44 +73,60 @@ impl Reconciler {
             return Ok(0);
         }
         let stuck_after = chrono::Duration::from_std(self.cfg.stuck_after).unwrap_or_default();
-        let candidates = self
-            .rest
-            .query_stuck_orders(now - stuck_after, self.cfg.batch_limit)
-            .await?;
-        let active = self
-            .ledger
-            .recently_active(&candidates, (now - stuck_after).timestamp_millis())
-            .await?;
+        let since_ms = (now - stuck_after).timestamp_millis();
+        let want = self.cfg.batch_limit as usize;
         let bucket = now.timestamp() / 60;
-        let jobs: Vec<Job> = candidates
-            .iter()
-            .filter(|id| !active.iter().any(|a| a == id.as_str()))
-            .map(|id| {
-                let event_id = format!("reconcile:{id}:{bucket}");
-                Job::ProvisionOrderV1(ProvisionOrderV1 {
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut seen = 0usize;
+        let mut offset = 0u32;
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .rest
+                .query_stuck_orders(now - stuck_after, self.cfg.batch_limit, offset)
+                .await?;
+            seen += page.len();
+            let ids: Vec<SalesforceId> = page.iter().map(|s| s.id.clone()).collect();
+            let active = self.ledger.recently_active(&ids, since_ms).await?;
+            let rows = self.ledger.get_many(&ids).await?;
+            for s in &page {
+                if jobs.len() >= want {
+                    break;
+                }
+                if active.iter().any(|a| a == s.id.as_str()) {
+                    continue;
+                }
+                let row = rows.iter().find(|r| r.sf_order_id == s.id.as_str());
+                if row.is_some_and(|r| leave_alone(r, s)) {
+                    continue;
+                }
+                let event_id = format!("reconcile:{}:{bucket}", s.id);
+                jobs.push(Job::ProvisionOrderV1(ProvisionOrderV1 {
                     correlation_id: event_id.clone(),
                     event_id,
                     replay_id: None,
-                    order_id: id.to_string(),
+                    order_id: s.id.to_string(),
                     idem_key: None,
                     event_created_ms: 0,
                     source: JobSource::Reconciler,
-                })
-            })
-            .collect();
+                }));
+            }
+            if jobs.len() >= want || page.len() < self.cfg.batch_limit as usize {
+                break;
+            }
+            offset = offset.saturating_add(page.len() as u32);
+            if offset >= OFFSET_MAX {
+                break;
+            }
+        }
         let n = jobs.len() as u64;
         self.queue.push(jobs).await?;
         self.metrics.reconciled.inc_by(n);
         if n > 0 {
-            info!(
-                candidates = candidates.len(),
-                enqueued = n,
-                "stuck orders re-enqueued"
-            );
+            info!(candidates = seen, enqueued = n, "stuck orders re-enqueued");
         }
         let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
         r.last_run_at = Some(now);
-        r.candidates = candidates.len() as u64;
+        r.candidates = seen as u64;
         r.enqueued = n;
         r.total_enqueued += n;
         r.last_error = None;

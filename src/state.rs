@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::sync::broadcast;
 
 use crate::{
-    config::{Config, SalesforceAuth},
+    config::Config,
     jobs::provision::{OrderChanged, Provisioner, WorkerSettings},
     ledger::Ledger,
     metrics::Metrics,
@@ -56,22 +56,7 @@ impl AppState {
             .with_context(|| format!("connecting to Redis ({})", cfg.queue.redis_settings()))?;
         let sf_http =
             net::client(cfg.salesforce.http_timeout).context("building the HTTP client")?;
-        let flow = match &cfg.salesforce.auth {
-            SalesforceAuth::Jwt {
-                username,
-                private_key_pem,
-            } => AuthFlow::Jwt {
-                login_url: cfg.salesforce.login_url.clone(),
-                client_id: cfg.salesforce.client_id.clone(),
-                username: username.clone(),
-                private_key_pem: private_key_pem.clone(),
-            },
-            SalesforceAuth::ClientCredentials { client_secret } => AuthFlow::ClientCredentials {
-                login_url: cfg.salesforce.login_url.clone(),
-                client_id: cfg.salesforce.client_id.clone(),
-                client_secret: client_secret.clone(),
-            },
-        };
+        let flow = AuthFlow::from_config(&cfg.salesforce);
         let tokens = TokenProvider::new(sf_http.clone(), flow).context("SF_PRIVATE_KEY")?;
         let rest = RestClient::new(
             sf_http,

@@ -4,7 +4,8 @@
 //!   real setting (an upper-cased key of `config/default.toml`) or part of the contract;
 //! - `.env.example`: every variable is documented and real, and together with the compose
 //!   environment it is a configuration the daemon accepts;
-//! - `Dockerfile`: the container contract (non-root, EXPOSE, HEALTHCHECK, cargo-chef);
+//! - `Dockerfile`: the container contract (non-root, EXPOSE, HEALTHCHECK, cargo-chef), and a
+//!   `.dockerignore` that excludes by default (the image build itself: `tests/image.rs`);
 //! - `deploy/prometheus-alerts.yml` and `deploy/grafana-dashboard.json`: every query parses as
 //!   PromQL and names only metrics that `Metrics::render` exports; every alert links to a
 //!   section of `docs/operations.md`.
@@ -307,12 +308,20 @@ fn health_check_and_restart_policy() {
     ] {
         assert!(docker.contains(needle), "Dockerfile lacks {needle:?}");
     }
+    // The build context lets in only the build's inputs (tests/image.rs checks the result).
     let ignore = read(".dockerignore");
-    for needle in ["target/", ".env", ".git/"] {
-        assert!(
-            ignore.lines().any(|l| l.trim() == needle),
-            ".dockerignore lacks {needle}"
-        );
+    let patterns: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        patterns.first(),
+        Some(&"*"),
+        ".dockerignore excludes by default"
+    );
+    for needle in ["**/.env", "**/.env.*", "**/*.pem", "**/*.key"] {
+        assert!(patterns.contains(&needle), ".dockerignore lacks {needle}");
     }
 }
 

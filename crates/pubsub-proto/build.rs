@@ -2,7 +2,10 @@
 //! and generates both the tonic client (the daemon) and the server (the simulator).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not baked in with env!: a compiled build script may be reused from a
+    // shared target directory by a checkout at another path.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let dir = std::path::Path::new(&manifest_dir).join("../../proto");
     let file = dir.join("pubsub_api.proto");
     println!("cargo:rerun-if-changed={}", file.display());
     let fds = protox::compile([&file], [&dir])?;

@@ -1,101 +1,179 @@
-//! `provisioner check`: validates the configuration and reaches every dependency once, printing
-//! a report an operator can act on. Exit code 0 only if everything answered.
+//! `provisioner check`: reports every configuration problem, then reaches every dependency
+//! once, on one screen an operator can act on. Every check runs even when an earlier one
+//! failed: the ledger and Redis are checked whenever their own settings are valid; Salesforce
+//! and WHMCS need the whole configuration. Exit code 0 only if nothing failed.
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use secrecy::ExposeSecret;
 
 use crate::{
-    config::{Config, QuantityMode},
+    config::{CheckConfig, Config, QuantityMode},
+    error::chain,
     ingest::subscriber::Subscriber,
-    salesforce::pb,
-    state::AppState,
-    whmcs::honours_quantity,
+    ledger::Ledger,
+    net,
+    queue::Queue,
+    salesforce::{
+        auth::{AuthFlow, TokenProvider},
+        pb,
+        rest::RestClient,
+    },
+    whmcs::{WhmcsClient, WhmcsConfig, honours_quantity},
 };
 
 fn line(ok: bool, what: &str, detail: &str) {
     println!("[{}] {what}: {detail}", if ok { " ok " } else { "FAIL" });
 }
 
-/// Runs every check and prints one line per dependency. `products`: check these WHMCS product
-/// ids (comma-separated), or with `Some("")` the ids mapped on Salesforce Products.
-pub async fn run(cfg: Config, products: Option<String>) -> ExitCode {
-    line(true, "configuration", "valid");
-    let state = match AppState::build(cfg).await {
-        Ok(s) => s,
-        Err(e) => {
-            line(false, "database / redis", &format!("{e:#}"));
-            return ExitCode::FAILURE;
+/// Runs every check and prints one line per problem or dependency. `products`: also check
+/// these WHMCS product ids (comma-separated), or with `Some("")` the ids mapped on Salesforce
+/// Products.
+pub async fn run(check: CheckConfig, products: Option<String>) -> ExitCode {
+    let mut ok = true;
+    let cfg = match check.config {
+        Ok(cfg) => {
+            line(true, "configuration", "valid");
+            Some(cfg)
+        }
+        Err(errors) => {
+            ok = false;
+            for e in &errors {
+                line(
+                    false,
+                    "configuration",
+                    &format!("{}: {}", e.setting, e.message),
+                );
+            }
+            None
         }
     };
-    let mut ok = true;
-    match state.ledger.ping().await {
-        Ok(()) => match state.ledger.tls_in_use().await {
-            Ok(None) => line(
+    match &check.database {
+        Some(db) => match async {
+            let ledger = Ledger::connect(db).await?;
+            ledger.ping().await?;
+            anyhow::Ok(ledger.tls_in_use().await?)
+        }
+        .await
+        {
+            Ok(None) => line(true, "database", "reachable"),
+            Ok(Some(tls)) => line(
                 true,
                 "database",
-                &format!("{:?} reachable", state.ledger.backend()),
+                &format!(
+                    "Postgres reachable ({}, sslmode={})",
+                    if tls { "TLS" } else { "no TLS" },
+                    postgres_sslmode(&db.url)
+                ),
             ),
-            Ok(Some(tls)) => {
-                let mode = postgres_sslmode(&state.cfg.database.url);
-                let transport = if tls { "TLS" } else { "no TLS" };
+            Err(e) => {
+                ok = false;
+                line(false, "database", &chain(&e.context("DATABASE_URL")));
+            }
+        },
+        None => {
+            ok = false;
+            line(false, "database", "not checked: fix its settings above");
+        }
+    }
+    match &check.queue {
+        Some(q) => match Queue::connect(q).await.context(q.redis_settings()) {
+            Ok(queue) => match queue.ping().await {
+                Ok(()) => {
+                    let tls = q.redis_url.starts_with("rediss://");
+                    line(
+                        true,
+                        "redis",
+                        if tls { "reachable (TLS)" } else { "reachable" },
+                    );
+                    if queue.append_only().await == Some(false) {
+                        println!(
+                            "[warn] redis: appendonly is off; a Redis restart loses queued jobs \
+                             (the stuck-order reconciler re-enqueues Activating orders, but enable AOF in production)"
+                        );
+                    }
+                }
+                Err(e) => {
+                    ok = false;
+                    line(
+                        false,
+                        "redis",
+                        &chain(&anyhow::Error::new(e).context("REDIS_URL")),
+                    );
+                }
+            },
+            Err(e) => {
+                ok = false;
+                line(false, "redis", &chain(&e));
+            }
+        },
+        None => {
+            ok = false;
+            line(false, "redis", "not checked: fix its settings above");
+        }
+    }
+    let Some(cfg) = cfg else {
+        line(
+            false,
+            "salesforce / whmcs",
+            "not checked: fix the configuration above",
+        );
+        return ExitCode::FAILURE;
+    };
+    ok &= remote_checks(&cfg, products.as_deref()).await;
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Salesforce (token, Pub/Sub topic) and WHMCS (with its version, and the products when asked);
+/// true if all answered as expected.
+async fn remote_checks(cfg: &Config, products: Option<&str>) -> bool {
+    let mut ok = true;
+    let rest = net::client(cfg.salesforce.http_timeout)
+        .context("building the HTTP client")
+        .and_then(|http| {
+            let tokens = TokenProvider::new(http.clone(), AuthFlow::from_config(&cfg.salesforce))
+                .context("SF_PRIVATE_KEY")?;
+            let rest = RestClient::new(
+                http,
+                tokens.clone(),
+                &cfg.salesforce.api_version,
+                cfg.salesforce.fields.clone(),
+            );
+            Ok((tokens, rest))
+        });
+    let session = match &rest {
+        Ok((tokens, _)) => match tokens.session().await {
+            Ok(s) => {
                 line(
                     true,
-                    "database",
-                    &format!("Postgres reachable ({transport}, sslmode={mode})"),
+                    "salesforce auth",
+                    &format!("org {} at {}", s.org_id, s.instance_url),
                 );
+                Some(s)
             }
             Err(e) => {
                 ok = false;
-                line(false, "database", &e.to_string());
+                line(false, "salesforce auth", &e.to_string());
+                None
             }
         },
         Err(e) => {
             ok = false;
-            line(false, "database", &e.to_string());
-        }
-    }
-    match state.queue.ping().await {
-        Ok(()) => {
-            let tls = state.cfg.queue.redis_url.starts_with("rediss://");
-            line(
-                true,
-                "redis",
-                if tls { "reachable (TLS)" } else { "reachable" },
-            );
-            if state.queue.append_only().await == Some(false) {
-                println!(
-                    "[warn] redis: appendonly is off; a Redis restart loses queued jobs \
-                     (the stuck-order reconciler re-enqueues Activating orders, but enable AOF in production)"
-                );
-            }
-        }
-        Err(e) => {
-            ok = false;
-            line(false, "redis", &e.to_string());
-        }
-    }
-    let session = match state.tokens.session().await {
-        Ok(s) => {
-            line(
-                true,
-                "salesforce auth",
-                &format!("org {} at {}", s.org_id, s.instance_url),
-            );
-            Some(s)
-        }
-        Err(e) => {
-            ok = false;
-            line(false, "salesforce auth", &e.to_string());
+            line(false, "salesforce auth", &chain(e));
             None
         }
     };
     if let Some(s) = session {
-        match Subscriber::channel(&state.cfg.events.endpoint) {
+        match Subscriber::channel(&cfg.events.endpoint) {
             Ok(channel) => {
                 let mut client = pb::pub_sub_client::PubSubClient::new(channel);
                 let mut req = tonic::Request::new(pb::TopicRequest {
-                    topic_name: state.cfg.events.channel.clone(),
+                    topic_name: cfg.events.channel.clone(),
                 });
                 let md = req.metadata_mut();
                 if let (Ok(t), Ok(i), Ok(o)) = (
@@ -126,7 +204,7 @@ pub async fn run(cfg: Config, products: Option<String>) -> ExitCode {
                         line(
                             false,
                             "pub/sub topic",
-                            &format!("{}: {}", state.cfg.events.channel, e.message()),
+                            &format!("{}: {}", cfg.events.channel, e.message()),
                         );
                     }
                 }
@@ -137,7 +215,26 @@ pub async fn run(cfg: Config, products: Option<String>) -> ExitCode {
             }
         }
     }
-    match state.whmcs.get_orders("1", 0, 1).await {
+    let whmcs = net::client(cfg.whmcs.timeout).map(|http| {
+        WhmcsClient::new(
+            http,
+            WhmcsConfig {
+                api_url: cfg.whmcs.api_url.clone(),
+                identifier: cfg.whmcs.identifier.clone(),
+                secret: cfg.whmcs.secret.clone(),
+                access_key: cfg.whmcs.access_key.clone(),
+                timeout: cfg.whmcs.timeout,
+            },
+        )
+    });
+    let whmcs = match whmcs {
+        Ok(whmcs) => whmcs,
+        Err(e) => {
+            line(false, "whmcs", &net::describe(&e));
+            return false;
+        }
+    };
+    match whmcs.get_orders("1", 0, 1).await {
         Ok((total, _)) => line(
             true,
             "whmcs",
@@ -148,9 +245,9 @@ pub async fn run(cfg: Config, products: Option<String>) -> ExitCode {
             line(false, "whmcs", &e.to_string());
         }
     }
-    match state.whmcs.details().await {
+    match whmcs.details().await {
         Ok(v) => {
-            let detail = match (honours_quantity(&v), state.cfg.whmcs.quantity_mode) {
+            let detail = match (honours_quantity(&v), cfg.whmcs.quantity_mode) {
                 (Some(true), _) => format!("{v} (order quantities honoured)"),
                 (_, QuantityMode::Expand) => format!(
                     "{v} (before 8.12: quantities above 1 are sent as lines of 1, WHMCS_QUANTITY_MODE=expand)"
@@ -166,20 +263,24 @@ pub async fn run(cfg: Config, products: Option<String>) -> ExitCode {
         ),
     }
     if let Some(list) = products {
-        ok &= check_products(&state, &list).await;
+        ok &= check_products(&whmcs, rest.as_ref().ok().map(|(_, r)| r), list).await;
     }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    ok
 }
 
 /// Checks that WHMCS has every product id in `list` (comma-separated), or, when `list` is
 /// empty, every id mapped on a Salesforce Product.
-async fn check_products(state: &AppState, list: &str) -> bool {
+async fn check_products(whmcs: &WhmcsClient, rest: Option<&RestClient>, list: &str) -> bool {
     let (ids, source) = if list.trim().is_empty() {
-        match state.rest.mapped_product_ids().await {
+        let Some(rest) = rest else {
+            line(
+                false,
+                "whmcs products",
+                "not checked: Salesforce is not reachable",
+            );
+            return false;
+        };
+        match rest.mapped_product_ids().await {
             Ok(ids) => (ids, "mapped on Salesforce Products"),
             Err(e) => {
                 line(false, "whmcs products", &format!("listing Product2: {e}"));
@@ -199,7 +300,7 @@ async fn check_products(state: &AppState, list: &str) -> bool {
         line(true, "whmcs products", &format!("no product ids {source}"));
         return true;
     }
-    match state.whmcs.missing_products(&ids).await {
+    match whmcs.missing_products(&ids).await {
         Ok(missing) if missing.is_empty() => {
             line(
                 true,

@@ -20,7 +20,7 @@ pub async fn run(orders: usize, redis_url: &str) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("demo failed: {e:#}");
+            eprintln!("demo failed: {}", crate::error::chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -1,5 +1,7 @@
 //! The subcommands behind `main`: each returns the process exit code. Configuration errors are
-//! printed as one line naming the setting.
+//! printed as one line naming the setting (`check` prints all of them); each command validates
+//! only the settings it uses. Error chains are printed with each cause once
+//! ([`crate::error::chain`]).
 
 use std::{path::Path, process::ExitCode, time::Duration};
 
@@ -21,8 +23,9 @@ fn load(config: Option<&Path>) -> Result<Config, ExitCode> {
 }
 
 fn fail(context: &str, e: &anyhow::Error) -> ExitCode {
-    tracing::error!(error.message = %format!("{e:#}"), "{context}");
-    eprintln!("provisioner: {context}: {e:#}");
+    let message = crate::error::chain(e);
+    tracing::error!(error.message = %message, "{context}");
+    eprintln!("provisioner: {context}: {message}");
     ExitCode::FAILURE
 }
 
@@ -43,9 +46,12 @@ pub async fn dispatch(config: Option<&Path>, command: Command) -> ExitCode {
             }
         }
         Command::Migrate => {
-            let cfg = match load(config) {
+            let cfg = match Config::load_for_migrate(config) {
                 Ok(c) => c,
-                Err(code) => return code,
+                Err(e) => {
+                    eprintln!("provisioner: {e}");
+                    return ExitCode::from(2);
+                }
             };
             telemetry::init(cfg.log_format);
             let result = async {
@@ -63,17 +69,14 @@ pub async fn dispatch(config: Option<&Path>, command: Command) -> ExitCode {
             }
         }
         Command::Check { products } => {
-            let cfg = match load(config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
             telemetry::init(LogFormat::Pretty);
-            crate::cli::check::run(cfg, products).await
+            crate::cli::check::run(Config::load_for_check(config), products).await
         }
         Command::Healthcheck { url } => healthcheck(url).await,
         Command::Sim {
             grpc_addr,
             http_addr,
+            env_file,
         } => {
             telemetry::init(LogFormat::Pretty);
             let cfg = provisioner_sim::SimConfig {
@@ -83,7 +86,7 @@ pub async fn dispatch(config: Option<&Path>, command: Command) -> ExitCode {
             };
             let token = CancellationToken::new();
             tokio::spawn(daemon::on_signal(token.clone()));
-            match provisioner_sim::run_standalone(cfg, token.cancelled_owned()).await {
+            match sim(cfg, env_file.as_deref(), token).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail("simulator failed", &e),
             }
@@ -101,6 +104,54 @@ pub async fn dispatch(config: Option<&Path>, command: Command) -> ExitCode {
     }
 }
 
+/// Runs the simulator until `token` is cancelled, after printing (or writing to `env_file`) the
+/// environment that points `serve` at it.
+async fn sim(
+    cfg: provisioner_sim::SimConfig,
+    env_file: Option<&Path>,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let handle = provisioner_sim::Simulator::start(cfg).await?;
+    let env = handle.daemon_env();
+    eprintln!(
+        "sim: Pub/Sub gRPC on {}, HTTP (OAuth, REST, WHMCS api.php, control /sim) on {}",
+        handle.grpc_url, handle.http_url
+    );
+    match env_file {
+        Some(path) => {
+            let body: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+            std::fs::write(path, body)
+                .with_context(|| format!("writing --env-file {}", path.display()))?;
+            eprintln!(
+                "sim: wrote the settings that point `provisioner serve` at the simulator to {}",
+                path.display()
+            );
+        }
+        None => {
+            println!("# Settings that point `provisioner serve` at this simulator:");
+            for (k, v) in &env {
+                println!("export {k}={}", shell_quote(v));
+            }
+        }
+    }
+    token.cancelled().await;
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// `v` as one POSIX shell word.
+fn shell_quote(v: &str) -> String {
+    if !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:@%+=,".contains(&b))
+    {
+        v.to_owned()
+    } else {
+        format!("'{}'", v.replace('\'', "'\\''"))
+    }
+}
+
 async fn healthcheck(url: Option<String>) -> ExitCode {
     let base = url.unwrap_or_else(|| {
         let addr = std::env::var("HTTP_ADDR").unwrap_or_else(|_| "0.0.0.0:8080".into());
@@ -109,6 +160,7 @@ async fn healthcheck(url: Option<String>) -> ExitCode {
     });
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
     {
         Ok(c) => c,

@@ -53,6 +53,11 @@ pub enum Command {
         /// HTTP (OAuth, REST, WHMCS, control) listen address.
         #[arg(long, default_value = "127.0.0.1:7012")]
         http_addr: std::net::SocketAddr,
+        /// Write the settings that point `serve` at the simulator to this file (`KEY=value`
+        /// lines, for `docker run --env-file` or `set -a; . FILE`) instead of printing them as
+        /// `export` lines.
+        #[arg(long, value_name = "PATH")]
+        env_file: Option<std::path::PathBuf>,
     },
     /// Operator tools: list and inspect Orders in the ledger, re-enqueue one.
     Orders {

@@ -16,7 +16,9 @@ mod raw;
 mod validate;
 
 use raw::load_raw;
-use validate::{channel_setting, database_settings, queue_settings, replay_setting};
+use validate::{
+    channel_setting, database_settings, log_format_setting, queue_settings, replay_setting,
+};
 
 /// The embedded defaults: the single source of every setting's name and default value.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -256,13 +258,72 @@ pub struct ToolsConfig {
     pub replay: ReplayStart,
 }
 
+/// What `provisioner migrate` needs: the ledger, and how to log.
+#[derive(Debug, Clone)]
+pub struct MigrateConfig {
+    pub database: DatabaseConfig,
+    pub log_format: LogFormat,
+}
+
+/// What `provisioner check` works from: every configuration problem at once, and the ledger
+/// and queue settings when those are valid on their own (so their reachability is checked even
+/// when another setting is wrong).
+#[derive(Debug)]
+pub struct CheckConfig {
+    pub config: Result<Config, Vec<ConfigError>>,
+    pub database: Option<DatabaseConfig>,
+    pub queue: Option<QueueConfig>,
+}
+
 impl Config {
-    /// Loads defaults → optional file → the given environment, then validates.
+    /// Loads defaults → optional file → the given environment, then validates; fails with the
+    /// first problem (see [`Config::load_for_check_from`] for all of them).
     pub fn load_from(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        Self::validate(load_raw(file, env)?)
+        Self::validate_all(load_raw(file, env)?).map_err(|mut all| all.swap_remove(0))
+    }
+
+    /// Loads like [`Config::load_from`], reporting every problem, not only the first.
+    pub fn load_for_check_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> CheckConfig {
+        match load_raw(file, env) {
+            Ok(r) => CheckConfig {
+                database: database_settings(&r).ok(),
+                queue: queue_settings(&r).ok(),
+                config: Self::validate_all(r),
+            },
+            Err(e) => CheckConfig {
+                config: Err(vec![e]),
+                database: None,
+                queue: None,
+            },
+        }
+    }
+
+    /// [`Config::load_for_check_from`] with the process environment.
+    pub fn load_for_check(file: Option<&Path>) -> CheckConfig {
+        Self::load_for_check_from(file, std::env::vars())
+    }
+
+    /// Validates only what `migrate` uses (the database settings and `LOG_FORMAT`).
+    pub fn load_for_migrate_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<MigrateConfig, ConfigError> {
+        let r = load_raw(file, env)?;
+        Ok(MigrateConfig {
+            database: database_settings(&r)?,
+            log_format: log_format_setting(&r.log_format)?,
+        })
+    }
+
+    /// [`Config::load_for_migrate_from`] with the process environment.
+    pub fn load_for_migrate(file: Option<&Path>) -> Result<MigrateConfig, ConfigError> {
+        Self::load_for_migrate_from(file, std::env::vars())
     }
 
     /// Loads with the process environment.
@@ -338,6 +399,87 @@ mod tests {
             c.salesforce.auth,
             SalesforceAuth::ClientCredentials { .. }
         ));
+    }
+
+    /// SF_LOGIN_URL, SF_PUBSUB_ENDPOINT and WHMCS_API_URL: https://, or http:// to loopback.
+    fn plain_http_rule(setting: &str, remote: &str, loopback: &[&str]) {
+        let e = with(&[(setting, remote)]).expect_err(remote);
+        assert_eq!(e.setting, setting, "{e}");
+        assert!(e.message.contains("https://"), "{e}");
+        let https = remote.replacen("http://", "https://", 1);
+        with(&[(setting, https.as_str())]).unwrap_or_else(|e| panic!("{https}: {e}"));
+        for ok in loopback {
+            with(&[(setting, ok)]).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn sf_login_url_needs_https_unless_loopback() {
+        plain_http_rule(
+            "SF_LOGIN_URL",
+            "http://login.salesforce.com",
+            &["http://127.0.0.1:7000", "http://localhost:7000"],
+        );
+    }
+
+    #[test]
+    fn sf_pubsub_endpoint_needs_https_unless_loopback() {
+        plain_http_rule(
+            "SF_PUBSUB_ENDPOINT",
+            "http://api.pubsub.salesforce.com:7443",
+            &["http://127.0.0.1:7443", "http://[::1]:7443"],
+        );
+    }
+
+    #[test]
+    fn whmcs_api_url_needs_https_unless_loopback() {
+        plain_http_rule(
+            "WHMCS_API_URL",
+            "http://billing.example.com/includes/api.php",
+            &[
+                "http://127.0.0.2:80/includes/api.php",
+                "http://localhost/includes/api.php",
+            ],
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut env = base();
+        env.retain(|(k, _)| k != "SF_CLIENT_ID");
+        env.push(("WORKER_CONCURRENCY".into(), "0".into()));
+        env.push(("LOG_FORMAT".into(), "xml".into()));
+        let check = Config::load_for_check_from(None, env.clone());
+        let errors = check.config.expect_err("three problems");
+        let settings: Vec<&str> = errors.iter().map(|e| e.setting.as_str()).collect();
+        assert_eq!(
+            settings,
+            ["WORKER_CONCURRENCY", "SF_CLIENT_ID", "LOG_FORMAT"]
+        );
+        assert!(
+            check.database.is_some(),
+            "the ledger settings are valid on their own"
+        );
+        assert!(
+            check.queue.is_none(),
+            "WORKER_CONCURRENCY is part of the queue settings"
+        );
+        // `serve` stops at the first.
+        let first = Config::load_from(None, env).expect_err("invalid");
+        assert_eq!(first.setting, "WORKER_CONCURRENCY");
+    }
+
+    #[test]
+    fn migrate_needs_only_the_database() {
+        let only_db = [("DATABASE_URL".to_owned(), "sqlite::memory:".to_owned())];
+        let m = Config::load_for_migrate_from(None, only_db).expect("valid for migrate");
+        assert_eq!(m.database.url, "sqlite::memory:");
+        let e = Config::load_for_migrate_from(
+            None,
+            [("DATABASE_URL".to_owned(), "mysql://x".to_owned())],
+        )
+        .expect_err("bad database url");
+        assert_eq!(e.setting, "DATABASE_URL");
     }
 
     #[test]

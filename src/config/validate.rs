@@ -1,5 +1,6 @@
 //! Validation: turns [`Raw`] settings into a [`Config`], checking every value and every
-//! cross-field rule, and failing with one [`ConfigError`] that names the setting.
+//! cross-field rule. Each problem is one [`ConfigError`] naming its setting; validation goes on
+//! past a problem so that every one is reported at once (`provisioner check`).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -20,6 +21,21 @@ fn secret_non_empty(s: SecretString) -> Option<SecretString> {
 
 fn require(name: &str, v: String) -> Result<String, ConfigError> {
     non_empty(v).ok_or_else(|| err(name, "is required"))
+}
+
+/// An endpoint the daemon sends credentials or business data to: `https://`, or `http://` only
+/// to a loopback host (the simulator).
+fn endpoint_url(name: &str, v: &str) -> Result<(), ConfigError> {
+    http_url(name, v)?;
+    match url::Url::parse(v) {
+        Ok(u) if crate::net::is_secure_or_loopback(&u) => Ok(()),
+        _ => Err(err(
+            name,
+            format!(
+                "must be an https:// URL (http:// is allowed only for loopback hosts), got {v:?}"
+            ),
+        )),
+    }
 }
 
 fn http_url(name: &str, v: &str) -> Result<(), ConfigError> {
@@ -238,6 +254,17 @@ pub(super) fn database_settings(r: &Raw) -> Result<DatabaseConfig, ConfigError> 
     })
 }
 
+fn quantity_mode_setting(v: &str) -> Result<QuantityMode, ConfigError> {
+    match v.trim() {
+        "expand" => Ok(QuantityMode::Expand),
+        "reject" => Ok(QuantityMode::Reject),
+        other => Err(err(
+            "whmcs_quantity_mode",
+            format!("must be expand or reject, got {other:?}"),
+        )),
+    }
+}
+
 /// The dashboard token: empty disables the dashboard; otherwise long enough not to be guessed.
 fn admin_token_setting(v: SecretString) -> Result<Option<SecretString>, ConfigError> {
     use secrecy::ExposeSecret;
@@ -254,153 +281,216 @@ fn admin_token_setting(v: SecretString) -> Result<Option<SecretString>, ConfigEr
     Ok(Some(token))
 }
 
+/// Every problem found while validating, in the order of the settings.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    /// The value, or `None` with the error recorded.
+    fn ok<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.push(e);
+                None
+            }
+        }
+    }
+
+    /// The value, or a placeholder with the error recorded (never returned: any recorded
+    /// problem makes validation fail).
+    fn val<T: Default>(&mut self, r: Result<T, ConfigError>) -> T {
+        self.ok(r).unwrap_or_default()
+    }
+
+    fn fail(&mut self, e: ConfigError) {
+        self.0.push(e);
+    }
+}
+
+fn salesforce_auth(
+    flow: &str,
+    username: String,
+    private_key: SecretString,
+    private_key_path: String,
+    client_secret: SecretString,
+) -> Result<SalesforceAuth, ConfigError> {
+    match flow.trim() {
+        "jwt" => {
+            let username = require("sf_username", username)?;
+            let inline = secret_non_empty(private_key);
+            let path = non_empty(private_key_path);
+            let pem = match (path, inline) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        "sf_private_key",
+                        "set either SF_PRIVATE_KEY or SF_PRIVATE_KEY_PATH, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(err(
+                        "sf_private_key_path",
+                        "is required for SF_AUTH_FLOW=jwt (or set SF_PRIVATE_KEY)",
+                    ));
+                }
+                (None, Some(pem)) => pem,
+                (Some(path), None) => {
+                    SecretString::from(std::fs::read_to_string(&path).map_err(|e| {
+                        err("sf_private_key_path", format!("cannot read {path}: {e}"))
+                    })?)
+                }
+            };
+            {
+                use secrecy::ExposeSecret;
+                if !pem.expose_secret().contains("PRIVATE KEY-----") {
+                    return Err(err("sf_private_key", "is not a PEM private key"));
+                }
+            }
+            Ok(SalesforceAuth::Jwt {
+                username,
+                private_key_pem: pem,
+            })
+        }
+        "client_credentials" => Ok(SalesforceAuth::ClientCredentials {
+            client_secret: secret_non_empty(client_secret).ok_or_else(|| {
+                err(
+                    "sf_client_secret",
+                    "is required for SF_AUTH_FLOW=client_credentials",
+                )
+            })?,
+        }),
+        other => Err(err(
+            "sf_auth_flow",
+            format!("must be jwt or client_credentials, got {other:?}"),
+        )),
+    }
+}
+
+fn api_auth_setting(
+    r_api_auth: &str,
+    secret: SecretString,
+    claim: String,
+    issuer: String,
+    audience: String,
+) -> Result<ApiAuth, ConfigError> {
+    match r_api_auth.trim() {
+        "jwt" => Ok(ApiAuth::Jwt {
+            secret: secret_non_empty(secret)
+                .ok_or_else(|| err("portal_jwt_secret", "is required unless API_AUTH=disabled"))?,
+            account_claim: require("portal_jwt_account_claim", claim)?,
+            issuer: non_empty(issuer),
+            audience: non_empty(audience),
+        }),
+        "disabled" => Ok(ApiAuth::Disabled),
+        other => Err(err(
+            "api_auth",
+            format!("must be jwt or disabled, got {other:?}"),
+        )),
+    }
+}
+
+pub(super) fn log_format_setting(v: &str) -> Result<LogFormat, ConfigError> {
+    match v.trim() {
+        "json" => Ok(LogFormat::Json),
+        "pretty" => Ok(LogFormat::Pretty),
+        other => Err(err(
+            "log_format",
+            format!("must be json or pretty, got {other:?}"),
+        )),
+    }
+}
+
 impl Config {
-    pub(super) fn validate(r: Raw) -> Result<Self, ConfigError> {
-        let queue = queue_settings(&r)?;
-        let database = database_settings(&r)?;
-        let replay = replay_setting(&r.sf_events_replay)?;
-        let endpoint = require("sf_pubsub_endpoint", r.sf_pubsub_endpoint)?;
-        http_url("sf_pubsub_endpoint", &endpoint)?;
+    /// Validates everything, failing with every problem found (in the order of the settings).
+    pub(super) fn validate_all(r: Raw) -> Result<Self, Vec<ConfigError>> {
+        let mut p = Problems::default();
+        let queue = p.ok(queue_settings(&r));
+        let database = p.ok(database_settings(&r));
+        let replay = p.ok(replay_setting(&r.sf_events_replay));
+        let endpoint = p.val(
+            require("sf_pubsub_endpoint", r.sf_pubsub_endpoint)
+                .and_then(|e| endpoint_url("sf_pubsub_endpoint", &e).map(|()| e)),
+        );
         if !(1..=100).contains(&r.sf_events_batch_size) {
-            return Err(err("sf_events_batch_size", "must be between 1 and 100"));
+            p.fail(err("sf_events_batch_size", "must be between 1 and 100"));
         }
         if r.sf_events_watchdog_secs == 0 {
-            return Err(err("sf_events_watchdog_secs", "must be at least 1"));
+            p.fail(err("sf_events_watchdog_secs", "must be at least 1"));
         }
         if r.sf_events_max_pending_jobs == 0 {
-            return Err(err("sf_events_max_pending_jobs", "must be at least 1"));
+            p.fail(err("sf_events_max_pending_jobs", "must be at least 1"));
         }
         if r.sf_events_backoff_initial_ms == 0
             || r.sf_events_backoff_max_ms < r.sf_events_backoff_initial_ms
         {
-            return Err(err(
+            p.fail(err(
                 "sf_events_backoff_max_ms",
                 "must be at least sf_events_backoff_initial_ms (> 0)",
             ));
         }
-        let channel = channel_setting(&r.sf_provision_event_channel)?;
+        let channel = p.val(channel_setting(&r.sf_provision_event_channel));
 
-        let login_url = require("sf_login_url", r.sf_login_url)?
-            .trim_end_matches('/')
-            .to_owned();
-        http_url("sf_login_url", &login_url)?;
-        let client_id = require("sf_client_id", r.sf_client_id)?;
-        let auth = match r.sf_auth_flow.trim() {
-            "jwt" => {
-                let username = require("sf_username", r.sf_username)?;
-                let inline = secret_non_empty(r.sf_private_key);
-                let path = non_empty(r.sf_private_key_path);
-                let pem = match (path, inline) {
-                    (Some(_), Some(_)) => {
-                        return Err(err(
-                            "sf_private_key",
-                            "set either SF_PRIVATE_KEY or SF_PRIVATE_KEY_PATH, not both",
-                        ));
-                    }
-                    (None, None) => {
-                        return Err(err(
-                            "sf_private_key_path",
-                            "is required for SF_AUTH_FLOW=jwt (or set SF_PRIVATE_KEY)",
-                        ));
-                    }
-                    (None, Some(pem)) => pem,
-                    (Some(path), None) => {
-                        SecretString::from(std::fs::read_to_string(&path).map_err(|e| {
-                            err("sf_private_key_path", format!("cannot read {path}: {e}"))
-                        })?)
-                    }
-                };
-                {
-                    use secrecy::ExposeSecret;
-                    if !pem.expose_secret().contains("PRIVATE KEY-----") {
-                        return Err(err("sf_private_key", "is not a PEM private key"));
-                    }
-                }
-                SalesforceAuth::Jwt {
-                    username,
-                    private_key_pem: pem,
-                }
-            }
-            "client_credentials" => SalesforceAuth::ClientCredentials {
-                client_secret: secret_non_empty(r.sf_client_secret).ok_or_else(|| {
-                    err(
-                        "sf_client_secret",
-                        "is required for SF_AUTH_FLOW=client_credentials",
-                    )
-                })?,
-            },
-            other => {
+        let login_url = p.val(require("sf_login_url", r.sf_login_url).and_then(|u| {
+            let u = u.trim_end_matches('/').to_owned();
+            endpoint_url("sf_login_url", &u).map(|()| u)
+        }));
+        let client_id = p.val(require("sf_client_id", r.sf_client_id));
+        let auth = p.ok(salesforce_auth(
+            &r.sf_auth_flow,
+            r.sf_username,
+            r.sf_private_key,
+            r.sf_private_key_path,
+            r.sf_client_secret,
+        ));
+        let api_version = p.val(require("sf_api_version", r.sf_api_version).and_then(|v| {
+            let v = v.trim_start_matches('v').to_owned();
+            if v.parse::<f32>().is_err() {
                 return Err(err(
-                    "sf_auth_flow",
-                    format!("must be jwt or client_credentials, got {other:?}"),
+                    "sf_api_version",
+                    format!("must look like 65.0, got {v:?}"),
                 ));
             }
-        };
-        let api_version = require("sf_api_version", r.sf_api_version)?;
-        let api_version = api_version.trim_start_matches('v').to_owned();
-        if api_version.parse::<f32>().is_err() {
-            return Err(err(
-                "sf_api_version",
-                format!("must look like 65.0, got {api_version:?}"),
-            ));
-        }
+            Ok(v)
+        }));
 
-        let whmcs_url = require("whmcs_api_url", r.whmcs_api_url)?;
-        http_url("whmcs_api_url", &whmcs_url)?;
-        let whmcs = WhmcsSettings {
-            api_url: whmcs_url,
-            identifier: require("whmcs_api_identifier", r.whmcs_api_identifier)?,
-            secret: secret_non_empty(r.whmcs_api_secret)
-                .ok_or_else(|| err("whmcs_api_secret", "is required"))?,
-            access_key: secret_non_empty(r.whmcs_api_access_key),
-            payment_method: require("whmcs_payment_method", r.whmcs_payment_method)?,
-            timeout: Duration::from_secs(r.whmcs_timeout_secs.max(1)),
-            quantity_mode: match r.whmcs_quantity_mode.trim() {
-                "expand" => QuantityMode::Expand,
-                "reject" => QuantityMode::Reject,
-                other => {
-                    return Err(err(
-                        "whmcs_quantity_mode",
-                        format!("must be expand or reject, got {other:?}"),
-                    ));
-                }
-            },
-        };
+        let whmcs_url = p.val(
+            require("whmcs_api_url", r.whmcs_api_url)
+                .and_then(|u| endpoint_url("whmcs_api_url", &u).map(|()| u)),
+        );
+        let whmcs_identifier = p.val(require("whmcs_api_identifier", r.whmcs_api_identifier));
+        let whmcs_secret = p.ok(secret_non_empty(r.whmcs_api_secret)
+            .ok_or_else(|| err("whmcs_api_secret", "is required")));
+        let whmcs_payment_method = p.val(require("whmcs_payment_method", r.whmcs_payment_method));
+        let whmcs_quantity_mode = p.val(quantity_mode_setting(&r.whmcs_quantity_mode));
 
-        let addr: SocketAddr = r.http_addr.trim().parse().map_err(|_| {
+        let addr: Option<SocketAddr> = p.ok(r.http_addr.trim().parse().map_err(|_| {
             err(
                 "http_addr",
                 format!("must be host:port, got {:?}", r.http_addr),
             )
-        })?;
-        let api_auth = match r.api_auth.trim() {
-            "jwt" => ApiAuth::Jwt {
-                secret: secret_non_empty(r.portal_jwt_secret).ok_or_else(|| {
-                    err("portal_jwt_secret", "is required unless API_AUTH=disabled")
-                })?,
-                account_claim: require("portal_jwt_account_claim", r.portal_jwt_account_claim)?,
-                issuer: non_empty(r.portal_jwt_issuer),
-                audience: non_empty(r.portal_jwt_audience),
-            },
-            "disabled" => ApiAuth::Disabled,
-            other => {
-                return Err(err(
-                    "api_auth",
-                    format!("must be jwt or disabled, got {other:?}"),
-                ));
-            }
-        };
+        }));
+        let api_auth = p.ok(api_auth_setting(
+            &r.api_auth,
+            r.portal_jwt_secret,
+            r.portal_jwt_account_claim,
+            r.portal_jwt_issuer,
+            r.portal_jwt_audience,
+        ));
         let alert_webhook_url = non_empty(r.alert_webhook_url);
         if let Some(u) = &alert_webhook_url {
-            http_url("alert_webhook_url", u)?;
+            p.ok(http_url("alert_webhook_url", u));
         }
-        let cors_allowed_origins = cors_origins(&r.cors_allowed_origins)?;
+        let cors_allowed_origins = p.val(cors_origins(&r.cors_allowed_origins));
         let rate_limit = match (r.api_rate_limit_per_sec, r.api_rate_limit_burst) {
-            (p, _) if !p.is_finite() || p < 0.0 => {
-                return Err(err("api_rate_limit_per_sec", "must be 0 (off) or positive"));
+            (v, _) if !v.is_finite() || v < 0.0 => {
+                p.fail(err("api_rate_limit_per_sec", "must be 0 (off) or positive"));
+                None
             }
             (0.0, _) => None,
-            (_, 0) => return Err(err("api_rate_limit_burst", "must be at least 1")),
+            (_, 0) => {
+                p.fail(err("api_rate_limit_burst", "must be at least 1"));
+                None
+            }
             (per_sec, burst) => Some(RateLimit { per_sec, burst }),
         };
         for (name, v) in [
@@ -417,31 +507,97 @@ impl Config {
             ("alert_webhook_timeout_secs", r.alert_webhook_timeout_secs),
         ] {
             if v == 0 {
-                return Err(err(name, "must be at least 1"));
+                p.fail(err(name, "must be at least 1"));
             }
         }
         if !(r.alert_failure_rate_threshold > 0.0 && r.alert_failure_rate_threshold < 1.0) {
-            return Err(err(
+            p.fail(err(
                 "alert_failure_rate_threshold",
                 "must be a fraction between 0 and 1, e.g. 0.1",
             ));
         }
-        let log_format = match r.log_format.trim() {
-            "json" => LogFormat::Json,
-            "pretty" => LogFormat::Pretty,
-            other => {
-                return Err(err(
-                    "log_format",
-                    format!("must be json or pretty, got {other:?}"),
-                ));
-            }
-        };
+        let log_format = p.ok(log_format_setting(&r.log_format));
 
         if r.leader_lease_ttl_secs < 3 {
-            return Err(err("leader_lease_ttl_secs", "must be at least 3"));
+            p.fail(err("leader_lease_ttl_secs", "must be at least 3"));
         }
         if r.reconciler_interval_secs > 0 && r.reconciler_batch_limit == 0 {
-            return Err(err("reconciler_batch_limit", "must be at least 1"));
+            p.fail(err("reconciler_batch_limit", "must be at least 1"));
+        }
+        let event_fields = EventFields {
+            order_id: p.val(require(
+                "sf_field_event_order_id",
+                r.sf_field_event_order_id,
+            )),
+            idem_key: p.val(require(
+                "sf_field_event_idem_key",
+                r.sf_field_event_idem_key,
+            )),
+            correlation_id: p.val(require(
+                "sf_field_event_correlation_id",
+                r.sf_field_event_correlation_id,
+            )),
+            requested_by: p.val(require(
+                "sf_field_event_requested_by",
+                r.sf_field_event_requested_by,
+            )),
+        };
+        let order_fields = OrderFieldNames {
+            activation_status: p.val(require(
+                "sf_field_activation_status",
+                r.sf_field_activation_status,
+            )),
+            whmcs_order_id: p.val(require(
+                "sf_field_whmcs_order_id",
+                r.sf_field_whmcs_order_id,
+            )),
+            error_code: p.val(require("sf_field_error_code", r.sf_field_error_code)),
+            error_message: p.val(require("sf_field_error_message", r.sf_field_error_message)),
+            last_attempt_at: p.val(require(
+                "sf_field_last_attempt_at",
+                r.sf_field_last_attempt_at,
+            )),
+            account_whmcs_client_id: p.val(require(
+                "sf_field_account_whmcs_client_id",
+                r.sf_field_account_whmcs_client_id,
+            )),
+            product_whmcs_product_id: p.val(require(
+                "sf_field_product_whmcs_product_id",
+                r.sf_field_product_whmcs_product_id,
+            )),
+            product_whmcs_billing_cycle: p.val(require(
+                "sf_field_product_whmcs_billing_cycle",
+                r.sf_field_product_whmcs_billing_cycle,
+            )),
+        };
+        let admin_token = p.ok(admin_token_setting(r.admin_token));
+
+        let (
+            Some(queue),
+            Some(database),
+            Some(replay),
+            Some(auth),
+            Some(whmcs_secret),
+            Some(addr),
+            Some(api_auth),
+            Some(log_format),
+            Some(admin_token),
+        ) = (
+            queue,
+            database,
+            replay,
+            auth,
+            whmcs_secret,
+            addr,
+            api_auth,
+            log_format,
+            admin_token,
+        )
+        else {
+            return Err(p.0);
+        };
+        if !p.0.is_empty() {
+            return Err(p.0);
         }
         Ok(Config {
             reconciler: ReconcilerConfig {
@@ -461,18 +617,7 @@ impl Config {
                 max_pending_jobs: r.sf_events_max_pending_jobs,
                 backoff_initial: Duration::from_millis(r.sf_events_backoff_initial_ms),
                 backoff_max: Duration::from_millis(r.sf_events_backoff_max_ms),
-                fields: EventFields {
-                    order_id: require("sf_field_event_order_id", r.sf_field_event_order_id)?,
-                    idem_key: require("sf_field_event_idem_key", r.sf_field_event_idem_key)?,
-                    correlation_id: require(
-                        "sf_field_event_correlation_id",
-                        r.sf_field_event_correlation_id,
-                    )?,
-                    requested_by: require(
-                        "sf_field_event_requested_by",
-                        r.sf_field_event_requested_by,
-                    )?,
-                },
+                fields: event_fields,
             },
             salesforce: SalesforceConfig {
                 login_url,
@@ -480,33 +625,17 @@ impl Config {
                 auth,
                 api_version,
                 http_timeout: Duration::from_secs(r.sf_http_timeout_secs.max(1)),
-                fields: OrderFieldNames {
-                    activation_status: require(
-                        "sf_field_activation_status",
-                        r.sf_field_activation_status,
-                    )?,
-                    whmcs_order_id: require("sf_field_whmcs_order_id", r.sf_field_whmcs_order_id)?,
-                    error_code: require("sf_field_error_code", r.sf_field_error_code)?,
-                    error_message: require("sf_field_error_message", r.sf_field_error_message)?,
-                    last_attempt_at: require(
-                        "sf_field_last_attempt_at",
-                        r.sf_field_last_attempt_at,
-                    )?,
-                    account_whmcs_client_id: require(
-                        "sf_field_account_whmcs_client_id",
-                        r.sf_field_account_whmcs_client_id,
-                    )?,
-                    product_whmcs_product_id: require(
-                        "sf_field_product_whmcs_product_id",
-                        r.sf_field_product_whmcs_product_id,
-                    )?,
-                    product_whmcs_billing_cycle: require(
-                        "sf_field_product_whmcs_billing_cycle",
-                        r.sf_field_product_whmcs_billing_cycle,
-                    )?,
-                },
+                fields: order_fields,
             },
-            whmcs,
+            whmcs: WhmcsSettings {
+                api_url: whmcs_url,
+                identifier: whmcs_identifier,
+                secret: whmcs_secret,
+                access_key: secret_non_empty(r.whmcs_api_access_key),
+                payment_method: whmcs_payment_method,
+                timeout: Duration::from_secs(r.whmcs_timeout_secs.max(1)),
+                quantity_mode: whmcs_quantity_mode,
+            },
             queue,
             database,
             http: HttpConfig {
@@ -531,7 +660,7 @@ impl Config {
             },
             log_format,
             shutdown_grace: Duration::from_secs(r.shutdown_grace_secs),
-            admin_token: admin_token_setting(r.admin_token)?,
+            admin_token,
         })
     }
 }

@@ -52,16 +52,14 @@ const ALERT_RATE: f64 = 0.10;
 /// Timeout of each data source read.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
-const STATES: [&str; 6] = {
-    let [a, b, c, d, e, f] = OrderState::ALL;
-    [
-        a.as_str(),
-        b.as_str(),
-        c.as_str(),
-        d.as_str(),
-        e.as_str(),
-        f.as_str(),
-    ]
+const STATES: [&str; OrderState::ALL.len()] = {
+    let mut out = [""; OrderState::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = OrderState::ALL[i].as_str();
+        i += 1;
+    }
+    out
 };
 
 #[derive(Clone)]

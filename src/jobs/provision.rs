@@ -35,8 +35,8 @@ use crate::{
     jobs::retry::Backoff,
     ledger::{self, Change, Ledger, OrderRecord},
     metrics::Metrics,
-    queue::ProvisionOrderV1,
-    salesforce::rest::{OrderUpdate, RestClient, SfOrder},
+    queue::{JobSource, ProvisionOrderV1},
+    salesforce::rest::{OrderUpdate, RestClient, SfError, SfOrder},
     whmcs::{AddOrderRequest, OrderLine, WhmcsClient, WhmcsOrder},
 };
 
@@ -204,10 +204,20 @@ impl Provisioner {
             return Ok(Outcome::Skipped("invalid_order_id"));
         };
         // A redelivered job whose attempt already finished: nothing to do, no Salesforce call.
-        if let Some(row) = self.ledger.get(&id).await? {
+        let before = self.ledger.get(&id).await?;
+        if let Some(row) = &before {
             if row.last_event_id.as_deref() == Some(job.event_id.as_str()) && row.outcome.is_some()
             {
                 return Ok(Outcome::Skipped("duplicate_event"));
+            }
+            // Salesforce refused this Order's write-back for good: only a new activation request
+            // (an operator re-trigger publishes a newer event) or an operator's requeue drives
+            // it again — not a redelivery, not the reconciler.
+            if row.state == ledger::state::WRITEBACK_REJECTED
+                && job.source != JobSource::Operator
+                && job.event_created_ms <= row.updated_at
+            {
+                return Ok(Outcome::Skipped("writeback_rejected"));
             }
         }
         let order = match self.retry("read_order", || self.rest.get_order(&id)).await {
@@ -240,6 +250,21 @@ impl Provisioner {
         // Order exclude each other too.
         let owner = format!("{}:{}", self.instance, uuid::Uuid::new_v4().simple());
         let row = self.claim(&id, &owner).await?;
+        // Another job finished an attempt on this Order between this job's ledger read and its
+        // claim (the Salesforce read in between showed the Order before that job's write-back):
+        // nothing is left to do.
+        // Every claim counts one attempt, ours included.
+        let finished_meanwhile = row.outcome.is_some()
+            && match &before {
+                None => row.attempts > 1,
+                Some(b) => row.attempts > b.attempts + 1 || b.outcome.is_none(),
+            };
+        if finished_meanwhile {
+            if let Err(e) = self.ledger.release(&id, &owner).await {
+                warn!(error.message = %e, "lease release failed; it expires by itself");
+            }
+            return Ok(Outcome::Skipped("finished_meanwhile"));
+        }
         let lease_lost = CancellationToken::new();
         let renewer = {
             let (ledger, id, owner, lost) = (
@@ -453,20 +478,8 @@ impl Provisioner {
 
         // Write back (one PATCH). If Salesforce stays unreachable, the job runs again later and
         // resumes here: the ledger already holds the WHMCS state.
-        if let Err(e) = self
-            .retry("write_back", || self.rest.update_order(id, &update))
-            .await
-        {
-            self.metrics
-                .salesforce_errors
-                .get_or_create(&crate::metrics::ReasonLabel { reason: e.code() })
-                .inc();
-            if e.class() == ErrorClass::Transient {
-                return Err(JobError::Salesforce(e.to_string()));
-            }
-            error!(error.code = %e.code(), error.message = %e, "Salesforce rejected the write-back");
-        }
-        let (state, outcome_label, err) = match &outcome {
+        let rejected = self.write_back(id, &update).await?;
+        let (mut state, outcome_label, mut err) = match &outcome {
             Outcome::Provisioned { .. } => {
                 (ledger::state::DONE, ledger::outcome::PROVISIONED, None)
             }
@@ -477,6 +490,16 @@ impl Provisioner {
             ),
             Outcome::Skipped(_) => (ledger::state::NEW, "Skipped", None),
         };
+        let rejection = rejected.as_ref().map(|e| {
+            (
+                e.code(),
+                format!("Salesforce rejected the write-back: {}", e.message),
+            )
+        });
+        if let Some((code, message)) = &rejection {
+            state = ledger::state::WRITEBACK_REJECTED;
+            err = Some((code.as_str(), message.as_str()));
+        }
         let change = Change {
             state: Some(state),
             outcome: Some(Some(outcome_label)),
@@ -492,6 +515,51 @@ impl Provisioner {
             return Err(JobError::LeaseLost(id.to_string()));
         }
         Ok(outcome)
+    }
+
+    /// Writes the outcome onto the Order. `Ok(None)`: written. `Ok(Some(e))`: Salesforce refused
+    /// it for good (a validation rule, a locked record, a restricted picklist) — for a
+    /// provisioned Order after one more try without the standard `Status` field, which org
+    /// rules most often guard. `Err`: Salesforce is unreachable, limited or misconfigured: the
+    /// job runs again later (never a terminal state for an outage).
+    async fn write_back(
+        &self,
+        id: &SalesforceId,
+        update: &OrderUpdate,
+    ) -> Result<Option<SfError>, JobError> {
+        let mut update = update.clone();
+        loop {
+            let e = match self
+                .retry("write_back", || self.rest.update_order(id, &update))
+                .await
+            {
+                Ok(()) => return Ok(None),
+                Err(e) => e,
+            };
+            self.metrics
+                .salesforce_errors
+                .get_or_create(&crate::metrics::ReasonLabel { reason: e.code() })
+                .inc();
+            match e.class() {
+                ErrorClass::Transient => return Err(JobError::Salesforce(e.to_string())),
+                ErrorClass::Config => {
+                    error!(error.code = %e.code(), error.message = %e, "Salesforce refused the write-back: configuration problem; the job runs again later");
+                    return Err(JobError::Salesforce(e.to_string()));
+                }
+                ErrorClass::Permanent => {}
+            }
+            if let OrderUpdate::Activated { whmcs_order_id, at } = &update {
+                warn!(error.code = %e.code(), error.message = %e, "Salesforce rejected the write-back; retrying without the Order Status");
+                update = OrderUpdate::ActivatedFieldsOnly {
+                    whmcs_order_id: whmcs_order_id.clone(),
+                    at: *at,
+                };
+                continue;
+            }
+            self.metrics.writeback_rejected.inc();
+            error!(error.code = %e.code(), error.message = %e, "Salesforce rejected the write-back for good; the Order stays writeback_rejected until an operator re-triggers it");
+            return Ok(Some(e));
+        }
     }
 
     /// WHMCS steps, resumed from the ledger state. Returns the WHMCS order id.
@@ -526,7 +594,10 @@ impl Provisioner {
             });
         let mut whmcs_order_id = known;
         let mut accepted = row.state == ledger::state::WHMCS_ACCEPTED
-            || (row.state == ledger::state::DONE && known.is_some());
+            || (known.is_some()
+                && (row.state == ledger::state::DONE
+                    || (row.state == ledger::state::WRITEBACK_REJECTED
+                        && row.outcome.as_deref() == Some(ledger::outcome::PROVISIONED))));
 
         if whmcs_order_id.is_none() {
             let lines = self.fit_quantities(order_lines(order)?).await?;

@@ -79,17 +79,22 @@ pub enum OrderState {
     WhmcsAccepted,
     Done,
     Failed,
+    /// Provisioned or failed, but Salesforce refused the write-back for good (validation rule,
+    /// locked record, restricted picklist): nothing drives the Order again until an operator
+    /// re-triggers it.
+    WritebackRejected,
 }
 
 impl OrderState {
-    /// Every state, in the order of the happy path (then `failed`).
-    pub const ALL: [OrderState; 6] = [
+    /// Every state, in the order of the happy path (then the terminal ones).
+    pub const ALL: [OrderState; 7] = [
         Self::New,
         Self::Adding,
         Self::WhmcsAdded,
         Self::WhmcsAccepted,
         Self::Done,
         Self::Failed,
+        Self::WritebackRejected,
     ];
 
     /// The name stored in the ledger.
@@ -101,6 +106,7 @@ impl OrderState {
             Self::WhmcsAccepted => "whmcs_accepted",
             Self::Done => "done",
             Self::Failed => "failed",
+            Self::WritebackRejected => "writeback_rejected",
         }
     }
 
@@ -126,6 +132,7 @@ pub mod state {
     pub const WHMCS_ACCEPTED: &str = OrderState::WhmcsAccepted.as_str();
     pub const DONE: &str = OrderState::Done.as_str();
     pub const FAILED: &str = OrderState::Failed.as_str();
+    pub const WRITEBACK_REJECTED: &str = OrderState::WritebackRejected.as_str();
 }
 
 /// Outcomes written back to Salesforce.

@@ -182,6 +182,28 @@ impl Ledger {
         Ok(row.as_ref().map(OrderRecord::from_row).transpose()?)
     }
 
+    /// The rows of these Orders the ledger knows (any order; unknown ids are left out).
+    pub async fn get_many(&self, orders: &[SalesforceId]) -> Result<Vec<OrderRecord>> {
+        let mut out = Vec::with_capacity(orders.len());
+        let mut conn = self.reader().await?;
+        // 200 ids per statement: well under both engines' parameter limits.
+        for chunk in orders.chunks(200) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE sf_order_id IN ({})",
+                list.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                out.push(OrderRecord::from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Most recently updated Orders, optionally in one state.
     pub async fn list(&self, state: Option<&str>, limit: i64) -> Result<Vec<OrderRecord>> {
         let mut conn = self.reader().await?;
@@ -219,6 +241,18 @@ impl Ledger {
             out.insert(r.try_get("state")?, r.try_get("n")?);
         }
         Ok(out)
+    }
+
+    /// Orders in `state` whose row changed at or after `since_ms`.
+    pub async fn count_in_state_since(&self, state: &str, since_ms: i64) -> Result<i64> {
+        let mut conn = self.reader().await?;
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM orders WHERE state = $1 AND updated_at >= $2")
+                .bind(state)
+                .bind(since_ms)
+                .fetch_one(&mut *conn)
+                .await?;
+        Ok(row.try_get("n")?)
     }
 
     /// The lease holder of an Order and until when (epoch ms), if any.

@@ -60,6 +60,30 @@ pub enum AuthFlow {
     },
 }
 
+impl AuthFlow {
+    /// The flow the configuration selects.
+    pub fn from_config(cfg: &crate::config::SalesforceConfig) -> Self {
+        match &cfg.auth {
+            crate::config::SalesforceAuth::Jwt {
+                username,
+                private_key_pem,
+            } => Self::Jwt {
+                login_url: cfg.login_url.clone(),
+                client_id: cfg.client_id.clone(),
+                username: username.clone(),
+                private_key_pem: private_key_pem.clone(),
+            },
+            crate::config::SalesforceAuth::ClientCredentials { client_secret } => {
+                Self::ClientCredentials {
+                    login_url: cfg.login_url.clone(),
+                    client_id: cfg.client_id.clone(),
+                    client_secret: client_secret.clone(),
+                }
+            }
+        }
+    }
+}
+
 /// An access token and where to use it.
 pub struct Session {
     pub access_token: SecretString,
@@ -471,6 +495,13 @@ pub fn parse_token_response(
     }
     let instance_url = base_url(&t.instance_url)
         .map_err(|_| AuthError::BadResponse("instance_url is not an http(s) URL".into()))?;
+    // The access token travels to instance_url with every REST call: never in clear text to a
+    // host that is not loopback.
+    if !url::Url::parse(&instance_url).is_ok_and(|u| crate::net::is_secure_or_loopback(&u)) {
+        return Err(AuthError::BadResponse(
+            "instance_url must be https:// (http:// only for a loopback host)".into(),
+        ));
+    }
     Ok(Session {
         access_token: t.access_token,
         instance_url,
@@ -530,6 +561,22 @@ mod tests {
         // Trailing slash tolerated.
         let body = ok_body("t").replace("SwiUAAS\"", "SwiUAAS/\"");
         assert!(parse_token_response(200, body.as_bytes(), 1).is_ok());
+    }
+
+    #[test]
+    fn plain_http_instance_url_is_refused_unless_loopback() {
+        let body = ok_body("t").replace(
+            "https://acme.my.salesforce.com/",
+            "http://acme.my.salesforce.com/",
+        );
+        let e = parse_token_response(200, body.as_bytes(), 1).expect_err("http:// instance_url");
+        assert_eq!(e.code(), "SF_AUTH_BAD_RESPONSE");
+        assert!(e.to_string().contains("instance_url"), "{e}");
+        let body =
+            ok_body("t").replace("https://acme.my.salesforce.com/", "http://127.0.0.1:7000/");
+        let s =
+            parse_token_response(200, body.as_bytes(), 1).expect("loopback http:// is accepted");
+        assert_eq!(s.instance_url, "http://127.0.0.1:7000");
     }
 
     #[test]

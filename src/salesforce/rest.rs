@@ -136,10 +136,24 @@ pub struct SfOrderItem {
     pub billing_cycle: Option<String>,
 }
 
+/// An Order the reconciler may re-drive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckOrder {
+    pub id: SalesforceId,
+    /// `LastModifiedDate`; `None` if Salesforce did not say.
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
 /// The final write-back of one provisioning attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderUpdate {
     Activated {
+        whmcs_order_id: String,
+        at: DateTime<Utc>,
+    },
+    /// [`OrderUpdate::Activated`] without the standard `Status` field: the retry for an org
+    /// whose validation rules or Order lifecycle refuse the `Status` change.
+    ActivatedFieldsOnly {
         whmcs_order_id: String,
         at: DateTime<Utc>,
     },
@@ -356,6 +370,14 @@ pub fn truncate_for_field(s: &str, max: usize) -> &str {
 }
 
 /// Salesforce datetime literal / JSON value: `2024-05-01T12:00:00Z` (no fractional seconds).
+/// A Salesforce date-time (`2026-05-01T12:00:00.000+0000`, or RFC 3339).
+fn parse_sf_datetime(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z")
+        .or_else(|_| DateTime::parse_from_rfc3339(s))
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
 fn soql_datetime(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -488,13 +510,17 @@ impl Serialize for PatchBody<'_> {
         let f = self.fields;
         let len = match self.update {
             OrderUpdate::Activated { .. } => 6,
+            OrderUpdate::ActivatedFieldsOnly { .. } => 5,
             OrderUpdate::Failed { .. } => 4,
         };
         let mut m = s.serialize_map(Some(len))?;
         match self.update {
-            OrderUpdate::Activated { whmcs_order_id, at } => {
+            OrderUpdate::Activated { whmcs_order_id, at }
+            | OrderUpdate::ActivatedFieldsOnly { whmcs_order_id, at } => {
                 m.serialize_entry(&f.activation_status, "Activated")?;
-                m.serialize_entry("Status", "Activated")?;
+                if matches!(self.update, OrderUpdate::Activated { .. }) {
+                    m.serialize_entry("Status", "Activated")?;
+                }
                 m.serialize_entry(&f.whmcs_order_id, whmcs_order_id)?;
                 m.serialize_entry(&f.error_code, &())?;
                 m.serialize_entry(&f.error_message, &())?;
@@ -581,19 +607,25 @@ impl RestClient {
         Ok(out)
     }
 
-    /// Orders left in `Activating` whose last attempt is older than `older_than` (or unset):
-    /// candidates for re-driving after a crash. At most `limit` (capped at 2000) ids.
+    /// One page of Orders that look stuck: `Activating`, last attempt before `older_than` or
+    /// never attempted; least recently attempted first (never-attempted ones first of all),
+    /// `offset` rows in. Carries each Order's `LastModifiedDate` (when the last activation
+    /// request, or any other edit, happened) so the reconciler can tell a fresh request from an
+    /// outcome the ledger already holds.
     pub async fn query_stuck_orders(
         &self,
         older_than: DateTime<Utc>,
         limit: u32,
-    ) -> Result<Vec<SalesforceId>, SfError> {
+        offset: u32,
+    ) -> Result<Vec<StuckOrder>, SfError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let f = &self.inner.fields;
         let soql = format!(
-            "SELECT Id FROM Order WHERE {status} = 'Activating' AND ({last} = null OR {last} < {at}) LIMIT {n}",
+            "SELECT Id, LastModifiedDate FROM Order WHERE {status} = 'Activating' \
+             AND ({last} = null OR {last} < {at}) ORDER BY {last} ASC NULLS FIRST, Id \
+             LIMIT {n} OFFSET {offset}",
             status = f.activation_status,
             last = f.last_attempt_at,
             at = soql_datetime(&older_than),
@@ -603,10 +635,16 @@ impl RestClient {
         page.records
             .iter()
             .map(|r| {
-                r.get("Id")
+                let id = r
+                    .get("Id")
                     .and_then(Value::as_str)
                     .and_then(|s| SalesforceId::parse(s).ok())
-                    .ok_or_else(|| SfError::bad_response(200, "Order without a valid Id"))
+                    .ok_or_else(|| SfError::bad_response(200, "Order without a valid Id"))?;
+                let last_modified = r
+                    .get("LastModifiedDate")
+                    .and_then(Value::as_str)
+                    .and_then(parse_sf_datetime);
+                Ok(StuckOrder { id, last_modified })
             })
             .collect()
     }

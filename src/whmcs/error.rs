@@ -188,8 +188,9 @@ fn clip(s: &str) -> &str {
 /// Decodes a WHMCS answer of any HTTP status: the envelope when `result` is `success`, else a
 /// classified [`WhmcsError`]. Never panics.
 pub fn decode_response(status: u16, body: &[u8], action: &str) -> Result<Value, WhmcsError> {
+    // Redirects are not followed (crate::net): a 3xx is an HTTP error like a 4xx.
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        let kind = if status >= 400 {
+        let kind = if status >= 300 {
             WhmcsErrorKind::Http { status }
         } else {
             WhmcsErrorKind::BadResponse
@@ -219,7 +220,7 @@ pub fn decode_response(status: u16, body: &[u8], action: &str) -> Result<Value, 
         };
         return Err(WhmcsError::new(action, kind, text));
     }
-    let kind = if status >= 400 {
+    let kind = if status >= 300 {
         WhmcsErrorKind::Http { status }
     } else {
         WhmcsErrorKind::BadResponse

@@ -167,3 +167,65 @@ async fn check_command_reports_each_dependency() {
     assert!(text.contains("[FAIL] whmcs"), "{text}");
     assert!(!text.contains("wrong-secret"), "{text}");
 }
+
+/// Serves `app` on a fresh loopback port until the test ends.
+async fn serve_loopback(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// A WHMCS endpoint answering 307 towards another server: the redirect is not followed, so
+/// the request (with the API secret in its body) never reaches the other server; the call
+/// fails as an HTTP error that is retried later, not a business failure of the Order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whmcs_redirects_are_not_followed() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use axum::http::{StatusCode, header::LOCATION};
+    use provisioner::whmcs::{WhmcsClient, WhmcsConfig, WhmcsErrorKind};
+    use secrecy::SecretString;
+
+    let elsewhere_hits = Arc::new(AtomicUsize::new(0));
+    let hits = elsewhere_hits.clone();
+    let elsewhere = serve_loopback(axum::Router::new().fallback(move || {
+        hits.fetch_add(1, Ordering::SeqCst);
+        async { r#"{"result":"success","totalresults":0,"orders":{"order":[]}}"# }
+    }))
+    .await;
+    let redirect_hits = Arc::new(AtomicUsize::new(0));
+    let hits = redirect_hits.clone();
+    let location = format!("http://{elsewhere}/includes/api.php");
+    let redirecting = serve_loopback(axum::Router::new().fallback(move || {
+        hits.fetch_add(1, Ordering::SeqCst);
+        let location = location.clone();
+        async move { (StatusCode::TEMPORARY_REDIRECT, [(LOCATION, location)]) }
+    }))
+    .await;
+
+    let http = provisioner::net::client(Duration::from_secs(10)).expect("client");
+    let whmcs = WhmcsClient::new(
+        http,
+        WhmcsConfig::new(
+            format!("http://{redirecting}/includes/api.php"),
+            "identifier",
+            SecretString::from("api-secret-value"),
+        ),
+    );
+    let e = whmcs.get_order(42).await.expect_err("a 307 is not success");
+    assert_eq!(redirect_hits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        elsewhere_hits.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed: the secret went to another server"
+    );
+    assert_eq!(e.kind, WhmcsErrorKind::Http { status: 307 }, "{e}");
+    assert_eq!(e.class(), ErrorClass::Transient, "{e}");
+    assert!(!e.is_ambiguous(), "{e}");
+}

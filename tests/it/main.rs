@@ -2,6 +2,7 @@
 //! Redis (unique queue name per test) and a fresh SQLite file or PostgreSQL schema per test.
 
 mod clients;
+mod commands;
 mod crash_windows;
 mod dashboard;
 mod deploy;
@@ -17,3 +18,4 @@ mod replicas;
 mod subscriber;
 mod tls;
 mod whmcs_compat;
+mod writeback;

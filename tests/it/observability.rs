@@ -351,7 +351,7 @@ async fn metrics_parse_and_carry_the_contract_series_after_a_run() {
 
 /// A loopback receiver standing in for a chat webhook.
 #[derive(Clone, Default)]
-struct Hook {
+pub struct Hook {
     /// Bodies of the POSTs it answered 200 to.
     delivered: Arc<Mutex<Vec<Value>>>,
     /// POSTs received in all.
@@ -362,7 +362,7 @@ struct Hook {
 
 impl Hook {
     /// Starts the receiver; returns its URL (with a secret-looking path).
-    async fn start(&self, secret: &str) -> String {
+    pub async fn start(&self, secret: &str) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -377,7 +377,7 @@ impl Hook {
         url
     }
 
-    fn delivered(&self) -> Vec<Value> {
+    pub fn delivered(&self) -> Vec<Value> {
         self.delivered.lock().expect("lock").clone()
     }
 

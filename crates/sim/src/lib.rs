@@ -141,6 +141,13 @@ pub struct Faults {
     /// The next N Salesforce REST calls answer 503 SERVER_UNAVAILABLE.
     #[serde(alias = "sfUnavailableNext")]
     pub sf_unavailable_next: u32,
+    /// PATCHes of these Orders (ids, either spelling) that change the standard `Status` field
+    /// answer 400 FIELD_CUSTOM_VALIDATION_EXCEPTION, as an org's validation rule would.
+    #[serde(alias = "sfRejectStatusChange")]
+    pub sf_reject_status_change: Vec<String>,
+    /// Every PATCH of these Orders answers 400 FIELD_CUSTOM_VALIDATION_EXCEPTION.
+    #[serde(alias = "sfRejectWriteback")]
+    pub sf_reject_writeback: Vec<String>,
     /// Seed of the RNG behind `whmcs_error_rate`.
     pub seed: u64,
 }

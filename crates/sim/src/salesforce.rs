@@ -626,6 +626,20 @@ async fn patch_record(
             );
         }
     };
+    let listed = |list: &[String]| {
+        list.iter()
+            .any(|s| RecordId::parse(s).is_ok_and(|listed| listed == id))
+    };
+    if listed(&st.faults.sf_reject_writeback)
+        || (fields.contains_key("Status") && listed(&st.faults.sf_reject_status_change))
+    {
+        return rest_error(
+            StatusCode::BAD_REQUEST,
+            usage,
+            "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+            "Activated Orders need a signed contract (validation rule Order_Requires_Contract)",
+        );
+    }
     let Some(rec) = st.orders.get(&id) else {
         return rest_error(StatusCode::NOT_FOUND, usage, "NOT_FOUND", NOT_FOUND_MSG);
     };
@@ -706,6 +720,8 @@ struct Soql {
     filter: Option<Expr>,
     limit: Option<usize>,
     offset: usize,
+    /// `ORDER BY` keys: field, descending, nulls first. Ties (and no keys) go by Id.
+    order_by: Vec<(String, bool, bool)>,
 }
 
 fn lex(s: &str) -> Result<Vec<Tok>, String> {
@@ -882,15 +898,29 @@ impl Parser {
         }
         if self.kw("ORDER") {
             self.expect_kw("BY")?;
-            while let Some(t) = self.peek() {
-                match t {
-                    Tok::Word(w)
-                        if w.eq_ignore_ascii_case("LIMIT") || w.eq_ignore_ascii_case("OFFSET") =>
-                    {
-                        break;
-                    }
-                    Tok::Word(_) | Tok::Comma => self.i += 1,
-                    _ => return Err("unexpected token in ORDER BY".into()),
+            loop {
+                let field = self.word()?;
+                let desc = if self.kw("DESC") {
+                    true
+                } else {
+                    self.kw("ASC");
+                    false
+                };
+                // SOQL's default: nulls first ascending, last descending.
+                let mut nulls_first = !desc;
+                if self.kw("NULLS") {
+                    nulls_first = if self.kw("FIRST") {
+                        true
+                    } else {
+                        self.expect_kw("LAST")?;
+                        false
+                    };
+                }
+                q.order_by.push((field, desc, nulls_first));
+                if self.peek() == Some(&Tok::Comma) {
+                    self.i += 1;
+                } else {
+                    break;
                 }
             }
         }
@@ -1177,6 +1207,18 @@ fn like(v: &Value, pattern: &str) -> bool {
     p.ends_with('%') || parts.last().is_none_or(|l| s.ends_with(l))
 }
 
+/// Orders two field values: numbers numerically, everything else as text (ISO date-times sort
+/// as text).
+fn compare_values(a: &Value, b: &Value) -> std::cmp::Ordering {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        _ => {
+            let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            text(a).cmp(&text(b))
+        }
+    }
+}
+
 fn eval(st: &SimState, rec: &OrderRec, e: &Expr) -> bool {
     let val = |f: &str| {
         resolve_field(st, f)
@@ -1425,16 +1467,42 @@ async fn query(
         }
     };
     let limit = soql.limit.unwrap_or(usize::MAX);
-    let matched: Vec<RecordId> = ids
+    let mut filtered: Vec<RecordId> = ids
         .into_iter()
         .filter(|id| {
             st.orders
                 .get(id)
                 .is_some_and(|rec| soql.filter.as_ref().is_none_or(|f| eval(&st, rec, f)))
         })
-        .skip(soql.offset)
-        .take(limit)
         .collect();
+    if !soql.order_by.is_empty() {
+        let key = |id: &RecordId, field: &str| {
+            st.orders
+                .get(id)
+                .and_then(|rec| resolve_field(&st, field).map(|sf| value_of(&st, rec, &sf)))
+                .filter(|v| !v.is_null())
+        };
+        filtered.sort_by(|a, b| {
+            for (field, desc, nulls_first) in &soql.order_by {
+                let ord = match (key(a, field), key(b, field)) {
+                    (None, None) => std::cmp::Ordering::Equal,
+                    (None, Some(_)) if *nulls_first => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (Some(_), None) if *nulls_first => std::cmp::Ordering::Greater,
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (Some(x), Some(y)) => {
+                        let o = compare_values(&x, &y);
+                        if *desc { o.reverse() } else { o }
+                    }
+                };
+                if ord != std::cmp::Ordering::Equal {
+                    return ord;
+                }
+            }
+            a.cmp(b)
+        });
+    }
+    let matched: Vec<RecordId> = filtered.into_iter().skip(soql.offset).take(limit).collect();
     st.totals.soql += 1;
     for id in &matched {
         if let Some(rec) = st.orders.get_mut(id) {
