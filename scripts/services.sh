@@ -60,4 +60,9 @@ if [ "${WITH_POSTGRES:-1}" = "1" ]; then
       echo "services: PostgreSQL unavailable; PostgreSQL tests will fail" >&2
     fi
   fi
+  # The TLS tests (tests/it/tls.rs) need ssl=on, Debian's default (snakeoil certificate).
+  if command -v psql >/dev/null 2>&1 &&
+    [ "$(PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d test -Atc 'show ssl' 2>/dev/null)" = "off" ]; then
+    echo "services: PostgreSQL runs with ssl=off; the PostgreSQL TLS tests will fail" >&2
+  fi
 fi

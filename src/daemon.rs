@@ -171,6 +171,25 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
         "provisioner starting"
     );
 
+    {
+        // The WHMCS version decides how order quantities are sent; read it once at start (a
+        // job reads it itself if this fails).
+        let whmcs = state.whmcs.clone();
+        tokio::spawn(async move {
+            match whmcs.details().await {
+                Ok(v) if crate::whmcs::honours_quantity(&v) == Some(true) => {
+                    info!(whmcs.version = %v, "WHMCS version");
+                }
+                Ok(v) => warn!(
+                    whmcs.version = %v,
+                    "WHMCS is older than 8.12: order quantities above 1 follow WHMCS_QUANTITY_MODE"
+                ),
+                Err(e) => {
+                    warn!(error.message = %e, "could not read the WHMCS version (WhmcsDetails)")
+                }
+            }
+        });
+    }
     let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     {
         let (s, token) = (state.clone(), shutdown.clone());

@@ -53,7 +53,7 @@ impl AppState {
             .context("opening the ledger (DATABASE_URL)")?;
         let queue = Queue::connect(&cfg.queue)
             .await
-            .context("connecting to Redis (REDIS_URL)")?;
+            .with_context(|| format!("connecting to Redis ({})", cfg.queue.redis_settings()))?;
         let sf_http =
             net::client(cfg.salesforce.http_timeout).context("building the HTTP client")?;
         let flow = AuthFlow::from_config(&cfg.salesforce);
@@ -108,6 +108,7 @@ impl AppState {
                 max_attempts: self.cfg.queue.max_attempts,
                 backoff_initial: self.cfg.queue.backoff_initial,
                 backoff_max: self.cfg.queue.backoff_max,
+                quantity_mode: self.cfg.whmcs.quantity_mode,
             },
             instance: self.instance.clone(),
             changes: self.changes.clone(),

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use secrecy::ExposeSecret;
 
 use crate::{
-    config::{CheckConfig, Config},
+    config::{CheckConfig, Config, QuantityMode},
     error::chain,
     ingest::subscriber::Subscriber,
     ledger::Ledger,
@@ -18,16 +18,19 @@ use crate::{
     salesforce::{
         auth::{AuthFlow, TokenProvider},
         pb,
+        rest::RestClient,
     },
-    whmcs::{WhmcsClient, WhmcsConfig},
+    whmcs::{WhmcsClient, WhmcsConfig, honours_quantity},
 };
 
 fn line(ok: bool, what: &str, detail: &str) {
     println!("[{}] {what}: {detail}", if ok { " ok " } else { "FAIL" });
 }
 
-/// Runs every check and prints one line per problem or dependency.
-pub async fn run(check: CheckConfig) -> ExitCode {
+/// Runs every check and prints one line per problem or dependency. `products`: also check
+/// these WHMCS product ids (comma-separated), or with `Some("")` the ids mapped on Salesforce
+/// Products.
+pub async fn run(check: CheckConfig, products: Option<String>) -> ExitCode {
     let mut ok = true;
     let cfg = match check.config {
         Ok(cfg) => {
@@ -48,12 +51,22 @@ pub async fn run(check: CheckConfig) -> ExitCode {
     };
     match &check.database {
         Some(db) => match async {
-            Ledger::connect(db).await?.ping().await?;
-            anyhow::Ok(())
+            let ledger = Ledger::connect(db).await?;
+            ledger.ping().await?;
+            anyhow::Ok(ledger.tls_in_use().await?)
         }
         .await
         {
-            Ok(()) => line(true, "database", "reachable"),
+            Ok(None) => line(true, "database", "reachable"),
+            Ok(Some(tls)) => line(
+                true,
+                "database",
+                &format!(
+                    "Postgres reachable ({}, sslmode={})",
+                    if tls { "TLS" } else { "no TLS" },
+                    postgres_sslmode(&db.url)
+                ),
+            ),
             Err(e) => {
                 ok = false;
                 line(false, "database", &chain(&e.context("DATABASE_URL")));
@@ -65,10 +78,15 @@ pub async fn run(check: CheckConfig) -> ExitCode {
         }
     }
     match &check.queue {
-        Some(q) => match Queue::connect(q).await.context("REDIS_URL") {
+        Some(q) => match Queue::connect(q).await.context(q.redis_settings()) {
             Ok(queue) => match queue.ping().await {
                 Ok(()) => {
-                    line(true, "redis", "reachable");
+                    let tls = q.redis_url.starts_with("rediss://");
+                    line(
+                        true,
+                        "redis",
+                        if tls { "reachable (TLS)" } else { "reachable" },
+                    );
                     if queue.append_only().await == Some(false) {
                         println!(
                             "[warn] redis: appendonly is off; a Redis restart loses queued jobs \
@@ -103,7 +121,7 @@ pub async fn run(check: CheckConfig) -> ExitCode {
         );
         return ExitCode::FAILURE;
     };
-    ok &= remote_checks(&cfg).await;
+    ok &= remote_checks(&cfg, products.as_deref()).await;
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -111,16 +129,25 @@ pub async fn run(check: CheckConfig) -> ExitCode {
     }
 }
 
-/// Salesforce (token, Pub/Sub topic) and WHMCS; true if all answered as expected.
-async fn remote_checks(cfg: &Config) -> bool {
+/// Salesforce (token, Pub/Sub topic) and WHMCS (with its version, and the products when asked);
+/// true if all answered as expected.
+async fn remote_checks(cfg: &Config, products: Option<&str>) -> bool {
     let mut ok = true;
-    let session = match net::client(cfg.salesforce.http_timeout)
+    let rest = net::client(cfg.salesforce.http_timeout)
         .context("building the HTTP client")
         .and_then(|http| {
-            TokenProvider::new(http, AuthFlow::from_config(&cfg.salesforce))
-                .context("SF_PRIVATE_KEY")
-        }) {
-        Ok(tokens) => match tokens.session().await {
+            let tokens = TokenProvider::new(http.clone(), AuthFlow::from_config(&cfg.salesforce))
+                .context("SF_PRIVATE_KEY")?;
+            let rest = RestClient::new(
+                http,
+                tokens.clone(),
+                &cfg.salesforce.api_version,
+                cfg.salesforce.fields.clone(),
+            );
+            Ok((tokens, rest))
+        });
+    let session = match &rest {
+        Ok((tokens, _)) => match tokens.session().await {
             Ok(s) => {
                 line(
                     true,
@@ -137,7 +164,7 @@ async fn remote_checks(cfg: &Config) -> bool {
         },
         Err(e) => {
             ok = false;
-            line(false, "salesforce auth", &chain(&e));
+            line(false, "salesforce auth", &chain(e));
             None
         }
     };
@@ -200,22 +227,118 @@ async fn remote_checks(cfg: &Config) -> bool {
             },
         )
     });
-    match whmcs {
-        Ok(whmcs) => match whmcs.get_orders("1", 0, 1).await {
-            Ok((total, _)) => line(
-                true,
-                "whmcs",
-                &format!("API reachable ({total} orders for client 1)"),
-            ),
-            Err(e) => {
-                ok = false;
-                line(false, "whmcs", &e.to_string());
-            }
-        },
+    let whmcs = match whmcs {
+        Ok(whmcs) => whmcs,
+        Err(e) => {
+            line(false, "whmcs", &net::describe(&e));
+            return false;
+        }
+    };
+    match whmcs.get_orders("1", 0, 1).await {
+        Ok((total, _)) => line(
+            true,
+            "whmcs",
+            &format!("API reachable ({total} orders for client 1)"),
+        ),
         Err(e) => {
             ok = false;
-            line(false, "whmcs", &net::describe(&e));
+            line(false, "whmcs", &e.to_string());
         }
     }
+    match whmcs.details().await {
+        Ok(v) => {
+            let detail = match (honours_quantity(&v), cfg.whmcs.quantity_mode) {
+                (Some(true), _) => format!("{v} (order quantities honoured)"),
+                (_, QuantityMode::Expand) => format!(
+                    "{v} (before 8.12: quantities above 1 are sent as lines of 1, WHMCS_QUANTITY_MODE=expand)"
+                ),
+                (_, QuantityMode::Reject) => format!(
+                    "{v} (before 8.12: Orders with quantities above 1 fail, WHMCS_QUANTITY_MODE=reject)"
+                ),
+            };
+            line(true, "whmcs version", &detail);
+        }
+        Err(e) => println!(
+            "[warn] whmcs version: {e} (quantities above 1 are handled as for WHMCS before 8.12)"
+        ),
+    }
+    if let Some(list) = products {
+        ok &= check_products(&whmcs, rest.as_ref().ok().map(|(_, r)| r), list).await;
+    }
     ok
+}
+
+/// Checks that WHMCS has every product id in `list` (comma-separated), or, when `list` is
+/// empty, every id mapped on a Salesforce Product.
+async fn check_products(whmcs: &WhmcsClient, rest: Option<&RestClient>, list: &str) -> bool {
+    let (ids, source) = if list.trim().is_empty() {
+        let Some(rest) = rest else {
+            line(
+                false,
+                "whmcs products",
+                "not checked: Salesforce is not reachable",
+            );
+            return false;
+        };
+        match rest.mapped_product_ids().await {
+            Ok(ids) => (ids, "mapped on Salesforce Products"),
+            Err(e) => {
+                line(false, "whmcs products", &format!("listing Product2: {e}"));
+                return false;
+            }
+        }
+    } else {
+        let ids = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        (ids, "given")
+    };
+    if ids.is_empty() {
+        line(true, "whmcs products", &format!("no product ids {source}"));
+        return true;
+    }
+    match whmcs.missing_products(&ids).await {
+        Ok(missing) if missing.is_empty() => {
+            line(
+                true,
+                "whmcs products",
+                &format!("all {} {source} exist ({})", ids.len(), ids.join(", ")),
+            );
+            true
+        }
+        Ok(missing) => {
+            line(
+                false,
+                "whmcs products",
+                &format!(
+                    "{} of {} {source} not in WHMCS: {}",
+                    missing.len(),
+                    ids.len(),
+                    missing.join(", ")
+                ),
+            );
+            false
+        }
+        Err(e) => {
+            line(false, "whmcs products", &e.to_string());
+            false
+        }
+    }
+}
+
+/// The `sslmode` a PostgreSQL URL asks for: its `sslmode` parameter, else `PGSSLMODE`, else
+/// `prefer` (the driver's rules).
+fn postgres_sslmode(database_url: &str) -> String {
+    url::Url::parse(database_url)
+        .ok()
+        .and_then(|u| {
+            u.query_pairs()
+                .find(|(k, _)| k == "sslmode")
+                .map(|(_, v)| v.into_owned())
+        })
+        .or_else(|| std::env::var("PGSSLMODE").ok().filter(|m| !m.is_empty()))
+        .unwrap_or_else(|| "prefer".to_owned())
 }

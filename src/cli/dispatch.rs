@@ -68,9 +68,9 @@ pub async fn dispatch(config: Option<&Path>, command: Command) -> ExitCode {
                 Err(e) => fail("migration failed", &e),
             }
         }
-        Command::Check => {
+        Command::Check { products } => {
             telemetry::init(LogFormat::Pretty);
-            crate::cli::check::run(Config::load_for_check(config)).await
+            crate::cli::check::run(Config::load_for_check(config), products).await
         }
         Command::Healthcheck { url } => healthcheck(url).await,
         Command::Sim {

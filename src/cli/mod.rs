@@ -31,9 +31,14 @@ pub enum Command {
     Serve,
     /// Apply pending ledger migrations and exit.
     Migrate,
-    /// Validate the configuration and reach Salesforce (token, topic, schema), WHMCS, Redis and
-    /// the database; print a report and exit non-zero if anything fails.
-    Check,
+    /// Validate the configuration and reach Salesforce (token, topic, schema), WHMCS (and its
+    /// version), Redis and the database; print a report and exit non-zero if anything fails.
+    Check {
+        /// Also check that WHMCS has each mapped product: the ids given (`--products 1,2,3`),
+        /// or without a value every `WHMCS_Product_ID__c` set on a Salesforce Product.
+        #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "IDS")]
+        products: Option<String>,
+    },
     /// Exit 0 if the local daemon answers /health/ready, 1 otherwise (container health checks).
     Healthcheck {
         /// Base URL of the daemon; default: derived from HTTP_ADDR on 127.0.0.1.

@@ -98,16 +98,68 @@ pub struct WhmcsSettings {
     pub access_key: Option<SecretString>,
     pub payment_method: String,
     pub timeout: Duration,
+    /// What to do with quantities above 1 when WHMCS is older than 8.12.
+    pub quantity_mode: QuantityMode,
+}
+
+/// How an Order Product of quantity N reaches a WHMCS that ignores `qty[]` (before 8.12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuantityMode {
+    /// N lines of quantity 1.
+    #[default]
+    Expand,
+    /// The Order fails with `WHMCS_QTY_UNSUPPORTED`.
+    Reject,
 }
 
 #[derive(Clone)]
 pub struct QueueConfig {
     pub redis_url: String,
+    /// Certificates for a `rediss://` URL.
+    pub tls: RedisTls,
     pub name: String,
     pub concurrency: usize,
     pub max_attempts: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+}
+
+impl QueueConfig {
+    /// The settings a failed Redis connection points at, for error lines.
+    pub fn redis_settings(&self) -> &'static str {
+        match (&self.tls.ca_pem, &self.tls.client) {
+            (Some(_), Some(_)) => "REDIS_URL, REDIS_TLS_CA_FILE, REDIS_TLS_CERT_FILE",
+            (Some(_), None) => "REDIS_URL, REDIS_TLS_CA_FILE",
+            (None, Some(_)) => "REDIS_URL, REDIS_TLS_CERT_FILE",
+            (None, None) => "REDIS_URL",
+        }
+    }
+}
+
+/// TLS material for `rediss://`, read from the files at load time. `Debug` shows only which
+/// parts are set.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// PEM CA certificate(s) trusted for the server; `None`: the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate chain and private key, for mutual TLS.
+    pub client: Option<(Vec<u8>, SecretString)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field(
+                "ca",
+                &if self.ca_pem.is_some() {
+                    "REDIS_TLS_CA_FILE"
+                } else {
+                    "system roots"
+                },
+            )
+            .field("client_cert", &self.client.is_some())
+            .finish()
+    }
 }
 
 #[derive(Clone)]
@@ -708,6 +760,39 @@ mod tests {
                 "CUSTOMER_ERROR_MESSAGE_DEFAULT",
             ),
             (with(&[("PORTAL_JWT_SECRET", "short")]), "PORTAL_JWT_SECRET"),
+            (
+                with(&[("WHMCS_QUANTITY_MODE", "sometimes")]),
+                "WHMCS_QUANTITY_MODE",
+            ),
+            (
+                with(&[("REDIS_TLS_CA_FILE", "/etc/hostname")]),
+                "REDIS_TLS_CA_FILE",
+            ),
+            (
+                with(&[
+                    ("REDIS_URL", "rediss://127.0.0.1:6380"),
+                    ("REDIS_TLS_CA_FILE", "/nonexistent/ca.pem"),
+                ]),
+                "REDIS_TLS_CA_FILE",
+            ),
+            (
+                with(&[
+                    ("REDIS_URL", "rediss://127.0.0.1:6380"),
+                    ("REDIS_TLS_CERT_FILE", "/nonexistent/client.pem"),
+                ]),
+                "REDIS_TLS_KEY_FILE",
+            ),
+            (
+                with(&[("DATABASE_URL", "postgres://u:p@db/x?sslmode=strict")]),
+                "DATABASE_URL",
+            ),
+            (
+                with(&[(
+                    "DATABASE_URL",
+                    "postgres://u:p@db/x?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+                )]),
+                "DATABASE_URL",
+            ),
         ];
         for (result, setting) in cases {
             let e = result.expect_err(setting);

@@ -157,8 +157,10 @@ pub(super) fn queue_settings(r: &Raw) -> Result<QueueConfig, ConfigError> {
     if r.job_max_attempts == 0 {
         return Err(err("job_max_attempts", "must be at least 1"));
     }
+    let tls = redis_tls(r, redis_url.starts_with("rediss://"))?;
     Ok(QueueConfig {
         redis_url,
+        tls,
         name: queue_name,
         concurrency: r.worker_concurrency,
         max_attempts: r.job_max_attempts,
@@ -167,6 +169,101 @@ pub(super) fn queue_settings(r: &Raw) -> Result<QueueConfig, ConfigError> {
             r.job_backoff_max_ms.max(r.job_backoff_initial_ms.max(1)),
         ),
     })
+}
+
+/// Reads a PEM file named by `setting`; `marker` must occur in it (e.g. `CERTIFICATE-----`).
+fn pem_file(setting: &str, path: &str, marker: &str, what: &str) -> Result<Vec<u8>, ConfigError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| err(setting, format!("cannot read {path}: {e}")))?;
+    if !String::from_utf8_lossy(&bytes).contains(marker) {
+        return Err(err(setting, format!("{path} is not a PEM {what}")));
+    }
+    Ok(bytes)
+}
+
+fn redis_tls(r: &Raw, tls_url: bool) -> Result<RedisTls, ConfigError> {
+    let ca = non_empty(r.redis_tls_ca_file.clone());
+    let cert = non_empty(r.redis_tls_cert_file.clone());
+    let key = non_empty(r.redis_tls_key_file.clone());
+    if !tls_url {
+        for (name, v) in [
+            ("redis_tls_ca_file", &ca),
+            ("redis_tls_cert_file", &cert),
+            ("redis_tls_key_file", &key),
+        ] {
+            if v.is_some() {
+                return Err(err(name, "is set but REDIS_URL is not rediss:// (TLS)"));
+            }
+        }
+        return Ok(RedisTls::default());
+    }
+    let ca_pem = ca
+        .map(|p| pem_file("redis_tls_ca_file", &p, "CERTIFICATE-----", "certificate"))
+        .transpose()?;
+    let client = match (cert, key) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(err(
+                "redis_tls_key_file",
+                "is required with REDIS_TLS_CERT_FILE",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                "redis_tls_cert_file",
+                "is required with REDIS_TLS_KEY_FILE",
+            ));
+        }
+        (Some(c), Some(k)) => {
+            let cert = pem_file("redis_tls_cert_file", &c, "CERTIFICATE-----", "certificate")?;
+            let key = pem_file("redis_tls_key_file", &k, "PRIVATE KEY-----", "private key")?;
+            let key = String::from_utf8(key).map_err(|_| {
+                err(
+                    "redis_tls_key_file",
+                    format!("{k} is not a PEM private key"),
+                )
+            })?;
+            Some((cert, SecretString::from(key)))
+        }
+    };
+    Ok(RedisTls { ca_pem, client })
+}
+
+/// `sslmode` and `sslrootcert` of a PostgreSQL URL, checked here so a typo stops the start with
+/// a line naming DATABASE_URL (the URL itself, which may hold a password, is never echoed).
+fn postgres_tls_params(database_url: &str) -> Result<(), ConfigError> {
+    let url = url::Url::parse(database_url)
+        .map_err(|e| err("database_url", format!("is not a valid URL: {e}")))?;
+    for (k, v) in url.query_pairs() {
+        match k.as_ref() {
+            "sslmode" => {
+                const MODES: [&str; 6] = [
+                    "disable",
+                    "allow",
+                    "prefer",
+                    "require",
+                    "verify-ca",
+                    "verify-full",
+                ];
+                if !MODES.contains(&v.as_ref()) {
+                    return Err(err(
+                        "database_url",
+                        format!("sslmode must be one of {}, got {v:?}", MODES.join(", ")),
+                    ));
+                }
+            }
+            "sslrootcert" => {
+                pem_file(
+                    "database_url",
+                    &v,
+                    "CERTIFICATE-----",
+                    "certificate (sslrootcert)",
+                )?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn database_settings(r: &Raw) -> Result<DatabaseConfig, ConfigError> {
@@ -180,6 +277,9 @@ pub(super) fn database_settings(r: &Raw) -> Result<DatabaseConfig, ConfigError> 
             "must start with sqlite:, postgres:// or postgresql://",
         ));
     }
+    if !database_url.starts_with("sqlite:") {
+        postgres_tls_params(&database_url)?;
+    }
     if r.database_max_connections == 0 {
         return Err(err("database_max_connections", "must be at least 1"));
     }
@@ -188,6 +288,17 @@ pub(super) fn database_settings(r: &Raw) -> Result<DatabaseConfig, ConfigError> 
         auto_migrate: r.database_auto_migrate,
         max_connections: r.database_max_connections,
     })
+}
+
+fn quantity_mode_setting(v: &str) -> Result<QuantityMode, ConfigError> {
+    match v.trim() {
+        "expand" => Ok(QuantityMode::Expand),
+        "reject" => Ok(QuantityMode::Reject),
+        other => Err(err(
+            "whmcs_quantity_mode",
+            format!("must be expand or reject, got {other:?}"),
+        )),
+    }
 }
 
 /// The dashboard token: empty disables the dashboard; otherwise long enough not to be guessed.
@@ -473,6 +584,7 @@ impl Config {
         let whmcs_secret = p.ok(secret_non_empty(r.whmcs_api_secret)
             .ok_or_else(|| err("whmcs_api_secret", "is required")));
         let whmcs_payment_method = p.val(require("whmcs_payment_method", r.whmcs_payment_method));
+        let whmcs_quantity_mode = p.val(quantity_mode_setting(&r.whmcs_quantity_mode));
 
         let addr: Option<SocketAddr> = p.ok(r.http_addr.trim().parse().map_err(|_| {
             err(
@@ -695,6 +807,7 @@ impl Config {
                 access_key: secret_non_empty(r.whmcs_api_access_key),
                 payment_method: whmcs_payment_method,
                 timeout: Duration::from_secs(r.whmcs_timeout_secs.max(1)),
+                quantity_mode: whmcs_quantity_mode,
             },
             queue,
             database,

@@ -437,6 +437,8 @@ pub struct Summary {
     pub generated_at: String,
     pub instance: String,
     pub version: &'static str,
+    /// The WHMCS installation's version (`WhmcsDetails`), once read.
+    pub whmcs_version: Option<String>,
     pub subscription: SubscriptionView,
     pub queue: Option<QueueStats>,
     pub failure_rate: Option<FailureRate>,
@@ -497,6 +499,7 @@ pub async fn summary(app: &AppState, state_filter: Option<&str>) -> Summary {
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         instance: app.instance.clone(),
         version: env!("CARGO_PKG_VERSION"),
+        whmcs_version: app.whmcs.known_version(),
         subscription: SubscriptionView {
             enabled: app.cfg.events.enabled,
             channel,
@@ -756,7 +759,9 @@ fn render_page(s: &Summary) -> Markup {
                 header {
                     h1 { "provisioner" }
                     small {
-                        "instance " (code(&s.instance)) " · v" (s.version) " · " (s.generated_at)
+                        "instance " (code(&s.instance)) " · v" (s.version)
+                        " · WHMCS " (s.whmcs_version.as_deref().unwrap_or("version unknown"))
+                        " · " (s.generated_at)
                         " · refreshes every " (REFRESH_SECS) " s"
                         form method="post" action="/admin/logout" {
                             button type="submit" { "Sign out" }
@@ -900,6 +905,7 @@ mod tests {
             generated_at: "2026-01-01T00:00:00Z".into(),
             instance: "host-1".into(),
             version: "0.1.0",
+            whmcs_version: Some("8.13.1".into()),
             subscription: SubscriptionView {
                 enabled: true,
                 channel: "/event/OrderProvisionRequested__e".into(),

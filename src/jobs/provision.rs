@@ -27,6 +27,9 @@
 //!   error and the queue runs it again later; the ledger state makes that re-run resume, not
 //!   repeat.
 //! - Every step runs inside a span carrying the order id, event id and correlation id.
+//! - WHMCS never provisions fewer units than ordered: before 8.12 (or when its version cannot be
+//!   read) `AddOrder` ignores `qty[]`, so a quantity N is sent as N lines of quantity 1, or the
+//!   Order fails with `WHMCS_QTY_UNSUPPORTED` (`WHMCS_QUANTITY_MODE`).
 
 use std::{fmt::Display, sync::Arc, time::Duration};
 
@@ -35,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{
+    config::QuantityMode,
     error::{Classify, ErrorClass},
     ids::SalesforceId,
     jobs::retry::Backoff,
@@ -44,6 +48,9 @@ use crate::{
     salesforce::rest::{OrderUpdate, RestClient, SfError, SfOrder},
     whmcs::{AddOrderRequest, OrderLine, WhmcsClient, WhmcsOrder},
 };
+
+/// Most WHMCS order lines an Order may expand to (quantity N → N lines of 1).
+pub const MAX_EXPANDED_LINES: u32 = 500;
 
 /// The value of `Activation_Status__c` the worker acts on.
 pub const ACTIVATING: &str = "Activating";
@@ -75,6 +82,7 @@ pub struct WorkerSettings {
     pub max_attempts: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    pub quantity_mode: QuantityMode,
 }
 
 /// Everything a job needs; shared by all jobs of a process.
@@ -654,7 +662,7 @@ impl Provisioner {
                         && row.outcome.as_deref() == Some(ledger::outcome::PROVISIONED))));
 
         if whmcs_order_id.is_none() {
-            let lines = order_lines(order)?;
+            let lines = self.fit_quantities(order_lines(order)?).await?;
             // A row this run created has no client history (it is written with the `adding`
             // intent, after the row): the common first run costs no extra read.
             let fresh_row = row.attempts <= 1
@@ -821,6 +829,57 @@ impl Provisioner {
         }
     }
 
+    /// Lines WHMCS provisions in full: unchanged when every quantity is 1 or WHMCS honours
+    /// `qty[]` (8.12+); otherwise expanded to lines of quantity 1, or refused
+    /// (`WHMCS_QTY_UNSUPPORTED`), as `WHMCS_QUANTITY_MODE` says.
+    async fn fit_quantities(&self, lines: Vec<OrderLine>) -> Result<Vec<OrderLine>, StepError> {
+        if lines.iter().all(|l| l.qty <= 1) {
+            return Ok(lines);
+        }
+        let version = match self.whmcs.known_version() {
+            Some(v) => Some(v),
+            None => match self.retry("WhmcsDetails", || self.whmcs.details()).await {
+                Ok(v) => Some(v),
+                // The API role may not grant WhmcsDetails, or the answer has no version:
+                // assume the old behaviour (never fewer units than ordered).
+                Err(e)
+                    if e.class() == ErrorClass::Config
+                        || e.kind == crate::whmcs::WhmcsErrorKind::BadResponse =>
+                {
+                    warn!(error.code = %e.code(), error.message = %e, "WHMCS version unknown; treating it as older than 8.12");
+                    None
+                }
+                Err(e) => return Err(self.whmcs_fail("WhmcsDetails", &e).into()),
+            },
+        };
+        if version
+            .as_deref()
+            .and_then(crate::whmcs::honours_quantity)
+            .unwrap_or(false)
+        {
+            return Ok(lines);
+        }
+        let shown = version.as_deref().unwrap_or("of unknown version");
+        let units: u32 = lines.iter().map(|l| l.qty.max(1)).sum();
+        match self.settings.quantity_mode {
+            QuantityMode::Reject => Err(Fail::new(
+                "WHMCS_QTY_UNSUPPORTED",
+                format!(
+                    "WHMCS {shown} ignores order quantities (8.12+ needed) and WHMCS_QUANTITY_MODE=reject"
+                ),
+            )
+            .into()),
+            QuantityMode::Expand if units > MAX_EXPANDED_LINES => Err(Fail::new(
+                "WHMCS_QTY_UNSUPPORTED",
+                format!(
+                    "WHMCS {shown} ignores order quantities and {units} units exceed {MAX_EXPANDED_LINES} order lines"
+                ),
+            )
+            .into()),
+            QuantityMode::Expand => Ok(expand_quantities(lines)),
+        }
+    }
+
     /// Finds the WHMCS order tagged with this Salesforce Order under any of the search's
     /// clients, if any.
     async fn reconcile(
@@ -918,6 +977,17 @@ impl From<ledger::LedgerError> for StepError {
     fn from(e: ledger::LedgerError) -> Self {
         StepError::Job(e.into())
     }
+}
+
+/// Each line of quantity N as N lines of quantity 1, in order.
+fn expand_quantities(lines: Vec<OrderLine>) -> Vec<OrderLine> {
+    lines
+        .into_iter()
+        .flat_map(|l| {
+            let n = l.qty.max(1) as usize;
+            std::iter::repeat_n(OrderLine { qty: 1, ..l }, n)
+        })
+        .collect()
 }
 
 /// Maps the Order's items to WHMCS order lines; a missing mapping is a precise failure.

@@ -412,6 +412,21 @@ impl Ledger {
         Ok(())
     }
 
+    /// PostgreSQL: whether this process's connections are encrypted (`pg_stat_ssl` of one
+    /// pooled session); `None` on SQLite.
+    pub async fn tls_in_use(&self) -> Result<Option<bool>> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let row = sqlx::query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(Some(match row {
+            Some(r) => sqlx::Row::try_get::<bool, _>(&r, "ssl")?,
+            None => false,
+        }))
+    }
+
     /// One round trip, for readiness checks.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
-use crate::config::QueueConfig;
+use crate::config::{QueueConfig, RedisTls};
 
 pub type Result<T, E = QueueError> = std::result::Result<T, E>;
 
@@ -161,21 +161,45 @@ impl std::fmt::Debug for Queue {
     }
 }
 
-/// Opens a Redis connection manager with timeouts that do not kill workers under load.
-pub async fn connect_redis(url: &str) -> Result<ConnectionManager> {
+/// The Redis client for `url`: plaintext for `redis://`; for `rediss://`, TLS (rustls) that
+/// trusts `tls.ca_pem` if given (else the system's roots) and presents the client certificate if
+/// given. A `rediss://` URL never falls back to plaintext.
+pub fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client> {
+    if !url.starts_with("rediss://") || (tls.ca_pem.is_none() && tls.client.is_none()) {
+        return Ok(redis::Client::open(url)?);
+    }
+    use secrecy::ExposeSecret;
+    Ok(redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: tls
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.expose_secret().as_bytes().to_vec(),
+                }),
+            root_cert: tls.ca_pem.clone(),
+        },
+    )?)
+}
+
+/// Opens a Redis connection manager with timeouts that do not kill workers under load. Every
+/// Redis connection of the daemon (queue, workers, lease, operator commands) is opened here.
+pub async fn connect_redis(url: &str, tls: &RedisTls) -> Result<ConnectionManager> {
     let cfg = redis::aio::ConnectionManagerConfig::new()
         .set_response_timeout(Some(Duration::from_secs(10)))
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_number_of_retries(6)
         .set_max_delay(Duration::from_secs(2));
-    Ok(redis::Client::open(url)?
+    Ok(redis_client(url, tls)?
         .get_connection_manager_with_config(cfg)
         .await?)
 }
 
 impl Queue {
     pub async fn connect(cfg: &QueueConfig) -> Result<Self> {
-        let conn = connect_redis(&cfg.redis_url).await?;
+        let conn = connect_redis(&cfg.redis_url, &cfg.tls).await?;
         let qcfg = RedisQueueConfig::default()
             .queue(&cfg.name)
             .batch_size(cfg.concurrency.clamp(1, 50))

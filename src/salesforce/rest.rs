@@ -660,6 +660,23 @@ impl RestClient {
             .collect()
     }
 
+    /// The distinct WHMCS product ids that Products (`Product2`) map to, sorted; for checking
+    /// them against WHMCS.
+    pub async fn mapped_product_ids(&self) -> Result<Vec<String>, SfError> {
+        let field = &self.inner.fields.product_whmcs_product_id;
+        let soql = format!("SELECT {field} FROM Product2 WHERE {field} != null");
+        let page = self.query(&soql).await?;
+        let ids: std::collections::BTreeSet<String> = page
+            .records
+            .iter()
+            .filter_map(|r| r.get(field.as_str()))
+            .filter_map(crate::lenient::string_of)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        Ok(ids.into_iter().collect())
+    }
+
     /// Writes the outcome of an attempt onto the Order (one PATCH).
     pub async fn update_order(
         &self,

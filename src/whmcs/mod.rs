@@ -1,5 +1,7 @@
 //! WHMCS External API client: `AddOrder`, `AcceptOrder` and the `GetOrders` reads used to verify
-//! and reconcile (`POST api.php`, form-encoded, PHP bracket arrays, lenient JSON).
+//! and reconcile (`POST api.php`, form-encoded, PHP bracket arrays, lenient JSON), plus
+//! `WhmcsDetails` (the installation's version, remembered once read: before 8.12 `AddOrder`
+//! ignores `qty[]`) and `GetProducts` (which product ids exist).
 //!
 //! Invariants:
 //! - One HTTP request per call (no retries here; the worker owns backoff, and auth failures must
@@ -101,6 +103,23 @@ pub struct WhmcsOrder {
 struct Inner {
     http: reqwest::Client,
     cfg: WhmcsConfig,
+    /// The version `WhmcsDetails` last reported.
+    version: std::sync::RwLock<Option<String>>,
+}
+
+/// The first WHMCS release whose `AddOrder` honours `qty[]`.
+pub const QUANTITY_SINCE: (u64, u64) = (8, 12);
+
+/// Whether a WHMCS version (`8.13.1`, `8.12.0-release.1`) honours `AddOrder`'s `qty[]`; `None`
+/// if the version cannot be read.
+pub fn honours_quantity(version: &str) -> Option<bool> {
+    let mut parts = version
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u64>);
+    let major = parts.next()?.ok()?;
+    let minor = parts.next().and_then(Result::ok).unwrap_or(0);
+    Some((major, minor) >= QUANTITY_SINCE)
 }
 
 /// WHMCS API client. Cheap to clone (one `Arc`); uses the shared HTTP connection pool.
@@ -124,7 +143,11 @@ const NOTES_SCAN_PAGE: u64 = 100;
 impl WhmcsClient {
     pub fn new(http: reqwest::Client, cfg: WhmcsConfig) -> Self {
         Self {
-            inner: Arc::new(Inner { http, cfg }),
+            inner: Arc::new(Inner {
+                http,
+                cfg,
+                version: std::sync::RwLock::new(None),
+            }),
         }
     }
 
@@ -152,6 +175,50 @@ impl WhmcsClient {
         form.append_pair("orderid", &order_id.to_string())
             .append_pair("autosetup", "1");
         self.call("AcceptOrder", form.finish()).await.map(drop)
+    }
+
+    /// The installation's version (`WhmcsDetails` → `whmcs.version`), remembered for
+    /// [`Self::known_version`].
+    pub async fn details(&self) -> Result<String, WhmcsError> {
+        const ACTION: &str = "WhmcsDetails";
+        let v = self.call(ACTION, self.form(ACTION).finish()).await?;
+        let version = v
+            .get("whmcs")
+            .and_then(|w| w.get("version"))
+            .and_then(lenient::string_of)
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| {
+                WhmcsError::new(ACTION, WhmcsErrorKind::BadResponse, "no whmcs.version")
+            })?;
+        if let Ok(mut known) = self.inner.version.write() {
+            *known = Some(version.clone());
+        }
+        Ok(version)
+    }
+
+    /// The version [`Self::details`] last read, if any.
+    pub fn known_version(&self) -> Option<String> {
+        self.inner.version.read().ok().and_then(|v| v.clone())
+    }
+
+    /// Of `pids`, those `GetProducts` does not list (one call for all of them).
+    pub async fn missing_products(&self, pids: &[String]) -> Result<Vec<String>, WhmcsError> {
+        const ACTION: &str = "GetProducts";
+        if pids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut form = self.form(ACTION);
+        form.append_pair("pid", &pids.join(","));
+        let v = self.call(ACTION, form.finish()).await?;
+        let found: std::collections::HashSet<u64> = lenient::list(v.get("products"), "product")
+            .iter()
+            .filter_map(|p| p.get("pid").and_then(lenient::u64_of))
+            .collect();
+        Ok(pids
+            .iter()
+            .filter(|p| lenient::str_to_u64(p).is_none_or(|id| !found.contains(&id)))
+            .cloned()
+            .collect())
     }
 
     /// One page of a client's orders, newest first: `(total, orders)`.
@@ -404,6 +471,22 @@ impl Form {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    #[test]
+    fn quantities_are_honoured_from_8_12() {
+        for (v, expected) in [
+            ("8.7.2", Some(false)),
+            ("8.11.4", Some(false)),
+            ("7.10.3", Some(false)),
+            ("8.12.0", Some(true)),
+            ("8.13.1-release.1", Some(true)),
+            ("9.0.0", Some(true)),
+            ("", None),
+            ("unknown", None),
+        ] {
+            assert_eq!(super::honours_quantity(v), expected, "{v}");
+        }
+    }
 
     use super::*;
     use crate::error::{Classify, ErrorClass};

@@ -47,7 +47,10 @@ async fn check_lists_every_configuration_problem_then_the_reachability_checks() 
         ("SF_CLIENT_SECRET", "secret"),
         ("WHMCS_API_IDENTIFIER", "id"),
         ("WHMCS_API_SECRET", "secret"),
-        ("PORTAL_JWT_SECRET", "a-portal-secret-of-forty-bytes-for-tests"),
+        (
+            "PORTAL_JWT_SECRET",
+            "a-portal-secret-of-forty-bytes-for-tests",
+        ),
         // Three problems:
         (
             "WHMCS_API_URL",
@@ -152,7 +155,10 @@ async fn sim_env_file_points_the_daemon_at_the_simulator() {
     env.extend(pairs(&[
         ("DATABASE_URL", &db),
         ("REDIS_URL", &redis_url()),
-        ("PORTAL_JWT_SECRET", "a-portal-secret-of-forty-bytes-for-tests"),
+        (
+            "PORTAL_JWT_SECRET",
+            "a-portal-secret-of-forty-bytes-for-tests",
+        ),
     ]));
     let out = provisioner(&["check"], &env).await;
     let stdout = String::from_utf8_lossy(&out.stdout);

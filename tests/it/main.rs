@@ -18,4 +18,6 @@ mod process;
 mod queue;
 mod replicas;
 mod subscriber;
+mod tls;
+mod whmcs_compat;
 mod writeback;

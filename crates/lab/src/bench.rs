@@ -561,7 +561,7 @@ async fn drop_queues(redis_url: &str, queues: &[String]) -> anyhow::Result<()> {
     if queues.is_empty() {
         return Ok(());
     }
-    let mut conn = provisioner::queue::connect_redis(redis_url).await?;
+    let mut conn = provisioner::queue::connect_redis(redis_url, &Default::default()).await?;
     for q in queues {
         let mut cursor: u64 = 0;
         loop {

@@ -73,6 +73,9 @@ pub struct SimConfig {
     pub keepalive_interval: Duration,
     /// 18-character org id (`tenantid`).
     pub org_id: String,
+    /// The WHMCS version `WhmcsDetails` reports. Before 8.12 `AddOrder` ignores `qty[]` (one
+    /// service of quantity 1 per line), as WHMCS does; from 8.12 it honours it.
+    pub whmcs_version: String,
 }
 
 impl Default for SimConfig {
@@ -90,6 +93,7 @@ impl Default for SimConfig {
             topic: "/event/OrderProvisionRequested__e".into(),
             keepalive_interval: Duration::from_secs(270),
             org_id: "00D000000000001EAA".into(),
+            whmcs_version: "8.13.1".into(),
         }
     }
 }

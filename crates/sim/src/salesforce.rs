@@ -1,6 +1,7 @@
 //! The simulator's Salesforce HTTP side: the OAuth 2.0 token endpoint (client credentials and
 //! RS256 JWT bearer), identity/userinfo, and the REST resources the daemon uses
-//! (`query` with a small SOQL subset, `sobjects/Order/{id}` GET and PATCH).
+//! (`query` with a small SOQL subset on Order, plus the one Product2 query listing the WHMCS
+//! product ids that Order Products reference; `sobjects/Order/{id}` GET and PATCH).
 //!
 //! The SOQL parser is hand-written and deliberately small: it accepts the statements the daemon
 //! sends (and rejects the rest loudly), which is what a test double needs; no crate parses SOQL.
@@ -18,6 +19,8 @@
 // Helpers return a finished error `Response` as their `Err`; those are cold paths, so the
 // size of the variant does not matter.
 #![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -1369,6 +1372,7 @@ async fn query(
         .as_deref()
         .and_then(|r| serde_urlencoded::from_str::<Vec<(String, String)>>(r).ok())
         .and_then(|v| v.into_iter().find(|(k, _)| k == "q").map(|(_, v)| v));
+    let product2 = q.as_deref().and_then(product2_query);
     let parsed = q.as_deref().map(parse_soql);
 
     let mut st = inner.lock();
@@ -1378,6 +1382,13 @@ async fn query(
     };
     if !valid_version(&version) {
         return rest_error(StatusCode::NOT_FOUND, usage, "NOT_FOUND", NOT_FOUND_MSG);
+    }
+    match product2 {
+        Some(Ok(field)) => return product2_records(&mut st, usage, &version, &field),
+        Some(Err(msg)) => {
+            return rest_error(StatusCode::BAD_REQUEST, usage, "MALFORMED_QUERY", &msg);
+        }
+        None => {}
     }
     let soql = match parsed {
         Some(Ok(s)) => s,
@@ -1538,6 +1549,64 @@ async fn query(
         }
         records.push(Value::Object(m));
     }
+    rest_json(
+        StatusCode::OK,
+        usage,
+        &json!({"totalSize": records.len(), "done": true, "records": records}),
+    )
+}
+
+/// The one Product2 query the simulator answers, `SELECT WHMCS_Product_ID__c FROM Product2
+/// WHERE WHMCS_Product_ID__c != null` (the products mapped to WHMCS): `None` for a query on
+/// another object, `Some(Err)` for any other shape, `Some(Ok(field))` with the field as spelt.
+fn product2_query(q: &str) -> Option<Result<String, String>> {
+    let t: Vec<&str> = q.split_whitespace().collect();
+    if !(t.len() >= 4 && t[2].eq_ignore_ascii_case("FROM") && t[3].eq_ignore_ascii_case("Product2"))
+    {
+        return None;
+    }
+    let field = "WHMCS_Product_ID__c";
+    let ok = t.len() == 8
+        && t[0].eq_ignore_ascii_case("SELECT")
+        && t[1].eq_ignore_ascii_case(field)
+        && t[4].eq_ignore_ascii_case("WHERE")
+        && t[5].eq_ignore_ascii_case(field)
+        && t[6] == "!="
+        && t[7].eq_ignore_ascii_case("null");
+    Some(if ok {
+        Ok(t[1].to_owned())
+    } else {
+        Err(format!(
+            "the simulator answers only SELECT {field} FROM Product2 WHERE {field} != null"
+        ))
+    })
+}
+
+/// One Product2 record per distinct WHMCS product id that a seeded Order Product references.
+fn product2_records(st: &mut SimState, usage: u64, version: &str, field: &str) -> Response {
+    st.totals.soql += 1;
+    if let Some(r) = rest_fault(st, usage) {
+        return r;
+    }
+    let mut products: BTreeMap<String, RecordId> = BTreeMap::new();
+    for rec in st.orders.values() {
+        for item in &rec.items {
+            if let Some(pid) = item.product_id.as_deref().filter(|p| !p.trim().is_empty()) {
+                products
+                    .entry(pid.to_owned())
+                    .or_insert_with(|| item.product2_id.clone());
+            }
+        }
+    }
+    let records: Vec<Value> = products
+        .into_iter()
+        .map(|(pid, id)| {
+            json!({
+                "attributes": {"type": "Product2", "url": format!("/services/data/{version}/sobjects/Product2/{id}")},
+                field: pid,
+            })
+        })
+        .collect();
     rest_json(
         StatusCode::OK,
         usage,

@@ -4,7 +4,12 @@
 //!
 //! Owns the WHMCS order book (orders, services, invoices) and its indices by client and by the
 //! Salesforce order named in the `sf-order:<id>` notes tag. Actions: AddOrder, AcceptOrder,
-//! GetOrders, plus GetClientsDetails and GetPaymentMethods for connectivity checks.
+//! GetOrders, plus GetClientsDetails, GetPaymentMethods, GetProducts and WhmcsDetails for
+//! connectivity and compatibility checks.
+//!
+//! Versions (`SimConfig::whmcs_version`): before 8.12 `AddOrder` ignores `qty[]` and creates one
+//! service of quantity 1 per line; from 8.12 a line's service carries its quantity. GetProducts
+//! knows every positive product id except those in `Faults::whmcs_reject_products`.
 //!
 //! Invariants:
 //! * Order ids are dense (`id = index + 1`); per-client and per-Salesforce-order indices make
@@ -235,6 +240,19 @@ enum Action {
     GetOrders,
     GetClientsDetails,
     GetPaymentMethods,
+    GetProducts,
+    WhmcsDetails,
+}
+
+/// Whether a WHMCS version honours `AddOrder`'s `qty[]` (8.12 and later).
+fn honours_qty(version: &str) -> bool {
+    let mut parts = version
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= (8, 12)
 }
 
 async fn api(State(sim): State<Simulator>, body: Bytes) -> Response {
@@ -260,6 +278,8 @@ async fn api(State(sim): State<Simulator>, body: Bytes) -> Response {
         "getorders" => Action::GetOrders,
         "getclientsdetails" => Action::GetClientsDetails,
         "getpaymentmethods" => Action::GetPaymentMethods,
+        "getproducts" => Action::GetProducts,
+        "whmcsdetails" => Action::WhmcsDetails,
         other => {
             return error(
                 StatusCode::FORBIDDEN,
@@ -340,7 +360,10 @@ fn attribute(st: &mut SimState, action: Action, p: &Params) {
             st.totals.get_orders += 1;
             None
         }
-        Action::GetClientsDetails | Action::GetPaymentMethods => None,
+        Action::GetClientsDetails
+        | Action::GetPaymentMethods
+        | Action::GetProducts
+        | Action::WhmcsDetails => None,
     };
     if let Some(rec) = sf.and_then(|id| st.orders.get_mut(&id)) {
         match action {
@@ -352,9 +375,18 @@ fn attribute(st: &mut SimState, action: Action, p: &Params) {
 }
 
 fn perform(sim: &Simulator, action: Action, p: &Params) -> Response {
+    let version = sim.0.cfg.whmcs_version.clone();
     let mut st = sim.0.lock();
     match action {
-        Action::AddOrder => add_order(&mut st, p),
+        Action::AddOrder => add_order(&mut st, p, honours_qty(&version)),
+        Action::WhmcsDetails => json_reply(
+            StatusCode::OK,
+            &json!({
+                "result": "success",
+                "whmcs": {"version": version, "canonicalversion": format!("{version}-release.1")},
+            }),
+        ),
+        Action::GetProducts => get_products(&st, p),
         Action::AcceptOrder => accept_order(&mut st, p),
         Action::GetOrders => get_orders(&mut st, p),
         Action::GetClientsDetails => match positive_int(p.get("clientid")) {
@@ -385,7 +417,35 @@ fn perform(sim: &Simulator, action: Action, p: &Params) -> Response {
     }
 }
 
-fn add_order(st: &mut SimState, p: &Params) -> Response {
+/// `GetProducts` for `pid` (one id or a comma list; empty: nothing, the simulator has no
+/// catalogue to list).
+fn get_products(st: &SimState, p: &Params) -> Response {
+    let rejected = &st.faults.whmcs_reject_products;
+    let products: Vec<Value> = p
+        .get("pid")
+        .split(',')
+        .filter_map(positive_int)
+        .filter(|pid| !rejected.iter().any(|r| positive_int(r) == Some(*pid)))
+        .map(|pid| {
+            json!({
+                "pid": pid, "gid": 1, "type": "other", "name": format!("Product {pid}"),
+                "module": "", "paytype": "recurring", "allowqty": 1,
+            })
+        })
+        .collect();
+    let total = products.len();
+    let products = if products.is_empty() {
+        Value::from("")
+    } else {
+        json!({"product": products})
+    };
+    json_reply(
+        StatusCode::OK,
+        &json!({"result": "success", "totalresults": total, "products": products}),
+    )
+}
+
+fn add_order(st: &mut SimState, p: &Params, honours_qty: bool) -> Response {
     let Some(client) = positive_int(p.get("clientid")) else {
         return error(StatusCode::OK, "Client ID Not Found");
     };
@@ -427,6 +487,8 @@ fn add_order(st: &mut SimState, p: &Params) -> Response {
             return error(StatusCode::OK, NO_ITEMS);
         };
         let qty = match p.at("qty", i) {
+            // Before 8.12 WHMCS reads no quantity: one service per line.
+            _ if !honours_qty => 1,
             None | Some("") => 1,
             Some(q) => match q.trim().parse::<f64>() {
                 Ok(q) if q >= 1.0 => q as u64,
@@ -658,6 +720,15 @@ mod tests {
         assert_eq!(p.at("pid", 1), Some("8"));
         assert_eq!(p.at("billingcycle", 0), None);
         assert_eq!(p.at("qty", 0), Some("2"));
+    }
+
+    #[test]
+    fn quantity_support_starts_at_8_12() {
+        assert!(!honours_qty("8.7.2"));
+        assert!(!honours_qty("8.11.9"));
+        assert!(honours_qty("8.12.0"));
+        assert!(honours_qty("8.13.1-release.1"));
+        assert!(honours_qty("9.0.0"));
     }
 
     #[test]

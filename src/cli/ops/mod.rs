@@ -144,7 +144,7 @@ impl Tools {
             .await
             .map_err(|_| anyhow::anyhow!("timed out"))
             .and_then(|r| r.map_err(anyhow::Error::from))
-            .context("connecting to Redis (REDIS_URL)")
+            .with_context(|| format!("connecting to Redis ({})", self.cfg.queue.redis_settings()))
     }
 
     /// Holder of the subscriber lease (the running subscriber's instance), if any.
