@@ -54,8 +54,8 @@ impl AppState {
         let queue = Queue::connect(&cfg.queue)
             .await
             .context("connecting to Redis (REDIS_URL)")?;
-        let sf_http =
-            net::client(cfg.salesforce.http_timeout).context("building the HTTP client")?;
+        let sf_http = net::client(cfg.salesforce.http_timeout, &cfg.proxy)
+            .context("building the HTTP client")?;
         let flow = match &cfg.salesforce.auth {
             SalesforceAuth::Jwt {
                 username,
@@ -80,7 +80,7 @@ impl AppState {
             cfg.salesforce.fields.clone(),
         );
         let whmcs = WhmcsClient::new(
-            net::client(cfg.whmcs.timeout).context("building the HTTP client")?,
+            net::client(cfg.whmcs.timeout, &cfg.proxy).context("building the HTTP client")?,
             WhmcsConfig {
                 api_url: cfg.whmcs.api_url.clone(),
                 identifier: cfg.whmcs.identifier.clone(),

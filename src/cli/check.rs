@@ -11,9 +11,25 @@ fn line(ok: bool, what: &str, detail: &str) {
     println!("[{}] {what}: {detail}", if ok { " ok " } else { "FAIL" });
 }
 
+/// `[info] route to <what> (<host>): direct | direct (NO_PROXY) | via proxy http://host:port`;
+/// only the target's host is shown (a webhook URL is a secret), never proxy credentials.
+fn route(cfg: &Config, what: &str, url: &str) {
+    let host = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    println!("[info] route to {what} ({host}): {}", cfg.proxy.route(url));
+}
+
 /// Runs every check and prints one line per dependency.
 pub async fn run(cfg: Config) -> ExitCode {
     line(true, "configuration", "valid");
+    route(&cfg, "salesforce login", &cfg.salesforce.login_url);
+    route(&cfg, "pub/sub", &cfg.events.endpoint);
+    route(&cfg, "whmcs", &cfg.whmcs.api_url);
+    if let Some(webhook) = &cfg.alert_webhook_url {
+        route(&cfg, "alert webhook", webhook);
+    }
     let state = match AppState::build(cfg).await {
         Ok(s) => s,
         Err(e) => {
@@ -55,6 +71,7 @@ pub async fn run(cfg: Config) -> ExitCode {
                 "salesforce auth",
                 &format!("org {} at {}", s.org_id, s.instance_url),
             );
+            route(&state.cfg, "salesforce rest", &s.instance_url);
             Some(s)
         }
         Err(e) => {
@@ -64,7 +81,7 @@ pub async fn run(cfg: Config) -> ExitCode {
         }
     };
     if let Some(s) = session {
-        match Subscriber::channel(&state.cfg.events.endpoint) {
+        match Subscriber::channel(&state.cfg.events.endpoint, &state.cfg.proxy) {
             Ok(channel) => {
                 let mut client = pb::pub_sub_client::PubSubClient::new(channel);
                 let mut req = tonic::Request::new(pb::TopicRequest {

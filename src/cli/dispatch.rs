@@ -107,7 +107,9 @@ async fn healthcheck(url: Option<String>) -> ExitCode {
         let port = addr.rsplit(':').next().unwrap_or("8080").to_owned();
         format!("http://127.0.0.1:{port}")
     });
+    // The daemon is local: never through a proxy from the environment.
     let client = match reqwest::Client::builder()
+        .no_proxy()
         .timeout(Duration::from_secs(3))
         .build()
     {

@@ -245,6 +245,16 @@ impl Config {
             ));
         }
 
+        let proxy = {
+            use secrecy::ExposeSecret;
+            ProxyConfig::parse(
+                r.https_proxy.expose_secret(),
+                r.http_proxy.expose_secret(),
+                &r.no_proxy,
+            )
+            .map_err(|(setting, message)| err(setting, message))?
+        };
+
         let whmcs_url = require("whmcs_api_url", r.whmcs_api_url)?;
         http_url("whmcs_api_url", &whmcs_url)?;
         let whmcs = WhmcsSettings {
@@ -410,6 +420,7 @@ impl Config {
                 sse_keepalive: Duration::from_secs(r.sse_keepalive_secs),
                 header_read_timeout: Duration::from_secs(r.http_header_read_timeout_secs),
             },
+            proxy,
             alert_webhook_url,
             alert: AlertConfig {
                 window: Duration::from_secs(r.alert_window_secs),
