@@ -1,0 +1,190 @@
+//! Outbound proxy: with `HTTPS_PROXY`/`HTTP_PROXY` set, every outbound connection (Salesforce
+//! OAuth and REST, WHMCS, the Pub/Sub gRPC channel) goes through the proxy, credentials
+//! included; `NO_PROXY` exempts targets; `provisioner check` reports each route without the
+//! proxy's credentials.
+
+use std::time::Duration;
+
+use crate::{
+    forward_proxy::ForwardProxy,
+    helpers::{Options, TestApp, spawn_app},
+};
+
+const PASSWORD: &str = "pr0xy-s3cret";
+
+/// Host and port of an `http://host:port` URL.
+fn authority(url: &str) -> &str {
+    url.trim_start_matches("http://").trim_end_matches('/')
+}
+
+async fn provision(app: &TestApp, n: usize) {
+    let ids = app.seed(n);
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    app.wait_terminal(&ids, Duration::from_secs(60)).await;
+    for id in &ids {
+        assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
+    }
+}
+
+/// What the proxy must have carried for a provisioning run against `app`'s simulator.
+fn assert_everything_proxied(app: &TestApp, seen: &[String]) {
+    let http = app.sim.sim.http_url().to_owned();
+    let grpc = authority(app.sim.sim.grpc_url()).to_owned();
+    let has = |prefix: String| seen.iter().any(|s| s.starts_with(&prefix));
+    assert!(
+        has(format!("POST {http}/services/oauth2/token")),
+        "token request not proxied: {seen:#?}"
+    );
+    assert!(
+        has(format!("GET {http}/services/data/")),
+        "REST query not proxied: {seen:#?}"
+    );
+    assert!(
+        has(format!("PATCH {http}/services/data/")),
+        "REST write-back not proxied: {seen:#?}"
+    );
+    assert!(
+        has(format!("POST {}", app.sim.whmcs_url())),
+        "WHMCS not proxied: {seen:#?}"
+    );
+    assert!(
+        has(format!("CONNECT {grpc}")),
+        "Pub/Sub channel not tunnelled: {seen:#?}"
+    );
+    assert!(
+        !seen.iter().any(|s| s.starts_with("DENIED")),
+        "a request lacked the proxy credentials: {seen:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_provisioned_through_an_authenticating_proxy() {
+    let proxy = ForwardProxy::start(Some(("corp", PASSWORD))).await;
+    let mut app = spawn_app(Options {
+        extra_env: vec![
+            ("HTTPS_PROXY", proxy.url_with_credentials.clone()),
+            ("HTTP_PROXY", proxy.url_with_credentials.clone()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    provision(&app, 3).await;
+    assert_everything_proxied(&app, &proxy.seen());
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lower_case_proxy_variables_are_honoured() {
+    let proxy = ForwardProxy::start(None).await;
+    let mut app = spawn_app(Options {
+        extra_env: vec![("http_proxy", proxy.url.clone())],
+        ..Default::default()
+    })
+    .await;
+    provision(&app, 1).await;
+    assert_everything_proxied(&app, &proxy.seen());
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_proxy_targets_bypass_the_proxy() {
+    let proxy = ForwardProxy::start(None).await;
+    let mut app = spawn_app(Options {
+        extra_env: vec![
+            ("HTTPS_PROXY", proxy.url.clone()),
+            ("HTTP_PROXY", proxy.url.clone()),
+            ("NO_PROXY", "example.invalid, 127.0.0.1".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    provision(&app, 2).await;
+    assert_eq!(
+        proxy.seen(),
+        Vec::<String>::new(),
+        "the proxy carried traffic"
+    );
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_each_route_without_proxy_credentials() {
+    let proxy = ForwardProxy::start(Some(("corp", PASSWORD))).await;
+    let app = spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await;
+    let run = |extra: Vec<(&'static str, String)>| {
+        let mut env = app.env.clone();
+        env.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_provisioner"))
+                .arg("check")
+                .env_clear()
+                .envs(env)
+                .output()
+                .await
+                .expect("run check");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.success(), text)
+        }
+    };
+    let via = format!("via proxy {}", proxy.url);
+    let (ok, text) = run(vec![("HTTP_PROXY", proxy.url_with_credentials.clone())]).await;
+    assert!(ok, "{text}");
+    for route in ["salesforce login", "pub/sub", "whmcs", "salesforce rest"] {
+        assert!(
+            text.contains(&format!("[info] route to {route} (127.0.0.1): {via}")),
+            "{route}:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains(PASSWORD) && !text.contains("corp:"),
+        "{text}"
+    );
+    assert_everything_proxied_by_check(&app, &proxy.seen());
+
+    // Exempted: reported as such, and the proxy sees nothing more.
+    let before = proxy.seen().len();
+    let (ok, text) = run(vec![
+        ("HTTP_PROXY", proxy.url_with_credentials.clone()),
+        ("NO_PROXY", "127.0.0.1".into()),
+    ])
+    .await;
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("[info] route to whmcs (127.0.0.1): direct (NO_PROXY)"),
+        "{text}"
+    );
+    assert_eq!(proxy.seen().len(), before, "{:#?}", proxy.seen());
+
+    // Wrong proxy password: the checks fail, and the password is not shown.
+    let wrong = proxy.url_with_credentials.replace(PASSWORD, "wrong-pass");
+    let (ok, text) = run(vec![("HTTP_PROXY", wrong)]).await;
+    assert!(!ok, "{text}");
+    assert!(text.contains("[FAIL]"), "{text}");
+    assert!(!text.contains("wrong-pass"), "{text}");
+}
+
+/// `check` reaches the token endpoint, Pub/Sub (GetTopic) and WHMCS.
+fn assert_everything_proxied_by_check(app: &TestApp, seen: &[String]) {
+    let http = app.sim.sim.http_url().to_owned();
+    let grpc = authority(app.sim.sim.grpc_url()).to_owned();
+    for prefix in [
+        format!("POST {http}/services/oauth2/token"),
+        format!("POST {}", app.sim.whmcs_url()),
+        format!("CONNECT {grpc}"),
+    ] {
+        assert!(
+            seen.iter().any(|s| s.starts_with(&prefix)),
+            "{prefix}: {seen:#?}"
+        );
+    }
+}
