@@ -188,3 +188,100 @@ fn assert_everything_proxied_by_check(app: &TestApp, seen: &[String]) {
         );
     }
 }
+
+/// TLS to an `https://` Pub/Sub endpoint runs inside the tunnel, end to end: a TLS front for
+/// `localhost` (test CA) relays to the simulator's gRPC port; the channel built with the
+/// daemon's tunnel connector verifies the server's certificate and speaks HTTP/2 through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_tls_runs_inside_the_proxy_tunnel() {
+    use provisioner::{config::ProxyConfig, salesforce::pb};
+    use secrecy::ExposeSecret;
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    };
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+    let read = |name: &str| std::fs::read(format!("{fixtures}/{name}")).expect("fixture");
+    let proxy = ForwardProxy::start(Some(("corp", PASSWORD))).await;
+    let app = spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await;
+
+    // TLS front: terminates TLS (ALPN h2) and relays to the simulator's plaintext gRPC port.
+    let certs = CertificateDer::pem_slice_iter(&read("localhost.pem"))
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificate");
+    let key = PrivateKeyDer::from_pem_slice(&read("localhost.key")).expect("key");
+    let mut tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocols")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let front_port = front.local_addr().expect("addr").port();
+    let grpc = authority(app.sim.sim.grpc_url()).to_owned();
+    let relay = tokio::spawn(async move {
+        while let Ok((tcp, _)) = front.accept().await {
+            let (acceptor, grpc) = (acceptor.clone(), grpc.clone());
+            tokio::spawn(async move {
+                if let (Ok(mut tls), Ok(mut upstream)) = (
+                    acceptor.accept(tcp).await,
+                    tokio::net::TcpStream::connect(&grpc).await,
+                ) {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                }
+            });
+        }
+    });
+
+    let proxies = ProxyConfig::parse(&proxy.url_with_credentials, "", "").expect("proxy settings");
+    let endpoint = Endpoint::from_shared(format!("https://localhost:{front_port}"))
+        .expect("endpoint")
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read("ca.pem")))
+                .domain_name("localhost"),
+        )
+        .expect("tls config");
+    let tunnel = proxies
+        .tunnel(endpoint.uri())
+        .expect("the endpoint is routed through the proxy");
+    let channel = endpoint
+        .connect_with_connector(tunnel)
+        .await
+        .expect("TLS through the tunnel");
+    let session = app.state.tokens.session().await.expect("session");
+    let mut req = tonic::Request::new(pb::TopicRequest {
+        topic_name: app.state.cfg.events.channel.clone(),
+    });
+    let md = req.metadata_mut();
+    md.insert(
+        "accesstoken",
+        session.access_token.expose_secret().parse().expect("token"),
+    );
+    md.insert("instanceurl", session.instance_url.parse().expect("url"));
+    md.insert("tenantid", session.org_id.parse().expect("org"));
+    let topic = pb::pub_sub_client::PubSubClient::new(channel)
+        .get_topic(req)
+        .await
+        .expect("GetTopic over TLS through the proxy")
+        .into_inner();
+    assert!(topic.can_subscribe, "{topic:?}");
+    assert_eq!(
+        proxy.seen(),
+        [format!("CONNECT localhost:{front_port}")],
+        "exactly one tunnel, with credentials"
+    );
+    relay.abort();
+}
