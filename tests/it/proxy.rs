@@ -1,13 +1,18 @@
 //! Outbound proxy: with `HTTPS_PROXY`/`HTTP_PROXY` set, every outbound connection (Salesforce
-//! OAuth and REST, WHMCS, the Pub/Sub gRPC channel) goes through the proxy, credentials
-//! included; `NO_PROXY` exempts targets; `provisioner check` reports each route without the
-//! proxy's credentials.
+//! OAuth and REST, WHMCS, the Pub/Sub gRPC channel, the alert webhook) goes through the proxy,
+//! credentials included; `NO_PROXY` exempts targets; `provisioner check` reports each route
+//! without the proxy's credentials.
 
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
+use axum::{Router, extract::State, routing::post};
+use provisioner_sim::{ItemSeed, OrderSeed};
+
 use crate::{
     forward_proxy::ForwardProxy,
-    helpers::{Options, TestApp, spawn_app},
+    helpers::{Options, TestApp, sf_id, spawn_app, wait_until},
 };
 
 const PASSWORD: &str = "pr0xy-s3cret";
@@ -284,4 +289,64 @@ async fn grpc_tls_runs_inside_the_proxy_tunnel() {
         "exactly one tunnel, with credentials"
     );
     relay.abort();
+}
+
+/// The alert webhook goes through the proxy too; `NO_PROXY` exempts only what it names (the
+/// simulator at 127.0.0.1, not the webhook addressed as `localhost`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_webhook_goes_through_the_proxy() {
+    let proxy = ForwardProxy::start(None).await;
+    let posts: Arc<Mutex<Vec<String>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let webhook = format!(
+        "http://localhost:{}/services/T000/hook-secret",
+        listener.local_addr().expect("addr").port()
+    );
+    let receiver = Router::new()
+        .route(
+            "/services/{*rest}",
+            post(
+                |State(p): State<Arc<Mutex<Vec<String>>>>, body: String| async move {
+                    p.lock().expect("lock").push(body);
+                },
+            ),
+        )
+        .with_state(posts.clone());
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let mut app = spawn_app(Options {
+        extra_env: vec![
+            ("HTTP_PROXY", proxy.url.clone()),
+            ("NO_PROXY", "127.0.0.1".into()),
+            ("ALERT_WEBHOOK_URL", webhook.clone()),
+            ("ALERT_CHECK_INTERVAL_SECS", "1".into()),
+            ("ALERT_MIN_SAMPLES", "5".into()),
+            ("ALERT_WINDOW_SECS", "600".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // Orders whose product has no WHMCS mapping fail at once: 100 % failures.
+    let ids: Vec<_> = (0..6)
+        .map(|_| {
+            sf_id(app.sim.sim.seed_order(OrderSeed {
+                items: vec![ItemSeed {
+                    product_id: None,
+                    ..ItemSeed::default()
+                }],
+                ..OrderSeed::default()
+            }))
+        })
+        .collect();
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    app.wait_terminal(&ids, Duration::from_secs(60)).await;
+    wait_until(Duration::from_secs(20), "the webhook", || async {
+        !posts.lock().expect("lock").is_empty()
+    })
+    .await;
+    assert_eq!(proxy.seen(), [format!("POST {webhook}")]);
+    app.stop().await.expect("clean stop");
 }
