@@ -23,7 +23,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::{config::AlertConfig, ledger, status::AlertStatus};
+use crate::{config::AlertConfig, ledger, net::proxy::ProxyConfig, status::AlertStatus};
 
 /// Delivery tries per notification.
 pub const MAX_DELIVERY_TRIES: u32 = 3;
@@ -131,6 +131,8 @@ pub struct Alerter {
     pub status: Arc<AlertStatus>,
     /// This process's name, quoted in the message.
     pub instance: String,
+    /// Proxies for the webhook call.
+    pub proxy: ProxyConfig,
 }
 
 /// Runs the alert loop until `shutdown`.
@@ -141,8 +143,9 @@ pub async fn run(alerter: Alerter, shutdown: CancellationToken) -> anyhow::Resul
         ledger,
         status,
         instance,
+        proxy,
     } = alerter;
-    let client = crate::net::client(cfg.webhook_timeout)?;
+    let client = crate::net::client(cfg.webhook_timeout, &proxy)?;
     let mut evaluator = Evaluator::new(&cfg);
     // A notification whose webhook delivery is still owed: (text, tries so far).
     let mut owed: Option<(String, u32)> = None;

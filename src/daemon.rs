@@ -267,6 +267,7 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
             ledger: s.ledger.clone(),
             status: s.alert.clone(),
             instance: s.instance.clone(),
+            proxy: s.cfg.proxy.clone(),
         };
         parts.spawn(async move { ("alerts", crate::alert::run(alerter, token).await) });
     }
@@ -335,6 +336,7 @@ async fn lead(
         metrics: state.metrics.clone(),
         health: state.health.clone(),
         fencing_token,
+        proxy: state.cfg.proxy.clone(),
     };
     let reconciler = Reconciler {
         cfg: state.cfg.reconciler.clone(),

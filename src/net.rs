@@ -5,19 +5,25 @@
 //! also carries its own total timeout (set per call by each client), so no outbound call can
 //! hang. No client follows a redirect: a 3xx is the answer (a redirect would re-send the
 //! request, credentials included, to a host nobody configured). Plain `http://` is accepted
-//! only towards loopback hosts ([`is_loopback_url`]). Error descriptions never include URLs
-//! or bodies (a body may hold credentials).
+//! only towards loopback hosts ([`is_loopback_url`]). Every client uses exactly the configured
+//! proxies ([`proxy`]), never the environment's. Error descriptions never include URLs or
+//! bodies (a body may hold credentials).
 
 use std::{fmt::Write as _, time::Duration};
+
+pub mod proxy;
+
+use proxy::ProxyConfig;
 
 /// Connect timeout of the shared client (TCP + TLS handshake).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds an outbound HTTP client: rustls, keep-alive pool, connect timeout, TCP keep-alive,
-/// no redirects followed, and `timeout` as the default total timeout of each request. Build one per dependency at
-/// start-up and clone it into every user (clones share the pool).
-pub fn client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// `timeout` as the default total timeout of each request, and the configured proxies. Build
+/// one per dependency at start-up and clone it into every user (clones share the pool).
+pub fn client(timeout: Duration, proxies: &ProxyConfig) -> reqwest::Result<reqwest::Client> {
+    proxies
+        .apply(reqwest::Client::builder())?
         .timeout(timeout)
         .user_agent(concat!("provisioner/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(CONNECT_TIMEOUT)
@@ -131,7 +137,7 @@ mod tests {
 
     #[tokio::test]
     async fn connection_refused_is_connect_and_described_without_url() {
-        let http = client(Duration::from_secs(5)).expect("client");
+        let http = client(Duration::from_secs(5), &ProxyConfig::default()).expect("client");
         // A port that was free a moment ago: nothing listens there now.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

@@ -54,8 +54,8 @@ impl AppState {
         let queue = Queue::connect(&cfg.queue)
             .await
             .with_context(|| format!("connecting to Redis ({})", cfg.queue.redis_settings()))?;
-        let sf_http =
-            net::client(cfg.salesforce.http_timeout).context("building the HTTP client")?;
+        let sf_http = net::client(cfg.salesforce.http_timeout, &cfg.proxy)
+            .context("building the HTTP client")?;
         let flow = AuthFlow::from_config(&cfg.salesforce);
         let tokens = TokenProvider::new(sf_http.clone(), flow).context("SF_PRIVATE_KEY")?;
         let rest = RestClient::new(
@@ -65,7 +65,7 @@ impl AppState {
             cfg.salesforce.fields.clone(),
         );
         let whmcs = WhmcsClient::new(
-            net::client(cfg.whmcs.timeout).context("building the HTTP client")?,
+            net::client(cfg.whmcs.timeout, &cfg.proxy).context("building the HTTP client")?,
             WhmcsConfig {
                 api_url: cfg.whmcs.api_url.clone(),
                 identifier: cfg.whmcs.identifier.clone(),

@@ -27,6 +27,16 @@ fn line(ok: bool, what: &str, detail: &str) {
     println!("[{}] {what}: {detail}", if ok { " ok " } else { "FAIL" });
 }
 
+/// `[info] route to <what> (<host>): direct | direct (NO_PROXY) | via proxy http://host:port`;
+/// only the target's host is shown (a webhook URL is a secret), never proxy credentials.
+fn route(cfg: &Config, what: &str, url: &str) {
+    let host = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    println!("[info] route to {what} ({host}): {}", cfg.proxy.route(url));
+}
+
 /// Runs every check and prints one line per problem or dependency. `products`: also check
 /// these WHMCS product ids (comma-separated), or with `Some("")` the ids mapped on Salesforce
 /// Products.
@@ -35,6 +45,12 @@ pub async fn run(check: CheckConfig, products: Option<String>) -> ExitCode {
     let cfg = match check.config {
         Ok(cfg) => {
             line(true, "configuration", "valid");
+            route(&cfg, "salesforce login", &cfg.salesforce.login_url);
+            route(&cfg, "pub/sub", &cfg.events.endpoint);
+            route(&cfg, "whmcs", &cfg.whmcs.api_url);
+            if let Some(webhook) = &cfg.alert_webhook_url {
+                route(&cfg, "alert webhook", webhook);
+            }
             Some(cfg)
         }
         Err(errors) => {
@@ -133,7 +149,7 @@ pub async fn run(check: CheckConfig, products: Option<String>) -> ExitCode {
 /// true if all answered as expected.
 async fn remote_checks(cfg: &Config, products: Option<&str>) -> bool {
     let mut ok = true;
-    let rest = net::client(cfg.salesforce.http_timeout)
+    let rest = net::client(cfg.salesforce.http_timeout, &cfg.proxy)
         .context("building the HTTP client")
         .and_then(|http| {
             let tokens = TokenProvider::new(http.clone(), AuthFlow::from_config(&cfg.salesforce))
@@ -154,6 +170,7 @@ async fn remote_checks(cfg: &Config, products: Option<&str>) -> bool {
                     "salesforce auth",
                     &format!("org {} at {}", s.org_id, s.instance_url),
                 );
+                route(cfg, "salesforce rest", &s.instance_url);
                 Some(s)
             }
             Err(e) => {
@@ -169,7 +186,7 @@ async fn remote_checks(cfg: &Config, products: Option<&str>) -> bool {
         }
     };
     if let Some(s) = session {
-        match Subscriber::channel(&cfg.events.endpoint) {
+        match Subscriber::channel(&cfg.events.endpoint, &cfg.proxy) {
             Ok(channel) => {
                 let mut client = pb::pub_sub_client::PubSubClient::new(channel);
                 let mut req = tonic::Request::new(pb::TopicRequest {
@@ -215,7 +232,7 @@ async fn remote_checks(cfg: &Config, products: Option<&str>) -> bool {
             }
         }
     }
-    let whmcs = net::client(cfg.whmcs.timeout).map(|http| {
+    let whmcs = net::client(cfg.whmcs.timeout, &cfg.proxy).map(|http| {
         WhmcsClient::new(
             http,
             WhmcsConfig {

@@ -159,7 +159,9 @@ async fn healthcheck(url: Option<String>) -> ExitCode {
             std::env::var("HTTP_ADDR").ok().as_deref(),
         )
     });
+    // The daemon is local: never through a proxy from the environment.
     let client = match reqwest::Client::builder()
+        .no_proxy()
         .timeout(Duration::from_secs(3))
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -10,6 +10,7 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use secrecy::SecretString;
 
+pub use crate::net::proxy::ProxyConfig;
 use crate::{salesforce::event::EventFields, salesforce::rest::OrderFieldNames};
 
 mod raw;
@@ -351,6 +352,8 @@ pub struct Config {
     pub queue: QueueConfig,
     pub database: DatabaseConfig,
     pub http: HttpConfig,
+    /// Outbound proxies (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`).
+    pub proxy: ProxyConfig,
     pub alert_webhook_url: Option<String>,
     pub alert: AlertConfig,
     pub log_format: LogFormat,
@@ -1030,6 +1033,47 @@ mod tests {
         ] {
             let e = Config::load_for_tools_from(None, [(k.to_owned(), v.to_owned())]).expect_err(k);
             assert_eq!(e.setting, k, "{e}");
+        }
+    }
+
+    #[test]
+    fn proxy_settings_accept_both_cases_upper_wins_and_stay_redacted() {
+        let c = with(&[]).expect("valid");
+        assert!(c.proxy.https.is_none() && c.proxy.http.is_none());
+        let c = with(&[
+            ("https_proxy", "http://low:pw1@lower.corp:3128"),
+            ("no_proxy", ".internal.corp"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.proxy.https.as_ref().map(|p| p.redacted()).as_deref(),
+            Some("http://lower.corp:3128")
+        );
+        assert_eq!(c.proxy.no_proxy, ".internal.corp");
+        // Upper-case wins whichever comes first in the environment.
+        for order in [["HTTP_PROXY", "http_proxy"], ["http_proxy", "HTTP_PROXY"]] {
+            let mut env = base();
+            for k in order {
+                let host = if k == "HTTP_PROXY" { "upper" } else { "lower" };
+                env.push((k.to_owned(), format!("http://{host}.corp:8080")));
+            }
+            let c = Config::load_from(None, env).expect("valid");
+            assert_eq!(
+                c.proxy.http.as_ref().map(|p| p.redacted()).as_deref(),
+                Some("http://upper.corp:8080"),
+                "{order:?}"
+            );
+        }
+        let c = with(&[("HTTPS_PROXY", "http://alice:hunter2@proxy.corp:3128")]).expect("valid");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("alice"), "{dbg}");
+        for (k, v) in [
+            ("HTTPS_PROXY", "socks5://alice:hunter2@proxy.corp:1080"),
+            ("HTTP_PROXY", "http://alice:hunter2@proxy.corp:3128/pac"),
+        ] {
+            let e = with(&[(k, v)]).expect_err(k);
+            assert_eq!(e.setting, k, "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
         }
     }
 

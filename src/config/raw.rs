@@ -53,10 +53,13 @@ pub(super) struct Raw {
     pub(super) whmcs_payment_method: String,
     pub(super) whmcs_timeout_secs: u64,
     pub(super) whmcs_quantity_mode: String,
-    pub(super) redis_url: String,
     pub(super) redis_tls_ca_file: String,
     pub(super) redis_tls_cert_file: String,
     pub(super) redis_tls_key_file: String,
+    pub(super) https_proxy: SecretString,
+    pub(super) http_proxy: SecretString,
+    pub(super) no_proxy: String,
+    pub(super) redis_url: String,
     pub(super) queue_name: String,
     pub(super) worker_concurrency: usize,
     pub(super) job_max_attempts: u32,
@@ -129,13 +132,24 @@ pub(super) fn load_raw(
     let known: BTreeMap<String, figment::value::Value> = Figment::from(Toml::string(DEFAULT_TOML))
         .extract()
         .map_err(|e| err("config/default.toml", e.to_string()))?;
-    let overrides: BTreeMap<String, String> = env
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let key = k.to_ascii_lowercase();
-            known.contains_key(&key).then_some((key, v))
-        })
-        .collect();
+    // A variable set under its upper-case name wins over other spellings (`HTTPS_PROXY` over
+    // `https_proxy`), whatever the order of the environment.
+    let mut overrides: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    for (k, v) in env {
+        let key = k.to_ascii_lowercase();
+        if !known.contains_key(&key) {
+            continue;
+        }
+        let upper = k == key.to_ascii_uppercase();
+        match overrides.get(&key) {
+            Some((_, true)) if !upper => {}
+            _ => {
+                overrides.insert(key, (v, upper));
+            }
+        }
+    }
+    let overrides: BTreeMap<String, String> =
+        overrides.into_iter().map(|(k, (v, _))| (k, v)).collect();
     figment = figment.merge(Serialized::defaults(overrides));
     let raw: Raw = figment.extract_lossy().map_err(|e| {
         let setting = e.path.join(".");

@@ -576,6 +576,15 @@ impl Config {
             Ok(v)
         }));
 
+        let proxy = {
+            use secrecy::ExposeSecret;
+            p.ok(ProxyConfig::parse(
+                r.https_proxy.expose_secret(),
+                r.http_proxy.expose_secret(),
+                &r.no_proxy,
+            )
+            .map_err(|(setting, message)| err(setting, message)))
+        };
         let whmcs_url = p.val(
             require("whmcs_api_url", r.whmcs_api_url)
                 .and_then(|u| endpoint_url("whmcs_api_url", &u).map(|()| u)),
@@ -753,6 +762,7 @@ impl Config {
             Some(admin_token),
             Some(internal_addr),
             Some(customer_errors),
+            Some(proxy),
         ) = (
             queue,
             database,
@@ -765,6 +775,7 @@ impl Config {
             admin_token,
             internal_addr,
             customer_errors,
+            proxy,
         )
         else {
             return Err(p.0);
@@ -835,6 +846,7 @@ impl Config {
                     stop_at_usage_percent: r.sf_lookup_stop_at_usage_percent,
                 },
             },
+            proxy,
             alert_webhook_url,
             alert: AlertConfig {
                 window: Duration::from_secs(r.alert_window_secs),

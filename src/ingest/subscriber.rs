@@ -46,6 +46,7 @@ use crate::{
     jobs::retry::Backoff,
     ledger::{InboxEntry, Ledger},
     metrics::Metrics,
+    net::proxy::ProxyConfig,
     queue::{Job, JobSource, ProvisionOrderV1, Queue},
     status::{SubState, SubscriptionHealth},
 };
@@ -84,11 +85,18 @@ pub struct Subscriber {
     pub health: Arc<SubscriptionHealth>,
     /// Fencing token of the subscriber lease (0 with a single replica).
     pub fencing_token: i64,
+    /// Outbound proxies (the channel tunnels through one unless exempted).
+    pub proxy: ProxyConfig,
 }
 
 impl Subscriber {
-    /// Builds the gRPC channel: TLS for `https://`, plaintext for `http://`, HTTP/2 keepalives.
-    pub fn channel(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
+    /// Builds the gRPC channel: TLS for `https://`, plaintext for `http://`, HTTP/2 keepalives;
+    /// through a `CONNECT` tunnel when `proxy` routes the endpoint through a proxy (TLS then
+    /// runs inside the tunnel).
+    pub fn channel(
+        endpoint: &str,
+        proxy: &ProxyConfig,
+    ) -> Result<Channel, tonic::transport::Error> {
         let mut ep = Endpoint::from_shared(endpoint.to_owned())?
             .connect_timeout(Duration::from_secs(10))
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -98,7 +106,10 @@ impl Subscriber {
         if endpoint.starts_with("https://") {
             ep = ep.tls_config(ClientTlsConfig::new().with_webpki_roots())?;
         }
-        Ok(ep.connect_lazy())
+        Ok(match proxy.tunnel(ep.uri()) {
+            Some(tunnel) => ep.connect_with_connector_lazy(tunnel),
+            None => ep.connect_lazy(),
+        })
     }
 
     fn request<T>(msg: T, s: &Session) -> Result<Request<T>, Status> {
@@ -123,7 +134,7 @@ impl Subscriber {
         // Platform events are at most 1 MB: a hostile length prefix must not make the Avro
         // decoder allocate more (its default cap is 512 MiB).
         apache_avro::util::max_allocation_bytes(event::MAX_EVENT_BYTES);
-        let channel = Self::channel(&self.cfg.endpoint)?;
+        let channel = Self::channel(&self.cfg.endpoint, &self.proxy)?;
         let mut client = PubSubClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
         let mut schemas: HashMap<String, Option<Arc<Schema>>> = HashMap::new();
         let mut failures: u32 = 0;

@@ -210,7 +210,8 @@ async fn whmcs_redirects_are_not_followed() {
     }))
     .await;
 
-    let http = provisioner::net::client(Duration::from_secs(10)).expect("client");
+    let http =
+        provisioner::net::client(Duration::from_secs(10), &Default::default()).expect("client");
     let whmcs = WhmcsClient::new(
         http,
         WhmcsConfig::new(
