@@ -36,11 +36,21 @@ pub async fn run(cfg: Config) -> ExitCode {
     match state.queue.ping().await {
         Ok(()) => {
             line(true, "redis", "reachable");
-            if state.queue.append_only().await == Some(false) {
-                println!(
-                    "[warn] redis: appendonly is off; a Redis restart loses queued jobs \
-                     (the stuck-order reconciler re-enqueues Activating orders, but enable AOF in production)"
-                );
+            match state.queue.durability().await {
+                Ok(d) => {
+                    if let Some(warning) = crate::daemon::durability_warning(&d) {
+                        println!("[warn] redis: {warning}");
+                    }
+                    let waits = match state.queue.waits_for_replica() {
+                        Some(w) => format!("pushes wait up to {} ms for one", w.as_millis()),
+                        None => "pushes do not wait for one".into(),
+                    };
+                    println!(
+                        "[info] redis: persistence {:?}, {} connected replica(s); {waits}",
+                        d.persistence, d.replicas
+                    );
+                }
+                Err(e) => println!("[warn] redis: cannot read its persistence: {e}"),
             }
         }
         Err(e) => {

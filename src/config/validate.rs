@@ -105,6 +105,9 @@ pub(super) fn queue_settings(r: &Raw) -> Result<QueueConfig, ConfigError> {
     if r.job_max_attempts == 0 {
         return Err(err("job_max_attempts", "must be at least 1"));
     }
+    if r.redis_wait_replica_ms > 60_000 {
+        return Err(err("redis_wait_replica_ms", "must be at most 60000"));
+    }
     Ok(QueueConfig {
         redis_url,
         name: queue_name,
@@ -114,6 +117,8 @@ pub(super) fn queue_settings(r: &Raw) -> Result<QueueConfig, ConfigError> {
         backoff_max: Duration::from_millis(
             r.job_backoff_max_ms.max(r.job_backoff_initial_ms.max(1)),
         ),
+        wait_replica: (r.redis_wait_replica_ms > 0)
+            .then(|| Duration::from_millis(r.redis_wait_replica_ms)),
     })
 }
 
@@ -330,6 +335,12 @@ impl Config {
         if r.leader_lease_ttl_secs < 3 {
             return Err(err("leader_lease_ttl_secs", "must be at least 3"));
         }
+        if r.test_clock_offset_secs.abs() > 86_400 {
+            return Err(err(
+                "test_clock_offset_secs",
+                "must be within ±86400 (test-only; leave it 0)",
+            ));
+        }
         if r.reconciler_interval_secs > 0 && r.reconciler_batch_limit == 0 {
             return Err(err("reconciler_batch_limit", "must be at least 1"));
         }
@@ -341,6 +352,7 @@ impl Config {
                 batch_limit: r.reconciler_batch_limit,
             },
             leader_lease_ttl: Duration::from_secs(r.leader_lease_ttl_secs),
+            test_clock_offset_secs: r.test_clock_offset_secs,
             events: EventsConfig {
                 enabled: r.sf_events_enabled,
                 channel,

@@ -166,14 +166,36 @@ pub struct AttemptRecord {
     pub error_message: Option<String>,
 }
 
-/// Milliseconds since the Unix epoch.
+/// Test-only skew of this process's clock (`test_clock_offset_secs`), in milliseconds.
+static CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Skews [`now_ms`] by `offset` (test-only: shows that leases never depend on a process's clock).
+pub fn set_test_clock_offset(offset_secs: i64) {
+    CLOCK_OFFSET_MS.store(
+        offset_secs.saturating_mul(1000),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// Milliseconds since the Unix epoch on this process's clock (plus the test-only skew). Used for
+/// timestamps that are only shown or compared within one process; lease decisions use the
+/// database's clock instead (see [`Ledger::claim`]).
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+        + CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 const ORDER_COLUMNS: &str = "sf_order_id, state, outcome, account_id, whmcs_client_id, \
     whmcs_order_id, whmcs_service_ids, error_code, error_message, sf_status, last_event_id, \
     correlation_id, attempts, created_at, updated_at";
+
+/// SQL for the database's current time in epoch milliseconds.
+pub(crate) const fn db_now_sql(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+        Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+    }
+}
 
 /// A change to an Order row, applied only while the caller holds the lease.
 #[derive(Debug, Clone, Default)]
@@ -387,6 +409,12 @@ impl Ledger {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// SQL for "now" in epoch milliseconds on the database's clock: every replica compares
+    /// leases against this one clock, never against its own.
+    pub(crate) fn db_now(&self) -> &'static str {
+        db_now_sql(self.backend)
     }
 
     /// Applies pending migrations (takes the database's migration lock).

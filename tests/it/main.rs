@@ -5,6 +5,7 @@ mod clients;
 mod crash_windows;
 mod dashboard;
 mod deploy;
+mod durability;
 mod helpers;
 mod http;
 mod http_hostile;
