@@ -27,28 +27,65 @@ async fn health_of(http: &reqwest::Client, port: u16) -> Option<Value> {
 }
 
 /// Two replicas share one PostgreSQL ledger and one queue; one replica's clock runs 25 s ahead.
-/// Every Order is approved twice, so two jobs contend for each Order's lease while WHMCS is
-/// slow. Leases are judged on the database's clock: the replica ahead never takes a lease that
-/// is still live, so no attempt is cut off by a lost lease and no WHMCS order is duplicated.
+/// Every Order is approved twice: the first job runs on the true-clock replica in slow WHMCS
+/// calls (6 s each), the second on the replica ahead, waiting for the Order's lease. Leases are
+/// judged on the database's clock, so the replica ahead never takes a lease that is still live
+/// (on its own clock it would after 5 s): no attempt is cut off, no WHMCS order is duplicated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_hold_on_the_database_clock_when_a_replica_clock_runs_ahead() {
     let app = spawn_app(Options {
         db: Db::Postgres,
         start: false,
-        extra_env: vec![("WORKER_CONCURRENCY", "50".into())],
+        // Every job of the test in flight at once, so both jobs of an Order run together.
+        extra_env: vec![("WORKER_CONCURRENCY", "200".into())],
         ..Default::default()
     })
     .await;
     app.sim.sim.set_faults(Faults {
-        whmcs_latency_ms: 4000,
+        whmcs_latency_ms: 6000,
         ..Default::default()
     });
     let (p1, p2) = (free_port(), free_port());
     let lease_ttl = ("LEADER_LEASE_TTL_SECS", "3".to_owned());
+    let http = reqwest::Client::new();
+    let answers = |port: u16| {
+        let http = http.clone();
+        async move { health_of(&http, port).await.is_some() }
+    };
+    // The replica on the true clock starts alone and takes every Order's first job.
     let mut honest = daemon_process(
         &app,
         &[("HTTP_ADDR", format!("127.0.0.1:{p1}")), lease_ttl.clone()],
     );
+    wait_until(Duration::from_secs(60), "the first replica", || answers(p1)).await;
+    let ids = app.seed(200);
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "every first job to hold its Order's lease",
+        || async {
+            let mut held = 0;
+            for id in &ids {
+                if app
+                    .state
+                    .ledger
+                    .lease_of(id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {
+                    held += 1;
+                }
+            }
+            held == ids.len()
+        },
+    )
+    .await;
+    // The replica 25 s ahead takes the second jobs (the first replica's workers are all busy)
+    // and waits for each Order's lease while the first job is in a slow WHMCS call.
     let mut ahead = daemon_process(
         &app,
         &[
@@ -57,24 +94,8 @@ async fn leases_hold_on_the_database_clock_when_a_replica_clock_runs_ahead() {
             ("TEST_CLOCK_OFFSET_SECS", "25".into()),
         ],
     );
-    let http = reqwest::Client::new();
-    wait_until(Duration::from_secs(60), "a subscriber leader", || async {
-        for p in [p1, p2] {
-            if health_of(&http, p)
-                .await
-                .and_then(|h| h["state"].as_str().map(str::to_owned))
-                == Some("connected".into())
-            {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-
-    let ids = app.seed(200);
+    wait_until(Duration::from_secs(60), "the second replica", || answers(p2)).await;
     for id in &ids {
-        app.sim.sim.approve(id);
         app.sim.sim.approve(id);
     }
     app.wait_terminal(&ids, Duration::from_secs(240)).await;
