@@ -68,15 +68,7 @@ async fn leases_hold_on_the_database_clock_when_a_replica_clock_runs_ahead() {
         || async {
             let mut held = 0;
             for id in &ids {
-                if app
-                    .state
-                    .ledger
-                    .lease_of(id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-                {
+                if app.state.ledger.lease_of(id).await.ok().flatten().is_some() {
                     held += 1;
                 }
             }
@@ -94,7 +86,10 @@ async fn leases_hold_on_the_database_clock_when_a_replica_clock_runs_ahead() {
             ("TEST_CLOCK_OFFSET_SECS", "25".into()),
         ],
     );
-    wait_until(Duration::from_secs(60), "the second replica", || answers(p2)).await;
+    wait_until(Duration::from_secs(60), "the second replica", || {
+        answers(p2)
+    })
+    .await;
     for id in &ids {
         app.sim.sim.approve(id);
     }
