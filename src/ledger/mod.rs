@@ -491,6 +491,58 @@ mod tests {
         );
     }
 
+    /// A lease that expired on the database's clock is not held, even if nobody took it.
+    #[tokio::test]
+    async fn an_expired_lease_is_not_held() {
+        let l = ledger("sqlite::memory:".into()).await;
+        let id = SalesforceId::synthesize("801", 7);
+        let lease = Duration::from_secs(30);
+        assert!(l.claim(&id, "a", lease).await.expect("claim").is_some());
+        assert!(l.still_holds(&id, "a", lease).await.expect("holds"));
+        assert!(!l.still_holds(&id, "b", lease).await.expect("holds"));
+        sqlx::query("UPDATE orders SET lease_until = 0")
+            .execute(l.pool())
+            .await
+            .expect("expire");
+        assert!(!l.still_holds(&id, "a", lease).await.expect("holds"));
+        assert!(l.claim(&id, "b", lease).await.expect("claim").is_some());
+    }
+
+    /// Fencing tokens come from the ledger, above every stored cursor token; every cursor write
+    /// (save, batch, clear) with an older token is refused.
+    #[tokio::test]
+    async fn fencing_tokens_are_allocated_in_the_ledger_and_fence_every_cursor_write() {
+        let l = ledger("sqlite::memory:".into()).await;
+        // A cursor written by a leader whose token came from elsewhere (an older release).
+        l.save_cursor("ch", &[1], 5).await.expect("save");
+        let t1 = l.next_leader_epoch("q:leader").await.expect("epoch");
+        let t2 = l.next_leader_epoch("q:leader").await.expect("epoch");
+        assert_eq!((t1, t2), (6, 7));
+        l.save_cursor("ch", &[2], t2).await.expect("save");
+        assert!(matches!(
+            l.save_cursor("ch", &[3], t1).await,
+            Err(LedgerError::Fenced)
+        ));
+        assert!(matches!(
+            l.clear_cursor("ch", t1).await,
+            Err(LedgerError::Fenced)
+        ));
+        assert!(matches!(
+            l.record_events("ch", &[], &[4], t1).await,
+            Err(LedgerError::Fenced)
+        ));
+        assert_eq!(l.load_cursor("ch").await.expect("load"), Some(vec![2]));
+        // A cleared cursor keeps its token: an older leader still cannot write.
+        l.clear_cursor("ch", t2).await.expect("clear");
+        assert_eq!(l.load_cursor("ch").await.expect("load"), None);
+        assert_eq!(l.cursor_row("ch").await.expect("row"), None);
+        assert!(matches!(
+            l.save_cursor("ch", &[5], t1).await,
+            Err(LedgerError::Fenced)
+        ));
+        assert_eq!(l.next_leader_epoch("q:leader").await.expect("epoch"), 8);
+    }
+
     #[tokio::test]
     async fn sqlite_file_and_memory_ledgers_read_their_writes() {
         let dir = std::env::temp_dir().join(format!("ledger-{}", uuid::Uuid::new_v4().simple()));
