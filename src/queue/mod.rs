@@ -231,8 +231,14 @@ impl Queue {
         if let Some(wait) = cfg.wait_replica {
             // A deployment whose Redis has replicas relies on them: from now on a push counts
             // only once a replica has it, even if the replicas go away later.
-            if queue.replicas().await? > 0 {
-                queue.wait_replica = Some(wait);
+            match queue.replicas().await {
+                Ok(n) if n > 0 => queue.wait_replica = Some(wait),
+                Ok(_) => {}
+                // Some managed services refuse INFO: pushes then cannot count on replicas.
+                Err(e) => tracing::warn!(
+                    error.message = %e,
+                    "cannot ask Redis for its replicas; pushes do not wait for one"
+                ),
             }
         }
         Ok(queue)
