@@ -531,3 +531,63 @@ async fn pushes_wait_for_a_redis_replica_before_the_cursor_moves() {
         assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
     }
 }
+
+/// A leader whose cursor write is refused (a newer token is stored, as after a split brain)
+/// gives leadership up and takes it again with a newer token from the ledger: intake resumes by
+/// itself and the subscriber does not resubscribe in a loop with its stale token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_leader_stands_down_and_returns_with_a_newer_token() {
+    let mut app = spawn_app(Options {
+        extra_env: vec![("LEADER_LEASE_TTL_SECS", "3".into())],
+        ..Default::default()
+    })
+    .await;
+    let channel = app.state.cfg.events.channel.clone();
+    let first = app.seed(5);
+    for id in &first {
+        app.sim.sim.approve(id);
+    }
+    app.wait_terminal(&first, Duration::from_secs(60)).await;
+    let stored = app
+        .state
+        .ledger
+        .cursor_row(&channel)
+        .await
+        .expect("cursor")
+        .expect("stored cursor")
+        .fencing_token;
+    // Another leader, unknown to this one, wrote the cursor with a much newer token.
+    let newer = stored + 100;
+    sqlx::query("UPDATE cursors SET fencing_token = $1")
+        .bind(newer)
+        .execute(app.state.ledger.pool())
+        .await
+        .expect("newer token");
+    let reconnects_before = app.state.health.snapshot().reconnects;
+    let second = app.seed(5);
+    for id in &second {
+        app.sim.sim.approve(id);
+    }
+    app.wait_terminal(&second, Duration::from_secs(60)).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the cursor to be written with a newer token",
+        || async {
+            app.state
+                .ledger
+                .cursor_row(&channel)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|c| c.fencing_token > newer)
+        },
+    )
+    .await;
+    for id in first.iter().chain(&second) {
+        assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
+        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
+    }
+    let reconnects = app.state.health.snapshot().reconnects - reconnects_before;
+    assert!(reconnects <= 3, "resubscribe loop: {reconnects} reconnects");
+    app.stop().await.expect("stop");
+}
