@@ -142,6 +142,23 @@ async fn housekeeping(state: AppState, shutdown: CancellationToken) -> anyhow::R
     }
 }
 
+/// What an operator must hear about Redis's durability, if anything.
+pub fn durability_warning(d: &queue::Durability) -> Option<String> {
+    match d.persistence {
+        queue::Persistence::None => Some(
+            "Redis keeps nothing on disk (no AOF, no RDB): a Redis restart loses every queued job \
+             (the stuck-order reconciler re-enqueues Activating Orders); enable appendonly in production"
+                .into(),
+        ),
+        queue::Persistence::Rdb => Some(
+            "Redis persists snapshots only (no AOF): a restart loses the jobs queued since the last one; \
+             enable appendonly in production"
+                .into(),
+        ),
+        queue::Persistence::Aof | queue::Persistence::Unknown => None,
+    }
+}
+
 /// Runs the daemon until `shutdown` is cancelled (exit 0) or a part fails (error).
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let state = AppState::build(cfg).await?;
@@ -170,6 +187,26 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
         instance = %state.instance,
         "provisioner starting"
     );
+    match state.queue.durability().await {
+        Ok(d) => {
+            if let Some(w) = durability_warning(&d) {
+                error!(redis.persistence = ?d.persistence, "{w}");
+            }
+            match state.queue.waits_for_replica() {
+                Some(wait) => info!(
+                    redis.replicas = d.replicas,
+                    wait_ms = wait.as_millis() as u64,
+                    "every push waits for a Redis replica to confirm it"
+                ),
+                None if d.replicas > 0 => warn!(
+                    redis.replicas = d.replicas,
+                    "Redis has replicas but pushes do not wait for them (REDIS_WAIT_REPLICA_MS=0)"
+                ),
+                None => {}
+            }
+        }
+        Err(e) => warn!(error.message = %e, "cannot read Redis's persistence settings"),
+    }
 
     {
         // The WHMCS version decides how order quantities are sent; read it once at start (a
@@ -209,6 +246,7 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
     if state.cfg.events.enabled {
         let lease = Lease::new(
             state.queue.redis(),
+            state.ledger.clone(),
             &state.cfg.queue.name,
             &state.instance,
             state.cfg.leader_lease_ttl,
@@ -347,9 +385,15 @@ async fn lead(
         report: state.reconciler.clone(),
         max_pending_jobs: state.cfg.events.max_pending_jobs,
     };
+    // A subscriber that stops by itself (fenced) ends the leadership: the reconciler too.
+    let stop = leadership.child_token();
     let (a, b) = tokio::join!(
-        sub.run(leadership.clone()),
-        reconciler.run(leadership.clone())
+        async {
+            let r = sub.run(stop.clone()).await;
+            stop.cancel();
+            r
+        },
+        reconciler.run(stop.clone())
     );
     a.and(b)
 }

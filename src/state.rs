@@ -48,6 +48,7 @@ impl AppState {
     /// Connects to the ledger (migrating if configured) and Redis, and builds the clients.
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
         let cfg = Arc::new(cfg);
+        crate::ledger::set_test_clock_offset(cfg.test_clock_offset_secs);
         let ledger = Ledger::open(&cfg.database)
             .await
             .context("opening the ledger (DATABASE_URL)")?;

@@ -103,11 +103,23 @@ pub async fn run(check: CheckConfig, products: Option<String>) -> ExitCode {
                         "redis",
                         if tls { "reachable (TLS)" } else { "reachable" },
                     );
-                    if queue.append_only().await == Some(false) {
-                        println!(
-                            "[warn] redis: appendonly is off; a Redis restart loses queued jobs \
-                             (the stuck-order reconciler re-enqueues Activating orders, but enable AOF in production)"
-                        );
+                    match queue.durability().await {
+                        Ok(d) => {
+                            if let Some(warning) = crate::daemon::durability_warning(&d) {
+                                println!("[warn] redis: {warning}");
+                            }
+                            let waits = match queue.waits_for_replica() {
+                                Some(w) => {
+                                    format!("pushes wait up to {} ms for one", w.as_millis())
+                                }
+                                None => "pushes do not wait for one".into(),
+                            };
+                            println!(
+                                "[info] redis: persistence {:?}, {} connected replica(s); {waits}",
+                                d.persistence, d.replicas
+                            );
+                        }
+                        Err(e) => println!("[warn] redis: cannot read its persistence: {e}"),
                     }
                 }
                 Err(e) => {

@@ -123,6 +123,9 @@ pub struct QueueConfig {
     pub max_attempts: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Longest wait for one Redis replica to confirm a push (`WAIT`), when Redis had replicas
+    /// at start; `None` never waits.
+    pub wait_replica: Option<Duration>,
 }
 
 impl QueueConfig {
@@ -361,6 +364,8 @@ pub struct Config {
     pub reconciler: ReconcilerConfig,
     /// TTL of the subscriber leadership lease.
     pub leader_lease_ttl: Duration,
+    /// Test-only skew of this process's clock, in seconds (`test_clock_offset_secs`).
+    pub test_clock_offset_secs: i64,
     /// Bearer token of the operator dashboard (`/admin`); `None` disables it (404).
     pub admin_token: Option<SecretString>,
 }

@@ -109,6 +109,8 @@ pub(super) struct Raw {
     pub(super) reconciler_stuck_after_secs: u64,
     pub(super) reconciler_batch_limit: u32,
     pub(super) leader_lease_ttl_secs: u64,
+    pub(super) redis_wait_replica_ms: u64,
+    pub(super) test_clock_offset_secs: i64,
     pub(super) admin_token: SecretString,
 }
 

@@ -158,6 +158,9 @@ pub(super) fn queue_settings(r: &Raw) -> Result<QueueConfig, ConfigError> {
         return Err(err("job_max_attempts", "must be at least 1"));
     }
     let tls = redis_tls(r, redis_url.starts_with("rediss://"))?;
+    if r.redis_wait_replica_ms > 60_000 {
+        return Err(err("redis_wait_replica_ms", "must be at most 60000"));
+    }
     Ok(QueueConfig {
         redis_url,
         tls,
@@ -168,6 +171,8 @@ pub(super) fn queue_settings(r: &Raw) -> Result<QueueConfig, ConfigError> {
         backoff_max: Duration::from_millis(
             r.job_backoff_max_ms.max(r.job_backoff_initial_ms.max(1)),
         ),
+        wait_replica: (r.redis_wait_replica_ms > 0)
+            .then(|| Duration::from_millis(r.redis_wait_replica_ms)),
     })
 }
 
@@ -699,6 +704,12 @@ impl Config {
         if r.leader_lease_ttl_secs < 3 {
             p.fail(err("leader_lease_ttl_secs", "must be at least 3"));
         }
+        if r.test_clock_offset_secs.abs() > 86_400 {
+            p.fail(err(
+                "test_clock_offset_secs",
+                "must be within ±86400 (test-only; leave it 0)",
+            ));
+        }
         if r.reconciler_interval_secs > 0 && r.reconciler_batch_limit == 0 {
             p.fail(err("reconciler_batch_limit", "must be at least 1"));
         }
@@ -791,6 +802,7 @@ impl Config {
                 batch_limit: r.reconciler_batch_limit,
             },
             leader_lease_ttl: Duration::from_secs(r.leader_lease_ttl_secs),
+            test_clock_offset_secs: r.test_clock_offset_secs,
             events: EventsConfig {
                 enabled: r.sf_events_enabled,
                 channel,

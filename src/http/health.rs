@@ -40,6 +40,10 @@ pub(super) async fn ready(State(s): State<Http>) -> Response {
 pub(super) async fn sf_events(State(s): State<Http>) -> Response {
     let h = s.app.health.snapshot();
     let queue = s.app.queue.stats().await.ok();
+    let durability = tokio::time::timeout(Duration::from_secs(2), s.app.queue.durability())
+        .await
+        .ok()
+        .and_then(Result::ok);
     let enabled = s.app.cfg.events.enabled;
     let watchdog = chrono::Duration::from_std(s.app.cfg.events.watchdog).unwrap_or_default();
     let now = chrono::Utc::now();
@@ -66,6 +70,11 @@ pub(super) async fn sf_events(State(s): State<Http>) -> Response {
         "cursorFallbacks": h.cursor_fallbacks,
         "lastError": h.last_error,
         "reconciler": *s.app.reconciler.lock().unwrap_or_else(|p| p.into_inner()),
+        "redis": durability.map(|d| json!({
+            "persistence": d.persistence,
+            "replicas": d.replicas,
+            "pushWaitsForReplica": s.app.queue.waits_for_replica().is_some(),
+        })),
         "queue": queue.map(|q| json!({"pending": q.pending + q.delayed, "running": q.running, "failed": q.failed, "done": q.done})),
         "alert": {
             "firing": alert.firing,

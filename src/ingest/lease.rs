@@ -1,15 +1,17 @@
-//! Subscriber leadership across replicas: a Redis lease with a fencing token.
+//! Subscriber leadership across replicas: a Redis lease with a fencing token from the ledger.
 //!
-//! Hand-written (three Lua scripts) because a lease needs compare-and-renew and
+//! Hand-written (two Lua scripts) because a lease needs compare-and-renew and
 //! compare-and-delete on the owner, which no well-kept Redis lock crate offers with a fencing
 //! token.
 //!
 //! Every replica runs workers; only the holder of the lease `<queue>:leader` runs the Pub/Sub
-//! subscriber and the stuck-order reconciler. Acquiring the lease increments
-//! `<queue>:leader:epoch`, and that epoch is the fencing token the subscriber writes with every
-//! cursor: the ledger refuses a cursor write whose token is older than the stored one, so a
-//! leader that lost its lease (paused, partitioned) cannot move the cursor back or record
-//! events after a newer leader took over.
+//! subscriber and the stuck-order reconciler. Acquiring the lease allocates the next fencing
+//! token in the ledger ([`Ledger::next_leader_epoch`], strictly increasing there, so it survives
+//! Redis losing its data), and the subscriber writes that token with every cursor: the ledger
+//! refuses a cursor write whose token is older than the stored one, so a leader that lost its
+//! lease (paused, partitioned, or whose lease vanished with a flushed Redis) cannot move the
+//! cursor back or record events after a newer leader took over. A leader whose cursor write was
+//! refused gives its leadership up and acquires it again, with a new token.
 //!
 //! The lease lives `leader_lease_ttl_secs` and is renewed every third of it; a renewal that
 //! fails or finds another holder ends this replica's leadership at once (its subscriber is
@@ -23,23 +25,20 @@ use redis::{Script, aio::ConnectionManager};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::status::{SubState, SubscriptionHealth};
+use crate::{
+    ledger::Ledger,
+    status::{SubState, SubscriptionHealth},
+};
 
 /// Lease keys of one queue.
 #[derive(Debug, Clone)]
 pub struct Lease {
     conn: ConnectionManager,
+    ledger: Ledger,
     key: String,
-    epoch_key: String,
     owner: String,
     ttl: Duration,
 }
-
-const ACQUIRE: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
-end
-return 0";
 
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -54,11 +53,17 @@ end
 return 0";
 
 impl Lease {
-    pub fn new(conn: ConnectionManager, queue: &str, owner: &str, ttl: Duration) -> Self {
+    pub fn new(
+        conn: ConnectionManager,
+        ledger: Ledger,
+        queue: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Self {
         Self {
             conn,
+            ledger,
             key: format!("{queue}:leader"),
-            epoch_key: format!("{queue}:leader:epoch"),
             owner: owner.to_owned(),
             ttl,
         }
@@ -68,17 +73,30 @@ impl Lease {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Takes the lease if free; returns the new fencing token.
-    pub async fn try_acquire(&self) -> redis::RedisResult<Option<i64>> {
+    /// Takes the lease if free; returns the new fencing token, allocated in the ledger.
+    pub async fn try_acquire(&self) -> anyhow::Result<Option<i64>> {
         let mut conn = self.conn.clone();
-        let epoch: i64 = Script::new(ACQUIRE)
-            .key(&self.key)
-            .key(&self.epoch_key)
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(&self.key)
             .arg(&self.owner)
+            .arg("NX")
+            .arg("PX")
             .arg(self.ttl_ms())
-            .invoke_async(&mut conn)
+            .query_async(&mut conn)
             .await?;
-        Ok((epoch > 0).then_some(epoch))
+        if taken.is_none() {
+            return Ok(None);
+        }
+        match self.ledger.next_leader_epoch(&self.key).await {
+            Ok(token) => Ok(Some(token)),
+            Err(e) => {
+                // No token, no leadership: hand the lease back for a replica that can get one.
+                if let Err(re) = self.release().await {
+                    warn!(error.message = %re, "cannot release the subscriber lease; it expires by itself");
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// Extends the lease; `false` if this replica no longer holds it.
@@ -104,11 +122,13 @@ impl Lease {
         Ok(())
     }
 
-    /// Current holder, if any.
-    pub async fn holder(&self) -> redis::RedisResult<Option<String>> {
-        let mut conn = self.conn.clone();
+    /// Current holder of `queue`'s lease, if any (operator tools: no ledger needed).
+    pub async fn holder_of(
+        mut conn: ConnectionManager,
+        queue: &str,
+    ) -> redis::RedisResult<Option<String>> {
         redis::cmd("GET")
-            .arg(&self.key)
+            .arg(format!("{queue}:leader"))
             .query_async(&mut conn)
             .await
     }
@@ -156,6 +176,7 @@ impl Lease {
                         }
                     };
                     leadership.cancel();
+                    let lost = outcome.is_none();
                     let result = match outcome {
                         Some(r) => r,
                         None => task.await,
@@ -171,6 +192,14 @@ impl Lease {
                         Ok(Err(e)) => return Err(e),
                         Err(e) => return Err(anyhow::anyhow!("leader task panicked: {e}")),
                     }
+                    // The leader stopped by itself (its cursor write was fenced) or lost the
+                    // lease: give the lease up so the next acquisition, by this replica or
+                    // another, comes with a new fencing token.
+                    if !lost {
+                        if let Err(e) = self.release().await {
+                            warn!(error.message = %e, "cannot release the subscriber lease; it expires by itself");
+                        }
+                    }
                     health.update(|h| h.state = SubState::Standby);
                 }
                 Ok(None) => health.update(|h| {
@@ -178,7 +207,9 @@ impl Lease {
                         h.state = SubState::Standby;
                     }
                 }),
-                Err(e) => warn!(error.message = %e, "cannot reach Redis for the subscriber lease"),
+                Err(e) => {
+                    warn!(error.message = %e, "cannot take the subscriber lease (Redis or ledger unreachable)")
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),

@@ -19,6 +19,8 @@
 //!   `sf_events_replay`; that start cannot fail the same way, so there is no resubscribe loop.
 //! - **Poison events** (undecodable, unknown schema, missing/malformed order id) are logged with
 //!   their replay id, counted, recorded in the inbox as `poison`, and skipped.
+//! - **Fenced.** A cursor write (batch, keepalive, clear) refused for an older fencing token ends
+//!   the subscriber: its replica gives leadership up and acquires it again with a new token.
 //! - Shutdown: on cancellation the stream is dropped between batches; the cursor is already
 //!   stored for every enqueued event.
 
@@ -44,7 +46,7 @@ use crate::salesforce::{
 use crate::{
     config::{EventsConfig, ReplayStart},
     jobs::retry::Backoff,
-    ledger::{InboxEntry, Ledger},
+    ledger::{InboxEntry, Ledger, LedgerError},
     metrics::Metrics,
     net::proxy::ProxyConfig,
     queue::{Job, JobSource, ProvisionOrderV1, Queue},
@@ -60,6 +62,17 @@ enum StreamEnd {
     /// Queue or ledger failure: resubscribe from the stored cursor.
     Internal(String),
     Auth(String),
+    /// A cursor write was refused: a newer leader's token is stored. Leadership is given up
+    /// (and acquired again with a new token), never resubscribed with the same token.
+    Fenced,
+}
+
+/// How a ledger failure ends the stream.
+fn ledger_end(e: LedgerError) -> StreamEnd {
+    match e {
+        LedgerError::Fenced => StreamEnd::Fenced,
+        e => StreamEnd::Internal(e.to_string()),
+    }
 }
 
 /// Salesforce error code carried in a gRPC status's `error-code` metadata.
@@ -156,6 +169,15 @@ impl Subscriber {
                 .await;
             let delay = match end {
                 StreamEnd::Shutdown => return Ok(()),
+                StreamEnd::Fenced => {
+                    warn!(
+                        fencing_token = self.fencing_token,
+                        "cursor write refused: a newer subscriber leader's token is stored; giving up leadership"
+                    );
+                    self.health
+                        .update(|h| h.last_error = Some("fenced: cursor write refused".into()));
+                    return Ok(());
+                }
                 StreamEnd::Watchdog => {
                     self.metrics.watchdog_resubscribes.inc();
                     warn!(
@@ -306,10 +328,10 @@ impl Subscriber {
                         )
                         .await
                     {
-                        Ok(_) => self
+                        Ok(()) => self
                             .health
                             .update(|h| h.cursor = Some(resp.latest_replay_id.clone())),
-                        Err(e) => return StreamEnd::Internal(e.to_string()),
+                        Err(e) => return ledger_end(e),
                     }
                 }
             } else {
@@ -377,8 +399,12 @@ impl Subscriber {
                     fallback = ?self.cfg.replay,
                     "stored replay id rejected by Salesforce; falling back to SF_EVENTS_REPLAY once (the stuck-order reconciler covers events in between)"
                 );
-                if let Err(e) = self.ledger.clear_cursor(&self.cfg.channel).await {
-                    return StreamEnd::Internal(e.to_string());
+                if let Err(e) = self
+                    .ledger
+                    .clear_cursor(&self.cfg.channel, self.fencing_token)
+                    .await
+                {
+                    return ledger_end(e);
                 }
                 return StreamEnd::Failed(status);
             }
@@ -526,7 +552,7 @@ impl Subscriber {
                 self.fencing_token,
             )
             .await
-            .map_err(|e| StreamEnd::Internal(e.to_string()))?;
+            .map_err(ledger_end)?;
         if duplicates > 0 {
             self.metrics.duplicate_events.inc_by(duplicates);
         }

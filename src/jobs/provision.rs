@@ -460,6 +460,18 @@ impl Provisioner {
         }
     }
 
+    /// Stops the job unless it still holds the Order's lease, live on the database's clock;
+    /// asked right before every external side effect (AddOrder, AcceptOrder, the write-back),
+    /// so a job whose renewals failed or whose lease expired never acts after another took over.
+    async fn ensure_lease(&self, id: &SalesforceId, owner: &str) -> Result<(), JobError> {
+        if self.ledger.still_holds(id, owner, LEASE).await? {
+            Ok(())
+        } else {
+            warn!("lease on the order expired or was taken; stopping before the next side effect");
+            Err(JobError::LeaseLost(id.to_string()))
+        }
+    }
+
     async fn provision_claimed(
         &self,
         job: &ProvisionOrderV1,
@@ -534,6 +546,7 @@ impl Provisioner {
 
         // Write back (one PATCH). If Salesforce stays unreachable, the job runs again later and
         // resumes here: the ledger already holds the WHMCS state.
+        self.ensure_lease(id, owner).await?;
         let rejected = self.write_back(id, &update).await?;
         let (mut state, outcome_label, mut err) = match &outcome {
             Outcome::Provisioned { .. } => {
@@ -706,7 +719,7 @@ impl Provisioner {
                     clients: vec![client_id.clone()],
                     not_before: search.not_before,
                 };
-                let created = self.add_order_once(id, &current, &request).await?;
+                let created = self.add_order_once(id, owner, &current, &request).await?;
                 *whmcs_order = Some(created.0);
                 self.record_added(id, owner, &created.0, &created.1).await?;
                 whmcs_order_id = Some(created.0);
@@ -716,6 +729,7 @@ impl Provisioner {
             whmcs_order_id.ok_or_else(|| Fail::new("INTERNAL", "no WHMCS order id"))?;
 
         if !accepted {
+            self.ensure_lease(id, owner).await?;
             match self
                 .retry("accept_order", || self.whmcs.accept_order(whmcs_order_id))
                 .await
@@ -797,11 +811,13 @@ impl Provisioner {
     async fn add_order_once(
         &self,
         id: &SalesforceId,
+        owner: &str,
         search: &Search,
         request: &AddOrderRequest,
     ) -> Result<(u64, Vec<u64>), StepError> {
         let mut attempt = 0;
         loop {
+            self.ensure_lease(id, owner).await?;
             match self.whmcs.add_order(request).await {
                 Ok(r) => return Ok((r.order_id, r.service_ids)),
                 Err(e) if e.class() == ErrorClass::Transient => {

@@ -16,9 +16,10 @@ impl Ledger {
         event_id: Option<&str>,
         c: &Change<'_>,
     ) -> Result<Option<i64>> {
+        let now_sql = self.db_now();
         let mut conn = self.writer().await?;
         let attempt = Self::start_attempt_on(&mut conn, order, event_id).await?;
-        Ok(Self::update_on(&mut conn, order, owner, c)
+        Ok(Self::update_on(&mut conn, now_sql, order, owner, c)
             .await?
             .then_some(attempt))
     }
@@ -34,8 +35,9 @@ impl Ledger {
         outcome: &str,
         error: Option<(&str, &str)>,
     ) -> Result<bool> {
+        let now_sql = self.db_now();
         let mut conn = self.writer().await?;
-        if !Self::update_on(&mut conn, order, owner, c).await? {
+        if !Self::update_on(&mut conn, now_sql, order, owner, c).await? {
             return Ok(false);
         }
         Self::finish_attempt_on(&mut conn, attempt_id, outcome, error).await?;

@@ -180,14 +180,36 @@ pub struct AttemptRecord {
     pub error_message: Option<String>,
 }
 
-/// Milliseconds since the Unix epoch.
+/// Test-only skew of this process's clock (`test_clock_offset_secs`), in milliseconds.
+static CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Skews [`now_ms`] by `offset` (test-only: shows that leases never depend on a process's clock).
+pub fn set_test_clock_offset(offset_secs: i64) {
+    CLOCK_OFFSET_MS.store(
+        offset_secs.saturating_mul(1000),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// Milliseconds since the Unix epoch on this process's clock (plus the test-only skew). Used for
+/// timestamps that are only shown or compared within one process; lease decisions use the
+/// database's clock instead (see [`Ledger::claim`]).
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+        + CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 const ORDER_COLUMNS: &str = "sf_order_id, state, outcome, account_id, whmcs_client_id, \
     whmcs_order_id, whmcs_service_ids, error_code, error_message, sf_status, last_event_id, \
     correlation_id, attempts, created_at, updated_at";
+
+/// SQL for the database's current time in epoch milliseconds.
+pub(crate) const fn db_now_sql(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+        Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+    }
+}
 
 /// A change to an Order row, applied only while the caller holds the lease.
 #[derive(Debug, Clone, Default)]
@@ -403,6 +425,12 @@ impl Ledger {
         self.backend
     }
 
+    /// SQL for "now" in epoch milliseconds on the database's clock: every replica compares
+    /// leases against this one clock, never against its own.
+    pub(crate) fn db_now(&self) -> &'static str {
+        db_now_sql(self.backend)
+    }
+
     /// Applies pending migrations (takes the database's migration lock).
     pub async fn migrate(&self) -> Result<()> {
         match self.backend {
@@ -490,6 +518,58 @@ mod tests {
                 .expect("claim")
                 .is_some()
         );
+    }
+
+    /// A lease that expired on the database's clock is not held, even if nobody took it.
+    #[tokio::test]
+    async fn an_expired_lease_is_not_held() {
+        let l = ledger("sqlite::memory:".into()).await;
+        let id = SalesforceId::synthesize("801", 7);
+        let lease = Duration::from_secs(30);
+        assert!(l.claim(&id, "a", lease).await.expect("claim").is_some());
+        assert!(l.still_holds(&id, "a", lease).await.expect("holds"));
+        assert!(!l.still_holds(&id, "b", lease).await.expect("holds"));
+        sqlx::query("UPDATE orders SET lease_until = 0")
+            .execute(l.pool())
+            .await
+            .expect("expire");
+        assert!(!l.still_holds(&id, "a", lease).await.expect("holds"));
+        assert!(l.claim(&id, "b", lease).await.expect("claim").is_some());
+    }
+
+    /// Fencing tokens come from the ledger, above every stored cursor token; every cursor write
+    /// (save, batch, clear) with an older token is refused.
+    #[tokio::test]
+    async fn fencing_tokens_are_allocated_in_the_ledger_and_fence_every_cursor_write() {
+        let l = ledger("sqlite::memory:".into()).await;
+        // A cursor written by a leader whose token came from elsewhere (an older release).
+        l.save_cursor("ch", &[1], 5).await.expect("save");
+        let t1 = l.next_leader_epoch("q:leader").await.expect("epoch");
+        let t2 = l.next_leader_epoch("q:leader").await.expect("epoch");
+        assert_eq!((t1, t2), (6, 7));
+        l.save_cursor("ch", &[2], t2).await.expect("save");
+        assert!(matches!(
+            l.save_cursor("ch", &[3], t1).await,
+            Err(LedgerError::Fenced)
+        ));
+        assert!(matches!(
+            l.clear_cursor("ch", t1).await,
+            Err(LedgerError::Fenced)
+        ));
+        assert!(matches!(
+            l.record_events("ch", &[], &[4], t1).await,
+            Err(LedgerError::Fenced)
+        ));
+        assert_eq!(l.load_cursor("ch").await.expect("load"), Some(vec![2]));
+        // A cleared cursor keeps its token: an older leader still cannot write.
+        l.clear_cursor("ch", t2).await.expect("clear");
+        assert_eq!(l.load_cursor("ch").await.expect("load"), None);
+        assert_eq!(l.cursor_row("ch").await.expect("row"), None);
+        assert!(matches!(
+            l.save_cursor("ch", &[5], t1).await,
+            Err(LedgerError::Fenced)
+        ));
+        assert_eq!(l.next_leader_epoch("q:leader").await.expect("epoch"), 8);
     }
 
     #[tokio::test]

@@ -11,25 +11,29 @@ use std::{collections::BTreeMap, time::Duration};
 
 use sqlx::{AnyConnection, FromRow, Row};
 
-use super::{Change, Ledger, ORDER_COLUMNS, OrderRecord, Result, now_ms, state};
+use super::{Change, Ledger, ORDER_COLUMNS, OrderRecord, Result, state};
 use crate::ids::SalesforceId;
+
+/// A lease's length in milliseconds, as bound next to the database's "now".
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
 
 impl Ledger {
     /// Takes the Order's lease for `owner` if nobody holds a live one. Returns the row when
-    /// acquired, `None` when another job holds it.
+    /// acquired, `None` when another job holds it. Expiry is judged on the database's clock.
     pub async fn claim(
         &self,
         order: &SalesforceId,
         owner: &str,
         lease: Duration,
     ) -> Result<Option<OrderRecord>> {
-        let now = now_ms();
-        let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let now = self.db_now();
         // One statement: create the row with the lease taken, or take the lease of an existing
         // row if it is free, ours or expired; the row comes back only when the lease was taken.
         let sql = format!(
             "INSERT INTO orders (sf_order_id, state, lease_owner, lease_until, attempts, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, 1, $5, $5) \
+             created_at, updated_at) VALUES ($1, $2, $3, {now} + $4, 1, {now}, {now}) \
              ON CONFLICT (sf_order_id) DO UPDATE SET lease_owner = excluded.lease_owner, \
              lease_until = excluded.lease_until, attempts = orders.attempts + 1, \
              updated_at = excluded.updated_at \
@@ -42,28 +46,41 @@ impl Ledger {
             .bind(order.as_str())
             .bind(state::NEW)
             .bind(owner)
-            .bind(until)
-            .bind(now)
+            .bind(lease_ms(lease))
             .fetch_optional(&mut *conn)
             .await?;
         Ok(row.as_ref().map(OrderRecord::from_row).transpose()?)
     }
 
-    /// Extends a held lease; `false` when it was lost.
+    /// Extends a lease `owner` still holds, live on the database's clock, by `lease` from now.
+    /// `false` when it was lost: another job took it, or it expired (the holder must then stop
+    /// before its next external side effect, even if nobody has taken it yet).
     pub async fn renew(&self, order: &SalesforceId, owner: &str, lease: Duration) -> Result<bool> {
-        let now = now_ms();
-        let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let now = self.db_now();
         let mut conn = self.writer().await?;
-        let n = sqlx::query(
-            "UPDATE orders SET lease_until = $3 WHERE sf_order_id = $1 AND lease_owner = $2",
-        )
+        let n = sqlx::query(&format!(
+            "UPDATE orders SET lease_until = {now} + $3 \
+             WHERE sf_order_id = $1 AND lease_owner = $2 AND lease_until >= {now}"
+        ))
         .bind(order.as_str())
         .bind(owner)
-        .bind(until)
+        .bind(lease_ms(lease))
         .execute(&mut *conn)
         .await?
         .rows_affected();
         Ok(n > 0)
+    }
+
+    /// Whether `owner` still holds a live lease on the Order, asked right before an external
+    /// side effect: renews it (so the effect runs with a full lease ahead) and answers from the
+    /// database's clock, never from this process's.
+    pub async fn still_holds(
+        &self,
+        order: &SalesforceId,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool> {
+        self.renew(order, owner, lease).await
     }
 
     /// Gives the lease back.
@@ -97,7 +114,8 @@ impl Ledger {
             whmcs_client_id: Some(client_id),
             ..Default::default()
         };
-        if !Self::update_on(&mut tx, order, owner, &change).await? {
+        let now = self.db_now();
+        if !Self::update_on(&mut tx, now, order, owner, &change).await? {
             tx.rollback().await?;
             return Ok(false);
         }
@@ -107,7 +125,7 @@ impl Ledger {
         )
         .bind(order.as_str())
         .bind(client_id)
-        .bind(now_ms())
+        .bind(super::now_ms())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -133,18 +151,21 @@ impl Ledger {
     /// Applies a change while `owner` still holds the lease; `false` when it was lost (the
     /// caller must stop: another job owns the Order now).
     pub async fn update(&self, order: &SalesforceId, owner: &str, c: &Change<'_>) -> Result<bool> {
+        let now = self.db_now();
         let mut conn = self.writer().await?;
-        Self::update_on(&mut conn, order, owner, c).await
+        Self::update_on(&mut conn, now, order, owner, c).await
     }
 
+    /// [`Ledger::update`] on a given connection; `now` is [`Ledger::db_now`].
     pub(super) async fn update_on(
         conn: &mut AnyConnection,
+        now: &str,
         order: &SalesforceId,
         owner: &str,
         c: &Change<'_>,
     ) -> Result<bool> {
-        let mut sets: Vec<String> = vec!["updated_at = $3".into()];
-        let mut n = 3;
+        let mut sets: Vec<String> = vec![format!("updated_at = {now}")];
+        let mut n = 2;
         let mut next = |col: &str, sets: &mut Vec<String>| {
             n += 1;
             sets.push(format!("{col} = ${n}"));
@@ -188,10 +209,7 @@ impl Ledger {
             "UPDATE orders SET {} WHERE sf_order_id = $1 AND lease_owner = $2",
             sets.join(", ")
         );
-        let mut q = sqlx::query(&sql)
-            .bind(order.as_str())
-            .bind(owner)
-            .bind(now_ms());
+        let mut q = sqlx::query(&sql).bind(order.as_str()).bind(owner);
         if let Some(v) = c.state {
             q = q.bind(v);
         }

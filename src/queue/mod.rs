@@ -22,6 +22,12 @@
 //!   attempt number), so every start of a job is counted in `:runs:<id>` before the job does
 //!   anything: a job knows it is not its first execution even when its ledger lost the earlier
 //!   run's commits.
+//! - Durability is checked, not assumed: [`Queue::durability`] reads Redis's persistence and
+//!   replicas (startup warns when Redis keeps nothing on disk). When Redis had replicas at
+//!   start, every [`Queue::push`] waits (`WAIT 1`, `redis_wait_replica_ms`) for one to confirm
+//!   before returning: a push no replica confirmed is an error, so the subscriber's cursor does
+//!   not move and the events come again (the re-push is a no-op by job id). Pushes use their
+//!   own connection, so a `WAIT` never blocks the workers' commands.
 //! - The backlog stays far below the ~8,000 due-jobs limit of `fetch_next.lua`: the subscriber
 //!   stops fetching events above `sf_events_max_pending_jobs`.
 
@@ -116,11 +122,47 @@ pub struct QueueStats {
     pub workers: u64,
 }
 
+/// What Redis keeps across a restart, as it reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Persistence {
+    /// Append-only file.
+    Aof,
+    /// Snapshots only (a restart loses the writes since the last one).
+    Rdb,
+    /// Nothing on disk: a restart loses every queued job.
+    None,
+    /// Redis refused to say (managed services often refuse `CONFIG`).
+    Unknown,
+}
+
+/// Redis's durability as it reports it: persistence and connected replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Durability {
+    pub persistence: Persistence,
+    pub replicas: u64,
+}
+
+/// The value of `field` in an `INFO` answer.
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| {
+        l.strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
 /// Producer side and statistics of the queue; cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
     storage: RedisStorage<Job>,
     conn: ConnectionManager,
+    /// Pushes go through their own connection: `WAIT` blocks the connection it runs on, and
+    /// it covers exactly the writes made on it.
+    push_storage: RedisStorage<Job>,
+    push_conn: ConnectionManager,
+    /// `Some` when Redis had replicas at start: how long a push waits for one to confirm.
+    wait_replica: Option<Duration>,
     cfg: RedisQueueConfig,
     /// The queue name: the prefix of every key.
     name: String,
@@ -208,12 +250,79 @@ impl Queue {
             .emit_events(false)
             .idempotency_ttl(Some(Duration::from_secs(72 * 3600)));
         let storage = RedisStorage::<Job>::new(conn.clone()).with_config(qcfg.clone());
-        Ok(Self {
+        let push_conn = connect_redis(&cfg.redis_url, &cfg.tls).await?;
+        let push_storage = RedisStorage::<Job>::new(push_conn.clone()).with_config(qcfg.clone());
+        let mut queue = Self {
             storage,
             conn,
+            push_storage,
+            push_conn,
+            wait_replica: None,
             cfg: qcfg,
             name: cfg.name.clone(),
             pushed: Arc::new(watch::channel(0).0),
+        };
+        if let Some(wait) = cfg.wait_replica {
+            // A deployment whose Redis has replicas relies on them: from now on a push counts
+            // only once a replica has it, even if the replicas go away later.
+            match queue.replicas().await {
+                Ok(n) if n > 0 => queue.wait_replica = Some(wait),
+                Ok(_) => {}
+                // Some managed services refuse INFO: pushes then cannot count on replicas.
+                Err(e) => tracing::warn!(
+                    error.message = %e,
+                    "cannot ask Redis for its replicas; pushes do not wait for one"
+                ),
+            }
+        }
+        Ok(queue)
+    }
+
+    /// Whether pushes wait for a replica (Redis had replicas at start), and how long.
+    pub fn waits_for_replica(&self) -> Option<Duration> {
+        self.wait_replica
+    }
+
+    /// Connected replicas (`INFO replication` → `connected_slaves`).
+    pub async fn replicas(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await?;
+        Ok(info_field(&info, "connected_slaves")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// What Redis keeps across a restart (`INFO persistence`, then `CONFIG GET save`) and how
+    /// many replicas it has.
+    pub async fn durability(&self) -> Result<Durability> {
+        let mut conn = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut conn)
+            .await?;
+        let persistence = if info_field(&info, "aof_enabled") == Some("1") {
+            Persistence::Aof
+        } else {
+            let save: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("save")
+                .query_async(&mut conn)
+                .await;
+            match save {
+                Ok(v) => match v.get(1) {
+                    Some(rules) if !rules.trim().is_empty() => Persistence::Rdb,
+                    Some(_) => Persistence::None,
+                    None => Persistence::Unknown,
+                },
+                Err(_) => Persistence::Unknown,
+            }
+        };
+        Ok(Durability {
+            persistence,
+            replicas: self.replicas().await?,
         })
     }
 
@@ -248,12 +357,26 @@ impl Queue {
                 TaskBuilder::new(job).task_id(id).build()
             })
             .collect();
-        let mut storage = self.storage.clone();
+        let mut storage = self.push_storage.clone();
         storage
             .push_all(futures::stream::iter(tasks))
             .await
             .map_err(|e| QueueError::Push(e.to_string()))?;
         self.pushed.send_modify(|v| *v = v.wrapping_add(1));
+        if let Some(wait) = self.wait_replica {
+            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            let mut conn = self.push_conn.clone();
+            let acked: u64 = redis::cmd("WAIT")
+                .arg(1)
+                .arg(ms)
+                .query_async(&mut conn)
+                .await?;
+            if acked < 1 {
+                return Err(QueueError::Push(format!(
+                    "no Redis replica confirmed the push within {ms} ms"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -422,19 +545,6 @@ impl Queue {
             return Ok(status);
         }
         Ok(self.contains(id).await?.then(|| "Stored".to_owned()))
-    }
-
-    /// Whether Redis keeps its data across a restart (`CONFIG GET appendonly`); `None` when the
-    /// server does not say (managed services often refuse `CONFIG`).
-    pub async fn append_only(&self) -> Option<bool> {
-        let mut conn = self.redis();
-        let v: Vec<String> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("appendonly")
-            .query_async(&mut conn)
-            .await
-            .ok()?;
-        v.get(1).map(|s| s == "yes")
     }
 
     pub fn config(&self) -> &RedisQueueConfig {

@@ -6,6 +6,7 @@ mod commands;
 mod crash_windows;
 mod dashboard;
 mod deploy;
+mod durability;
 mod exactly_once;
 mod forward_proxy;
 mod helpers;

@@ -263,10 +263,8 @@ async fn crash_between_enqueue_and_cursor_save_enqueues_nothing_twice() {
     app.stop().await.expect("stop");
     // Simulate a crash after the jobs were enqueued but before the inbox and cursor were
     // committed: forget both, then start again. Every event is delivered a second time.
-    let channel = app.state.cfg.events.channel.clone();
-    app.state
-        .ledger
-        .clear_cursor(&channel)
+    sqlx::query("DELETE FROM cursors")
+        .execute(app.state.ledger.pool())
         .await
         .expect("clear");
     sqlx::query("DELETE FROM event_inbox")

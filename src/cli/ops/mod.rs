@@ -149,16 +149,13 @@ impl Tools {
 
     /// Holder of the subscriber lease (the running subscriber's instance), if any.
     async fn leader(&self, queue: &Queue) -> anyhow::Result<Option<String>> {
-        let lease = Lease::new(
-            queue.redis(),
-            &self.cfg.queue.name,
-            "operator",
-            Duration::ZERO,
-        );
-        tokio::time::timeout(Duration::from_secs(3), lease.holder())
-            .await
-            .map_err(|_| anyhow::anyhow!("timed out"))?
-            .context("reading the subscriber lease")
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            Lease::holder_of(queue.redis(), &self.cfg.queue.name),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))?
+        .context("reading the subscriber lease")
     }
 }
 

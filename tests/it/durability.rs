@@ -1,0 +1,593 @@
+//! Dependency failures pause work and never fail, strand or duplicate an Order: leases judged
+//! on the database's clock, fencing that survives Redis losing its data, and a queue whose
+//! durability is checked.
+
+use std::time::Duration;
+
+use provisioner_sim::Faults;
+use serde_json::Value;
+
+use crate::helpers::{Db, Options, daemon_process, spawn_app, wait_until};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+async fn health_of(http: &reqwest::Client, port: u16) -> Option<Value> {
+    let r = http
+        .get(format!("http://127.0.0.1:{port}/health/sf-events"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+/// Two replicas share one PostgreSQL ledger and one queue; one replica's clock runs 25 s ahead.
+/// Every Order is approved twice: the first job runs on the true-clock replica in slow WHMCS
+/// calls (6 s each), the second on the replica ahead, waiting for the Order's lease. Leases are
+/// judged on the database's clock, so the replica ahead never takes a lease that is still live
+/// (on its own clock it would after 5 s): no attempt is cut off, no WHMCS order is duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_hold_on_the_database_clock_when_a_replica_clock_runs_ahead() {
+    let app = spawn_app(Options {
+        db: Db::Postgres,
+        start: false,
+        // Every job of the test in flight at once, so both jobs of an Order run together.
+        extra_env: vec![("WORKER_CONCURRENCY", "200".into())],
+        ..Default::default()
+    })
+    .await;
+    app.sim.sim.set_faults(Faults {
+        whmcs_latency_ms: 6000,
+        ..Default::default()
+    });
+    let (p1, p2) = (free_port(), free_port());
+    let lease_ttl = ("LEADER_LEASE_TTL_SECS", "3".to_owned());
+    let http = reqwest::Client::new();
+    let answers = |port: u16| {
+        let http = http.clone();
+        async move { health_of(&http, port).await.is_some() }
+    };
+    // The replica on the true clock starts alone and takes every Order's first job.
+    let mut honest = daemon_process(
+        &app,
+        &[("HTTP_ADDR", format!("127.0.0.1:{p1}")), lease_ttl.clone()],
+    );
+    wait_until(Duration::from_secs(60), "the first replica", || answers(p1)).await;
+    let ids = app.seed(200);
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "every first job to hold its Order's lease",
+        || async {
+            let mut held = 0;
+            for id in &ids {
+                if app.state.ledger.lease_of(id).await.ok().flatten().is_some() {
+                    held += 1;
+                }
+            }
+            held == ids.len()
+        },
+    )
+    .await;
+    // The replica 25 s ahead takes the second jobs (the first replica's workers are all busy)
+    // and waits for each Order's lease while the first job is in a slow WHMCS call.
+    let mut ahead = daemon_process(
+        &app,
+        &[
+            ("HTTP_ADDR", format!("127.0.0.1:{p2}")),
+            lease_ttl,
+            ("TEST_CLOCK_OFFSET_SECS", "25".into()),
+        ],
+    );
+    wait_until(Duration::from_secs(60), "the second replica", || {
+        answers(p2)
+    })
+    .await;
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    app.wait_terminal(&ids, Duration::from_secs(240)).await;
+    // Let the second job of every Order finish too.
+    wait_until(Duration::from_secs(120), "the queue to drain", || async {
+        app.state
+            .queue
+            .stats()
+            .await
+            .is_ok_and(|s| s.pending + s.delayed + s.running == 0)
+    })
+    .await;
+    for id in &ids {
+        assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
+        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
+        assert_eq!(app.sim.sim.counts(id).add_order, 1, "{id}");
+        // An attempt left open was cut off by a lease taken while it still ran.
+        let attempts = app.state.ledger.attempts(id).await.expect("attempts");
+        assert!(
+            attempts.iter().all(|a| a.finished_at.is_some()),
+            "{id}: an attempt lost its lease while running: {attempts:?}"
+        );
+    }
+    let _ = honest.kill().await;
+    let _ = ahead.kill().await;
+}
+
+/// A `redis-server` of the test's own on a free port, keeping nothing on disk; killed on drop.
+/// Tests that flush Redis or stop it use one, never the shared Redis.
+struct PrivateRedis {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A scratch directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl PrivateRedis {
+    /// Starts a server on `port` (a free one when `None`), a replica of `replica_of` if given.
+    async fn start(port: Option<u16>, replica_of: Option<u16>) -> Self {
+        let port = port.unwrap_or_else(free_port);
+        let dir = std::env::temp_dir().join(format!("redis-it-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(master) = replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
+        let child = cmd.spawn().expect("redis-server installed");
+        let r = Self {
+            port,
+            child,
+            _dir: tempdir::Dir(dir),
+        };
+        wait_until(
+            Duration::from_secs(10),
+            "redis-server to answer",
+            || async { r.info("server").await.is_some() },
+        )
+        .await;
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn conn(&self) -> Option<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.url()).ok()?;
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .ok()?
+        .ok()
+    }
+
+    async fn info(&self, section: &str) -> Option<String> {
+        let mut c = self.conn().await?;
+        redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut c)
+            .await
+            .ok()
+    }
+
+    async fn connected_replicas(&self) -> Option<u64> {
+        let info = self.info("replication").await?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("connected_slaves:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    async fn flushall(&self) {
+        let mut c = self.conn().await.expect("private redis");
+        let () = redis::cmd("FLUSHALL")
+            .query_async(&mut c)
+            .await
+            .expect("FLUSHALL");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The leader's fencing token comes from the ledger. After a restart (a second leadership, so
+/// a second token is stored with the cursor), Redis loses all its data while the leader runs:
+/// the lease vanishes, the leader stands down and re-acquires with a newer token from the
+/// ledger, intake resumes by itself within the lease TTL, no resubscribe loop, and every
+/// Order approved before and after the flush ends Activated exactly once (the reconciler
+/// re-enqueues the jobs the flush lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_survives_redis_losing_its_data() {
+    let redis = PrivateRedis::start(None, None).await;
+    let mut app = spawn_app(Options {
+        extra_env: vec![
+            ("REDIS_URL", redis.url()),
+            ("LEADER_LEASE_TTL_SECS", "3".into()),
+            ("RECONCILER_INTERVAL_SECS", "1".into()),
+            ("RECONCILER_STUCK_AFTER_SECS", "2".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let connected = |app: &crate::helpers::TestApp| {
+        app.state.health.snapshot().state == provisioner::status::SubState::Connected
+    };
+    let channel = app.state.cfg.events.channel.clone();
+    let first = app.seed(10);
+    for id in &first {
+        app.sim.sim.approve(id);
+    }
+    app.wait_terminal(&first, Duration::from_secs(60)).await;
+    // A restart: the next leadership stores a newer token with the cursor.
+    app.stop().await.expect("stop");
+    app.start();
+    let second = app.seed(10);
+    for id in &second {
+        app.sim.sim.approve(id);
+    }
+    app.wait_terminal(&second, Duration::from_secs(60)).await;
+    let token_before = app
+        .state
+        .ledger
+        .cursor_row(&channel)
+        .await
+        .expect("cursor")
+        .expect("stored cursor")
+        .fencing_token;
+    assert!(token_before >= 2, "two leaderships: {token_before}");
+    let reconnects_before = app.state.health.snapshot().reconnects;
+
+    // Orders in flight while Redis loses everything.
+    let third = app.seed(20);
+    for id in &third {
+        app.sim.sim.approve(id);
+    }
+    redis.flushall().await;
+    let flushed_at = tokio::time::Instant::now();
+    // The lease vanished with the data; a leader takes it again by itself.
+    let lease_key = format!("{}:leader", app.state.cfg.queue.name);
+    wait_until(
+        Duration::from_secs(15),
+        "the subscriber lease to be taken again",
+        || async {
+            let Some(mut c) = redis.conn().await else {
+                return false;
+            };
+            let holder: Option<String> = redis::cmd("GET")
+                .arg(&lease_key)
+                .query_async(&mut c)
+                .await
+                .unwrap_or(None);
+            holder.is_some()
+        },
+    )
+    .await;
+    let fourth = app.seed(20);
+    for id in &fourth {
+        app.sim.sim.approve(id);
+    }
+    // Intake resumes by itself: the events approved after the flush reach the inbox.
+    let fourth_ids: Vec<String> = fourth.iter().map(ToString::to_string).collect();
+    wait_until(
+        Duration::from_secs(30),
+        "intake to resume after the flush",
+        || async {
+            let mut seen = 0;
+            for id in &fourth_ids {
+                let n: i64 = sqlx::Row::get(
+                    &sqlx::query("SELECT COUNT(*) AS n FROM event_inbox WHERE sf_order_id = $1")
+                        .bind(id)
+                        .fetch_one(app.state.ledger.pool())
+                        .await
+                        .expect("inbox"),
+                    "n",
+                );
+                seen += usize::from(n > 0);
+            }
+            seen == fourth_ids.len() && connected(&app)
+        },
+    )
+    .await;
+    let resumed_after = flushed_at.elapsed();
+    // Lease TTL (3 s) to notice and re-acquire, plus the subscription's own round trips.
+    assert!(
+        resumed_after < Duration::from_secs(12),
+        "intake resumed only after {resumed_after:?}"
+    );
+    let token_after = app
+        .state
+        .ledger
+        .cursor_row(&channel)
+        .await
+        .expect("cursor")
+        .expect("stored cursor")
+        .fencing_token;
+    assert!(
+        token_after > token_before,
+        "a new leadership writes with a newer token: {token_before} → {token_after}"
+    );
+
+    let all: Vec<_> = first
+        .iter()
+        .chain(&second)
+        .chain(&third)
+        .chain(&fourth)
+        .cloned()
+        .collect();
+    app.wait_terminal(&all, Duration::from_secs(120)).await;
+    for id in &all {
+        assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
+        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
+    }
+    let reconnects = app.state.health.snapshot().reconnects - reconnects_before;
+    assert!(reconnects <= 3, "resubscribe loop: {reconnects} reconnects");
+    app.stop().await.expect("stop");
+}
+
+/// Redis that keeps nothing on disk is reported, not assumed away: `/health/sf-events` shows
+/// its persistence as "none" and `provisioner check` warns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_without_persistence_is_reported_by_health_and_check() {
+    let redis = PrivateRedis::start(None, None).await;
+    let mut app = spawn_app(Options {
+        extra_env: vec![("REDIS_URL", redis.url())],
+        ..Default::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let port: u16 = app
+        .http
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    wait_until(Duration::from_secs(30), "/health/sf-events", || async {
+        health_of(&http, port).await.is_some()
+    })
+    .await;
+    let health = health_of(&http, port).await.expect("health");
+    let redis_health = &health["redis"];
+    assert_eq!(redis_health["persistence"], "none", "{redis_health}");
+    assert_eq!(redis_health["replicas"], 0, "{redis_health}");
+    assert_eq!(redis_health["pushWaitsForReplica"], false, "{redis_health}");
+    app.stop().await.expect("stop");
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .arg("check")
+        .env_clear()
+        .envs(app.env.iter().cloned())
+        .env("RUST_LOG", "off")
+        .output()
+        .await
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("[warn] redis: Redis keeps nothing on disk"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("persistence None, 0 connected replica(s)"),
+        "{stdout}"
+    );
+}
+
+/// With a replica, every push waits for it (`WAIT 1`) before the cursor moves. With the replica
+/// stopped, the push is not confirmed: the cursor stays and the events are not recorded, until
+/// the replica is back and the same events come again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_wait_for_a_redis_replica_before_the_cursor_moves() {
+    let master = PrivateRedis::start(None, None).await;
+    let replica_port = free_port();
+    let replica = PrivateRedis::start(Some(replica_port), Some(master.port)).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the replica to be in sync",
+        || async {
+            master.connected_replicas().await == Some(1)
+                && master
+                    .info("replication")
+                    .await
+                    .is_some_and(|i| i.contains("state=online"))
+        },
+    )
+    .await;
+    let app = spawn_app(Options {
+        extra_env: vec![
+            ("REDIS_URL", master.url()),
+            ("REDIS_WAIT_REPLICA_MS", "300".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        app.state.queue.waits_for_replica(),
+        Some(Duration::from_millis(300))
+    );
+    let channel = app.state.cfg.events.channel.clone();
+    let first = app.seed(5);
+    for id in &first {
+        app.sim.sim.approve(id);
+    }
+    app.wait_terminal(&first, Duration::from_secs(60)).await;
+    for id in &first {
+        assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
+    }
+    // The cursor moved once a replica confirmed the pushes.
+    wait_until(
+        Duration::from_secs(30),
+        "the cursor to be stored",
+        || async {
+            app.state
+                .ledger
+                .load_cursor(&channel)
+                .await
+                .is_ok_and(|c| c.is_some())
+        },
+    )
+    .await;
+    let cursor = app
+        .state
+        .ledger
+        .load_cursor(&channel)
+        .await
+        .expect("cursor");
+
+    // The replica goes away: no push is confirmed any more.
+    drop(replica);
+    wait_until(
+        Duration::from_secs(20),
+        "the replica to be gone",
+        || async { master.connected_replicas().await == Some(0) },
+    )
+    .await;
+    let second = app.seed(3);
+    for id in &second {
+        app.sim.sim.approve(id);
+    }
+    wait_until(
+        Duration::from_secs(30),
+        "an unconfirmed push to be reported",
+        || async {
+            app.state
+                .health
+                .snapshot()
+                .last_error
+                .is_some_and(|e| e.contains("no Redis replica confirmed"))
+        },
+    )
+    .await;
+    let inbox = |ids: Vec<String>| {
+        let pool = app.state.ledger.pool().clone();
+        async move {
+            let mut n = 0;
+            for id in ids {
+                let row =
+                    sqlx::query("SELECT COUNT(*) AS n FROM event_inbox WHERE sf_order_id = $1")
+                        .bind(id)
+                        .fetch_one(&pool)
+                        .await
+                        .expect("inbox");
+                n += sqlx::Row::get::<i64, _>(&row, "n");
+            }
+            n
+        }
+    };
+    let second_ids: Vec<String> = second.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        app.state
+            .ledger
+            .load_cursor(&channel)
+            .await
+            .expect("cursor"),
+        cursor,
+        "the cursor moved past events no replica confirmed"
+    );
+    assert_eq!(inbox(second_ids.clone()).await, 0);
+
+    // The replica is back: the same events come again and the cursor moves.
+    let _replica = PrivateRedis::start(Some(replica_port), Some(master.port)).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the events to be recorded once a replica confirms",
+        || async { inbox(second_ids.clone()).await == 3 },
+    )
+    .await;
+    assert_ne!(
+        app.state
+            .ledger
+            .load_cursor(&channel)
+            .await
+            .expect("cursor"),
+        cursor
+    );
+    app.wait_terminal(&second, Duration::from_secs(60)).await;
+    for id in &second {
+        assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
+        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
+    }
+}
+
+/// A leader whose cursor write is refused (a newer token is stored, as after a split brain)
+/// gives leadership up and takes it again with a newer token from the ledger: intake resumes by
+/// itself and the subscriber does not resubscribe in a loop with its stale token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_leader_stands_down_and_returns_with_a_newer_token() {
+    let mut app = spawn_app(Options {
+        extra_env: vec![("LEADER_LEASE_TTL_SECS", "3".into())],
+        ..Default::default()
+    })
+    .await;
+    let channel = app.state.cfg.events.channel.clone();
+    let first = app.seed(5);
+    for id in &first {
+        app.sim.sim.approve(id);
+    }
+    app.wait_terminal(&first, Duration::from_secs(60)).await;
+    let stored = app
+        .state
+        .ledger
+        .cursor_row(&channel)
+        .await
+        .expect("cursor")
+        .expect("stored cursor")
+        .fencing_token;
+    // Another leader, unknown to this one, wrote the cursor with a much newer token.
+    let newer = stored + 100;
+    sqlx::query("UPDATE cursors SET fencing_token = $1")
+        .bind(newer)
+        .execute(app.state.ledger.pool())
+        .await
+        .expect("newer token");
+    let reconnects_before = app.state.health.snapshot().reconnects;
+    let second = app.seed(5);
+    for id in &second {
+        app.sim.sim.approve(id);
+    }
+    app.wait_terminal(&second, Duration::from_secs(60)).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the cursor to be written with a newer token",
+        || async {
+            app.state
+                .ledger
+                .cursor_row(&channel)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|c| c.fencing_token > newer)
+        },
+    )
+    .await;
+    for id in first.iter().chain(&second) {
+        assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
+        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
+    }
+    let reconnects = app.state.health.snapshot().reconnects - reconnects_before;
+    assert!(reconnects <= 3, "resubscribe loop: {reconnects} reconnects");
+    app.stop().await.expect("stop");
+}
