@@ -34,10 +34,16 @@ use crate::{
     status::SubState,
 };
 
-async fn handle_job(job: Job, p: Data<Arc<Provisioner>>) -> Result<(), BoxDynError> {
+/// Runs one job behind the dependency gate: a job that must wait is put back in the queue and
+/// reported as done to apalis (its 25-attempt retry is only for a deferral that cannot be stored).
+async fn handle_job(
+    job: Job,
+    p: Data<Arc<Provisioner>>,
+    queue: Data<queue::Queue>,
+) -> Result<(), BoxDynError> {
     match job {
         Job::ProvisionOrderV1(j) => {
-            p.run(&j).await?;
+            crate::jobs::gate::run(&p, &queue, j).await?;
             Ok(())
         }
     }
@@ -64,6 +70,7 @@ async fn run_workers(
                 .concurrency(concurrency)
                 .parallelize(tokio::spawn)
                 .data(provisioner.clone())
+                .data(queue.clone())
                 .on_event(move |ctx, ev| match ev {
                     Event::Start | Event::HeartBeat => {
                         beat.store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
@@ -213,6 +220,7 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
             ledger: s.ledger.clone(),
             status: s.alert.clone(),
             instance: s.instance.clone(),
+            deps: Some(s.deps.clone()),
         };
         parts.spawn(async move { ("alerts", crate::alert::run(alerter, token).await) });
     }

@@ -190,6 +190,8 @@ pub struct Config {
     pub leader_lease_ttl: Duration,
     /// Bearer token of the operator dashboard (`/admin`); `None` disables it (404).
     pub admin_token: Option<SecretString>,
+    /// Dependency breakers and the WHMCS authentication latch.
+    pub breaker: crate::deps::BreakerSettings,
 }
 
 /// What the operator tools (`orders`, `cursor`, `queue`) need: the ledger, the queue and the

@@ -139,6 +139,38 @@ pub(super) fn database_settings(r: &Raw) -> Result<DatabaseConfig, ConfigError> 
 }
 
 /// The dashboard token: empty disables the dashboard; otherwise long enough not to be guessed.
+fn breaker_settings(r: &Raw) -> Result<crate::deps::BreakerSettings, ConfigError> {
+    for (name, v) in [
+        (
+            "breaker_failure_threshold",
+            u64::from(r.breaker_failure_threshold),
+        ),
+        ("breaker_probe_interval_secs", r.breaker_probe_interval_secs),
+        ("breaker_alert_after_secs", r.breaker_alert_after_secs),
+        (
+            "whmcs_auth_probe_interval_secs",
+            r.whmcs_auth_probe_interval_secs,
+        ),
+    ] {
+        if v == 0 {
+            return Err(err(name, "must be at least 1"));
+        }
+    }
+    if r.breaker_probe_max_interval_secs < r.breaker_probe_interval_secs {
+        return Err(err(
+            "breaker_probe_max_interval_secs",
+            "must be at least breaker_probe_interval_secs",
+        ));
+    }
+    Ok(crate::deps::BreakerSettings {
+        failure_threshold: r.breaker_failure_threshold,
+        probe_interval: Duration::from_secs(r.breaker_probe_interval_secs),
+        probe_max: Duration::from_secs(r.breaker_probe_max_interval_secs),
+        alert_after: Duration::from_secs(r.breaker_alert_after_secs),
+        auth_probe_interval: Duration::from_secs(r.whmcs_auth_probe_interval_secs),
+    })
+}
+
 fn admin_token_setting(v: SecretString) -> Result<Option<SecretString>, ConfigError> {
     use secrecy::ExposeSecret;
     let Some(token) = secret_non_empty(v) else {
@@ -156,6 +188,7 @@ fn admin_token_setting(v: SecretString) -> Result<Option<SecretString>, ConfigEr
 
 impl Config {
     pub(super) fn validate(r: Raw) -> Result<Self, ConfigError> {
+        let breaker = breaker_settings(&r)?;
         let queue = queue_settings(&r)?;
         let database = database_settings(&r)?;
         let replay = replay_setting(&r.sf_events_replay)?;
@@ -422,6 +455,7 @@ impl Config {
             log_format,
             shutdown_grace: Duration::from_secs(r.shutdown_grace_secs),
             admin_token: admin_token_setting(r.admin_token)?,
+            breaker,
         })
     }
 }

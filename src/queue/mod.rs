@@ -223,6 +223,21 @@ impl Queue {
         Ok(())
     }
 
+    /// Enqueues `job` under the task id `id`, to run after `delay` (second resolution): a job
+    /// put back to wait, as a new queue entry with the same payload.
+    pub async fn push_after(&self, job: Job, id: String, delay: Duration) -> Result<()> {
+        let task = TaskBuilder::new(job)
+            .task_id(TaskId::from_string(id))
+            .run_after(delay)
+            .build();
+        let mut storage = self.storage.clone();
+        storage
+            .push_all(futures::stream::iter([task]))
+            .await
+            .map_err(|e| QueueError::Push(e.to_string()))?;
+        Ok(())
+    }
+
     /// Number of jobs waiting to run (ready now). One round trip (the subscriber asks before
     /// every demand top-up).
     pub async fn pending(&self) -> Result<u64> {

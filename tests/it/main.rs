@@ -10,6 +10,7 @@ mod http;
 mod http_hostile;
 mod observability;
 mod ops;
+mod outages;
 mod pipeline;
 mod process;
 mod queue;

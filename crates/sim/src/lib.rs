@@ -137,6 +137,15 @@ pub struct Faults {
     /// The next N Salesforce REST calls answer 503 SERVER_UNAVAILABLE.
     #[serde(alias = "sfUnavailableNext")]
     pub sf_unavailable_next: u32,
+    /// WHMCS is down: every call answers 503 with an HTML page, nothing performed.
+    #[serde(alias = "whmcsDown")]
+    pub whmcs_down: bool,
+    /// WHMCS rejects every call with 403 `Authentication Failed` (as with a wrong secret).
+    #[serde(alias = "whmcsAuthFailed")]
+    pub whmcs_auth_failed: bool,
+    /// Every Salesforce REST call answers 403 `REQUEST_LIMIT_EXCEEDED`.
+    #[serde(alias = "sfRequestLimit")]
+    pub sf_request_limit: bool,
     /// Seed of the RNG behind `whmcs_error_rate`.
     pub seed: u64,
 }
@@ -239,6 +248,8 @@ pub struct Totals {
     pub rest_calls: u64,
     /// Authenticated WHMCS API calls.
     pub whmcs_calls: u64,
+    /// Every request to the WHMCS API, including rejected and faulted ones.
+    pub whmcs_requests: u64,
 }
 
 /// Subscribe stream statistics.
