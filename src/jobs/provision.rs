@@ -615,7 +615,7 @@ impl Provisioner {
                         }
                     }
                 }
-                Err(e) => return Err(self.whmcs_fail("AcceptOrder", &e).into()),
+                Err(e) => return Err(self.whmcs_fail("AcceptOrder", &e)),
             }
             accepted = true;
         }
@@ -692,7 +692,7 @@ impl Provisioner {
                     }
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
-                Err(e) => return Err(self.whmcs_fail("AddOrder", &e).into()),
+                Err(e) => return Err(self.whmcs_fail("AddOrder", &e)),
             }
         }
     }
@@ -708,7 +708,7 @@ impl Provisioner {
             self.whmcs.find_order_by_notes(client_id, &notes)
         })
         .await
-        .map_err(|e| self.whmcs_fail("GetOrders", &e).into())
+        .map_err(|e| self.whmcs_fail("GetOrders", &e))
     }
 
     /// A WHMCS failure the step cannot get past: a business answer fails the Order; an outage

@@ -237,6 +237,7 @@ async fn whmcs_auth_failure_latches_every_replica_until_reset_auth() {
                     ("BREAKER_PROBE_INTERVAL_SECS", "1".into()),
                     ("BREAKER_PROBE_MAX_INTERVAL_SECS", "2".into()),
                     ("WORKER_CONCURRENCY", "8".into()),
+                    ("ALERT_CHECK_INTERVAL_SECS", "1".into()),
                 ],
             )
         })
@@ -248,7 +249,7 @@ async fn whmcs_auth_failure_latches_every_replica_until_reset_auth() {
     }
     // Both replicas latch, and keep putting jobs back without calling WHMCS.
     wait_until(
-        Duration::from_secs(90),
+        Duration::from_secs(120),
         "both replicas to report whmcs auth_failed and defer jobs",
         || async {
             let mut ok = true;

@@ -57,7 +57,10 @@ async fn cleanup_removes_dead_jobs_like_done_ones() {
     let cfg = queue.config().clone();
     let mut conn = queue.redis();
     let old = chrono::Utc::now().timestamp() - 7200;
-    for (id, done_at) in [("dead-old", old), ("dead-new", chrono::Utc::now().timestamp())] {
+    for (id, done_at) in [
+        ("dead-old", old),
+        ("dead-new", chrono::Utc::now().timestamp()),
+    ] {
         let () = redis::pipe()
             .cmd("SADD")
             .arg(cfg.dead_jobs_set())
