@@ -301,3 +301,56 @@ async fn whmcs_auth_failure_latches_every_replica_until_reset_auth() {
     app.wait_terminal(&ids, Duration::from_secs(120)).await;
     all_activated_once(&app, &ids);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_other_whmcs_credentials_lifts_the_latch() {
+    let mut app = spawn_app(Options {
+        extra_env: vec![("WHMCS_API_SECRET", "wrong-secret".into())],
+        ..Default::default()
+    })
+    .await;
+    let ids = app.seed(5);
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    wait_until(Duration::from_secs(60), "the WHMCS latch", || async {
+        app.state.deps.whmcs.snapshot().state == provisioner::deps::BreakerState::AuthFailed
+    })
+    .await;
+    app.stop().await.expect("stop");
+    assert_eq!(app.sim.sim.totals().whmcs_requests, 1);
+    assert!(
+        statuses(&app, &ids)
+            .iter()
+            .all(|s| s.as_deref() == Some("Activating"))
+    );
+
+    // The same wrong credentials after a restart: still latched, no call.
+    app.state = provisioner::daemon::AppState::build(
+        provisioner::config::Config::load_from(None, app.env.clone()).expect("config"),
+    )
+    .await
+    .expect("state");
+    assert_eq!(
+        app.state.deps.whmcs.snapshot().state,
+        provisioner::deps::BreakerState::AuthFailed
+    );
+
+    // Fixed credentials: the start lifts the latch and every Order is provisioned once.
+    let secret = app.sim.whmcs_secret.clone();
+    app.env.retain(|(k, _)| k != "WHMCS_API_SECRET");
+    app.env.push(("WHMCS_API_SECRET".into(), secret));
+    app.state = provisioner::daemon::AppState::build(
+        provisioner::config::Config::load_from(None, app.env.clone()).expect("config"),
+    )
+    .await
+    .expect("state");
+    assert_eq!(
+        app.state.deps.whmcs.snapshot().state,
+        provisioner::deps::BreakerState::Closed
+    );
+    app.start();
+    app.wait_terminal(&ids, Duration::from_secs(90)).await;
+    all_activated_once(&app, &ids);
+    app.stop().await.expect("stop");
+}
