@@ -12,6 +12,10 @@
 //! - The webhook URL (often a secret, e.g. a Slack hook) is never logged: errors are logged
 //!   without their URL. Every POST has a timeout.
 //! - A failing ledger read is logged and skipped; it never stops the daemon.
+//! - The same loop raises the dependency alert: a breaker open longer than
+//!   `breaker_alert_after_secs`, or rejected credentials ([`crate::deps`]), is logged, listed under
+//!   `alert.dependencies` in `/health/sf-events` and posted to the webhook, again at most once per
+//!   `alert_repeat_interval_secs` per dependency.
 
 use std::{
     sync::Arc,
@@ -133,6 +137,8 @@ pub struct Alerter {
     pub instance: String,
     /// Proxies for the webhook call.
     pub proxy: ProxyConfig,
+    /// The dependency breakers watched by the dependency alert.
+    pub deps: Option<crate::deps::Dependencies>,
 }
 
 /// Runs the alert loop until `shutdown`.
@@ -144,7 +150,9 @@ pub async fn run(alerter: Alerter, shutdown: CancellationToken) -> anyhow::Resul
         status,
         instance,
         proxy,
+        deps,
     } = alerter;
+    let mut dep_notified: std::collections::HashMap<&'static str, Instant> = Default::default();
     let client = crate::net::client(cfg.webhook_timeout, &proxy)?;
     let mut evaluator = Evaluator::new(&cfg);
     // A notification whose webhook delivery is still owed: (text, tries so far).
@@ -181,6 +189,45 @@ pub async fn run(alerter: Alerter, shutdown: CancellationToken) -> anyhow::Resul
             }
             Err(e) => {
                 warn!(error.message = %e, "cannot read write-back rejections for the alert");
+            }
+        }
+        if let Some(deps) = &deps {
+            let now = Utc::now();
+            let firing: Vec<&crate::deps::Breaker> = deps
+                .all()
+                .into_iter()
+                .map(|b| &**b)
+                .filter(|b| b.alarming(now))
+                .collect();
+            status.update(|a| {
+                a.dependencies = firing
+                    .iter()
+                    .map(|b| b.dependency().as_str().to_owned())
+                    .collect();
+            });
+            dep_notified.retain(|name, _| firing.iter().any(|b| b.dependency().as_str() == *name));
+            for b in firing {
+                let name = b.dependency().as_str();
+                let due = dep_notified
+                    .get(name)
+                    .is_none_or(|t| t.elapsed() >= cfg.repeat_interval);
+                if !due {
+                    continue;
+                }
+                dep_notified.insert(name, Instant::now());
+                let snap = b.snapshot();
+                let text = format!(
+                    "provisioner: {name} is {:?} since {} ({}); jobs that need it wait, no Order is failed (instance {instance}). See /health/sf-events.",
+                    snap.state,
+                    snap.since.to_rfc3339(),
+                    snap.last_error.as_deref().unwrap_or("no error recorded"),
+                );
+                error!(dependency = name, "{text}");
+                if let Some(url) = &webhook {
+                    if let Err(e) = deliver(&client, url, &text).await {
+                        warn!(error.message = %e, "dependency alert webhook failed; retrying at the next repeat");
+                    }
+                }
             }
         }
         let since = ledger::now_ms() - cfg.window.as_millis() as i64;

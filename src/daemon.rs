@@ -50,7 +50,7 @@ async fn handle_job(
     };
     match job {
         Job::ProvisionOrderV1(j) => {
-            p.run(&j, execution).await?;
+            crate::jobs::gate::run(&p, &queue, j, execution).await?;
             Ok(())
         }
     }
@@ -306,6 +306,7 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
             status: s.alert.clone(),
             instance: s.instance.clone(),
             proxy: s.cfg.proxy.clone(),
+            deps: Some(s.deps.clone()),
         };
         parts.spawn(async move { ("alerts", crate::alert::run(alerter, token).await) });
     }

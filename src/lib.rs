@@ -10,6 +10,7 @@ pub mod alert;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod deps;
 pub mod error;
 pub mod http;
 pub mod ids;

@@ -25,6 +25,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DependencyLabel {
+    pub dependency: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -70,6 +75,10 @@ pub struct Metrics {
     pub reconciled: Counter,
     /// Write-backs Salesforce refused for good (the Order is left `writeback_rejected`).
     pub writeback_rejected: Counter,
+    /// State of each dependency's breaker: 0 closed, 1 open, 2 half-open, 3 auth failed.
+    pub dependency_state: Family<DependencyLabel, Gauge>,
+    /// Jobs put back in the queue to wait for a dependency, by reason.
+    pub jobs_deferred: Family<ReasonLabel, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -109,6 +118,8 @@ impl Metrics {
             skipped: Family::default(),
             reconciled: Counter::default(),
             writeback_rejected: Counter::default(),
+            dependency_state: Family::default(),
+            jobs_deferred: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -202,6 +213,16 @@ impl Metrics {
             "Write-backs Salesforce refused for good (validation rule, locked record, …)",
             m.writeback_rejected.clone(),
         );
+        registry.register(
+            "dependency_state",
+            "Breaker state by dependency: 0 closed, 1 open, 2 half-open, 3 auth failed",
+            m.dependency_state.clone(),
+        );
+        registry.register(
+            "jobs_deferred",
+            "Jobs put back in the queue to wait for a dependency, by reason",
+            m.jobs_deferred.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -237,6 +258,15 @@ impl Metrics {
                 code: code.to_owned(),
             })
             .inc();
+    }
+
+    /// The gauge of one dependency's breaker state.
+    pub fn dependency_gauge(&self, dependency: &str) -> Gauge {
+        self.dependency_state
+            .get_or_create(&DependencyLabel {
+                dependency: dependency.to_owned(),
+            })
+            .clone()
     }
 
     pub fn poison(&self, reason: &str) {

@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     config::Config,
+    deps::{AuthLatch, Breaker, Dependencies, Dependency},
     jobs::provision::{OrderChanged, Provisioner, WorkerSettings},
     ledger::Ledger,
     metrics::Metrics,
@@ -42,6 +43,8 @@ pub struct AppState {
     pub instance: String,
     /// The stuck-order reconciler's last sweep.
     pub reconciler: Arc<std::sync::Mutex<SweepReport>>,
+    /// This process's dependency breakers (the WHMCS authentication latch is shared in Redis).
+    pub deps: Dependencies,
 }
 
 impl AppState {
@@ -58,13 +61,43 @@ impl AppState {
         let sf_http = net::client(cfg.salesforce.http_timeout, &cfg.proxy)
             .context("building the HTTP client")?;
         let flow = AuthFlow::from_config(&cfg.salesforce);
+        let metrics = Arc::new(Metrics::new());
+        let latch = AuthLatch::new(
+            queue.redis(),
+            &cfg.queue.name,
+            crate::deps::fingerprint(&[
+                &cfg.whmcs.api_url,
+                &cfg.whmcs.identifier,
+                secrecy::ExposeSecret::expose_secret(&cfg.whmcs.secret),
+                cfg.whmcs
+                    .access_key
+                    .as_ref()
+                    .map_or("", secrecy::ExposeSecret::expose_secret),
+            ]),
+        );
+        let deps = Dependencies {
+            whmcs: Arc::new(Breaker::new(
+                Dependency::Whmcs,
+                cfg.breaker.clone(),
+                Some(latch),
+                metrics.dependency_gauge(Dependency::Whmcs.as_str()),
+            )),
+            salesforce: Arc::new(Breaker::new(
+                Dependency::Salesforce,
+                cfg.breaker.clone(),
+                None,
+                metrics.dependency_gauge(Dependency::Salesforce.as_str()),
+            )),
+        };
+        deps.whmcs.init().await;
         let tokens = TokenProvider::new(sf_http.clone(), flow).context("SF_PRIVATE_KEY")?;
         let rest = RestClient::new(
             sf_http,
             tokens.clone(),
             &cfg.salesforce.api_version,
             cfg.salesforce.fields.clone(),
-        );
+        )
+        .with_breaker(deps.salesforce.clone());
         let whmcs = WhmcsClient::new(
             net::client(cfg.whmcs.timeout, &cfg.proxy).context("building the HTTP client")?,
             WhmcsConfig {
@@ -74,7 +107,8 @@ impl AppState {
                 access_key: cfg.whmcs.access_key.clone(),
                 timeout: cfg.whmcs.timeout,
             },
-        );
+        )
+        .with_breaker(deps.whmcs.clone());
         let (changes, _) = broadcast::channel(1024);
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "provisioner".into());
         let instance = format!(
@@ -90,11 +124,12 @@ impl AppState {
             tokens,
             rest,
             whmcs,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             changes,
             alert: Arc::default(),
             instance,
             reconciler: Arc::default(),
+            deps,
         })
     }
 
@@ -113,6 +148,7 @@ impl AppState {
             },
             instance: self.instance.clone(),
             changes: self.changes.clone(),
+            deps: self.deps.clone(),
         }
     }
 }

@@ -86,6 +86,9 @@ pub struct AlertSnapshot {
     pub checked_at: Option<DateTime<Utc>>,
     /// Evaluations so far.
     pub checks: u64,
+    /// Dependencies whose breaker has been open longer than `breaker_alert_after_secs`, or
+    /// whose credentials were rejected (`whmcs`, `salesforce`).
+    pub dependencies: Vec<String>,
 }
 
 /// The alert state shared with the HTTP server.

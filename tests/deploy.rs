@@ -486,6 +486,12 @@ fn exported_metrics() -> BTreeSet<String> {
             state: "pending".into(),
         })
         .set(1);
+    m.dependency_gauge("whmcs").set(1);
+    m.jobs_deferred
+        .get_or_create(&ReasonLabel {
+            reason: "whmcs_open".into(),
+        })
+        .inc();
     let text = m.render();
     let mut families = BTreeSet::new();
     let mut samples = BTreeSet::new();
@@ -639,6 +645,7 @@ fn alert_rules_parse_and_use_only_exported_metrics() {
         "provisioner_salesforce_api_usage_used",
         "provisioner_salesforce_api_usage_limit",
         "provisioner_event_lag_seconds_bucket",
+        "provisioner_dependency_state",
     ] {
         assert!(used.contains(needed), "no alert on {needed}");
     }

@@ -100,6 +100,7 @@ pub async fn dispatch(config: Option<&Path>, command: Command) -> ExitCode {
         Command::Queue { command } => {
             crate::cli::ops::run(config, crate::cli::ops::OpsCommand::Queue(command)).await
         }
+        Command::Whmcs { command } => crate::cli::whmcs::run(config, command).await,
         Command::Demo { orders, redis_url } => crate::cli::demo::run(orders, &redis_url).await,
     }
 }

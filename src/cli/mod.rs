@@ -1,5 +1,5 @@
 //! Command line (clap): `serve` (default), `migrate`, `check`, `healthcheck`, `sim`, `demo` and
-//! the operator tools `orders`, `cursor`, `queue` ([`ops`]). Each command's code is in its own
+//! the operator tools `orders`, `cursor`, `queue` ([`ops`]) and `whmcs reset-auth` ([`whmcs`]). Each command's code is in its own
 //! file; [`dispatch`] runs one and turns its outcome into the exit code. Operator commands go
 //! through the ledger's and the queue's APIs: no SQL and no Redis key lives here.
 
@@ -7,6 +7,7 @@ pub mod check;
 pub mod demo;
 mod dispatch;
 pub mod ops;
+pub mod whmcs;
 
 pub use dispatch::dispatch;
 
@@ -73,6 +74,11 @@ pub enum Command {
     Queue {
         #[command(subcommand)]
         command: crate::cli::ops::QueueCommand,
+    },
+    /// Operator tools: lift the WHMCS authentication latch after fixing the credentials.
+    Whmcs {
+        #[command(subcommand)]
+        command: crate::cli::whmcs::WhmcsCommand,
     },
     /// Run a demo end to end: simulator + daemon + sample orders, with progress and a summary.
     Demo {

@@ -368,6 +368,8 @@ pub struct Config {
     pub test_clock_offset_secs: i64,
     /// Bearer token of the operator dashboard (`/admin`); `None` disables it (404).
     pub admin_token: Option<SecretString>,
+    /// Dependency breakers and the WHMCS authentication latch.
+    pub breaker: crate::deps::BreakerSettings,
 }
 
 impl std::fmt::Debug for Config {

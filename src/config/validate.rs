@@ -307,6 +307,38 @@ fn quantity_mode_setting(v: &str) -> Result<QuantityMode, ConfigError> {
 }
 
 /// The dashboard token: empty disables the dashboard; otherwise long enough not to be guessed.
+fn breaker_settings(r: &Raw) -> Result<crate::deps::BreakerSettings, ConfigError> {
+    for (name, v) in [
+        (
+            "breaker_failure_threshold",
+            u64::from(r.breaker_failure_threshold),
+        ),
+        ("breaker_probe_interval_secs", r.breaker_probe_interval_secs),
+        ("breaker_alert_after_secs", r.breaker_alert_after_secs),
+        (
+            "whmcs_auth_probe_interval_secs",
+            r.whmcs_auth_probe_interval_secs,
+        ),
+    ] {
+        if v == 0 {
+            return Err(err(name, "must be at least 1"));
+        }
+    }
+    if r.breaker_probe_max_interval_secs < r.breaker_probe_interval_secs {
+        return Err(err(
+            "breaker_probe_max_interval_secs",
+            "must be at least breaker_probe_interval_secs",
+        ));
+    }
+    Ok(crate::deps::BreakerSettings {
+        failure_threshold: r.breaker_failure_threshold,
+        probe_interval: Duration::from_secs(r.breaker_probe_interval_secs),
+        probe_max: Duration::from_secs(r.breaker_probe_max_interval_secs),
+        alert_after: Duration::from_secs(r.breaker_alert_after_secs),
+        auth_probe_interval: Duration::from_secs(r.whmcs_auth_probe_interval_secs),
+    })
+}
+
 fn admin_token_setting(v: SecretString) -> Result<Option<SecretString>, ConfigError> {
     use secrecy::ExposeSecret;
     let Some(token) = secret_non_empty(v) else {
@@ -532,6 +564,7 @@ impl Config {
     /// Validates everything, failing with every problem found (in the order of the settings).
     pub(super) fn validate_all(r: Raw) -> Result<Self, Vec<ConfigError>> {
         let mut p = Problems::default();
+        let breaker = p.ok(breaker_settings(&r));
         let queue = p.ok(queue_settings(&r));
         let database = p.ok(database_settings(&r));
         let replay = p.ok(replay_setting(&r.sf_events_replay));
@@ -774,6 +807,7 @@ impl Config {
             Some(internal_addr),
             Some(customer_errors),
             Some(proxy),
+            Some(breaker),
         ) = (
             queue,
             database,
@@ -787,6 +821,7 @@ impl Config {
             internal_addr,
             customer_errors,
             proxy,
+            breaker,
         )
         else {
             return Err(p.0);
@@ -871,6 +906,7 @@ impl Config {
             log_format,
             shutdown_grace: Duration::from_secs(r.shutdown_grace_secs),
             admin_token,
+            breaker,
         })
     }
 }

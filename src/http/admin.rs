@@ -447,6 +447,8 @@ pub struct Summary {
     pub state_filter: Option<String>,
     /// Data sources that could not be read.
     pub errors: Vec<String>,
+    /// Breaker state of each dependency (as in `/health/sf-events`).
+    pub dependencies: serde_json::Value,
 }
 
 async fn read<T, E: std::fmt::Display>(
@@ -520,6 +522,7 @@ pub async fn summary(app: &AppState, state_filter: Option<&str>) -> Summary {
         recent_orders,
         state_filter: filter.map(str::to_owned),
         errors,
+        dependencies: app.deps.to_json(),
     }
 }
 
@@ -943,6 +946,7 @@ mod tests {
             }]),
             state_filter: None,
             errors: vec![],
+            dependencies: serde_json::Value::Null,
         }
     }
 

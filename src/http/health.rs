@@ -28,6 +28,9 @@ pub(super) async fn ready(State(s): State<Http>) -> Response {
         "status": if db_ok && redis_ok { "ok" } else { "unavailable" },
         "database": check(db_ok, (!db_ok).then(|| "database unreachable".to_owned())),
         "redis": check(redis_ok, (!redis_ok).then(|| "redis unreachable".to_owned())),
+        // Informational: an unhealthy WHMCS or Salesforce makes jobs wait, not this process
+        // unready (restarting it would not help).
+        "dependencies": s.app.deps.to_json(),
     });
     let code = if db_ok && redis_ok {
         StatusCode::OK
@@ -69,6 +72,7 @@ pub(super) async fn sf_events(State(s): State<Http>) -> Response {
         "reconnects": h.reconnects,
         "cursorFallbacks": h.cursor_fallbacks,
         "lastError": h.last_error,
+        "dependencies": s.app.deps.to_json(),
         "reconciler": *s.app.reconciler.lock().unwrap_or_else(|p| p.into_inner()),
         "redis": durability.map(|d| json!({
             "persistence": d.persistence,
@@ -88,6 +92,7 @@ pub(super) async fn sf_events(State(s): State<Http>) -> Response {
             "lastNotifiedAt": alert.last_notified_at,
             "checkedAt": alert.checked_at,
             "checks": alert.checks,
+            "dependencies": alert.dependencies,
         },
     });
     let code = if healthy {

@@ -1,5 +1,6 @@
-//! What the queue workers run: the provisioning job ([`provision`]) and the retry policy every
-//! retry in the daemon follows ([`retry`]).
+//! What the queue workers run: the provisioning job ([`provision`]) behind the dependency gate
+//! ([`gate`]), and the retry policy every retry in the daemon follows ([`retry`]).
 
+pub mod gate;
 pub mod provision;
 pub mod retry;

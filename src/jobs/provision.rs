@@ -21,8 +21,11 @@
 //!   (e.g. `AcceptOrder` failed) carries `WHMCS_Order_ID__c`.
 //! - Only one job works on an Order at a time (ledger lease, renewed while the job runs).
 //! - Transient failures are retried inside the job with capped, jittered exponential backoff,
-//!   `job_max_attempts` times; then the Order is marked Failed. Business and configuration
-//!   failures are never retried: the Order is marked Failed with a code and message.
+//!   `job_max_attempts` times; then the job waits for its dependency
+//!   ([`JobError::Unavailable`]: put back in the queue, see [`crate::jobs::gate`]). Only a
+//!   business answer (unknown client or product, WHMCS says the order is invalid) marks the
+//!   Order Failed; an outage, a connection error or a configuration problem (credentials,
+//!   permissions) never does.
 //! - If Salesforce itself cannot be reached to read or write back the Order, the job returns an
 //!   error and the queue runs it again later; the ledger state makes that re-run resume, not
 //!   repeat.
@@ -54,6 +57,8 @@ pub const MAX_EXPANDED_LINES: u32 = 500;
 
 /// The value of `Activation_Status__c` the worker acts on.
 pub const ACTIVATING: &str = "Activating";
+/// Outcome of an attempt that ended waiting for a dependency (not counted by the alert).
+pub const DEFERRED: &str = "Deferred";
 /// How long a claim on an Order lasts without renewal.
 pub const LEASE: Duration = Duration::from_secs(30);
 /// How far before the Order's first attempt the reconciliation scan still looks. WHMCS dates its
@@ -95,6 +100,8 @@ pub struct Provisioner {
     /// Lease owner name of this process.
     pub instance: String,
     pub changes: broadcast::Sender<OrderChanged>,
+    /// Breakers of WHMCS and Salesforce (the job gate asks them before a job starts).
+    pub deps: crate::deps::Dependencies,
 }
 
 /// How the queue is running this job: what it knows about earlier executions.
@@ -151,6 +158,13 @@ pub enum JobError {
     Busy(String),
     #[error("lease on order {0} was lost")]
     LeaseLost(String),
+    /// A dependency cannot serve the job now (outage, rejected credentials, configuration): the
+    /// job waits in the queue; the Order stays `Activating`.
+    #[error("{} unavailable: {message}", dependency.as_str())]
+    Unavailable {
+        dependency: crate::deps::Dependency,
+        message: String,
+    },
 }
 
 fn tag(order: &SalesforceId) -> String {
@@ -516,7 +530,18 @@ impl Provisioner {
                     at: chrono::Utc::now(),
                 },
             ),
-            Err(StepError::Job(e)) => return Err(e),
+            Err(StepError::Job(e)) => {
+                // The attempt ends without an outcome: the job waits and runs again.
+                let message = e.to_string();
+                if let Err(le) = self
+                    .ledger
+                    .finish_attempt(attempt, DEFERRED, Some(("DEFERRED", message.as_str())))
+                    .await
+                {
+                    warn!(error.message = %le, "cannot close the deferred attempt");
+                }
+                return Err(e);
+            }
             Err(StepError::Fail(f)) => (
                 Outcome::Failed {
                     code: f.code.clone(),
@@ -763,7 +788,7 @@ impl Provisioner {
                         }
                     }
                 }
-                Err(e) => return Err(self.whmcs_fail("AcceptOrder", &e).into()),
+                Err(e) => return Err(self.whmcs_fail("AcceptOrder", &e)),
             }
             accepted = true;
         }
@@ -832,15 +857,17 @@ impl Provisioner {
                     }
                     attempt += 1;
                     if attempt >= self.settings.max_attempts {
-                        return Err(Fail::new(
-                            &e.code(),
-                            format!("WHMCS AddOrder kept failing: {e}"),
-                        )
+                        // An outage never fails the Order: wait for WHMCS (the re-run looks
+                        // the order up first, the ledger holds the `adding` intent).
+                        return Err(JobError::Unavailable {
+                            dependency: crate::deps::Dependency::Whmcs,
+                            message: format!("WHMCS AddOrder kept failing: {e}"),
+                        }
                         .into());
                     }
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
-                Err(e) => return Err(self.whmcs_fail("AddOrder", &e).into()),
+                Err(e) => return Err(self.whmcs_fail("AddOrder", &e)),
             }
         }
     }
@@ -919,12 +946,23 @@ impl Provisioner {
         Ok(None)
     }
 
-    fn whmcs_fail(&self, action: &str, e: &crate::whmcs::WhmcsError) -> Fail {
+    /// A WHMCS failure the step cannot get past: a business answer fails the Order; an outage
+    /// (retries spent) or a configuration problem makes the job wait.
+    fn whmcs_fail(&self, action: &str, e: &crate::whmcs::WhmcsError) -> StepError {
         self.metrics.whmcs_error(action, &e.code());
-        if e.class() == ErrorClass::Config {
-            error!(action, error.code = %e.code(), error.message = %e, "WHMCS rejected our credentials or permissions");
+        match e.class() {
+            ErrorClass::Permanent => Fail::new(&e.code(), format!("WHMCS {action}: {e}")).into(),
+            class => {
+                if class == ErrorClass::Config {
+                    error!(action, error.code = %e.code(), error.message = %e, "WHMCS rejected our credentials or permissions; the job waits");
+                }
+                JobError::Unavailable {
+                    dependency: crate::deps::Dependency::Whmcs,
+                    message: format!("WHMCS {action}: {e}"),
+                }
+                .into()
+            }
         }
-        Fail::new(&e.code(), format!("WHMCS {action}: {e}"))
     }
 }
 

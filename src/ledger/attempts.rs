@@ -7,8 +7,8 @@ use super::{AttemptRecord, Change, Ledger, Result, now_ms, outcome};
 use crate::ids::SalesforceId;
 
 impl Ledger {
-    /// Opens an attempt and applies `c` (while `owner` holds the lease) on one connection: one
-    /// pool round trip instead of two. `None` when the lease was lost.
+    /// Opens an attempt and applies `c` (while `owner` holds the lease) in one transaction: both
+    /// or neither. `None` when the lease was lost (nothing written).
     pub async fn begin_attempt(
         &self,
         order: &SalesforceId,
@@ -18,14 +18,19 @@ impl Ledger {
     ) -> Result<Option<i64>> {
         let now_sql = self.db_now();
         let mut conn = self.writer().await?;
-        let attempt = Self::start_attempt_on(&mut conn, order, event_id).await?;
-        Ok(Self::update_on(&mut conn, now_sql, order, owner, c)
-            .await?
-            .then_some(attempt))
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let attempt = Self::start_attempt_on(&mut tx, order, event_id).await?;
+        if !Self::update_on(&mut tx, now_sql, order, owner, c).await? {
+            // Lease lost: no attempt is recorded either.
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(attempt))
     }
 
     /// Applies the job's last change `c` and, if the lease was still held, closes the attempt,
-    /// on one connection. `false` when the lease was lost (nothing written).
+    /// in one transaction. `false` when the lease was lost (nothing written).
     pub async fn end_attempt(
         &self,
         order: &SalesforceId,
@@ -37,10 +42,13 @@ impl Ledger {
     ) -> Result<bool> {
         let now_sql = self.db_now();
         let mut conn = self.writer().await?;
-        if !Self::update_on(&mut conn, now_sql, order, owner, c).await? {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        if !Self::update_on(&mut tx, now_sql, order, owner, c).await? {
+            tx.rollback().await?;
             return Ok(false);
         }
-        Self::finish_attempt_on(&mut conn, attempt_id, outcome, error).await?;
+        Self::finish_attempt_on(&mut tx, attempt_id, outcome, error).await?;
+        tx.commit().await?;
         Ok(true)
     }
 

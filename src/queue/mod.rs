@@ -394,6 +394,21 @@ impl Queue {
         Ok(runs)
     }
 
+    /// Enqueues `job` under the task id `id`, to run after `delay` (second resolution): a job
+    /// put back to wait, as a new queue entry with the same payload.
+    pub async fn push_after(&self, job: Job, id: String, delay: Duration) -> Result<()> {
+        let task = TaskBuilder::new(job)
+            .task_id(TaskId::from_string(id))
+            .run_after(delay)
+            .build();
+        let mut storage = self.storage.clone();
+        storage
+            .push_all(futures::stream::iter([task]))
+            .await
+            .map_err(|e| QueueError::Push(e.to_string()))?;
+        Ok(())
+    }
+
     /// Number of jobs waiting to run (ready now). One round trip (the subscriber asks before
     /// every demand top-up).
     pub async fn pending(&self) -> Result<u64> {
@@ -478,23 +493,31 @@ impl Queue {
         Ok(())
     }
 
-    /// Deletes finished jobs older than `age`: data, meta and their ids in `:done`
-    /// (apalis never expires them).
+    /// Deletes finished jobs older than `age` — done and dead alike: data, meta and their ids in
+    /// `:done` / `:dead` (apalis never expires them).
     pub async fn cleanup(&self, age: Duration) -> Result<u64> {
+        let mut removed = 0;
+        for set in [self.cfg.done_jobs_set(), self.cfg.dead_jobs_set()] {
+            removed += self.cleanup_set(&set, age).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn cleanup_set(&self, set: &str, age: Duration) -> Result<u64> {
         let mut conn = self.conn.clone();
-        let done: Vec<String> = redis::cmd("SRANDMEMBER")
-            .arg(self.cfg.done_jobs_set())
+        let ids: Vec<String> = redis::cmd("SRANDMEMBER")
+            .arg(set)
             .arg(1000)
             .query_async(&mut conn)
             .await?;
         let cutoff =
             chrono::Utc::now().timestamp() - i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
-        if done.is_empty() {
+        if ids.is_empty() {
             return Ok(0);
         }
         // Two round trips for the whole sample: every `done_at` in one pipeline, every removal
-        // in another (was one HGET per job).
-        let metas: Vec<String> = done
+        // in another.
+        let metas: Vec<String> = ids
             .iter()
             .map(|id| format!("{}:{}", self.cfg.job_meta_hash(), id))
             .collect();
@@ -505,9 +528,9 @@ impl Queue {
         let done_at: Vec<Option<i64>> = p.query_async(&mut conn).await?;
         let mut p = redis::pipe();
         let mut removed = 0;
-        for ((id, meta), at) in done.iter().zip(&metas).zip(done_at) {
+        for ((id, meta), at) in ids.iter().zip(&metas).zip(done_at) {
             if at.is_some_and(|t| t < cutoff) {
-                p.cmd("SREM").arg(self.cfg.done_jobs_set()).arg(id).ignore();
+                p.cmd("SREM").arg(set).arg(id).ignore();
                 p.cmd("HDEL").arg(self.cfg.job_data_hash()).arg(id).ignore();
                 p.cmd("DEL").arg(meta).ignore();
                 removed += 1;

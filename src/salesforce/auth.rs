@@ -16,6 +16,9 @@
 //!   config error at start-up, not at the first event.
 //! - Tokens, assertions, keys and client secrets never appear in `Debug`, `Display`, errors or
 //!   logs. Every token request has a timeout ([`TOKEN_TIMEOUT`]).
+//! - No token request storm on rejected credentials (`invalid_grant`, `invalid_client`, …): after
+//!   such a rejection, callers get the same error without a request until a capped, growing
+//!   delay has passed ([`REJECTED_RETRY_MIN`] doubling up to [`REJECTED_RETRY_MAX`]).
 
 use std::{
     fmt,
@@ -39,6 +42,10 @@ use crate::{
 
 /// Total timeout of one token request.
 pub const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// First delay before a token request after Salesforce rejected our credentials.
+pub const REJECTED_RETRY_MIN: Duration = Duration::from_secs(5);
+/// Longest delay between token requests while Salesforce keeps rejecting our credentials.
+pub const REJECTED_RETRY_MAX: Duration = Duration::from_secs(300);
 /// Lifetime of a JWT assertion; Salesforce requires `exp` within 3 minutes.
 const ASSERTION_LIFETIME_SECS: i64 = 180;
 const JWT_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -221,6 +228,9 @@ struct Inner {
     cached: Mutex<Option<Arc<Session>>>,
     /// Held while minting; holds the error of the last attempt (shared with its waiters).
     mint: tokio::sync::Mutex<Option<AuthError>>,
+    /// Consecutive credential rejections and when the last one happened (read and written
+    /// while holding `mint`).
+    rejected: Mutex<(u32, Option<std::time::Instant>)>,
     /// Mint attempts finished so far (success or not); bumped while holding `mint`.
     attempts: AtomicU64,
 }
@@ -326,6 +336,7 @@ impl TokenProvider {
                 grant,
                 cached: Mutex::new(None),
                 mint: tokio::sync::Mutex::new(None),
+                rejected: Mutex::new((0, None)),
                 attempts: AtomicU64::new(0),
             }),
         })
@@ -373,9 +384,42 @@ impl TokenProvider {
                 return Err(e.clone());
             }
         }
+        if let Some(e) = last_error
+            .as_ref()
+            .filter(|e| e.class() == ErrorClass::Config)
+        {
+            let (n, at) = *self
+                .inner
+                .rejected
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let wait = REJECTED_RETRY_MIN
+                .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+                .min(REJECTED_RETRY_MAX);
+            if at.is_some_and(|t| t.elapsed() < wait) {
+                return Err(e.clone());
+            }
+        }
         let generation = self.current().map_or(1, |s| s.generation + 1);
         let minted = self.request_token(generation).await;
         self.inner.attempts.fetch_add(1, Ordering::AcqRel);
+        {
+            let mut rejected = self
+                .inner
+                .rejected
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *rejected = match &minted {
+                Err(e) if e.class() == ErrorClass::Config => {
+                    tracing::error!(error.code = %e.code(), error.message = %e, retry_in_secs = REJECTED_RETRY_MIN.saturating_mul(1u32 << rejected.0.min(16)).min(REJECTED_RETRY_MAX).as_secs(), "Salesforce rejected our credentials; no token request until the retry delay has passed");
+                    (
+                        rejected.0.saturating_add(1),
+                        Some(std::time::Instant::now()),
+                    )
+                }
+                _ => (0, None),
+            };
+        }
         match minted {
             Ok(session) => {
                 let session = Arc::new(session);
@@ -761,6 +805,48 @@ mod tests {
         // A later call tries again.
         assert!(provider.session().await.is_err());
         assert_eq!(provider.inner.attempts.load(Ordering::Acquire), 2);
+    }
+
+    #[tokio::test]
+    async fn rejected_credentials_are_not_retried_before_the_delay() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let served = Arc::new(AtomicU64::new(0));
+        let count = served.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::AcqRel);
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let body = r#"{"error":"invalid_grant","error_description":"expired access/refresh token"}"#;
+                let resp = format!(
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        let provider = TokenProvider::new(
+            reqwest::Client::new(),
+            AuthFlow::ClientCredentials {
+                login_url: format!("http://127.0.0.1:{port}"),
+                client_id: "id".into(),
+                client_secret: SecretString::from("s"),
+            },
+        )
+        .expect("provider");
+        for _ in 0..10 {
+            let e = provider.session().await.expect_err("rejected");
+            assert_eq!(e.code(), "SF_AUTH_INVALID_GRANT");
+        }
+        assert_eq!(
+            served.load(Ordering::Acquire),
+            1,
+            "one token request, not ten"
+        );
     }
 
     #[tokio::test]

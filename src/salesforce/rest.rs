@@ -215,6 +215,18 @@ impl From<AuthError> for SfError {
 }
 
 impl SfError {
+    /// What this failure tells the Salesforce breaker: rejected credentials (the OAuth token
+    /// request), an outage (network, 5xx, rate limit, row lock), or an answer.
+    pub fn breaker_result(&self) -> crate::deps::CallResult {
+        if self.class == ErrorClass::Transient {
+            crate::deps::CallResult::Outage(self.to_string())
+        } else if self.class == ErrorClass::Config && self.code.starts_with("SF_AUTH_") {
+            crate::deps::CallResult::AuthFailed(self.to_string())
+        } else {
+            crate::deps::CallResult::Answered
+        }
+    }
+
     fn transport(e: &reqwest::Error) -> Self {
         Self {
             status: 0,
@@ -404,6 +416,8 @@ struct Inner {
 pub struct RestClient {
     inner: Arc<Inner>,
     timeout: Duration,
+    /// Told every call's result (see [`crate::deps`]).
+    breaker: Option<Arc<crate::deps::Breaker>>,
 }
 
 impl fmt::Debug for RestClient {
@@ -582,6 +596,7 @@ impl RestClient {
                 api_limit: AtomicU64::new(0),
             }),
             timeout: REST_TIMEOUT,
+            breaker: None,
         }
     }
 
@@ -753,6 +768,28 @@ impl RestClient {
     /// Sends the request built by `build` (given the client and the instance URL) with the
     /// current token; on 401 re-mints once and replays. Success bodies go through `parse`.
     async fn send<T>(
+        &self,
+        build: impl Fn(&reqwest::Client, &str) -> RequestBuilder,
+        parse: impl FnOnce(&[u8]) -> Result<T, SfError>,
+    ) -> Result<T, SfError> {
+        let result = self.send_once(build, parse).await;
+        if let Some(b) = &self.breaker {
+            b.record(match &result {
+                Ok(_) => crate::deps::CallResult::Answered,
+                Err(e) => e.breaker_result(),
+            })
+            .await;
+        }
+        result
+    }
+
+    /// This client with `breaker` told of every call.
+    pub fn with_breaker(mut self, breaker: Arc<crate::deps::Breaker>) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
+    async fn send_once<T>(
         &self,
         build: impl Fn(&reqwest::Client, &str) -> RequestBuilder,
         parse: impl FnOnce(&[u8]) -> Result<T, SfError>,

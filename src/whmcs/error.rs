@@ -98,6 +98,22 @@ impl WhmcsError {
         }
     }
 
+    /// What this failure tells the WHMCS breaker: credentials rejected, an outage, or an
+    /// answer (business and validation errors: WHMCS is up).
+    pub fn breaker_result(&self) -> crate::deps::CallResult {
+        use WhmcsErrorKind::*;
+        match self.kind {
+            Auth => crate::deps::CallResult::AuthFailed(self.to_string()),
+            Connect | Timeout | ConnectionLost | BadResponse => {
+                crate::deps::CallResult::Outage(self.to_string())
+            }
+            Http { status } if status >= 500 || status == 429 || status == 408 => {
+                crate::deps::CallResult::Outage(self.to_string())
+            }
+            _ => crate::deps::CallResult::Answered,
+        }
+    }
+
     fn is_add_order(&self) -> bool {
         self.action.eq_ignore_ascii_case("AddOrder")
     }
@@ -190,7 +206,9 @@ fn clip(s: &str) -> &str {
 pub fn decode_response(status: u16, body: &[u8], action: &str) -> Result<Value, WhmcsError> {
     // Redirects are not followed (crate::net): a 3xx is an HTTP error like a 4xx.
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        let kind = if status >= 300 {
+        let kind = if status == 401 || status == 403 {
+            WhmcsErrorKind::Auth
+        } else if status >= 300 {
             WhmcsErrorKind::Http { status }
         } else {
             WhmcsErrorKind::BadResponse
@@ -220,7 +238,10 @@ pub fn decode_response(status: u16, body: &[u8], action: &str) -> Result<Value, 
         };
         return Err(WhmcsError::new(action, kind, text));
     }
-    let kind = if status >= 300 {
+    let kind = if status == 401 || status == 403 {
+        // The middleware refused us (IP restriction, credentials) without a WHMCS envelope.
+        WhmcsErrorKind::Auth
+    } else if status >= 300 {
         WhmcsErrorKind::Http { status }
     } else {
         WhmcsErrorKind::BadResponse

@@ -126,6 +126,8 @@ pub fn honours_quantity(version: &str) -> Option<bool> {
 #[derive(Clone)]
 pub struct WhmcsClient {
     inner: Arc<Inner>,
+    /// Told every call's result; refuses calls while our credentials are latched as rejected.
+    breaker: Option<Arc<crate::deps::Breaker>>,
 }
 
 impl fmt::Debug for WhmcsClient {
@@ -148,7 +150,14 @@ impl WhmcsClient {
                 cfg,
                 version: std::sync::RwLock::new(None),
             }),
+            breaker: None,
         }
+    }
+
+    /// This client with `breaker` told of every call (see [`crate::deps`]).
+    pub fn with_breaker(mut self, breaker: Arc<crate::deps::Breaker>) -> Self {
+        self.breaker = Some(breaker);
+        self
     }
 
     /// Creates a Pending order (no provisioning yet; see [`Self::accept_order`]).
@@ -332,6 +341,20 @@ impl WhmcsClient {
     /// the request may have reached WHMCS.
     async fn call(&self, action: &str, body: String) -> Result<Value, WhmcsError> {
         let inner = &*self.inner;
+        let _serial = match &self.breaker {
+            Some(b) => b.before_call().await.map_err(|s| {
+                WhmcsError::new(
+                    action,
+                    WhmcsErrorKind::Auth,
+                    format!(
+                        "not sent: WHMCS rejected our credentials at {} ({}); fix them, or run `provisioner whmcs reset-auth`",
+                        s.since.to_rfc3339(),
+                        s.last_error.as_deref().unwrap_or("authentication failed")
+                    ),
+                )
+            })?,
+            None => None,
+        };
         let started = std::time::Instant::now();
         let result = async {
             let response = inner
@@ -353,6 +376,20 @@ impl WhmcsClient {
         }
         .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        let result = result.map_err(|mut e| {
+            e.scrub(inner.cfg.secret.expose_secret());
+            if let Some(key) = &inner.cfg.access_key {
+                e.scrub(key.expose_secret());
+            }
+            e
+        });
+        if let Some(b) = &self.breaker {
+            b.record(match &result {
+                Ok(_) => crate::deps::CallResult::Answered,
+                Err(e) => e.breaker_result(),
+            })
+            .await;
+        }
         match result {
             Ok(v) => {
                 tracing::debug!(
@@ -362,11 +399,7 @@ impl WhmcsClient {
                 );
                 Ok(v)
             }
-            Err(mut e) => {
-                e.scrub(inner.cfg.secret.expose_secret());
-                if let Some(key) = &inner.cfg.access_key {
-                    e.scrub(key.expose_secret());
-                }
+            Err(e) => {
                 tracing::debug!(
                     whmcs.action = action,
                     duration_ms = elapsed_ms,

@@ -15,6 +15,7 @@ mod http_exposure;
 mod http_hostile;
 mod observability;
 mod ops;
+mod outages;
 mod pipeline;
 mod process;
 mod proxy;

@@ -156,6 +156,15 @@ pub struct Faults {
     /// limit stays the same), e.g. to show an org close to its daily API limit.
     #[serde(alias = "sfApiUsed")]
     pub sf_api_used: Option<u64>,
+    /// WHMCS is down: every call answers 503 with an HTML page, nothing performed.
+    #[serde(alias = "whmcsDown")]
+    pub whmcs_down: bool,
+    /// WHMCS rejects every call with 403 `Authentication Failed` (as with a wrong secret).
+    #[serde(alias = "whmcsAuthFailed")]
+    pub whmcs_auth_failed: bool,
+    /// Every Salesforce REST call answers 403 `REQUEST_LIMIT_EXCEEDED`.
+    #[serde(alias = "sfRequestLimit")]
+    pub sf_request_limit: bool,
     /// Seed of the RNG behind `whmcs_error_rate`.
     pub seed: u64,
 }
@@ -258,6 +267,8 @@ pub struct Totals {
     pub rest_calls: u64,
     /// Authenticated WHMCS API calls.
     pub whmcs_calls: u64,
+    /// Every request to the WHMCS API, including rejected and faulted ones.
+    pub whmcs_requests: u64,
 }
 
 /// Subscribe stream statistics.

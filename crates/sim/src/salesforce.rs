@@ -179,6 +179,14 @@ fn rest_auth(st: &mut SimState, headers: &HeaderMap) -> Result<u64, Response> {
 
 /// Consumes one injected REST fault, if any is pending.
 fn rest_fault(st: &mut SimState, usage: u64) -> Option<Response> {
+    if st.faults.sf_request_limit {
+        return Some(rest_error(
+            StatusCode::FORBIDDEN,
+            usage,
+            "REQUEST_LIMIT_EXCEEDED",
+            "TotalRequests Limit exceeded.",
+        ));
+    }
     if st.faults.sf_lock_row_next > 0 {
         st.faults.sf_lock_row_next -= 1;
         return Some(rest_error(

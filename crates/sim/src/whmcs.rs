@@ -259,6 +259,20 @@ async fn api(State(sim): State<Simulator>, body: Bytes) -> Response {
     let inner = sim.0.clone();
     let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let p = Params::new(pairs);
+    let (down, auth_failed) = {
+        let mut st = inner.lock();
+        st.totals.whmcs_requests += 1;
+        (st.faults.whmcs_down, st.faults.whmcs_auth_failed)
+    };
+    if down {
+        return html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "<html>503 Service Unavailable</html>",
+        );
+    }
+    if auth_failed {
+        return error(StatusCode::FORBIDDEN, "Authentication Failed");
+    }
     let identifier = match p.get("identifier") {
         "" => p.get("username"),
         v => v,

@@ -1,0 +1,356 @@
+//! Dependency outages pause work: they never fail, strand or duplicate an Order.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use provisioner_sim::Faults;
+use serde_json::Value;
+
+use crate::helpers::{Db, Options, TestApp, spawn_app, wait_until};
+
+/// Short breaker settings so an outage of seconds exercises open → half-open → open → closed.
+fn breaker_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("BREAKER_FAILURE_THRESHOLD", "3".into()),
+        ("BREAKER_PROBE_INTERVAL_SECS", "1".into()),
+        ("BREAKER_PROBE_MAX_INTERVAL_SECS", "2".into()),
+        ("BREAKER_ALERT_AFTER_SECS", "2".into()),
+        ("ALERT_CHECK_INTERVAL_SECS", "1".into()),
+        ("JOB_MAX_ATTEMPTS", "2".into()),
+    ]
+}
+
+async fn health(http: &reqwest::Client, base: &str) -> Option<Value> {
+    http.get(format!("{base}/health/sf-events"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+fn statuses(app: &TestApp, ids: &[provisioner::ids::SalesforceId]) -> Vec<Option<String>> {
+    ids.iter().map(|id| app.activation(id)).collect()
+}
+
+fn deferred(app: &TestApp) -> u64 {
+    app.state
+        .metrics
+        .jobs_deferred
+        .get_or_create(&provisioner::metrics::ReasonLabel {
+            reason: "whmcs_open".into(),
+        })
+        .get()
+        + app
+            .state
+            .metrics
+            .jobs_deferred
+            .get_or_create(&provisioner::metrics::ReasonLabel {
+                reason: "whmcs_half_open".into(),
+            })
+            .get()
+}
+
+/// Asserts every Order ended Activated with exactly one WHMCS order.
+fn all_activated_once(app: &TestApp, ids: &[provisioner::ids::SalesforceId]) {
+    for id in ids {
+        assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
+        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whmcs_down_pauses_orders_and_every_one_is_activated_once_after_recovery() {
+    let mut app = spawn_app(Options {
+        extra_env: breaker_env(),
+        ..Default::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    app.sim.sim.set_faults(Faults {
+        whmcs_down: true,
+        ..Default::default()
+    });
+    let outage = Instant::now();
+    let ids = app.seed(100);
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    // The outage lasts at least 30 s and until the breaker has been seen open, has made jobs
+    // wait and has gone through failed probes (WHMCS requests keep coming only one at a time).
+    let seen = std::sync::Mutex::new(BTreeSet::new());
+    wait_until(
+        Duration::from_secs(120),
+        "the WHMCS breaker to hold jobs back through a 30 s outage",
+        || async {
+            if let Some(h) = health(&http, &app.http).await {
+                if let Some(s) = h["dependencies"]["whmcs"]["state"].as_str() {
+                    seen.lock().expect("seen").insert(s.to_owned());
+                }
+                if h["alert"]["dependencies"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|d| d == "whmcs"))
+                {
+                    seen.lock().expect("seen").insert("alert".to_owned());
+                }
+            }
+            outage.elapsed() >= Duration::from_secs(30) && deferred(&app) >= 200
+        },
+    )
+    .await;
+    let seen = seen.into_inner().expect("seen");
+    for s in ["open", "alert"] {
+        assert!(seen.contains(s), "breaker states seen: {seen:?}");
+    }
+    let h = health(&http, &app.http).await.expect("health");
+    assert!(
+        h["dependencies"]["whmcs"]["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("WHMCS_HTTP")),
+        "{h}"
+    );
+    let during = statuses(&app, &ids);
+    assert!(
+        during.iter().all(|s| s.as_deref() == Some("Activating")),
+        "no Order may leave Activating during the outage: {during:?}"
+    );
+    // Held back: a handful of calls per probe, not every job retrying on its own.
+    let requests = app.sim.sim.totals().whmcs_requests;
+    eprintln!("WHMCS requests during the outage: {requests}");
+    assert!(
+        requests < 300,
+        "{requests} WHMCS requests during the outage"
+    );
+    assert!(
+        app.state
+            .metrics
+            .render()
+            .contains("provisioner_dependency_state{dependency=\"whmcs\"}"),
+    );
+
+    app.sim.sim.set_faults(Faults::default());
+    app.wait_terminal(&ids, Duration::from_secs(180)).await;
+    all_activated_once(&app, &ids);
+    let h = health(&http, &app.http).await.expect("health");
+    assert_eq!(h["dependencies"]["whmcs"]["state"], "closed", "{h}");
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salesforce_request_limit_pauses_orders_without_failing_them() {
+    let mut app = spawn_app(Options {
+        extra_env: breaker_env(),
+        ..Default::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    app.sim.sim.set_faults(Faults {
+        sf_request_limit: true,
+        ..Default::default()
+    });
+    let outage = Instant::now();
+    let ids = app.seed(20);
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    let open_seen = std::sync::atomic::AtomicBool::new(false);
+    wait_until(
+        Duration::from_secs(90),
+        "the Salesforce breaker to open through a 20 s REQUEST_LIMIT_EXCEEDED",
+        || async {
+            if let Some(h) = health(&http, &app.http).await {
+                if h["dependencies"]["salesforce"]["state"] == "open" {
+                    open_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            open_seen.load(std::sync::atomic::Ordering::Relaxed)
+                && outage.elapsed() >= Duration::from_secs(20)
+        },
+    )
+    .await;
+    let h = health(&http, &app.http).await.expect("health");
+    assert!(
+        h["dependencies"]["salesforce"]["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("REQUEST_LIMIT_EXCEEDED")),
+        "{h}"
+    );
+    let during = statuses(&app, &ids);
+    assert!(
+        during.iter().all(|s| s.as_deref() == Some("Activating")),
+        "{during:?}"
+    );
+    app.sim.sim.set_faults(Faults::default());
+    app.wait_terminal(&ids, Duration::from_secs(120)).await;
+    all_activated_once(&app, &ids);
+    app.stop().await.expect("stop");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+async fn metric(http: &reqwest::Client, port: u16, prefix: &str) -> f64 {
+    let Ok(r) = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+    else {
+        return 0.0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whmcs_auth_failure_latches_every_replica_until_reset_auth() {
+    let app = spawn_app(Options {
+        db: Db::Postgres,
+        start: false,
+        ..Default::default()
+    })
+    .await;
+    app.sim.sim.set_faults(Faults {
+        whmcs_auth_failed: true,
+        ..Default::default()
+    });
+    let ports = [free_port(), free_port()];
+    let _children: Vec<_> = ports
+        .iter()
+        .map(|p| {
+            crate::helpers::daemon_process(
+                &app,
+                &[
+                    ("HTTP_ADDR", format!("127.0.0.1:{p}")),
+                    ("LEADER_LEASE_TTL_SECS", "3".into()),
+                    ("BREAKER_PROBE_INTERVAL_SECS", "1".into()),
+                    ("BREAKER_PROBE_MAX_INTERVAL_SECS", "2".into()),
+                    ("WORKER_CONCURRENCY", "8".into()),
+                    ("ALERT_CHECK_INTERVAL_SECS", "1".into()),
+                ],
+            )
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let ids = app.seed(20);
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    // Both replicas latch, and keep putting jobs back without calling WHMCS.
+    wait_until(
+        Duration::from_secs(120),
+        "both replicas to report whmcs auth_failed and defer jobs",
+        || async {
+            let mut ok = true;
+            for p in ports {
+                let h = health(&http, &format!("http://127.0.0.1:{p}")).await;
+                ok &= h.is_some_and(|h| {
+                    h["dependencies"]["whmcs"]["state"] == "auth_failed"
+                        && h["alert"]["dependencies"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|d| d == "whmcs"))
+                });
+            }
+            let mut deferred = 0.0;
+            for p in ports {
+                deferred += metric(
+                    &http,
+                    p,
+                    "provisioner_jobs_deferred_total{reason=\"whmcs_auth_failed\"}",
+                )
+                .await;
+            }
+            ok && deferred >= 40.0
+        },
+    )
+    .await;
+    let requests = app.sim.sim.totals().whmcs_requests;
+    assert!(
+        (1..=3).contains(&requests),
+        "at most 3 WHMCS requests during the fault, saw {requests}"
+    );
+    let during = statuses(&app, &ids);
+    assert!(
+        during.iter().all(|s| s.as_deref() == Some("Activating")),
+        "{during:?}"
+    );
+
+    // The operator fixes WHMCS and lifts the latch.
+    app.sim.sim.set_faults(Faults::default());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args(["whmcs", "reset-auth", "--json"])
+        .env_clear()
+        .envs(app.env.iter().cloned())
+        .output()
+        .await
+        .expect("run reset-auth");
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    assert_eq!(v["cleared"], true, "{v}");
+    app.wait_terminal(&ids, Duration::from_secs(120)).await;
+    all_activated_once(&app, &ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_other_whmcs_credentials_lifts_the_latch() {
+    let mut app = spawn_app(Options {
+        extra_env: vec![("WHMCS_API_SECRET", "wrong-secret".into())],
+        ..Default::default()
+    })
+    .await;
+    let ids = app.seed(5);
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    wait_until(Duration::from_secs(60), "the WHMCS latch", || async {
+        app.state.deps.whmcs.snapshot().state == provisioner::deps::BreakerState::AuthFailed
+    })
+    .await;
+    app.stop().await.expect("stop");
+    assert_eq!(app.sim.sim.totals().whmcs_requests, 1);
+    assert!(
+        statuses(&app, &ids)
+            .iter()
+            .all(|s| s.as_deref() == Some("Activating"))
+    );
+
+    // The same wrong credentials after a restart: still latched, no call.
+    app.state = provisioner::daemon::AppState::build(
+        provisioner::config::Config::load_from(None, app.env.clone()).expect("config"),
+    )
+    .await
+    .expect("state");
+    assert_eq!(
+        app.state.deps.whmcs.snapshot().state,
+        provisioner::deps::BreakerState::AuthFailed
+    );
+
+    // Fixed credentials: the start lifts the latch and every Order is provisioned once.
+    let secret = app.sim.whmcs_secret.clone();
+    app.env.retain(|(k, _)| k != "WHMCS_API_SECRET");
+    app.env.push(("WHMCS_API_SECRET".into(), secret));
+    app.state = provisioner::daemon::AppState::build(
+        provisioner::config::Config::load_from(None, app.env.clone()).expect("config"),
+    )
+    .await
+    .expect("state");
+    assert_eq!(
+        app.state.deps.whmcs.snapshot().state,
+        provisioner::deps::BreakerState::Closed
+    );
+    app.start();
+    app.wait_terminal(&ids, Duration::from_secs(90)).await;
+    all_activated_once(&app, &ids);
+    app.stop().await.expect("stop");
+}
