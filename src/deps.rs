@@ -4,7 +4,7 @@
 //! Each dependency has one [`Breaker`] per process (shared through `AppState`; replicas each
 //! keep their own, except for the WHMCS authentication latch, which lives in Redis). The
 //! clients report every call's result into it ([`Breaker::record`]); the job gate
-//! ([`crate::jobs::gate`]) asks it whether a job may start ([`Breaker::admit`]).
+//! (`jobs::gate`) asks it whether a job may start ([`Breaker::admit`]).
 //!
 //! States: `closed` (calls flow), `open` (`breaker_failure_threshold` consecutive outage
 //! failures: connection errors, timeouts, 5xx, Salesforce `REQUEST_LIMIT_EXCEEDED` /

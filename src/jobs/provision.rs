@@ -22,7 +22,7 @@
 //! - Only one job works on an Order at a time (ledger lease, renewed while the job runs).
 //! - Transient failures are retried inside the job with capped, jittered exponential backoff,
 //!   `job_max_attempts` times; then the job waits for its dependency
-//!   ([`JobError::Unavailable`]: put back in the queue, see [`crate::jobs::gate`]). Only a
+//!   ([`JobError::Unavailable`]: put back in the queue, see `jobs::gate`). Only a
 //!   business answer (unknown client or product, WHMCS says the order is invalid) marks the
 //!   Order Failed; an outage, a connection error or a configuration problem (credentials,
 //!   permissions) never does.
@@ -892,7 +892,7 @@ impl Provisioner {
                     warn!(error.code = %e.code(), error.message = %e, "WHMCS version unknown; treating it as older than 8.12");
                     None
                 }
-                Err(e) => return Err(self.whmcs_fail("WhmcsDetails", &e).into()),
+                Err(e) => return Err(self.whmcs_fail("WhmcsDetails", &e)),
             },
         };
         if version
