@@ -105,9 +105,18 @@ async fn remapped_client_finds_the_order_under_the_old_client_id_on(db: Db) {
         ..Faults::default()
     });
     app.sim.sim.approve(&id);
-    app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(60))
-        .await;
-    assert_eq!(app.activation(&id).as_deref(), Some("Failed"));
+    // WHMCS keeps failing after committing: the Order is not failed for that (an outage never
+    // fails an Order); its job waits, with the order it created recorded nowhere but WHMCS.
+    wait_until(
+        Duration::from_secs(60),
+        "the ambiguous AddOrder and its client id",
+        || async {
+            app.sim.sim.whmcs_orders_for(&id).len() == 1
+                && !app.state.ledger.client_ids(&id).await.expect("client ids").is_empty()
+        },
+    )
+    .await;
+    assert_eq!(app.activation(&id).as_deref(), Some("Activating"));
     let first = app.sim.sim.whmcs_orders_for(&id);
     assert_eq!(first.len(), 1, "the ambiguous AddOrder created the order");
     assert_eq!(first[0].userid, 1);

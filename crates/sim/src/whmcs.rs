@@ -311,7 +311,14 @@ async fn api(State(sim): State<Simulator>, body: Bytes) -> Response {
         let latency = f.whmcs_latency_ms;
         let rate = f.whmcs_error_rate;
         let kind = f.whmcs_error_kind;
-        let fault = (rate > 0.0 && st.rng.random::<f64>() < rate).then_some(kind);
+        // Injected errors hit the order actions; the informational ones (version, products,
+        // clients) answer, as a WHMCS whose order hooks fail still does.
+        let order_action = matches!(
+            action,
+            Action::AddOrder | Action::AcceptOrder | Action::GetOrders
+        );
+        let fault =
+            (order_action && rate > 0.0 && st.rng.random::<f64>() < rate).then_some(kind);
         (latency, fault)
     };
     if latency > 0 {
