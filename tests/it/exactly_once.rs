@@ -112,7 +112,13 @@ async fn remapped_client_finds_the_order_under_the_old_client_id_on(db: Db) {
         "the ambiguous AddOrder and its client id",
         || async {
             app.sim.sim.whmcs_orders_for(&id).len() == 1
-                && !app.state.ledger.client_ids(&id).await.expect("client ids").is_empty()
+                && !app
+                    .state
+                    .ledger
+                    .client_ids(&id)
+                    .await
+                    .expect("client ids")
+                    .is_empty()
         },
     )
     .await;

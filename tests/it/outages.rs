@@ -305,7 +305,12 @@ async fn whmcs_auth_failure_latches_every_replica_until_reset_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_other_whmcs_credentials_lifts_the_latch() {
     let mut app = spawn_app(Options {
-        extra_env: vec![("WHMCS_API_SECRET", "wrong-secret".into())],
+        extra_env: vec![
+            ("WHMCS_API_SECRET", "wrong-secret".into()),
+            // Waiting jobs look at the latch again within seconds, not minutes.
+            ("BREAKER_PROBE_INTERVAL_SECS", "1".into()),
+            ("BREAKER_PROBE_MAX_INTERVAL_SECS", "5".into()),
+        ],
         ..Default::default()
     })
     .await;

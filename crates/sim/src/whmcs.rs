@@ -317,8 +317,7 @@ async fn api(State(sim): State<Simulator>, body: Bytes) -> Response {
             action,
             Action::AddOrder | Action::AcceptOrder | Action::GetOrders
         );
-        let fault =
-            (order_action && rate > 0.0 && st.rng.random::<f64>() < rate).then_some(kind);
+        let fault = (order_action && rate > 0.0 && st.rng.random::<f64>() < rate).then_some(kind);
         (latency, fault)
     };
     if latency > 0 {
