@@ -60,10 +60,7 @@ async fn leases_hold_on_the_database_clock_when_a_replica_clock_runs_ahead() {
         &[("HTTP_ADDR", format!("127.0.0.1:{p1}")), lease_ttl.clone()],
     );
     wait_until(Duration::from_secs(60), "the first replica", || answers(p1)).await;
-    let ids = app.seed(200);
-    for id in &ids {
-        app.sim.sim.approve(id);
-    }
+    let ids = app.seed_approved(200);
     wait_until(
         Duration::from_secs(60),
         "every first job to hold its Order's lease",

@@ -165,6 +165,15 @@ impl TestApp {
             .collect()
     }
 
+    /// Seeds `n` Orders and approves each, as the Salesforce Flow would.
+    pub fn seed_approved(&self, n: usize) -> Vec<SalesforceId> {
+        let ids = self.seed(n);
+        for id in &ids {
+            self.sim.sim.approve(id);
+        }
+        ids
+    }
+
     pub fn activation(&self, id: &SalesforceId) -> Option<String> {
         self.sim.sim.order(id).and_then(|o| o.activation_status)
     }

@@ -76,10 +76,7 @@ async fn whmcs_down_pauses_orders_and_every_one_is_activated_once_after_recovery
         ..Default::default()
     });
     let outage = Instant::now();
-    let ids = app.seed(100);
-    for id in &ids {
-        app.sim.sim.approve(id);
-    }
+    let ids = app.seed_approved(100);
     // The outage lasts at least 30 s and until the breaker has been seen open, has made jobs
     // wait and has gone through failed probes (WHMCS requests keep coming only one at a time).
     let seen = std::sync::Mutex::new(BTreeSet::new());
@@ -153,10 +150,7 @@ async fn salesforce_request_limit_pauses_orders_without_failing_them() {
         ..Default::default()
     });
     let outage = Instant::now();
-    let ids = app.seed(20);
-    for id in &ids {
-        app.sim.sim.approve(id);
-    }
+    let ids = app.seed_approved(20);
     let open_seen = std::sync::atomic::AtomicBool::new(false);
     wait_until(
         Duration::from_secs(90),
@@ -243,10 +237,7 @@ async fn whmcs_auth_failure_latches_every_replica_until_reset_auth() {
         })
         .collect();
     let http = reqwest::Client::new();
-    let ids = app.seed(20);
-    for id in &ids {
-        app.sim.sim.approve(id);
-    }
+    let ids = app.seed_approved(20);
     // Both replicas latch, and keep putting jobs back without calling WHMCS.
     wait_until(
         Duration::from_secs(120),
@@ -314,10 +305,7 @@ async fn a_restart_with_other_whmcs_credentials_lifts_the_latch() {
         ..Default::default()
     })
     .await;
-    let ids = app.seed(5);
-    for id in &ids {
-        app.sim.sim.approve(id);
-    }
+    let ids = app.seed_approved(5);
     wait_until(Duration::from_secs(60), "the WHMCS latch", || async {
         app.state.deps.whmcs.snapshot().state == provisioner::deps::BreakerState::AuthFailed
     })

@@ -16,10 +16,7 @@ async fn approve_all_and_check(db: Db, n: usize) {
         ..Default::default()
     })
     .await;
-    let ids = app.seed(n);
-    for id in &ids {
-        app.sim.sim.approve(id);
-    }
+    let ids = app.seed_approved(n);
     app.wait_terminal(&ids, Duration::from_secs(120)).await;
     for id in &ids {
         assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
@@ -125,10 +122,7 @@ async fn ambiguous_add_order_is_reconciled_not_repeated_on(db: Db) {
         whmcs_error_kind: WhmcsFaultKind::AfterCommit,
         ..Faults::default()
     });
-    let ids = app.seed(5);
-    for id in &ids {
-        app.sim.sim.approve(id);
-    }
+    let ids = app.seed_approved(5);
     wait_until(
         Duration::from_secs(60),
         "AddOrder to be attempted for every order",
@@ -240,10 +234,7 @@ async fn flaky_whmcs_still_provisions_everything_once_on(db: Db) {
         seed: 7,
         ..Faults::default()
     });
-    let ids = app.seed(60);
-    for id in &ids {
-        app.sim.sim.approve(id);
-    }
+    let ids = app.seed_approved(60);
     app.wait_terminal(&ids, Duration::from_secs(120)).await;
     for id in &ids {
         assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");

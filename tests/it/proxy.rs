@@ -23,10 +23,7 @@ fn authority(url: &str) -> &str {
 }
 
 async fn provision(app: &TestApp, n: usize) {
-    let ids = app.seed(n);
-    for id in &ids {
-        app.sim.sim.approve(id);
-    }
+    let ids = app.seed_approved(n);
     app.wait_terminal(&ids, Duration::from_secs(60)).await;
     for id in &ids {
         assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");

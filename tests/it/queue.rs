@@ -12,10 +12,7 @@ async fn cleanup_removes_finished_jobs_and_pending_counts_ready_ones() {
     let mut app = spawn_app(Options::default()).await;
     let queue = app.state.queue.clone();
     assert_eq!(queue.pending().await.expect("pending"), 0);
-    let ids = app.seed(3);
-    for id in &ids {
-        app.sim.sim.approve(id);
-    }
+    let ids = app.seed_approved(3);
     app.wait_terminal(&ids, Duration::from_secs(60)).await;
     wait_until(Duration::from_secs(10), "3 finished jobs", || async {
         queue.stats().await.expect("stats").done == 3

@@ -21,10 +21,7 @@ async fn reconciler_recovers_orders_whose_events_never_arrived() {
         ..Default::default()
     })
     .await;
-    let ids = app.seed(5);
-    for id in &ids {
-        app.sim.sim.approve(id);
-    }
+    let ids = app.seed_approved(5);
     app.start();
     app.wait_terminal(&ids, Duration::from_secs(60)).await;
     for id in &ids {

@@ -315,10 +315,7 @@ async fn backpressure_keeps_the_queue_bounded_and_loses_nothing() {
         whmcs_latency_ms: 20,
         ..Faults::default()
     });
-    let ids = app.seed(60);
-    for id in &ids {
-        app.sim.sim.approve(id);
-    }
+    let ids = app.seed_approved(60);
     app.start();
     let mut max_pending = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);

@@ -143,10 +143,7 @@ async fn check(app: &TestApp, extra: &[(&str, String)]) -> (bool, String) {
 }
 
 async fn approve_and_expect_activated(app: &TestApp, n: usize) {
-    let ids = app.seed(n);
-    for id in &ids {
-        app.sim.sim.approve(id);
-    }
+    let ids = app.seed_approved(n);
     app.wait_terminal(&ids, Duration::from_secs(60)).await;
     for id in &ids {
         assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
