@@ -145,6 +145,7 @@ impl AppState {
                 backoff_initial: self.cfg.queue.backoff_initial,
                 backoff_max: self.cfg.queue.backoff_max,
                 quantity_mode: self.cfg.whmcs.quantity_mode,
+                add_in_doubt_window: self.cfg.whmcs.timeout + self.cfg.whmcs.execution_allowance,
             },
             instance: self.instance.clone(),
             changes: self.changes.clone(),

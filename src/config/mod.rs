@@ -99,6 +99,8 @@ pub struct WhmcsSettings {
     pub access_key: Option<SecretString>,
     pub payment_method: String,
     pub timeout: Duration,
+    /// How long WHMCS may keep running an AddOrder after the client's timeout.
+    pub execution_allowance: Duration,
     /// What to do with quantities above 1 when WHMCS is older than 8.12.
     pub quantity_mode: QuantityMode,
 }

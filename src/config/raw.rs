@@ -52,6 +52,7 @@ pub(super) struct Raw {
     pub(super) whmcs_api_access_key: SecretString,
     pub(super) whmcs_payment_method: String,
     pub(super) whmcs_timeout_secs: u64,
+    pub(super) whmcs_execution_allowance_secs: u64,
     pub(super) whmcs_quantity_mode: String,
     pub(super) redis_tls_ca_file: String,
     pub(super) redis_tls_cert_file: String,

@@ -865,6 +865,7 @@ impl Config {
                 access_key: secret_non_empty(r.whmcs_api_access_key),
                 payment_method: whmcs_payment_method,
                 timeout: Duration::from_secs(r.whmcs_timeout_secs.max(1)),
+                execution_allowance: Duration::from_secs(r.whmcs_execution_allowance_secs),
                 quantity_mode: whmcs_quantity_mode,
             },
             queue,

@@ -97,6 +97,19 @@ pub async fn run(
             "ledger_unavailable".to_owned(),
         ),
         JobError::Busy(_) | JobError::LeaseLost(_) => (BUSY_DELAY, "order_busy".to_owned()),
+        // The wait is exact (the earliest moment a new AddOrder is safe), plus a little jitter
+        // so that Orders caught by one WHMCS incident do not all return in the same second.
+        JobError::AddInDoubt { delay, .. } => {
+            let extra = rand::rng().random_range(1000..=3000);
+            return defer(
+                p,
+                queue,
+                job,
+                *delay + Duration::from_millis(extra),
+                "whmcs_add_in_doubt",
+            )
+            .await;
+        }
     };
     defer(p, queue, job, jittered(delay), &reason).await
 }

@@ -88,6 +88,9 @@ pub struct WorkerSettings {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub quantity_mode: QuantityMode,
+    /// How long after an `adding` intent an `AddOrder` whose outcome is unknown may still
+    /// commit in WHMCS (`WHMCS_TIMEOUT_SECS` + `WHMCS_EXECUTION_ALLOWANCE_SECS`).
+    pub add_in_doubt_window: Duration,
 }
 
 /// Everything a job needs; shared by all jobs of a process.
@@ -158,6 +161,10 @@ pub enum JobError {
     Busy(String),
     #[error("lease on order {0} was lost")]
     LeaseLost(String),
+    /// An earlier `AddOrder` for the Order may still be running in WHMCS and its order is not
+    /// there yet: no new one is sent before `delay` has passed; the job waits and looks again.
+    #[error("an earlier AddOrder for order {order} may still commit in WHMCS")]
+    AddInDoubt { order: String, delay: Duration },
     /// A dependency cannot serve the job now (outage, rejected credentials, configuration): the
     /// job waits in the queue; the Order stays `Activating`.
     #[error("{} unavailable: {message}", dependency.as_str())]
@@ -730,6 +737,21 @@ impl Provisioner {
                 }
             }
             if whmcs_order_id.is_none() {
+                // An earlier AddOrder whose outcome is unknown may still commit: no second one
+                // until it cannot any more (the lookup above runs again after the wait).
+                if !first_run {
+                    if let Some(delay) = self
+                        .ledger
+                        .add_in_doubt(id, self.settings.add_in_doubt_window)
+                        .await?
+                    {
+                        return Err(JobError::AddInDoubt {
+                            order: id.to_string(),
+                            delay,
+                        }
+                        .into());
+                    }
+                }
                 if !self.ledger.mark_adding(id, owner, &client_id).await? {
                     return Err(JobError::LeaseLost(id.to_string()).into());
                 }
@@ -755,10 +777,7 @@ impl Provisioner {
 
         if !accepted {
             self.ensure_lease(id, owner).await?;
-            match self
-                .retry("accept_order", || self.whmcs.accept_order(whmcs_order_id))
-                .await
-            {
+            match self.accept_once(id, owner, whmcs_order_id).await? {
                 Ok(()) => {}
                 Err(e) if e.kind == crate::whmcs::WhmcsErrorKind::NotPending => {
                     // Accepted by an earlier attempt, or cancelled: ask WHMCS.
@@ -847,13 +866,39 @@ impl Provisioner {
                 Ok(r) => return Ok((r.order_id, r.service_ids)),
                 Err(e) if e.class() == ErrorClass::Transient => {
                     self.metrics.whmcs_error("AddOrder", &e.code());
-                    warn!(attempt, error.code = %e.code(), error.message = %e, "AddOrder outcome unknown; reconciling");
-                    if let Some(found) = self.reconcile(id, search).await? {
-                        info!(
-                            whmcs.order_id = found.id,
-                            "found the order AddOrder created"
-                        );
-                        return Ok((found.id, found.service_ids));
+                    let running = e.may_still_run();
+                    if !running {
+                        // WHMCS answered, or the request never left: nothing of this AddOrder
+                        // can commit later.
+                        self.ledger.add_concluded(id, owner).await?;
+                    }
+                    if e.kind != crate::whmcs::WhmcsErrorKind::Connect {
+                        warn!(attempt, error.code = %e.code(), error.message = %e, "AddOrder outcome unknown; reconciling");
+                        if let Some(found) = self.reconcile(id, search).await? {
+                            info!(
+                                whmcs.order_id = found.id,
+                                "found the order AddOrder created"
+                            );
+                            return Ok((found.id, found.service_ids));
+                        }
+                    }
+                    if running {
+                        if let Some(delay) = self
+                            .ledger
+                            .add_in_doubt(id, self.settings.add_in_doubt_window)
+                            .await?
+                        {
+                            warn!(
+                                error.code = %e.code(),
+                                wait_ms = delay.as_millis() as u64,
+                                "AddOrder may still commit in WHMCS; waiting before looking again"
+                            );
+                            return Err(JobError::AddInDoubt {
+                                order: id.to_string(),
+                                delay,
+                            }
+                            .into());
+                        }
                     }
                     attempt += 1;
                     if attempt >= self.settings.max_attempts {
@@ -869,6 +914,51 @@ impl Provisioner {
                 }
                 Err(e) => return Err(self.whmcs_fail("AddOrder", &e)),
             }
+        }
+    }
+
+    /// `AcceptOrder`, looking the order up (`GetOrders id=`) after any failure whose outcome is
+    /// unknown before sending it again. The outer result ends the step (lease lost, WHMCS out of
+    /// reach for the lookup); the inner one is WHMCS's answer for the caller to judge.
+    async fn accept_once(
+        &self,
+        id: &SalesforceId,
+        owner: &str,
+        whmcs_order_id: u64,
+    ) -> Result<Result<(), crate::whmcs::WhmcsError>, StepError> {
+        let mut attempt = 0;
+        loop {
+            self.ensure_lease(id, owner).await?;
+            let e = match self.whmcs.accept_order(whmcs_order_id).await {
+                Ok(()) => return Ok(Ok(())),
+                Err(e) if e.class() == ErrorClass::Transient => e,
+                Err(e) => return Ok(Err(e)),
+            };
+            self.metrics.whmcs_error("AcceptOrder", &e.code());
+            attempt += 1;
+            if e.kind != crate::whmcs::WhmcsErrorKind::Connect {
+                warn!(attempt, error.code = %e.code(), error.message = %e, "AcceptOrder outcome unknown; looking the order up");
+                let current = self
+                    .retry("get_order", || self.whmcs.get_order(whmcs_order_id))
+                    .await
+                    .map_err(|e| self.whmcs_fail("GetOrders", &e))?;
+                match current {
+                    Some(o) if o.status.eq_ignore_ascii_case("Active") => return Ok(Ok(())),
+                    // Still Pending (or gone, which the caller's lookup reports): send again.
+                    Some(o) if o.status.eq_ignore_ascii_case("Pending") => {}
+                    _ => {
+                        return Ok(Err(crate::whmcs::WhmcsError {
+                            action: "AcceptOrder".into(),
+                            kind: crate::whmcs::WhmcsErrorKind::NotPending,
+                            message: e.message,
+                        }));
+                    }
+                }
+            }
+            if attempt >= self.settings.max_attempts {
+                return Ok(Err(e));
+            }
+            tokio::time::sleep(self.backoff(attempt)).await;
         }
     }
 

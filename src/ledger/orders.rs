@@ -119,6 +119,12 @@ impl Ledger {
             tx.rollback().await?;
             return Ok(false);
         }
+        sqlx::query(&format!(
+            "UPDATE orders SET adding_at = {now} WHERE sf_order_id = $1"
+        ))
+        .bind(order.as_str())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO order_clients (sf_order_id, whmcs_client_id, first_seen_at) \
              VALUES ($1, $2, $3) ON CONFLICT (sf_order_id, whmcs_client_id) DO NOTHING",
@@ -130,6 +136,44 @@ impl Ledger {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// How long the Order must still wait before a new `AddOrder`: the time left until
+    /// `window` has passed since the last `adding` intent whose `AddOrder` may still be running
+    /// (database clock); `None` when there is no such intent or the window has passed.
+    pub async fn add_in_doubt(
+        &self,
+        order: &SalesforceId,
+        window: std::time::Duration,
+    ) -> Result<Option<std::time::Duration>> {
+        let now = self.db_now();
+        let mut conn = self.reader().await?;
+        let left: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT adding_at + $2 - {now} FROM orders \
+             WHERE sf_order_id = $1 AND adding_at IS NOT NULL AND whmcs_order_id IS NULL"
+        ))
+        .bind(order.as_str())
+        .bind(i64::try_from(window.as_millis()).unwrap_or(i64::MAX))
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(left
+            .filter(|ms| *ms > 0)
+            .map(|ms| std::time::Duration::from_millis(ms.unsigned_abs())))
+    }
+
+    /// Records that the Order's last `AddOrder` has ended without creating an order WHMCS could
+    /// still commit (WHMCS answered, or the request was never sent), while `owner` holds the
+    /// lease.
+    pub async fn add_concluded(&self, order: &SalesforceId, owner: &str) -> Result<bool> {
+        let mut conn = self.writer().await?;
+        let done = sqlx::query(
+            "UPDATE orders SET adding_at = NULL WHERE sf_order_id = $1 AND lease_owner = $2",
+        )
+        .bind(order.as_str())
+        .bind(owner)
+        .execute(&mut *conn)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Every WHMCS client id the Order's `AddOrder` was attempted under, with the time of the

@@ -185,7 +185,8 @@ async fn long_client_history_costs_at_most_two_get_orders_calls() {
         .to_string();
     app.sim.sim.seed_whmcs_history(1, 5_000, &month_ago);
 
-    // A dead run committed the intent to add under client 1; AddOrder never reached WHMCS.
+    // A dead run committed the intent to add under client 1 an hour ago (long enough for any
+    // AddOrder of its to have ended); AddOrder never reached WHMCS.
     let ledger = app.state.ledger.clone();
     let dead = "dead-process:run";
     ledger
@@ -194,6 +195,10 @@ async fn long_client_history_costs_at_most_two_get_orders_calls() {
         .expect("claim")
         .expect("free");
     assert!(ledger.mark_adding(&id, dead, "1").await.expect("adding"));
+    sqlx::query("UPDATE orders SET adding_at = adding_at - 3600000")
+        .execute(ledger.pool())
+        .await
+        .expect("age the intent");
     app.sim
         .sim
         .set_order_field(&id, "Activation_Status__c", Value::from("Activating"));
@@ -282,4 +287,103 @@ async fn failed_write_back_keeps_the_whmcs_order_id() {
         Some(created[0].id.to_string())
     );
     app.stop().await.expect("stop");
+}
+
+/// WHMCS commits an AddOrder long after the daemon stopped waiting (a slow order hook), and the
+/// process is SIGKILLed while the request is in flight. The re-run (after the 30 s lease)
+/// finds the `adding` intent and no order in WHMCS yet: it must wait until WHMCS_TIMEOUT_SECS +
+/// WHMCS_EXECUTION_ALLOWANCE_SECS have passed since the intent, look again, and adopt the order
+/// the first AddOrder created — never send a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_commit_after_sigkill_makes_one_whmcs_order() {
+    let app = spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await;
+    // The order commits 45 s after the client's 2 s timeout, beyond the Order's 30 s lease.
+    app.sim.sim.set_faults(Faults {
+        whmcs_slow_commit_ms: 47_000,
+        ..Faults::default()
+    });
+    let env = [
+        ("WHMCS_TIMEOUT_SECS", "2".to_owned()),
+        ("WHMCS_EXECUTION_ALLOWANCE_SECS", "60".to_owned()),
+    ];
+    let id = app.seed(1).remove(0);
+    let mut child = daemon_process(&app, &env);
+    app.sim.sim.approve(&id);
+    wait_until(
+        Duration::from_secs(60),
+        "AddOrder to reach WHMCS",
+        || async { app.sim.sim.counts(&id).add_order == 1 },
+    )
+    .await;
+    child.kill().await.expect("SIGKILL");
+    let mut child = daemon_process(&app, &env);
+    app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(180))
+        .await;
+    child.kill().await.expect("stop");
+    assert_eq!(app.activation(&id).as_deref(), Some("Activated"));
+    assert_eq!(
+        app.sim.sim.whmcs_orders_for(&id).len(),
+        1,
+        "one WHMCS order"
+    );
+    assert_eq!(
+        app.sim.sim.counts(&id).add_order,
+        1,
+        "no second AddOrder while the first could still commit"
+    );
+}
+
+/// The same within one run: AddOrder times out, the lookup finds nothing (the commit is still
+/// to come), and the job waits out the window instead of sending AddOrder again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_add_order_is_not_resent_while_it_may_still_commit() {
+    let app = spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await;
+    app.sim.sim.set_faults(Faults {
+        whmcs_slow_commit_ms: 6_000,
+        ..Faults::default()
+    });
+    let env = [
+        ("WHMCS_TIMEOUT_SECS", "1".to_owned()),
+        ("WHMCS_EXECUTION_ALLOWANCE_SECS", "8".to_owned()),
+    ];
+    let id = app.seed(1).remove(0);
+    let mut child = daemon_process(&app, &env);
+    app.sim.sim.approve(&id);
+    app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(90))
+        .await;
+    child.kill().await.expect("stop");
+    assert_eq!(app.activation(&id).as_deref(), Some("Activated"));
+    assert_eq!(app.sim.sim.whmcs_orders_for(&id).len(), 1);
+    assert_eq!(app.sim.sim.counts(&id).add_order, 1);
+}
+
+/// AcceptOrder is performed but its answer is lost (500 after the commit): the job looks the
+/// order up (`GetOrders id=`) and sees it Active instead of sending AcceptOrder again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_accept_order_is_looked_up_before_it_is_resent() {
+    let app = spawn_app(Options::default()).await;
+    app.sim.sim.set_faults(Faults {
+        whmcs_error_rate: 1.0,
+        whmcs_error_kind: WhmcsFaultKind::AfterCommit,
+        whmcs_error_actions: vec!["AcceptOrder".into()],
+        ..Faults::default()
+    });
+    let id = app.seed_approved(1).remove(0);
+    app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(60))
+        .await;
+    assert_eq!(app.activation(&id).as_deref(), Some("Activated"));
+    let counts = app.sim.sim.counts(&id);
+    assert_eq!(counts.accept_order, 1, "AcceptOrder sent once");
+    assert!(
+        app.sim.sim.totals().get_orders >= 1,
+        "the order was looked up"
+    );
 }

@@ -127,6 +127,8 @@ const DAEMON_ENV: &[(&str, &str)] = &[
     ("SF_EVENTS_WATCHDOG_SECS", "30"),
     ("SF_HTTP_TIMEOUT_SECS", "5"),
     ("WHMCS_TIMEOUT_SECS", "3"),
+    // The simulator's faults never commit after answering: a short allowance keeps runs short.
+    ("WHMCS_EXECUTION_ALLOWANCE_SECS", "2"),
     ("SHUTDOWN_GRACE_SECS", "10"),
     ("RECONCILER_INTERVAL_SECS", "5"),
     ("RECONCILER_STUCK_AFTER_SECS", "30"),

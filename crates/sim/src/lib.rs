@@ -130,6 +130,10 @@ pub struct Faults {
     pub whmcs_error_rate: f64,
     #[serde(alias = "whmcsErrorKind")]
     pub whmcs_error_kind: WhmcsFaultKind,
+    /// The actions `whmcs_error_rate` applies to, e.g. `["AcceptOrder"]`; empty: AddOrder,
+    /// AcceptOrder and GetOrders.
+    #[serde(alias = "whmcsErrorActions")]
+    pub whmcs_error_actions: Vec<String>,
     #[serde(alias = "whmcsLatencyMs")]
     pub whmcs_latency_ms: u64,
     /// AddOrder with any of these pids fails with "No items added to cart…".
@@ -165,6 +169,11 @@ pub struct Faults {
     /// Every Salesforce REST call answers 403 `REQUEST_LIMIT_EXCEEDED`.
     #[serde(alias = "sfRequestLimit")]
     pub sf_request_limit: bool,
+    /// AddOrder commits this many milliseconds after the request arrived, whether or not the
+    /// caller is still waiting (a slow order hook, a PHP process outliving the web server's
+    /// timeout); the answer follows the commit. 0: no delay.
+    #[serde(alias = "whmcsSlowCommitMs")]
+    pub whmcs_slow_commit_ms: u64,
     /// Seed of the RNG behind `whmcs_error_rate`.
     pub seed: u64,
 }

@@ -303,23 +303,44 @@ async fn api(State(sim): State<Simulator>, body: Bytes) -> Response {
     };
 
     // Count the call and decide its fault under the lock.
-    let (latency, fault) = {
+    let (latency, fault, slow_commit) = {
         let mut st = inner.lock();
         st.totals.whmcs_calls += 1;
         attribute(&mut st, action, &p);
         let f = &st.faults;
         let latency = f.whmcs_latency_ms;
+        let slow_commit = f.whmcs_slow_commit_ms;
         let rate = f.whmcs_error_rate;
         let kind = f.whmcs_error_kind;
         // Injected errors hit the order actions; the informational ones (version, products,
         // clients) answer, as a WHMCS whose order hooks fail still does.
-        let order_action = matches!(
-            action,
-            Action::AddOrder | Action::AcceptOrder | Action::GetOrders
-        );
+        let order_action = if f.whmcs_error_actions.is_empty() {
+            matches!(
+                action,
+                Action::AddOrder | Action::AcceptOrder | Action::GetOrders
+            )
+        } else {
+            f.whmcs_error_actions
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(p.get("action")))
+        };
         let fault = (order_action && rate > 0.0 && st.rng.random::<f64>() < rate).then_some(kind);
-        (latency, fault)
+        (latency, fault, slow_commit)
     };
+    if action == Action::AddOrder && slow_commit > 0 {
+        // The commit runs on its own task: a caller that gives up does not stop it.
+        let commit = tokio::spawn({
+            let sim = sim.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(slow_commit)).await;
+                perform(&sim, action, &p)
+            }
+        });
+        return tokio::select! {
+            r = commit => r.unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "commit task failed")),
+            _ = inner.shutdown.cancelled() => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        };
+    }
     if latency > 0 {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(latency)) => {}
