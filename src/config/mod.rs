@@ -40,10 +40,13 @@ fn err(setting: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Where to start a subscription that has no stored cursor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where to start a subscription that has no stored cursor (`sf_events_replay`: `LATEST`, or
+/// `ALL` = `EARLIEST`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum ReplayStart {
     Latest,
+    #[serde(alias = "ALL")]
     Earliest,
 }
 
@@ -59,7 +62,9 @@ pub enum SalesforceAuth {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `log_format`: `json` or `pretty`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Json,
     Pretty,
@@ -106,7 +111,9 @@ pub struct WhmcsSettings {
 }
 
 /// How an Order Product of quantity N reaches a WHMCS that ignores `qty[]` (before 8.12).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// `whmcs_quantity_mode`: `expand` or `reject`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum QuantityMode {
     /// N lines of quantity 1.
     #[default]

@@ -1,6 +1,8 @@
 //! The raw, flat settings exactly as `config/default.toml` names them, and how they are read:
 //! defaults → optional file → environment (figment). Nothing here judges a value; that is
-//! [`super::validate`]'s job, so each problem is reported once, naming its setting.
+//! [`super::validate`]'s job, so each problem is reported once, naming its setting. Enumerated
+//! settings are strings here; their values are the serde names of the enums they become
+//! (in this file for those that select other settings, in [`super`] for the rest).
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -118,6 +120,22 @@ pub(super) struct Raw {
     pub(super) redis_wait_replica_ms: u64,
     pub(super) test_clock_offset_secs: i64,
     pub(super) admin_token: SecretString,
+}
+
+/// `sf_auth_flow`'s values (the flow's credentials are other settings).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum AuthFlowName {
+    Jwt,
+    ClientCredentials,
+}
+
+/// `api_auth`'s values (the JWT's settings are other settings).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum ApiAuthName {
+    Jwt,
+    Disabled,
 }
 
 /// Defaults → optional file → environment, deserialised but not yet validated.

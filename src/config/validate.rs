@@ -1,13 +1,29 @@
 //! Validation: turns [`Raw`] settings into a [`Config`], checking every value and every
 //! cross-field rule. Each problem is one [`ConfigError`] naming its setting; validation goes on
 //! past a problem so that every one is reported at once (`provisioner check`).
+//!
+//! Enumerated settings are read through their types' serde names ([`enum_setting`]); the raw
+//! value stays a string so that a bad one is one error naming the setting, not a failed load.
 
 use std::{net::SocketAddr, time::Duration};
 
 use secrecy::SecretString;
+use serde::de::{DeserializeOwned, IntoDeserializer, value::StrDeserializer};
 
-use super::raw::Raw;
+use super::raw::{ApiAuthName, AuthFlowName, Raw};
 use super::*;
+
+/// Reads the value of an enumerated setting (already trimmed, or case-folded where the setting
+/// ignores case) as `T` through its serde names; anything else is one error naming the
+/// setting: "must be {expected}, got {value:?}".
+fn enum_setting<T: DeserializeOwned>(
+    setting: &str,
+    value: &str,
+    expected: &str,
+) -> Result<T, ConfigError> {
+    let de: StrDeserializer<'_, serde::de::value::Error> = value.into_deserializer();
+    T::deserialize(de).map_err(|_| err(setting, format!("must be {expected}, got {value:?}")))
+}
 
 fn non_empty(s: String) -> Option<String> {
     let t = s.trim();
@@ -121,14 +137,11 @@ fn cors_origins(v: &str) -> Result<Vec<String>, ConfigError> {
 }
 
 pub(super) fn replay_setting(v: &str) -> Result<ReplayStart, ConfigError> {
-    match v.trim().to_ascii_uppercase().as_str() {
-        "LATEST" => Ok(ReplayStart::Latest),
-        "ALL" | "EARLIEST" => Ok(ReplayStart::Earliest),
-        other => Err(err(
-            "sf_events_replay",
-            format!("must be LATEST or ALL, got {other:?}"),
-        )),
-    }
+    enum_setting(
+        "sf_events_replay",
+        &v.trim().to_ascii_uppercase(),
+        "LATEST or ALL",
+    )
 }
 
 pub(super) fn channel_setting(v: &str) -> Result<String, ConfigError> {
@@ -296,14 +309,7 @@ pub(super) fn database_settings(r: &Raw) -> Result<DatabaseConfig, ConfigError> 
 }
 
 fn quantity_mode_setting(v: &str) -> Result<QuantityMode, ConfigError> {
-    match v.trim() {
-        "expand" => Ok(QuantityMode::Expand),
-        "reject" => Ok(QuantityMode::Reject),
-        other => Err(err(
-            "whmcs_quantity_mode",
-            format!("must be expand or reject, got {other:?}"),
-        )),
-    }
+    enum_setting("whmcs_quantity_mode", v.trim(), "expand or reject")
 }
 
 /// The dashboard token: empty disables the dashboard; otherwise long enough not to be guessed.
@@ -388,8 +394,10 @@ fn salesforce_auth(
     private_key_path: String,
     client_secret: SecretString,
 ) -> Result<SalesforceAuth, ConfigError> {
-    match flow.trim() {
-        "jwt" => {
+    let flow: AuthFlowName =
+        enum_setting("sf_auth_flow", flow.trim(), "jwt or client_credentials")?;
+    match flow {
+        AuthFlowName::Jwt => {
             let username = require("sf_username", username)?;
             let inline = secret_non_empty(private_key);
             let path = non_empty(private_key_path);
@@ -424,7 +432,7 @@ fn salesforce_auth(
                 private_key_pem: pem,
             })
         }
-        "client_credentials" => Ok(SalesforceAuth::ClientCredentials {
+        AuthFlowName::ClientCredentials => Ok(SalesforceAuth::ClientCredentials {
             client_secret: secret_non_empty(client_secret).ok_or_else(|| {
                 err(
                     "sf_client_secret",
@@ -432,10 +440,6 @@ fn salesforce_auth(
                 )
             })?,
         }),
-        other => Err(err(
-            "sf_auth_flow",
-            format!("must be jwt or client_credentials, got {other:?}"),
-        )),
     }
 }
 
@@ -534,30 +538,19 @@ fn api_auth_setting(
     issuer: String,
     audience: String,
 ) -> Result<ApiAuth, ConfigError> {
-    match r_api_auth.trim() {
-        "jwt" => Ok(ApiAuth::Jwt {
+    match enum_setting("api_auth", r_api_auth.trim(), "jwt or disabled")? {
+        ApiAuthName::Jwt => Ok(ApiAuth::Jwt {
             secret: portal_secret_setting(secret)?,
             account_claim: require("portal_jwt_account_claim", claim)?,
             issuer: non_empty(issuer),
             audience: non_empty(audience),
         }),
-        "disabled" => Ok(ApiAuth::Disabled),
-        other => Err(err(
-            "api_auth",
-            format!("must be jwt or disabled, got {other:?}"),
-        )),
+        ApiAuthName::Disabled => Ok(ApiAuth::Disabled),
     }
 }
 
 pub(super) fn log_format_setting(v: &str) -> Result<LogFormat, ConfigError> {
-    match v.trim() {
-        "json" => Ok(LogFormat::Json),
-        "pretty" => Ok(LogFormat::Pretty),
-        other => Err(err(
-            "log_format",
-            format!("must be json or pretty, got {other:?}"),
-        )),
-    }
+    enum_setting("log_format", v.trim(), "json or pretty")
 }
 
 impl Config {
@@ -909,5 +902,42 @@ impl Config {
             admin_token,
             breaker,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enumerated_settings_read_their_serde_names_and_name_the_setting_otherwise() {
+        assert_eq!(replay_setting(" latest ").ok(), Some(ReplayStart::Latest));
+        assert_eq!(replay_setting("ALL").ok(), Some(ReplayStart::Earliest));
+        assert_eq!(replay_setting("earliest").ok(), Some(ReplayStart::Earliest));
+        assert_eq!(log_format_setting("json").ok(), Some(LogFormat::Json));
+        assert_eq!(
+            quantity_mode_setting("reject").ok(),
+            Some(QuantityMode::Reject)
+        );
+        let e = replay_setting("sometimes")
+            .err()
+            .map(|e| (e.setting, e.message));
+        assert_eq!(
+            e,
+            Some((
+                "SF_EVENTS_REPLAY".to_owned(),
+                "must be LATEST or ALL, got \"SOMETIMES\"".to_owned()
+            ))
+        );
+        let e = log_format_setting("JSON")
+            .err()
+            .map(|e| (e.setting, e.message));
+        assert_eq!(
+            e,
+            Some((
+                "LOG_FORMAT".to_owned(),
+                "must be json or pretty, got \"JSON\"".to_owned()
+            ))
+        );
     }
 }
