@@ -361,9 +361,18 @@ impl Provisioner {
                 .in_current_span(),
             )
         };
+        // The attempt the claimed run opened (0: none yet), to close if the run is cut off.
+        let started = std::sync::atomic::AtomicI64::new(0);
         let result = tokio::select! {
-            r = self.provision_claimed(job, execution, &id, &order, row, &owner) => r,
-            () = lease_lost.cancelled() => Err(JobError::LeaseLost(id.to_string())),
+            r = self.provision_claimed(job, execution, &id, &order, row, &owner, &started) => r,
+            () = lease_lost.cancelled() => {
+                let e = JobError::LeaseLost(id.to_string());
+                let attempt = started.load(std::sync::atomic::Ordering::Relaxed);
+                if attempt != 0 {
+                    self.close_deferred(attempt, &e).await;
+                }
+                Err(e)
+            }
         };
         renewer.abort();
         // A finished attempt gave the lease back with its last change.
@@ -493,6 +502,7 @@ impl Provisioner {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn provision_claimed(
         &self,
         job: &ProvisionOrderV1,
@@ -501,6 +511,7 @@ impl Provisioner {
         order: &SfOrder,
         row: OrderRecord,
         owner: &str,
+        started: &std::sync::atomic::AtomicI64,
     ) -> Result<Outcome, JobError> {
         // Another job finished this very event while we waited for the lease.
         if row.last_event_id.as_deref() == Some(job.event_id.as_str()) && row.outcome.is_some() {
@@ -523,11 +534,46 @@ impl Provisioner {
             )
             .await?
             .ok_or_else(|| JobError::LeaseLost(id.to_string()))?;
+        started.store(attempt, std::sync::atomic::Ordering::Relaxed);
+        let result = self
+            .attempt_claimed(job, execution, id, order, &row, owner, attempt)
+            .await;
+        if let Err(e) = &result {
+            // The attempt ends without an outcome: the job waits and runs again.
+            self.close_deferred(attempt, e).await;
+        }
+        result
+    }
 
+    /// Closes an attempt that ended without an outcome, with the reason.
+    async fn close_deferred(&self, attempt: i64, e: &JobError) {
+        let message = e.to_string();
+        if let Err(le) = self
+            .ledger
+            .finish_attempt(attempt, DEFERRED, Some(("DEFERRED", message.as_str())))
+            .await
+        {
+            warn!(error.message = %le, "cannot close the deferred attempt");
+        }
+    }
+
+    /// The attempt `attempt` on a claimed Order: WHMCS, then the write-back, then the ledger's
+    /// final update.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt_claimed(
+        &self,
+        job: &ProvisionOrderV1,
+        execution: Execution,
+        id: &SalesforceId,
+        order: &SfOrder,
+        row: &OrderRecord,
+        owner: &str,
+        attempt: i64,
+    ) -> Result<Outcome, JobError> {
         // The WHMCS order this attempt created, found or reused, even if a later step failed.
         let mut whmcs_order = None;
         let result = self
-            .drive(job, execution, id, order, &row, owner, &mut whmcs_order)
+            .drive(job, execution, id, order, row, owner, &mut whmcs_order)
             .await;
         let (outcome, update) = match result {
             Ok(whmcs_order_id) => (
@@ -537,18 +583,7 @@ impl Provisioner {
                     at: chrono::Utc::now(),
                 },
             ),
-            Err(StepError::Job(e)) => {
-                // The attempt ends without an outcome: the job waits and runs again.
-                let message = e.to_string();
-                if let Err(le) = self
-                    .ledger
-                    .finish_attempt(attempt, DEFERRED, Some(("DEFERRED", message.as_str())))
-                    .await
-                {
-                    warn!(error.message = %le, "cannot close the deferred attempt");
-                }
-                return Err(e);
-            }
+            Err(StepError::Job(e)) => return Err(e),
             Err(StepError::Fail(f)) => (
                 Outcome::Failed {
                     code: f.code.clone(),

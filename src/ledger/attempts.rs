@@ -19,6 +19,19 @@ impl Ledger {
         let now_sql = self.db_now();
         let mut conn = self.writer().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        // An attempt still open belongs to a run that no longer holds the lease (we do): its
+        // process stopped, or it lost the lease and stops before its next side effect.
+        sqlx::query(
+            "UPDATE attempts SET finished_at = $2, outcome = $3, error_code = $4, \
+             error_message = $5 WHERE sf_order_id = $1 AND finished_at IS NULL",
+        )
+        .bind(order.as_str())
+        .bind(now_ms())
+        .bind(outcome::ABANDONED)
+        .bind("ABANDONED")
+        .bind("the run stopped without finishing (its process ended, or its lease expired)")
+        .execute(&mut *tx)
+        .await?;
         let attempt = Self::start_attempt_on(&mut tx, order, event_id).await?;
         if !Self::update_on(&mut tx, now_sql, order, owner, c).await? {
             // Lease lost: no attempt is recorded either.

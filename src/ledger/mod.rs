@@ -146,6 +146,8 @@ pub mod state {
 pub mod outcome {
     pub const PROVISIONED: &str = "Provisioned";
     pub const FAILED: &str = "Failed";
+    /// An attempt whose run stopped without closing it, closed by the next claim.
+    pub const ABANDONED: &str = "Abandoned";
 }
 
 /// One Order as the ledger knows it.
