@@ -376,6 +376,7 @@ async fn lead(
         health: state.health.clone(),
         fencing_token,
         proxy: state.cfg.proxy.clone(),
+        pauses: state.pauses.clone(),
     };
     let reconciler = Reconciler {
         cfg: state.cfg.reconciler.clone(),

@@ -100,6 +100,15 @@ pub async fn dispatch(config: Option<&Path>, command: Command) -> ExitCode {
         Command::Queue { command } => {
             crate::cli::ops::run(config, crate::cli::ops::OpsCommand::Queue(command)).await
         }
+        Command::Pause(args) => {
+            crate::cli::ops::run(config, crate::cli::ops::OpsCommand::Pause(args)).await
+        }
+        Command::Resume(args) => {
+            crate::cli::ops::run(config, crate::cli::ops::OpsCommand::Resume(args)).await
+        }
+        Command::Events { command } => {
+            crate::cli::ops::run(config, crate::cli::ops::OpsCommand::Events(command)).await
+        }
         Command::Whmcs { command } => crate::cli::whmcs::run(config, command).await,
         Command::Demo { orders, redis_url } => crate::cli::demo::run(orders, &redis_url).await,
     }

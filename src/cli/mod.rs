@@ -1,5 +1,5 @@
 //! Command line (clap): `serve` (default), `migrate`, `check`, `healthcheck`, `sim`, `demo` and
-//! the operator tools `orders`, `cursor`, `queue` ([`ops`]) and `whmcs reset-auth` ([`whmcs`]). Each command's code is in its own
+//! the operator tools `orders`, `cursor`, `queue`, `pause`, `resume`, `events` ([`ops`]) and `whmcs reset-auth` ([`whmcs`]). Each command's code is in its own
 //! file; [`dispatch`] runs one and turns its outcome into the exit code. Operator commands go
 //! through the ledger's and the queue's APIs: no SQL and no Redis key lives here.
 
@@ -74,6 +74,16 @@ pub enum Command {
     Queue {
         #[command(subcommand)]
         command: crate::cli::ops::QueueCommand,
+    },
+    /// Operator tools: pause intake (no events fetched) and/or provisioning (no job starts a
+    /// WHMCS call), cluster-wide; both when neither flag is given.
+    Pause(crate::cli::ops::PauseArgs),
+    /// Operator tools: resume what `pause` stopped; both parts when neither flag is given.
+    Resume(crate::cli::ops::ResumeArgs),
+    /// Operator tools: dead letters (poison events) — list them, replay one.
+    Events {
+        #[command(subcommand)]
+        command: crate::cli::ops::EventsCommand,
     },
     /// Operator tools: lift the WHMCS authentication latch after fixing the credentials.
     Whmcs {

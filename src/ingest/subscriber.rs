@@ -18,7 +18,11 @@
 //!   at error with the lost cursor, count it, forget the cursor and resubscribe once from
 //!   `sf_events_replay`; that start cannot fail the same way, so there is no resubscribe loop.
 //! - **Poison events** (undecodable, unknown schema, missing/malformed order id) are logged with
-//!   their replay id, counted, recorded in the inbox as `poison`, and skipped.
+//!   their replay id, counted, recorded in the inbox as `poison` and kept as dead letters (payload
+//!   included, in the same transaction as the cursor), and skipped.
+//! - **Paused intake** (an operator pause in the ledger, read through a short cache): no
+//!   subscription is opened and an open one is dropped; no flow-control request is sent while
+//!   paused, so the events stay retained in Salesforce and the cursor does not move.
 //! - **Fenced.** A cursor write (batch, keepalive, clear) refused for an older fencing token ends
 //!   the subscriber: its replica gives leadership up and acquires it again with a new token.
 //! - Shutdown: on cancellation the stream is dropped between batches; the cursor is already
@@ -46,9 +50,10 @@ use crate::salesforce::{
 use crate::{
     config::{EventsConfig, ReplayStart},
     jobs::retry::Backoff,
-    ledger::{InboxEntry, Ledger, LedgerError},
+    ledger::{InboxEntry, Ledger, LedgerError, PausePart, PoisonEntry},
     metrics::Metrics,
     net::proxy::ProxyConfig,
+    pause::Pauses,
     queue::{Job, JobSource, ProvisionOrderV1, Queue},
     status::{SubState, SubscriptionHealth},
 };
@@ -65,6 +70,8 @@ enum StreamEnd {
     /// A cursor write was refused: a newer leader's token is stored. Leadership is given up
     /// (and acquired again with a new token), never resubscribed with the same token.
     Fenced,
+    /// An operator paused intake: the stream is dropped and nothing more is requested.
+    Paused,
 }
 
 /// How a ledger failure ends the stream.
@@ -84,6 +91,9 @@ pub fn error_code(status: &Status) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// How often the pause of intake is looked at (through the pauses' cache).
+const PAUSE_POLL: Duration = Duration::from_millis(250);
+
 fn is_replay_error(code: &str) -> bool {
     code.contains("replayid.corrupted") || code.contains("replayid.validation.failed")
 }
@@ -100,6 +110,8 @@ pub struct Subscriber {
     pub fencing_token: i64,
     /// Outbound proxies (the channel tunnels through one unless exempted).
     pub proxy: ProxyConfig,
+    /// Operator pauses: while intake is paused nothing is requested from Salesforce.
+    pub pauses: Arc<Pauses>,
 }
 
 impl Subscriber {
@@ -125,7 +137,8 @@ impl Subscriber {
         })
     }
 
-    fn request<T>(msg: T, s: &Session) -> Result<Request<T>, Status> {
+    /// A Pub/Sub request carrying the session's credentials.
+    pub fn request<T>(msg: T, s: &Session) -> Result<Request<T>, Status> {
         let mut r = Request::new(msg);
         let md = r.metadata_mut();
         let v = |s: &str| {
@@ -152,23 +165,43 @@ impl Subscriber {
         let mut schemas: HashMap<String, Option<Arc<Schema>>> = HashMap::new();
         let mut failures: u32 = 0;
         let mut first = true;
+        let mut paused = false;
         // A stored cursor rejected by Salesforce is replaced by the preset exactly once per
         // cursor: after a fallback the next subscription starts from the preset.
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            if !first {
+            if self.pauses.is_paused(PausePart::Intake).await {
+                if !paused {
+                    info!("intake paused by an operator: not subscribing");
+                }
+                paused = true;
+                self.health.update(|h| h.state = SubState::Paused);
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(PAUSE_POLL) => {}
+                }
+                continue;
+            }
+            if paused {
+                info!("intake resumed: subscribing from the stored cursor");
+            } else if !first {
                 self.metrics.reconnects.inc();
                 self.health.update(|h| h.reconnects += 1);
             }
             first = false;
+            paused = false;
             self.health.update(|h| h.state = SubState::Connecting);
             let end = self
                 .subscribe_once(&mut client, &mut schemas, &shutdown, &mut failures)
                 .await;
             let delay = match end {
                 StreamEnd::Shutdown => return Ok(()),
+                StreamEnd::Paused => {
+                    self.health.update(|h| h.state = SubState::Paused);
+                    continue;
+                }
                 StreamEnd::Fenced => {
                     warn!(
                         fencing_token = self.fencing_token,
@@ -290,9 +323,18 @@ impl Subscriber {
         let mut starved = false;
         let mut room_check = tokio::time::interval(Duration::from_millis(250));
         room_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pause_check = tokio::time::interval(PAUSE_POLL);
+        pause_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let msg = tokio::select! {
                 () = shutdown.cancelled() => return StreamEnd::Shutdown,
+                _ = pause_check.tick() => {
+                    if self.pauses.is_paused(PausePart::Intake).await {
+                        info!("intake paused by an operator: closing the stream");
+                        return StreamEnd::Paused;
+                    }
+                    continue;
+                }
                 _ = room_check.tick(), if starved => {
                     match self.top_up(&tx, &mut outstanding, batch).await {
                         Ok(s) => starved = s,
@@ -360,6 +402,9 @@ impl Subscriber {
         outstanding: &mut i32,
         batch: i32,
     ) -> Result<bool, StreamEnd> {
+        if self.pauses.is_paused(PausePart::Intake).await {
+            return Err(StreamEnd::Paused);
+        }
         let pending = self
             .queue
             .pending()
@@ -476,6 +521,7 @@ impl Subscriber {
         let mut order_ids: Vec<Option<String>> = Vec::with_capacity(events.len());
         let mut statuses: Vec<&'static str> = Vec::with_capacity(events.len());
         let mut poison = 0u64;
+        let mut dead_letters: Vec<PoisonEntry<'_>> = Vec::new();
         let mut duplicates = 0u64;
         for ce in &events {
             let Some(ev) = ce.event.as_ref() else {
@@ -484,6 +530,14 @@ impl Subscriber {
                 poison += 1;
                 self.metrics.poison("empty_event");
                 warn!(replay_id = %hex::encode(&ce.replay_id), "event without body skipped");
+                dead_letters.push(PoisonEntry {
+                    replay_id: &ce.replay_id,
+                    event_id: None,
+                    schema_id: None,
+                    reason: "empty_event",
+                    detail: None,
+                    payload: &[],
+                });
                 continue;
             };
             if seen.iter().any(|s| s == &ev.id) {
@@ -523,6 +577,14 @@ impl Subscriber {
                     warn!(replay_id = %hex::encode(&ce.replay_id), event.id = %ev.id, reason = p.kind(), error.message = %p, "poison event skipped");
                     order_ids.push(None);
                     statuses.push("poison");
+                    dead_letters.push(PoisonEntry {
+                        replay_id: &ce.replay_id,
+                        event_id: Some(&ev.id),
+                        schema_id: Some(&ev.schema_id),
+                        reason: p.kind(),
+                        detail: Some(p.to_string()),
+                        payload: &ev.payload,
+                    });
                 }
             }
         }
@@ -545,9 +607,10 @@ impl Subscriber {
             })
             .collect();
         self.ledger
-            .record_events(
+            .record_events_with_poison(
                 &self.cfg.channel,
                 &entries,
+                &dead_letters,
                 &last_replay,
                 self.fencing_token,
             )
