@@ -325,6 +325,8 @@ impl Subscriber {
         room_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pause_check = tokio::time::interval(PAUSE_POLL);
         pause_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The watchdog runs from the last response (the pause check does not restart it).
+        let mut watchdog_at = tokio::time::Instant::now() + self.cfg.watchdog;
         loop {
             let msg = tokio::select! {
                 () = shutdown.cancelled() => return StreamEnd::Shutdown,
@@ -336,13 +338,14 @@ impl Subscriber {
                     continue;
                 }
                 _ = room_check.tick(), if starved => {
+                    watchdog_at = tokio::time::Instant::now() + self.cfg.watchdog;
                     match self.top_up(&tx, &mut outstanding, batch).await {
                         Ok(s) => starved = s,
                         Err(end) => return end,
                     }
                     continue;
                 }
-                m = tokio::time::timeout(self.cfg.watchdog, stream.message()) => m,
+                m = tokio::time::timeout_at(watchdog_at, stream.message()) => m,
             };
             let resp = match msg {
                 Err(_) => return StreamEnd::Watchdog,
@@ -386,6 +389,7 @@ impl Subscriber {
                     return end;
                 }
             }
+            watchdog_at = tokio::time::Instant::now() + self.cfg.watchdog;
             if outstanding <= batch / 2 {
                 match self.top_up(&tx, &mut outstanding, batch).await {
                     Ok(s) => starved = s,
