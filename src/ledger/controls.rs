@@ -270,3 +270,89 @@ pub(super) async fn insert_poison(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::DatabaseConfig, ledger::InboxEntry};
+
+    async fn ledger() -> Ledger {
+        Ledger::open(&DatabaseConfig {
+            url: "sqlite::memory:".into(),
+            auto_migrate: true,
+            max_connections: 2,
+        })
+        .await
+        .expect("ledger")
+    }
+
+    /// A payload above the cap is kept truncated (and says so); replaying marks the dead letter
+    /// and its inbox row once.
+    #[tokio::test]
+    async fn dead_letters_keep_a_bounded_payload_and_are_replayed_once() {
+        let l = ledger().await;
+        let big = vec![7u8; POISON_PAYLOAD_MAX + 10];
+        let inbox = [InboxEntry {
+            event_id: "e1",
+            replay_id: &[1],
+            sf_order_id: None,
+            status: "poison",
+        }];
+        let poison = [PoisonEntry {
+            replay_id: &[1],
+            event_id: Some("e1"),
+            schema_id: Some("s1"),
+            reason: "undecodable",
+            detail: Some("bad datum".into()),
+            payload: &big,
+        }];
+        l.record_events_with_poison("ch", &inbox, &poison, &[1], 0)
+            .await
+            .expect("record");
+        let (row, payload) = l.poison_event("01").await.expect("read").expect("row");
+        assert!(row.truncated);
+        assert_eq!(row.payload_bytes, big.len() as i64);
+        assert_eq!(payload.len(), POISON_PAYLOAD_MAX);
+        assert_eq!(l.poison_counts().await.expect("counts"), (1, 1));
+        assert!(
+            l.mark_poison_replayed("01", "e1", "801000000000001AAA")
+                .await
+                .expect("mark")
+        );
+        assert!(
+            !l.mark_poison_replayed("01", "e1", "801000000000001AAA")
+                .await
+                .expect("mark")
+        );
+        assert_eq!(
+            l.inbox_status("e1").await.expect("inbox").as_deref(),
+            Some("enqueued")
+        );
+        assert_eq!(l.poison_counts().await.expect("counts"), (1, 0));
+    }
+
+    /// Pausing again keeps the start and replaces who and why; resuming reports whether it was
+    /// paused.
+    #[tokio::test]
+    async fn pauses_keep_their_start_and_resume_once() {
+        let l = ledger().await;
+        l.pause(PausePart::Intake, "alice", Some("maintenance"))
+            .await
+            .expect("pause");
+        let first = l.pauses().await.expect("pauses");
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].part, "intake");
+        l.pause(PausePart::Intake, "bob", None)
+            .await
+            .expect("pause");
+        let again = l.pauses().await.expect("pauses");
+        assert_eq!(again[0].since, first[0].since);
+        assert_eq!(
+            (again[0].by.as_str(), again[0].reason.as_deref()),
+            ("bob", None)
+        );
+        assert!(l.resume(PausePart::Intake).await.expect("resume"));
+        assert!(!l.resume(PausePart::Intake).await.expect("resume"));
+        assert!(l.pauses().await.expect("pauses").is_empty());
+    }
+}
