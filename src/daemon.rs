@@ -376,6 +376,7 @@ async fn lead(
         health: state.health.clone(),
         fencing_token,
         proxy: state.cfg.proxy.clone(),
+        pauses: state.pauses.clone(),
     };
     let reconciler = Reconciler {
         cfg: state.cfg.reconciler.clone(),
@@ -385,6 +386,7 @@ async fn lead(
         metrics: state.metrics.clone(),
         report: state.reconciler.clone(),
         max_pending_jobs: state.cfg.events.max_pending_jobs,
+        pauses: state.pauses.clone(),
     };
     // A subscriber that stops by itself (fenced) ends the leadership: the reconciler too.
     let stop = leadership.child_token();

@@ -30,6 +30,11 @@ pub struct DependencyLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartLabel {
+    pub part: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -79,6 +84,8 @@ pub struct Metrics {
     pub dependency_state: Family<DependencyLabel, Gauge>,
     /// Jobs put back in the queue to wait for a dependency, by reason.
     pub jobs_deferred: Family<ReasonLabel, Counter>,
+    /// 1 while an operator pause of the part (`intake`, `provisioning`) is in force, else 0.
+    pub paused: Family<PartLabel, Gauge>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -120,6 +127,7 @@ impl Metrics {
             writeback_rejected: Counter::default(),
             dependency_state: Family::default(),
             jobs_deferred: Family::default(),
+            paused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -223,6 +231,18 @@ impl Metrics {
             "Jobs put back in the queue to wait for a dependency, by reason",
             m.jobs_deferred.clone(),
         );
+        registry.register(
+            "paused",
+            "1 while an operator pause of the part is in force",
+            m.paused.clone(),
+        );
+        for part in ["intake", "provisioning"] {
+            m.paused
+                .get_or_create(&PartLabel {
+                    part: part.to_owned(),
+                })
+                .set(0);
+        }
         Self { registry, ..m }
     }
 

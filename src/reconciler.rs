@@ -8,7 +8,8 @@
 //! the ledger saw move within that window (row updated or event received), `writeback_rejected`
 //! ones and ones whose outcome is newer than their last activation request are left alone.
 //! Enqueuing is always safe: the worker re-reads the Order, claims it and resumes from the
-//! ledger, so a reconciled Order is never provisioned twice. Runs only on the subscriber leader.
+//! ledger, so a reconciled Order is never provisioned twice. Runs only on the subscriber leader,
+//! and not while an operator pause of intake or provisioning is in force.
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,6 +21,7 @@ use crate::{
     ids::SalesforceId,
     ledger::{Ledger, OrderRecord, state},
     metrics::Metrics,
+    pause::Pauses,
     queue::{Job, JobSource, ProvisionOrderV1, Queue},
     salesforce::rest::{RestClient, StuckOrder},
     status::SweepReport,
@@ -52,6 +54,8 @@ pub struct Reconciler {
     pub report: Arc<std::sync::Mutex<SweepReport>>,
     /// The subscriber's backpressure threshold: no sweep while the queue is this full.
     pub max_pending_jobs: u64,
+    /// Operator pauses: no sweep while intake or provisioning is paused.
+    pub pauses: Arc<Pauses>,
 }
 
 impl Reconciler {
@@ -67,6 +71,12 @@ impl Reconciler {
     /// past the outcome (and publishes a new event anyway).
     pub async fn sweep(&self) -> anyhow::Result<u64> {
         let now = chrono::Utc::now();
+        // An operator paused intake (the events wait in Salesforce and come on resume) or
+        // provisioning (jobs would only wait): enqueuing now would go round the pause.
+        let paused = self.pauses.current().await;
+        if paused.intake.is_some() || paused.provisioning.is_some() {
+            return Ok(0);
+        }
         // The queue is busy: whatever is stuck waits for the next sweep rather than growing the
         // backlog past the subscriber's backpressure threshold.
         if self.queue.pending().await? >= self.max_pending_jobs {

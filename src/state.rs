@@ -17,6 +17,7 @@ use crate::{
     ledger::Ledger,
     metrics::Metrics,
     net,
+    pause::Pauses,
     queue::Queue,
     salesforce::{
         auth::{AuthFlow, TokenProvider},
@@ -45,6 +46,8 @@ pub struct AppState {
     pub reconciler: Arc<std::sync::Mutex<SweepReport>>,
     /// This process's dependency breakers (the WHMCS authentication latch is shared in Redis).
     pub deps: Dependencies,
+    /// The operator pauses (in the ledger), as this process reads them through a short cache.
+    pub pauses: Arc<Pauses>,
 }
 
 impl AppState {
@@ -116,6 +119,7 @@ impl AppState {
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        let pauses = Arc::new(Pauses::new(ledger.clone(), &metrics));
         Ok(Self {
             health: Arc::new(SubscriptionHealth::new(cfg.events.enabled)),
             cfg,
@@ -130,6 +134,7 @@ impl AppState {
             instance,
             reconciler: Arc::default(),
             deps,
+            pauses,
         })
     }
 
@@ -150,6 +155,7 @@ impl AppState {
             instance: self.instance.clone(),
             changes: self.changes.clone(),
             deps: self.deps.clone(),
+            pauses: self.pauses.clone(),
         }
     }
 }

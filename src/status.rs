@@ -18,6 +18,8 @@ pub enum SubState {
     Backoff,
     Disabled,
     Standby,
+    /// An operator paused intake: not subscribed.
+    Paused,
 }
 
 /// What `/health/sf-events` shows of the subscription.

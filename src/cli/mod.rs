@@ -1,5 +1,6 @@
 //! Command line (clap): `serve` (default), `migrate`, `check`, `healthcheck`, `sim`, `demo` and
-//! the operator tools `orders`, `cursor`, `queue` ([`ops`]) and `whmcs reset-auth` ([`whmcs`]).
+//! the operator tools `orders`, `cursor`, `queue`, `pause`,
+//! `resume`, `events` ([`ops`]) and `whmcs reset-auth` ([`whmcs`]).
 //! Each command's code is in its own file; [`dispatch`] runs one and turns its outcome into the
 //! exit code. Configuration errors are printed as one line naming the setting (`check` prints
 //! all of them); each command validates only the settings it uses. Error chains are printed with
@@ -83,6 +84,16 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::cli::ops::QueueCommand,
     },
+    /// Operator tools: pause intake (no events fetched) and/or provisioning (no job starts a
+    /// WHMCS call), cluster-wide; both when neither flag is given.
+    Pause(crate::cli::ops::PauseArgs),
+    /// Operator tools: resume what `pause` stopped; both parts when neither flag is given.
+    Resume(crate::cli::ops::ResumeArgs),
+    /// Operator tools: dead letters (poison events) — list them, replay one.
+    Events {
+        #[command(subcommand)]
+        command: crate::cli::ops::EventsCommand,
+    },
     /// Operator tools: lift the WHMCS authentication latch after fixing the credentials.
     Whmcs {
         #[command(subcommand)]
@@ -117,6 +128,9 @@ pub async fn dispatch(config: Option<&Path>, command: Command) -> ExitCode {
         Command::Orders { command } => ops::run(config, ops::OpsCommand::Orders(command)).await,
         Command::Cursor { command } => ops::run(config, ops::OpsCommand::Cursor(command)).await,
         Command::Queue { command } => ops::run(config, ops::OpsCommand::Queue(command)).await,
+        Command::Pause(args) => ops::run(config, ops::OpsCommand::Pause(args)).await,
+        Command::Resume(args) => ops::run(config, ops::OpsCommand::Resume(args)).await,
+        Command::Events { command } => ops::run(config, ops::OpsCommand::Events(command)).await,
         Command::Whmcs { command } => whmcs::run(config, command).await,
         Command::Demo { orders, redis_url } => demo::run(orders, &redis_url).await,
     }

@@ -449,6 +449,8 @@ pub struct Summary {
     pub errors: Vec<String>,
     /// Breaker state of each dependency (as in `/health/sf-events`).
     pub dependencies: serde_json::Value,
+    /// Operator pauses (as in `/health/sf-events`).
+    pub paused: serde_json::Value,
 }
 
 async fn read<T, E: std::fmt::Display>(
@@ -523,6 +525,7 @@ pub async fn summary(app: &AppState, state_filter: Option<&str>) -> Summary {
         state_filter: filter.map(str::to_owned),
         errors,
         dependencies: app.deps.to_json(),
+        paused: app.pauses.current().await.to_json(),
     }
 }
 
@@ -666,6 +669,27 @@ fn sub_state_name(s: SubState) -> &'static str {
         SubState::Backoff => "backoff",
         SubState::Disabled => "disabled",
         SubState::Standby => "standby",
+        SubState::Paused => "paused",
+    }
+}
+
+/// The operator pauses in one line: `intake (by alice: reason) · provisioning (by bob)` or `no`.
+fn paused_text(paused: &serde_json::Value) -> String {
+    let parts: Vec<String> = ["intake", "provisioning"]
+        .into_iter()
+        .filter_map(|part| {
+            let p = paused.get(part).filter(|p| !p.is_null())?;
+            let by = p.get("by").and_then(|v| v.as_str()).unwrap_or("?");
+            Some(match p.get("reason").and_then(|v| v.as_str()) {
+                Some(r) => format!("{part} (by {by}: {r})"),
+                None => format!("{part} (by {by})"),
+            })
+        })
+        .collect();
+    if parts.is_empty() {
+        "no".into()
+    } else {
+        parts.join(" · ")
     }
 }
 
@@ -673,7 +697,7 @@ fn badge_class(state: &str) -> &'static str {
     match state {
         "done" | "connected" | "Provisioned" => "ok",
         "failed" | "Failed" | "backoff" => "bad",
-        "disabled" | "standby" => "muted",
+        "disabled" | "standby" | "paused" => "muted",
         _ => "warn",
     }
 }
@@ -790,6 +814,7 @@ fn render_page(s: &Summary) -> Markup {
                                     " enqueued · " (sub.poison_events) " poison"
                                 }),
                                 ("Reconnects", html! { (sub.reconnects) }),
+                                ("Paused", html! { (paused_text(&s.paused)) }),
                                 ("Last error", html! { (sub.last_error.as_deref().unwrap_or("none")) }),
                             ]))
                         }
@@ -947,6 +972,7 @@ mod tests {
             state_filter: None,
             errors: vec![],
             dependencies: serde_json::Value::Null,
+            paused: serde_json::json!({"intake": null, "provisioning": null}),
         }
     }
 

@@ -52,7 +52,7 @@ pub(super) async fn sf_events(State(s): State<Http>) -> Response {
     let now = chrono::Utc::now();
     let recent = |t: Option<chrono::DateTime<chrono::Utc>>| t.is_some_and(|t| now - t <= watchdog);
     let healthy = match h.state {
-        SubState::Disabled | SubState::Standby => true,
+        SubState::Disabled | SubState::Standby | SubState::Paused => true,
         SubState::Connected => true,
         _ => recent(h.last_event_at) || recent(h.last_keepalive_at),
     } && queue.is_some();
@@ -73,6 +73,7 @@ pub(super) async fn sf_events(State(s): State<Http>) -> Response {
         "cursorFallbacks": h.cursor_fallbacks,
         "lastError": h.last_error,
         "dependencies": s.app.deps.to_json(),
+        "paused": s.app.pauses.current().await.to_json(),
         "reconciler": *s.app.reconciler.lock().unwrap_or_else(|p| p.into_inner()),
         "redis": durability.map(|d| json!({
             "persistence": d.persistence,
@@ -104,6 +105,8 @@ pub(super) async fn sf_events(State(s): State<Http>) -> Response {
 }
 
 pub(super) async fn metrics(State(s): State<Http>) -> Response {
+    // Refreshes the `provisioner_paused` gauges (bounded, cached).
+    s.app.pauses.current().await;
     (
         [(
             header::CONTENT_TYPE,

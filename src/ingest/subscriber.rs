@@ -20,7 +20,11 @@
 //!   at error with the lost cursor, count it, forget the cursor and resubscribe once from
 //!   `sf_events_replay`; that start cannot fail the same way, so there is no resubscribe loop.
 //! - **Poison events** (undecodable, unknown schema, missing/malformed order id) are logged with
-//!   their replay id, counted, recorded in the inbox as `poison`, and skipped.
+//!   their replay id, counted, recorded in the inbox as `poison` and kept as dead letters (payload
+//!   included, in the same transaction as the cursor), and skipped.
+//! - **Paused intake** (an operator pause in the ledger, read through a short cache): no
+//!   subscription is opened and an open one is dropped; no flow-control request is sent while
+//!   paused, so the events stay retained in Salesforce and the cursor does not move.
 //! - **Fenced.** A cursor write (batch, keepalive, clear) refused for an older fencing token ends
 //!   the subscriber: its replica gives leadership up and acquires it again with a new token.
 //! - Shutdown: on cancellation the stream is dropped between batches; the cursor is already
@@ -42,9 +46,10 @@ use crate::salesforce::{
 use crate::{
     config::{EventsConfig, ReplayStart},
     jobs::retry::Backoff,
-    ledger::{InboxEntry, Ledger, LedgerError},
+    ledger::{InboxEntry, Ledger, LedgerError, PausePart, PoisonEntry},
     metrics::Metrics,
     net::proxy::ProxyConfig,
+    pause::Pauses,
     queue::{Job, JobSource, ProvisionOrderV1, Queue},
     status::{SubState, SubscriptionHealth},
 };
@@ -61,6 +66,8 @@ enum StreamEnd {
     /// A cursor write was refused: a newer leader's token is stored. Leadership is given up
     /// (and acquired again with a new token), never resubscribed with the same token.
     Fenced,
+    /// An operator paused intake: the stream is dropped and nothing more is requested.
+    Paused,
 }
 
 /// How a ledger failure ends the stream.
@@ -70,6 +77,9 @@ fn ledger_end(e: LedgerError) -> StreamEnd {
         e => StreamEnd::Internal(e.to_string()),
     }
 }
+
+/// How often the pause of intake is looked at (through the pauses' cache).
+const PAUSE_POLL: Duration = Duration::from_millis(250);
 
 /// The subscriber task.
 pub struct Subscriber {
@@ -83,6 +93,8 @@ pub struct Subscriber {
     pub fencing_token: i64,
     /// Outbound proxies (the channel tunnels through one unless exempted).
     pub proxy: ProxyConfig,
+    /// Operator pauses: while intake is paused nothing is requested from Salesforce.
+    pub pauses: Arc<Pauses>,
 }
 
 impl Subscriber {
@@ -99,23 +111,43 @@ impl Subscriber {
         let mut schemas: HashMap<String, Option<Arc<Schema>>> = HashMap::new();
         let mut failures: u32 = 0;
         let mut first = true;
+        let mut paused = false;
         // A stored cursor rejected by Salesforce is replaced by the preset exactly once per
         // cursor: after a fallback the next subscription starts from the preset.
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            if !first {
+            if self.pauses.is_paused(PausePart::Intake).await {
+                if !paused {
+                    info!("intake paused by an operator: not subscribing");
+                }
+                paused = true;
+                self.health.update(|h| h.state = SubState::Paused);
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(PAUSE_POLL) => {}
+                }
+                continue;
+            }
+            if paused {
+                info!("intake resumed: subscribing from the stored cursor");
+            } else if !first {
                 self.metrics.reconnects.inc();
                 self.health.update(|h| h.reconnects += 1);
             }
             first = false;
+            paused = false;
             self.health.update(|h| h.state = SubState::Connecting);
             let end = self
                 .subscribe_once(&mut client, &mut schemas, &shutdown, &mut failures)
                 .await;
             let delay = match end {
                 StreamEnd::Shutdown => return Ok(()),
+                StreamEnd::Paused => {
+                    self.health.update(|h| h.state = SubState::Paused);
+                    continue;
+                }
                 StreamEnd::Fenced => {
                     warn!(
                         fencing_token = self.fencing_token,
@@ -231,17 +263,29 @@ impl Subscriber {
         let mut starved = false;
         let mut room_check = tokio::time::interval(Duration::from_millis(250));
         room_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pause_check = tokio::time::interval(PAUSE_POLL);
+        pause_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The watchdog runs from the last response (the pause check does not restart it).
+        let mut watchdog_at = tokio::time::Instant::now() + self.cfg.watchdog;
         loop {
             let msg = tokio::select! {
                 () = shutdown.cancelled() => return StreamEnd::Shutdown,
+                _ = pause_check.tick() => {
+                    if self.pauses.is_paused(PausePart::Intake).await {
+                        info!("intake paused by an operator: closing the stream");
+                        return StreamEnd::Paused;
+                    }
+                    continue;
+                }
                 _ = room_check.tick(), if starved => {
+                    watchdog_at = tokio::time::Instant::now() + self.cfg.watchdog;
                     match self.top_up(&demand, &mut outstanding, batch).await {
                         Ok(s) => starved = s,
                         Err(end) => return end,
                     }
                     continue;
                 }
-                m = tokio::time::timeout(self.cfg.watchdog, stream.message()) => m,
+                m = tokio::time::timeout_at(watchdog_at, stream.message()) => m,
             };
             let resp = match msg {
                 Err(_) => return StreamEnd::Watchdog,
@@ -285,6 +329,7 @@ impl Subscriber {
                     return end;
                 }
             }
+            watchdog_at = tokio::time::Instant::now() + self.cfg.watchdog;
             if outstanding <= batch / 2 {
                 match self.top_up(&demand, &mut outstanding, batch).await {
                     Ok(s) => starved = s,
@@ -301,6 +346,9 @@ impl Subscriber {
         outstanding: &mut i32,
         batch: i32,
     ) -> Result<bool, StreamEnd> {
+        if self.pauses.is_paused(PausePart::Intake).await {
+            return Err(StreamEnd::Paused);
+        }
         let pending = self
             .queue
             .pending()
@@ -403,6 +451,7 @@ impl Subscriber {
         let mut order_ids: Vec<Option<String>> = Vec::with_capacity(events.len());
         let mut statuses: Vec<&'static str> = Vec::with_capacity(events.len());
         let mut poison = 0u64;
+        let mut dead_letters: Vec<PoisonEntry<'_>> = Vec::new();
         let mut duplicates = 0u64;
         for ce in &events {
             let Some(ev) = ce.event.as_ref() else {
@@ -411,6 +460,14 @@ impl Subscriber {
                 poison += 1;
                 self.metrics.poison("empty_event");
                 warn!(replay_id = %hex::encode(&ce.replay_id), "event without body skipped");
+                dead_letters.push(PoisonEntry {
+                    replay_id: &ce.replay_id,
+                    event_id: None,
+                    schema_id: None,
+                    reason: "empty_event",
+                    detail: None,
+                    payload: &[],
+                });
                 continue;
             };
             if seen.iter().any(|s| s == &ev.id) {
@@ -450,6 +507,14 @@ impl Subscriber {
                     warn!(replay_id = %hex::encode(&ce.replay_id), event.id = %ev.id, reason = p.kind(), error.message = %p, "poison event skipped");
                     order_ids.push(None);
                     statuses.push("poison");
+                    dead_letters.push(PoisonEntry {
+                        replay_id: &ce.replay_id,
+                        event_id: Some(&ev.id),
+                        schema_id: Some(&ev.schema_id),
+                        reason: p.kind(),
+                        detail: Some(p.to_string()),
+                        payload: &ev.payload,
+                    });
                 }
             }
         }
@@ -472,9 +537,10 @@ impl Subscriber {
             })
             .collect();
         self.ledger
-            .record_events(
+            .record_events_with_poison(
                 &self.cfg.channel,
                 &entries,
+                &dead_letters,
                 &last_replay,
                 self.fencing_token,
             )

@@ -1,8 +1,9 @@
 //! The job gate: what a queue worker does with a provisioning job around [`Provisioner::run`].
 //!
-//! Before the job starts, the breakers of Salesforce and WHMCS ([`crate::deps`]) are asked; a job
-//! that needs an unhealthy dependency is not started but put back in the queue with a delay (the
-//! half-open probe is one job let through). A job that ends without an outcome — a dependency
+//! Before the job starts, the operator pause of provisioning is asked (`crate::pause`, cached), then
+//! the breakers of Salesforce and WHMCS ([`crate::deps`]); a job held by a pause or needing an
+//! unhealthy dependency is not started but put back in the queue with a delay (the half-open
+//! probe is one job let through). A job already past the gate when a pause starts finishes. A job that ends without an outcome — a dependency
 //! outage or configuration problem, the ledger unreachable, the Order busy — is put back the same
 //! way.
 //!
@@ -19,11 +20,12 @@
 use std::time::Duration;
 
 use rand::Rng;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     deps::{Admission, Breaker, Dependency},
     jobs::provision::{Execution, JobError, Provisioner},
+    ledger::PausePart,
     metrics::ReasonLabel,
     queue::{Job, ProvisionOrderV1, Queue, QueueError},
 };
@@ -31,7 +33,13 @@ use crate::{
 /// Delay before a job that found its Order busy (another job holds the lease) runs again.
 const BUSY_DELAY: Duration = Duration::from_secs(2);
 
+/// Delay before a job held by an operator pause asks again.
+const PAUSE_DELAY: Duration = Duration::from_secs(2);
+
 /// `delay` plus up to half of it again, at least one second (the queue's resolution).
+/// The deferral reason of a job held by an operator pause.
+const PAUSED: &str = "paused";
+
 fn jittered(delay: Duration) -> Duration {
     let ms = delay.as_millis().max(1000) as u64;
     Duration::from_millis(ms + rand::rng().random_range(0..=ms / 2))
@@ -44,6 +52,9 @@ pub async fn run(
     job: ProvisionOrderV1,
     execution: Execution,
 ) -> Result<(), QueueError> {
+    if p.pauses.is_paused(PausePart::Provisioning).await {
+        return defer(p, queue, job, jittered(PAUSE_DELAY), PAUSED).await;
+    }
     let breakers: [(&Breaker, Dependency); 2] = [
         (&p.deps.salesforce, Dependency::Salesforce),
         (&p.deps.whmcs, Dependency::Whmcs),
@@ -133,13 +144,21 @@ async fn defer(
             reason: reason.to_owned(),
         })
         .inc();
-    info!(
-        order.id = %job.order_id,
-        event.id = %job.event_id,
-        reason,
-        delay_ms = delay.as_millis() as u64,
-        "job deferred: waiting for a dependency"
-    );
+    if reason == PAUSED {
+        debug!(
+            order.id = %job.order_id,
+            event.id = %job.event_id,
+            "job deferred: provisioning is paused"
+        );
+    } else {
+        info!(
+            order.id = %job.order_id,
+            event.id = %job.event_id,
+            reason,
+            delay_ms = delay.as_millis() as u64,
+            "job deferred: waiting for a dependency"
+        );
+    }
     queue
         .push_after(Job::ProvisionOrderV1(job), id, delay)
         .await

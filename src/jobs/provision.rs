@@ -105,6 +105,8 @@ pub struct Provisioner {
     pub changes: broadcast::Sender<OrderChanged>,
     /// Breakers of WHMCS and Salesforce (the job gate asks them before a job starts).
     pub deps: crate::deps::Dependencies,
+    /// The operator pauses (the job gate holds jobs while provisioning is paused).
+    pub pauses: Arc<crate::pause::Pauses>,
 }
 
 /// How the queue is running this job: what it knows about earlier executions.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use sqlx::{Connection, Row};
 
-use super::{Ledger, LedgerError, Result, now_ms};
+use super::{Ledger, LedgerError, PoisonEntry, Result, now_ms};
 use crate::ids::SalesforceId;
 
 impl Ledger {
@@ -39,6 +39,20 @@ impl Ledger {
         &self,
         channel: &str,
         events: &[InboxEntry<'_>],
+        cursor: &[u8],
+        fencing_token: i64,
+    ) -> Result<()> {
+        self.record_events_with_poison(channel, events, &[], cursor, fencing_token)
+            .await
+    }
+
+    /// [`Ledger::record_events`], keeping the batch's poison events as dead letters in the same
+    /// transaction.
+    pub async fn record_events_with_poison(
+        &self,
+        channel: &str,
+        events: &[InboxEntry<'_>],
+        poison: &[PoisonEntry<'_>],
         cursor: &[u8],
         fencing_token: i64,
     ) -> Result<()> {
@@ -78,6 +92,7 @@ impl Ledger {
             }
             q.execute(&mut *tx).await?;
         }
+        super::controls::insert_poison(&mut tx, channel, poison, now).await?;
         let written = sqlx::query(
             "INSERT INTO cursors (channel, replay_id, fencing_token, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id, \

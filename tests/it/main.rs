@@ -14,6 +14,7 @@ mod http;
 mod http_exposure;
 mod http_hostile;
 mod observability;
+mod operator;
 mod ops;
 mod outages;
 mod pipeline;

@@ -35,6 +35,7 @@ pub(super) fn routes() -> Router<Simulator> {
         .route("/sim/drop-streams", post(drop_streams))
         .route("/sim/publish", post(publish))
         .route("/sim/publish-raw", post(publish_raw))
+        .route("/sim/schemas/{id}/alias", post(add_schema_alias))
 }
 
 fn bad_request(msg: &str) -> Response {
@@ -246,4 +247,10 @@ async fn publish_raw(State(sim): State<Simulator>, Json(b): Json<RawBody>) -> Re
     };
     let rid = sim.publish_raw(&b.schema_id, payload);
     Json(json!({"replayId": hex::encode(rid)})).into_response()
+}
+
+/// Makes `GetSchema` answer `id` with the topic's schema.
+async fn add_schema_alias(State(sim): State<Simulator>, Path(id): Path<String>) -> Response {
+    sim.add_schema_alias(&id);
+    StatusCode::NO_CONTENT.into_response()
 }

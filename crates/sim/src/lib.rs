@@ -372,6 +372,8 @@ pub(crate) struct State {
     pub streams: StreamStats,
     /// Bumped by [`Simulator::drop_streams`]; streams opened under an older epoch end.
     pub drop_epoch: u64,
+    /// Further ids `GetSchema` answers with the topic's schema ([`Simulator::add_schema_alias`]).
+    pub schema_aliases: HashSet<String>,
 }
 
 impl State {
@@ -397,6 +399,7 @@ impl State {
             totals: Totals::default(),
             streams: StreamStats::default(),
             drop_epoch: 0,
+            schema_aliases: HashSet::new(),
         }
     }
 
@@ -835,6 +838,18 @@ impl Simulator {
         let bytes = encode(&self.0.schema, &payload)
             .expect("every EventPayload encodes with the built-in event schema");
         self.publish_raw(&self.0.schema_id.clone(), bytes)
+    }
+
+    /// The Avro encoding of `payload` with the topic's schema (for events published raw).
+    pub fn encode_event(&self, payload: &EventPayload) -> Vec<u8> {
+        encode(&self.0.schema, payload)
+            .expect("every EventPayload encodes with the built-in event schema")
+    }
+
+    /// From now on `GetSchema` answers `schema_id` with the topic's schema: an event published
+    /// raw under that id, poison until then, becomes decodable.
+    pub fn add_schema_alias(&self, schema_id: &str) {
+        self.0.lock().schema_aliases.insert(schema_id.to_owned());
     }
 
     /// Publishes any bytes under any schema id (poison injection); returns the replay id.

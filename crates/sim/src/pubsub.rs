@@ -124,7 +124,8 @@ impl PubSub for PubSubService {
         let rpc_id = new_rpc_id();
         authorize(inner, request.metadata(), &rpc_id)?;
         let req = request.into_inner();
-        if req.schema_id != inner.schema_id {
+        if req.schema_id != inner.schema_id && !inner.lock().schema_aliases.contains(&req.schema_id)
+        {
             return Err(sf_status(
                 Code::NotFound,
                 SCHEMA_NOT_FOUND,
@@ -134,7 +135,7 @@ impl PubSub for PubSubService {
         }
         Ok(Response::new(SchemaInfo {
             schema_json: EVENT_SCHEMA_JSON.to_owned(),
-            schema_id: inner.schema_id.clone(),
+            schema_id: req.schema_id,
             rpc_id,
         }))
     }

@@ -1,6 +1,8 @@
 //! Operator tools on the command line: `orders list|show|requeue`, `cursor show|set`,
-//! `queue stats`. They read and write the ledger and the Redis queue directly and never call
-//! Salesforce or WHMCS, so they load only the settings they use ([`Config::load_for_tools`]).
+//! `queue stats`, `pause`, `resume`, `events poison|replay`. They read and write the ledger and
+//! the Redis queue directly and never call WHMCS; only `events replay` calls Salesforce (the
+//! Pub/Sub API, for a schema) and so loads the full configuration, the others load only the
+//! settings they use ([`Config::load_for_tools`]).
 //! Output is a human table by default and JSON (snake_case keys) with `--json`.
 //!
 //! Invariants:
@@ -47,11 +49,15 @@ use crate::{
     queue::{self, Job, JobSource, ProvisionOrderV1, Queue},
 };
 
+mod controls;
 mod cursor;
+mod events;
 mod orders;
 mod queue_stats;
 
+pub use controls::{PauseArgs, ResumeArgs};
 pub use cursor::{CursorCommand, CursorSet};
+pub use events::EventsCommand;
 pub use orders::OrdersCommand;
 pub use queue_stats::QueueCommand;
 
@@ -64,6 +70,9 @@ pub enum OpsCommand {
     Orders(OrdersCommand),
     Cursor(CursorCommand),
     Queue(QueueCommand),
+    Pause(PauseArgs),
+    Resume(ResumeArgs),
+    Events(EventsCommand),
 }
 
 /// Runs one operator command; exit 0 on success, 1 on failure or refusal, 2 on bad settings.
@@ -87,6 +96,14 @@ pub async fn run(config: Option<&Path>, command: OpsCommand) -> ExitCode {
         OpsCommand::Cursor(CursorCommand::Show { json }) => tools.cursor_show(json).await,
         OpsCommand::Cursor(CursorCommand::Set(args)) => tools.cursor_set(args).await,
         OpsCommand::Queue(QueueCommand::Stats { json }) => tools.queue_stats(json).await,
+        OpsCommand::Pause(args) => tools.pause(args).await,
+        OpsCommand::Resume(args) => tools.resume(args).await,
+        OpsCommand::Events(EventsCommand::Poison { json, limit }) => {
+            tools.events_poison(json, limit).await
+        }
+        OpsCommand::Events(EventsCommand::Replay { replay_id, json }) => {
+            tools.events_replay(config, &replay_id, json).await
+        }
     };
     match result {
         Ok(code) => code,

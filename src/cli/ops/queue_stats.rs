@@ -1,4 +1,5 @@
-//! `provisioner queue stats`: the Redis queue's depth by state, live workers and the leader.
+//! `provisioner queue stats`: the Redis queue's depth by state, live workers and the leader, the
+//! operator pauses and the dead letters.
 
 use super::*;
 
@@ -25,6 +26,8 @@ impl Tools {
         let (failed, total) = ledger
             .outcome_counts_since(ledger::now_ms() - 3_600_000)
             .await?;
+        let paused = crate::pause::PauseState::from_rows(ledger.pauses().await?);
+        let (poison_kept, poison_pending) = ledger.poison_counts().await?;
         if json {
             print_json(&json!({
                 "queue": self.cfg.queue.name,
@@ -34,10 +37,13 @@ impl Tools {
                 "orders_by_state": by_state,
                 "inbox": inbox,
                 "last_hour": {"failed": failed, "finished": total},
+                "paused": paused.to_json(),
+                "dead_letters": {"kept": poison_kept, "not_replayed": poison_pending},
             }))?;
             return Ok(ExitCode::SUCCESS);
         }
         println!("Queue {}", self.cfg.queue.name);
+        print!("{}", super::controls::describe(&paused));
         print!(
             "{}",
             table(
@@ -87,9 +93,11 @@ impl Tools {
             )
         );
         println!(
-            "\nInbox: {} enqueued, {} poison",
+            "\nInbox: {} enqueued, {} poison ({} dead letters kept, {} not replayed)",
             inbox.get("enqueued").copied().unwrap_or(0),
-            inbox.get("poison").copied().unwrap_or(0)
+            inbox.get("poison").copied().unwrap_or(0),
+            poison_kept,
+            poison_pending
         );
         println!(
             "Last hour: {failed} failed of {total} finished attempts ({})",
