@@ -18,7 +18,8 @@ mod validate;
 
 use raw::load_raw;
 use validate::{
-    channel_setting, database_settings, log_format_setting, queue_settings, replay_setting,
+    channel_setting, database_settings, log_format_setting, proxy_settings, queue_settings,
+    replay_setting, salesforce_only,
 };
 
 /// The embedded defaults: the single source of every setting's name and default value.
@@ -366,6 +367,8 @@ pub struct Config {
     pub leader_lease_ttl: Duration,
     /// Test-only skew of this process's clock, in seconds (`test_clock_offset_secs`).
     pub test_clock_offset_secs: i64,
+    /// Days the per-step audit trail is kept (`audit_retention_days`).
+    pub audit_retention_days: u32,
     /// Bearer token of the operator dashboard (`/admin`); `None` disables it (404).
     pub admin_token: Option<SecretString>,
     /// Dependency breakers and the WHMCS authentication latch.
@@ -391,6 +394,7 @@ impl std::fmt::Debug for Config {
             .field("reconciler", &self.reconciler)
             .field("leader_lease_ttl", &self.leader_lease_ttl)
             .field("admin_token", &self.admin_token)
+            .field("audit_retention_days", &self.audit_retention_days)
             .finish()
     }
 }
@@ -405,6 +409,15 @@ pub struct ToolsConfig {
     pub channel: String,
     /// `SF_EVENTS_REPLAY` as this configuration sets it (shown by `cursor show`).
     pub replay: ReplayStart,
+}
+
+/// What `provisioner orders redrive` needs: the tools' settings, and Salesforce (OAuth, REST,
+/// field names) with the outbound proxy; WHMCS and HTTP settings may be absent.
+#[derive(Debug, Clone)]
+pub struct RedriveConfig {
+    pub tools: ToolsConfig,
+    pub salesforce: SalesforceConfig,
+    pub proxy: ProxyConfig,
 }
 
 /// What `provisioner migrate` needs: the ledger, and how to log.
@@ -493,6 +506,29 @@ impl Config {
             channel: channel_setting(&r.sf_provision_event_channel)?,
             replay: replay_setting(&r.sf_events_replay)?,
         })
+    }
+
+    /// Validates what `orders redrive` uses ([`RedriveConfig`]).
+    pub fn load_for_redrive_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<RedriveConfig, ConfigError> {
+        let r = load_raw(file, env)?;
+        Ok(RedriveConfig {
+            tools: ToolsConfig {
+                database: database_settings(&r)?,
+                queue: queue_settings(&r)?,
+                channel: channel_setting(&r.sf_provision_event_channel)?,
+                replay: replay_setting(&r.sf_events_replay)?,
+            },
+            salesforce: salesforce_only(&r)?,
+            proxy: proxy_settings(&r)?,
+        })
+    }
+
+    /// [`Config::load_for_redrive_from`] with the process environment.
+    pub fn load_for_redrive(file: Option<&Path>) -> Result<RedriveConfig, ConfigError> {
+        Self::load_for_redrive_from(file, std::env::vars())
     }
 
     /// [`Config::load_for_tools_from`] with the process environment.

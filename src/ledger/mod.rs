@@ -1,10 +1,11 @@
 //! The provisioning ledger (sqlx; SQLite by default, PostgreSQL for several replicas).
 //!
-//! It owns five tables (see `migrations/`): `orders` — one row per Salesforce Order and its
+//! It owns these tables (see `migrations/`): `orders` — one row per Salesforce Order and its
 //! state machine; `attempts` — the history of every attempt; `order_clients` — every WHMCS client
 //! id an Order's `AddOrder` was attempted under; `event_inbox` — every event id the subscriber
 //! has enqueued (or skipped as poison), so a redelivered event is never enqueued twice;
-//! `cursors` — the subscription's replay id.
+//! `cursors` — the subscription's replay id; `order_steps` and `operator_actions` — the audit
+//! trail (`audit`: every external step of a job, every bulk operator command).
 //!
 //! Invariants:
 //! - An Order is worked on by at most one job at a time: [`Ledger::claim`] takes a lease with a
@@ -35,10 +36,12 @@ use sqlx::{
 use crate::config::DatabaseConfig;
 
 mod attempts;
+mod audit;
 mod cursor;
 mod inbox;
 mod orders;
 
+pub use audit::{NewStep, OperatorAction, StepRecord};
 pub use cursor::{CursorRow, EARLIEST_REQUEST};
 pub use inbox::{InboxEntry, InboxRow};
 

@@ -1,5 +1,6 @@
-//! Operator tools on the command line: `orders list|show|requeue`, `cursor show|set`,
-//! `queue stats`. They read and write the ledger and the Redis queue directly and never call
+//! Operator tools on the command line: `orders list|show|requeue|redrive`, `cursor show|set`,
+//! `queue stats`. They read and write the ledger and the Redis queue directly and, apart from
+//! `orders redrive` (which sets Orders back to `Activating` in Salesforce, `redrive`), never call
 //! Salesforce or WHMCS, so they load only the settings they use ([`Config::load_for_tools`]).
 //! Output is a human table by default and JSON (snake_case keys) with `--json`.
 //!
@@ -30,7 +31,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, IsTerminal, Write},
-    path::Path,
+    path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
 };
@@ -50,10 +51,12 @@ use crate::{
 mod cursor;
 mod orders;
 mod queue_stats;
+mod redrive;
 
 pub use cursor::{CursorCommand, CursorSet};
 pub use orders::OrdersCommand;
 pub use queue_stats::QueueCommand;
+pub use redrive::{RedriveArgs, parse_since};
 
 /// Workers whose last heartbeat is at most this old count as alive.
 const LIVE_WORKER_WINDOW: Duration = Duration::from_secs(queue::HEARTBEAT.as_secs() * 3);
@@ -75,7 +78,10 @@ pub async fn run(config: Option<&Path>, command: OpsCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let tools = Tools { cfg };
+    let tools = Tools {
+        cfg,
+        path: config.map(Path::to_path_buf),
+    };
     let result = match command {
         OpsCommand::Orders(OrdersCommand::List { state, limit, json }) => {
             tools.orders_list(state, limit, json).await
@@ -84,6 +90,7 @@ pub async fn run(config: Option<&Path>, command: OpsCommand) -> ExitCode {
         OpsCommand::Orders(OrdersCommand::Requeue { id, json }) => {
             tools.orders_requeue(&id, json).await
         }
+        OpsCommand::Orders(OrdersCommand::Redrive(args)) => tools.orders_redrive(args).await,
         OpsCommand::Cursor(CursorCommand::Show { json }) => tools.cursor_show(json).await,
         OpsCommand::Cursor(CursorCommand::Set(args)) => tools.cursor_set(args).await,
         OpsCommand::Queue(QueueCommand::Stats { json }) => tools.queue_stats(json).await,
@@ -99,6 +106,8 @@ pub async fn run(config: Option<&Path>, command: OpsCommand) -> ExitCode {
 
 struct Tools {
     cfg: ToolsConfig,
+    /// The `--config` file, for commands that load more settings.
+    path: Option<PathBuf>,
 }
 
 impl Tools {
