@@ -409,7 +409,7 @@ async fn steps_older_than_the_retention_are_pruned_in_the_background() {
     .await;
     let cfg = Config::load_from(None, app.env.clone()).expect("config");
     assert_eq!(cfg.audit_retention_days, 30);
-    let ledger: &Ledger = &app.state.ledger;
+    let ledger: Ledger = app.state.ledger.clone();
     let id = SalesforceId::synthesize("801", 42);
     for (step, age_days) in [("read_order", 31), ("add_order", 29), ("write_back", 0)] {
         ledger
