@@ -6,18 +6,16 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use secrecy::ExposeSecret;
 
 use crate::{
     config::{CheckConfig, Config, QuantityMode},
     error::chain,
-    ingest::subscriber::Subscriber,
     ledger::Ledger,
     net,
     queue::Queue,
     salesforce::{
         auth::{AuthFlow, TokenProvider},
-        pb,
+        pubsub::{self, PubSub},
         rest::RestClient,
     },
     whmcs::{WhmcsClient, WhmcsConfig, honours_quantity},
@@ -198,25 +196,11 @@ async fn remote_checks(cfg: &Config, products: Option<&str>) -> bool {
         }
     };
     if let Some(s) = session {
-        match Subscriber::channel(&cfg.events.endpoint, &cfg.proxy) {
+        match pubsub::channel(&cfg.events.endpoint, &cfg.proxy) {
             Ok(channel) => {
-                let mut client = pb::pub_sub_client::PubSubClient::new(channel);
-                let mut req = tonic::Request::new(pb::TopicRequest {
-                    topic_name: cfg.events.channel.clone(),
-                });
-                let md = req.metadata_mut();
-                if let (Ok(t), Ok(i), Ok(o)) = (
-                    s.access_token.expose_secret().parse(),
-                    s.instance_url.parse(),
-                    s.org_id.parse(),
-                ) {
-                    md.insert("accesstoken", t);
-                    md.insert("instanceurl", i);
-                    md.insert("tenantid", o);
-                }
-                match client.get_topic(req).await {
+                let mut client = PubSub::new(channel);
+                match client.get_topic(&s, &cfg.events.channel).await {
                     Ok(t) => {
-                        let t = t.into_inner();
                         let good = t.can_subscribe;
                         ok &= good;
                         line(

@@ -161,25 +161,8 @@ async fn run_inner(orders: usize, redis_url: &str) -> anyhow::Result<bool> {
     let expected_failed = usize::from(orders > 1);
     let ok = activated + failed == orders && failed == expected_failed && duplicates == 0;
     println!("result: {}", if ok { "OK" } else { "UNEXPECTED" });
-    cleanup_queue(redis_url, &queue).await;
+    let _ = crate::queue::delete_all_keys(redis_url, &queue).await;
     let _ = std::fs::remove_dir_all(&dir);
     sim.shutdown().await;
     Ok(ok)
-}
-
-async fn cleanup_queue(redis_url: &str, queue: &str) {
-    let Ok(client) = redis::Client::open(redis_url) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{queue}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-    }
 }

@@ -1,19 +1,27 @@
 //! Command line (clap): `serve` (default), `migrate`, `check`, `healthcheck`, `sim`, `demo` and
-//! the operator tools `orders`, `cursor`, `queue` ([`ops`]) and `whmcs reset-auth` ([`whmcs`]). Each command's code is in its own
-//! file; [`dispatch`] runs one and turns its outcome into the exit code. Operator commands go
-//! through the ledger's and the queue's APIs: no SQL and no Redis key lives here.
+//! the operator tools `orders`, `cursor`, `queue` ([`ops`]) and `whmcs reset-auth` ([`whmcs`]).
+//! Each command's code is in its own file; [`dispatch`] runs one and turns its outcome into the
+//! exit code. Configuration errors are printed as one line naming the setting (`check` prints
+//! all of them); each command validates only the settings it uses. Error chains are printed with
+//! each cause once (`error::chain`). Operator commands go through the ledger's and the queue's
+//! APIs: no SQL and no Redis key lives here.
 
 pub mod check;
 pub mod demo;
-mod dispatch;
+pub mod healthcheck;
+pub mod migrate;
 pub mod ops;
+pub mod serve;
+pub mod sim;
 pub mod whmcs;
 
-pub use dispatch::dispatch;
-
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+use crate::telemetry;
 
 /// Turns Salesforce Order approvals into provisioned WHMCS orders, exactly once.
 #[derive(Debug, Parser)]
@@ -90,4 +98,43 @@ pub enum Command {
         #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
         redis_url: String,
     },
+}
+
+/// Runs one subcommand; returns the process exit code.
+pub async fn dispatch(config: Option<&Path>, command: Command) -> ExitCode {
+    match command {
+        Command::Serve => serve::run(config).await,
+        Command::Migrate => migrate::run(config).await,
+        Command::Check { products } => {
+            telemetry::init(LogFormat::Pretty);
+            check::run(Config::load_for_check(config), products).await
+        }
+        Command::Healthcheck { url } => healthcheck::run(url).await,
+        Command::Sim {
+            grpc_addr,
+            http_addr,
+            env_file,
+        } => sim::run(grpc_addr, http_addr, env_file.as_deref()).await,
+        Command::Orders { command } => ops::run(config, ops::OpsCommand::Orders(command)).await,
+        Command::Cursor { command } => ops::run(config, ops::OpsCommand::Cursor(command)).await,
+        Command::Queue { command } => ops::run(config, ops::OpsCommand::Queue(command)).await,
+        Command::Whmcs { command } => whmcs::run(config, command).await,
+        Command::Demo { orders, redis_url } => demo::run(orders, &redis_url).await,
+    }
+}
+
+/// Loads and validates the whole configuration; on error prints it and gives exit code 2.
+fn load(config: Option<&Path>) -> Result<Config, ExitCode> {
+    Config::load(config).map_err(|e| {
+        eprintln!("provisioner: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// Logs and prints a command's error chain; gives the failure exit code.
+fn fail(context: &str, e: &anyhow::Error) -> ExitCode {
+    let message = crate::error::chain(e);
+    tracing::error!(error.message = %message, "{context}");
+    eprintln!("provisioner: {context}: {message}");
+    ExitCode::FAILURE
 }

@@ -1,5 +1,7 @@
 //! The Pub/Sub subscriber: one long-lived `Subscribe` stream on `sf_provision_event_channel`,
-//! turning each event into a durably enqueued provisioning job.
+//! turning each event into a durably enqueued provisioning job. The stream itself (channel,
+//! authentication, flow-control requests, schemas) is the Salesforce client's `pubsub` module;
+//! this module decides what to ask for and what to do with each batch.
 //!
 //! Invariants:
 //! - **Nothing lost.** For each batch: decode → enqueue in Redis → then, in one ledger
@@ -27,21 +29,15 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use apache_avro::Schema;
-use secrecy::ExposeSecret;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    Request, Status,
-    metadata::MetadataValue,
-    transport::{Channel, ClientTlsConfig, Endpoint},
-};
+use tonic::Status;
 use tracing::{debug, error, info, warn};
 
 use crate::salesforce::{
     auth::{Session, TokenProvider},
     event::{self, Poison},
-    pb::{self, pub_sub_client::PubSubClient},
+    pb,
+    pubsub::{self, Demand, PubSub, SubscribeFrom, error_code, is_replay_error},
 };
 use crate::{
     config::{EventsConfig, ReplayStart},
@@ -75,19 +71,6 @@ fn ledger_end(e: LedgerError) -> StreamEnd {
     }
 }
 
-/// Salesforce error code carried in a gRPC status's `error-code` metadata.
-pub fn error_code(status: &Status) -> Option<String> {
-    status
-        .metadata()
-        .get("error-code")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-fn is_replay_error(code: &str) -> bool {
-    code.contains("replayid.corrupted") || code.contains("replayid.validation.failed")
-}
-
 /// The subscriber task.
 pub struct Subscriber {
     pub cfg: EventsConfig,
@@ -103,41 +86,6 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// Builds the gRPC channel: TLS for `https://`, plaintext for `http://`, HTTP/2 keepalives;
-    /// through a `CONNECT` tunnel when `proxy` routes the endpoint through a proxy (TLS then
-    /// runs inside the tunnel).
-    pub fn channel(
-        endpoint: &str,
-        proxy: &ProxyConfig,
-    ) -> Result<Channel, tonic::transport::Error> {
-        let mut ep = Endpoint::from_shared(endpoint.to_owned())?
-            .connect_timeout(Duration::from_secs(10))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true);
-        if endpoint.starts_with("https://") {
-            ep = ep.tls_config(ClientTlsConfig::new().with_webpki_roots())?;
-        }
-        Ok(match proxy.tunnel(ep.uri()) {
-            Some(tunnel) => ep.connect_with_connector_lazy(tunnel),
-            None => ep.connect_lazy(),
-        })
-    }
-
-    fn request<T>(msg: T, s: &Session) -> Result<Request<T>, Status> {
-        let mut r = Request::new(msg);
-        let md = r.metadata_mut();
-        let v = |s: &str| {
-            MetadataValue::try_from(s)
-                .map_err(|_| Status::internal("credential is not valid metadata"))
-        };
-        md.insert("accesstoken", v(s.access_token.expose_secret())?);
-        md.insert("instanceurl", v(&s.instance_url)?);
-        md.insert("tenantid", v(&s.org_id)?);
-        Ok(r)
-    }
-
     fn backoff(&self, failures: u32) -> Duration {
         Backoff::new(self.cfg.backoff_initial, self.cfg.backoff_max).delay(failures)
     }
@@ -147,8 +95,7 @@ impl Subscriber {
         // Platform events are at most 1 MB: a hostile length prefix must not make the Avro
         // decoder allocate more (its default cap is 512 MiB).
         apache_avro::util::max_allocation_bytes(event::MAX_EVENT_BYTES);
-        let channel = Self::channel(&self.cfg.endpoint, &self.proxy)?;
-        let mut client = PubSubClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
+        let mut client = PubSub::new(pubsub::channel(&self.cfg.endpoint, &self.proxy)?);
         let mut schemas: HashMap<String, Option<Arc<Schema>>> = HashMap::new();
         let mut failures: u32 = 0;
         let mut first = true;
@@ -235,7 +182,7 @@ impl Subscriber {
 
     async fn subscribe_once(
         &self,
-        client: &mut PubSubClient<Channel>,
+        client: &mut PubSub,
         schemas: &mut HashMap<String, Option<Arc<Schema>>>,
         shutdown: &CancellationToken,
         failures: &mut u32,
@@ -257,30 +204,24 @@ impl Subscriber {
             ReplayStart::Latest => pb::ReplayPreset::Latest,
             ReplayStart::Earliest => pb::ReplayPreset::Earliest,
         };
-        let (replay_preset, replay_id) = match &cursor {
-            Some(c) => (pb::ReplayPreset::Custom, c.clone()),
-            None => (preset, Vec::new()),
+        let from = match &cursor {
+            Some(c) => SubscribeFrom {
+                preset: pb::ReplayPreset::Custom,
+                replay_id: c.clone(),
+            },
+            None => SubscribeFrom {
+                preset,
+                replay_id: Vec::new(),
+            },
         };
         self.health.update(|h| h.cursor = cursor.clone());
         let batch = self.cfg.batch_size;
-        let (tx, rx) = mpsc::channel::<pb::FetchRequest>(8);
-        let first = pb::FetchRequest {
-            topic_name: self.cfg.channel.clone(),
-            replay_preset: replay_preset as i32,
-            replay_id,
-            num_requested: batch,
-            auth_refresh: String::new(),
-        };
-        if tx.send(first).await.is_err() {
-            return StreamEnd::Closed;
-        }
-        let req = match Self::request(ReceiverStream::new(rx), &session) {
-            Ok(r) => r,
-            Err(s) => return StreamEnd::Failed(s),
-        };
-        info!(channel = %self.cfg.channel, replay = ?replay_preset, cursor = cursor.as_deref().map(hex::encode), "subscribing");
-        let mut stream = match client.subscribe(req).await {
-            Ok(r) => r.into_inner(),
+        info!(channel = %self.cfg.channel, replay = ?from.preset, cursor = cursor.as_deref().map(hex::encode), "subscribing");
+        let (mut stream, demand) = match client
+            .subscribe(&session, &self.cfg.channel, from, batch)
+            .await
+        {
+            Ok(s) => s,
             Err(status) => return self.classify(status, cursor.as_deref()).await,
         };
         // The server accepted the subscription: connected, even before the first event or
@@ -294,7 +235,7 @@ impl Subscriber {
             let msg = tokio::select! {
                 () = shutdown.cancelled() => return StreamEnd::Shutdown,
                 _ = room_check.tick(), if starved => {
-                    match self.top_up(&tx, &mut outstanding, batch).await {
+                    match self.top_up(&demand, &mut outstanding, batch).await {
                         Ok(s) => starved = s,
                         Err(end) => return end,
                     }
@@ -345,7 +286,7 @@ impl Subscriber {
                 }
             }
             if outstanding <= batch / 2 {
-                match self.top_up(&tx, &mut outstanding, batch).await {
+                match self.top_up(&demand, &mut outstanding, batch).await {
                     Ok(s) => starved = s,
                     Err(end) => return end,
                 }
@@ -356,7 +297,7 @@ impl Subscriber {
     /// Requests more events if the queue has room. Returns whether demand is being held back.
     async fn top_up(
         &self,
-        tx: &mpsc::Sender<pb::FetchRequest>,
+        demand: &Demand,
         outstanding: &mut i32,
         batch: i32,
     ) -> Result<bool, StreamEnd> {
@@ -371,12 +312,7 @@ impl Subscriber {
         }
         let want = batch - *outstanding;
         if want > 0 {
-            let req = pb::FetchRequest {
-                topic_name: self.cfg.channel.clone(),
-                num_requested: want,
-                ..Default::default()
-            };
-            if tx.send(req).await.is_err() {
+            if demand.request(want).await.is_err() {
                 return Err(StreamEnd::Closed);
             }
             *outstanding += want;
@@ -424,7 +360,7 @@ impl Subscriber {
 
     async fn schema(
         &self,
-        client: &mut PubSubClient<Channel>,
+        client: &mut PubSub,
         schemas: &mut HashMap<String, Option<Arc<Schema>>>,
         session: &Session,
         schema_id: &str,
@@ -432,17 +368,8 @@ impl Subscriber {
         if let Some(s) = schemas.get(schema_id) {
             return Ok(s.clone());
         }
-        let req = Self::request(
-            pb::SchemaRequest {
-                schema_id: schema_id.to_owned(),
-            },
-            session,
-        )
-        .map_err(StreamEnd::Failed)?;
-        let parsed = match client.get_schema(req).await {
-            Ok(info) => Schema::parse_str(&info.into_inner().schema_json)
-                .ok()
-                .map(Arc::new),
+        let parsed = match client.get_schema(session, schema_id).await {
+            Ok(json) => Schema::parse_str(&json).ok().map(Arc::new),
             Err(status) if status.code() == tonic::Code::NotFound => None,
             Err(status) => return Err(self.classify(status, None).await),
         };
@@ -452,7 +379,7 @@ impl Subscriber {
 
     async fn handle_batch(
         &self,
-        client: &mut PubSubClient<Channel>,
+        client: &mut PubSub,
         schemas: &mut HashMap<String, Option<Arc<Schema>>>,
         session: &Session,
         events: Vec<pb::ConsumerEvent>,

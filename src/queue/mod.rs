@@ -239,6 +239,22 @@ pub async fn connect_redis(url: &str, tls: &RedisTls) -> Result<ConnectionManage
         .await?)
 }
 
+/// Deletes every key of the queue named `name` (all its jobs and bookkeeping): for a throwaway
+/// queue such as the demo's, never for a daemon's. Best effort.
+pub async fn delete_all_keys(url: &str, name: &str) -> Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{name}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+    }
+    Ok(())
+}
+
 impl Queue {
     pub async fn connect(cfg: &QueueConfig) -> Result<Self> {
         let conn = connect_redis(&cfg.redis_url, &cfg.tls).await?;

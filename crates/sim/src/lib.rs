@@ -4,7 +4,8 @@
 //! This module owns the simulator's public Rust API ([`Simulator`], [`SimConfig`], [`SimHandle`],
 //! [`Faults`] and the snapshot types) and the one piece of shared state every protocol front end
 //! works on. Submodules own one wire protocol each: [`pubsub`] (tonic server), [`salesforce`]
-//! (OAuth + REST), [`whmcs`] (`api.php`) and [`control`] (the JSON control surface under `/sim`).
+//! (OAuth, REST records and SOQL queries), [`whmcs`] (`api.php`) and [`control`] (the JSON
+//! control surface under `/sim`).
 //!
 //! Invariants:
 //! * All mutable state lives in one [`State`] behind one `std::sync::Mutex`; the lock is only held
