@@ -452,3 +452,49 @@ async fn steps_older_than_the_retention_are_pruned_in_the_background() {
     assert_eq!(left, ["add_order", "write_back"]);
     app.stop().await.expect("stop");
 }
+
+/// The REST client's collection update against the simulator: 200 records per call, one result
+/// per Order in order, a record Salesforce refuses does not stop the others, and the Flow
+/// publishes one event per Order newly set to `Activating`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_updates_go_200_per_call_with_a_result_per_order() {
+    let app = spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await;
+    let mut ids = app.seed(250);
+    let unknown = SalesforceId::synthesize("801", 999_999);
+    ids.insert(7, unknown.clone());
+    let before = app.sim.sim.totals();
+    let results = app
+        .state
+        .rest
+        .set_activation_status(&ids, "Activating")
+        .await;
+    let after = app.sim.sim.totals();
+    assert_eq!(after.patch - before.patch, 2, "251 records: two calls");
+    assert_eq!(results.len(), 251);
+    for (r, id) in results.iter().zip(&ids) {
+        assert_eq!(&r.id, id);
+        assert_eq!(r.success, *id != unknown, "{r:?}");
+    }
+    assert_eq!(results[7].code.as_deref(), Some("ENTITY_IS_DELETED"));
+    assert_eq!(after.events_published - before.events_published, 250);
+    assert!(
+        ids.iter()
+            .filter(|id| **id != unknown)
+            .all(|id| app.activation(id).as_deref() == Some("Activating"))
+    );
+    // Already Activating: the Flow does not fire again.
+    let again = app
+        .state
+        .rest
+        .set_activation_status(&ids[..3], "Activating")
+        .await;
+    assert!(again.iter().all(|r| r.success));
+    assert_eq!(
+        app.sim.sim.totals().events_published,
+        after.events_published
+    );
+}

@@ -809,6 +809,14 @@ impl Simulator {
                 st.touch(&id);
             }
         }
+        self.activation_requested(raw)
+    }
+
+    /// The Flow's reaction to an Order set to `Activating` (by [`Simulator::approve`], or by a
+    /// REST PATCH or sObject Collections update): publishes `OrderProvisionRequested__e` for it;
+    /// returns the replay id.
+    pub(crate) fn activation_requested(&self, id: &(impl AsRef<str> + ?Sized)) -> Vec<u8> {
+        let raw = id.as_ref();
         let user = self.0.user_id.as_str().to_owned();
         self.publish(EventPayload {
             created_date_ms: chrono::Utc::now().timestamp_millis(),
