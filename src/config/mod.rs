@@ -1080,6 +1080,35 @@ mod tests {
     }
 
     #[test]
+    fn audit_retention_and_the_redrive_settings() {
+        assert_eq!(with(&[]).expect("valid").audit_retention_days, 90);
+        let c = with(&[("AUDIT_RETENTION_DAYS", "7")]).expect("valid");
+        assert_eq!(c.audit_retention_days, 7);
+        for bad in ["0", "36501", "x"] {
+            let e = with(&[("AUDIT_RETENTION_DAYS", bad)]).expect_err(bad);
+            assert_eq!(e.setting, "AUDIT_RETENTION_DAYS", "{e}");
+        }
+        // The redrive needs Salesforce, not WHMCS nor the portal secret.
+        let env: Vec<(String, String)> = [
+            ("SF_CLIENT_ID", "cid"),
+            ("SF_AUTH_FLOW", "client_credentials"),
+            ("SF_CLIENT_SECRET", "12345"),
+            ("SF_FIELD_ACTIVATION_STATUS", "Provisioning_Status__c"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let r = Config::load_for_redrive_from(None, env).expect("valid without WHMCS");
+        assert_eq!(
+            r.salesforce.fields.activation_status,
+            "Provisioning_Status__c"
+        );
+        assert_eq!(r.tools.queue.name, "provisioning");
+        let e = Config::load_for_redrive_from(None, Vec::new()).expect_err("needs Salesforce");
+        assert_eq!(e.setting, "SF_CLIENT_ID", "{e}");
+    }
+
+    #[test]
     fn proxy_settings_accept_both_cases_upper_wins_and_stay_redacted() {
         let c = with(&[]).expect("valid");
         assert!(c.proxy.https.is_none() && c.proxy.http.is_none());

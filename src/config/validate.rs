@@ -668,13 +668,11 @@ impl Config {
     pub(super) fn validate_all(r: Raw) -> Result<Self, Vec<ConfigError>> {
         let mut p = Problems::default();
         let breaker = p.ok(breaker_settings(&r));
-        let salesforce = salesforce_settings(&r, &mut p);
-        let proxy = p.ok(proxy_settings(&r));
         let queue = p.ok(queue_settings(&r));
         let database = p.ok(database_settings(&r));
         let replay = p.ok(replay_setting(&r.sf_events_replay));
         let endpoint = p.val(
-            require("sf_pubsub_endpoint", r.sf_pubsub_endpoint)
+            require("sf_pubsub_endpoint", r.sf_pubsub_endpoint.clone())
                 .and_then(|e| endpoint_url("sf_pubsub_endpoint", &e).map(|()| e)),
         );
         if !(1..=100).contains(&r.sf_events_batch_size) {
@@ -695,6 +693,8 @@ impl Config {
             ));
         }
         let channel = p.val(channel_setting(&r.sf_provision_event_channel));
+        let salesforce = salesforce_settings(&r, &mut p);
+        let proxy = p.ok(proxy_settings(&r));
 
         let whmcs_url = p.val(
             require("whmcs_api_url", r.whmcs_api_url)

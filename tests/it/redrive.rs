@@ -13,7 +13,7 @@ use provisioner_sim::Faults;
 use serde_json::Value;
 use tokio::process::Command;
 
-use crate::helpers::{Options, TestApp, spawn_app, wait_until};
+use crate::helpers::{Db, Options, TestApp, spawn_app, wait_until};
 
 struct Out {
     ok: bool,
@@ -400,8 +400,19 @@ async fn the_timeline_lists_every_external_step_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn steps_older_than_the_retention_are_pruned_in_the_background() {
+async fn steps_older_than_the_retention_are_pruned_in_the_background_sqlite() {
+    steps_older_than_the_retention_are_pruned_in_the_background(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_older_than_the_retention_are_pruned_in_the_background_postgres() {
+    steps_older_than_the_retention_are_pruned_in_the_background(Db::Postgres).await;
+}
+
+/// Also exercises the ledger's redrive selection and operator actions on both databases.
+async fn steps_older_than_the_retention_are_pruned_in_the_background(db: Db) {
     let mut app = spawn_app(Options {
+        db,
         start: false,
         extra_env: vec![("AUDIT_RETENTION_DAYS", "30".into())],
         ..Default::default()
@@ -450,6 +461,21 @@ async fn steps_older_than_the_retention_are_pruned_in_the_background() {
         .map(|s| s.step)
         .collect();
     assert_eq!(left, ["add_order", "write_back"]);
+
+    // The redrive's selection and its audit row, on this database.
+    assert!(
+        ledger
+            .find_orders("failed", Some("X"), Some(3_600_000), 10)
+            .await
+            .expect("find")
+            .is_empty()
+    );
+    let action = ledger
+        .record_operator_action("redrive", "ops@host", "{}", 0, None)
+        .await
+        .expect("action");
+    let actions = ledger.operator_actions(5).await.expect("actions");
+    assert_eq!((actions.len(), actions[0].id), (1, action));
     app.stop().await.expect("stop");
 }
 
