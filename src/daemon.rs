@@ -104,7 +104,12 @@ async fn run_workers(
     Ok(())
 }
 
-/// Exports queue depth to metrics and cleans up finished jobs.
+/// Housekeeping ticks between two prunings of the audit trail (one hour); the first tick
+/// prunes too.
+const AUDIT_PRUNE_EVERY: u64 = 720;
+
+/// Exports queue depth to metrics, cleans up finished jobs and prunes the audit trail past
+/// `AUDIT_RETENTION_DAYS` (database clock; every replica may prune, deleting is idempotent).
 async fn housekeeping(state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut n: u64 = 0;
@@ -133,6 +138,17 @@ async fn housekeeping(state: AppState, shutdown: CancellationToken) -> anyhow::R
                 }
             }
             Err(e) => warn!(error.message = %e, "cannot read queue statistics"),
+        }
+        if n % AUDIT_PRUNE_EVERY == 1 {
+            match state
+                .ledger
+                .prune_steps(state.cfg.audit_retention_days)
+                .await
+            {
+                Ok(0) => {}
+                Ok(pruned) => info!(pruned, "pruned the audit trail"),
+                Err(e) => warn!(error.message = %e, "cannot prune the audit trail"),
+            }
         }
         if n % 120 == 0 {
             if let Err(e) = state.queue.cleanup(Duration::from_secs(24 * 3600)).await {

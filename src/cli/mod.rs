@@ -69,7 +69,8 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         env_file: Option<std::path::PathBuf>,
     },
-    /// Operator tools: list and inspect Orders in the ledger, re-enqueue one.
+    /// Operator tools: list and inspect Orders in the ledger (with each one's step timeline),
+    /// re-enqueue one, redrive failed ones.
     Orders {
         #[command(subcommand)]
         command: crate::cli::ops::OrdersCommand,

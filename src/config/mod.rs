@@ -18,7 +18,8 @@ mod validate;
 
 use raw::load_raw;
 use validate::{
-    channel_setting, database_settings, log_format_setting, queue_settings, replay_setting,
+    channel_setting, database_settings, log_format_setting, proxy_settings, queue_settings,
+    replay_setting, salesforce_only,
 };
 
 /// The embedded defaults: the single source of every setting's name and default value.
@@ -375,6 +376,8 @@ pub struct Config {
     pub leader_lease_ttl: Duration,
     /// Test-only skew of this process's clock, in seconds (`test_clock_offset_secs`).
     pub test_clock_offset_secs: i64,
+    /// Days the per-step audit trail is kept (`audit_retention_days`).
+    pub audit_retention_days: u32,
     /// Bearer token of the operator dashboard (`/admin`); `None` disables it (404).
     pub admin_token: Option<SecretString>,
     /// Dependency breakers and the WHMCS authentication latch.
@@ -400,6 +403,7 @@ impl std::fmt::Debug for Config {
             .field("reconciler", &self.reconciler)
             .field("leader_lease_ttl", &self.leader_lease_ttl)
             .field("admin_token", &self.admin_token)
+            .field("audit_retention_days", &self.audit_retention_days)
             .finish()
     }
 }
@@ -414,6 +418,15 @@ pub struct ToolsConfig {
     pub channel: String,
     /// `SF_EVENTS_REPLAY` as this configuration sets it (shown by `cursor show`).
     pub replay: ReplayStart,
+}
+
+/// What `provisioner orders redrive` needs: the tools' settings, and Salesforce (OAuth, REST,
+/// field names) with the outbound proxy; WHMCS and HTTP settings may be absent.
+#[derive(Debug, Clone)]
+pub struct RedriveConfig {
+    pub tools: ToolsConfig,
+    pub salesforce: SalesforceConfig,
+    pub proxy: ProxyConfig,
 }
 
 /// What `provisioner migrate` needs: the ledger, and how to log.
@@ -502,6 +515,29 @@ impl Config {
             channel: channel_setting(&r.sf_provision_event_channel)?,
             replay: replay_setting(&r.sf_events_replay)?,
         })
+    }
+
+    /// Validates what `orders redrive` uses ([`RedriveConfig`]).
+    pub fn load_for_redrive_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<RedriveConfig, ConfigError> {
+        let r = load_raw(file, env)?;
+        Ok(RedriveConfig {
+            tools: ToolsConfig {
+                database: database_settings(&r)?,
+                queue: queue_settings(&r)?,
+                channel: channel_setting(&r.sf_provision_event_channel)?,
+                replay: replay_setting(&r.sf_events_replay)?,
+            },
+            salesforce: salesforce_only(&r)?,
+            proxy: proxy_settings(&r)?,
+        })
+    }
+
+    /// [`Config::load_for_redrive_from`] with the process environment.
+    pub fn load_for_redrive(file: Option<&Path>) -> Result<RedriveConfig, ConfigError> {
+        Self::load_for_redrive_from(file, std::env::vars())
     }
 
     /// [`Config::load_for_tools_from`] with the process environment.
@@ -1050,6 +1086,35 @@ mod tests {
             let e = Config::load_for_tools_from(None, [(k.to_owned(), v.to_owned())]).expect_err(k);
             assert_eq!(e.setting, k, "{e}");
         }
+    }
+
+    #[test]
+    fn audit_retention_and_the_redrive_settings() {
+        assert_eq!(with(&[]).expect("valid").audit_retention_days, 90);
+        let c = with(&[("AUDIT_RETENTION_DAYS", "7")]).expect("valid");
+        assert_eq!(c.audit_retention_days, 7);
+        for bad in ["0", "36501", "x"] {
+            let e = with(&[("AUDIT_RETENTION_DAYS", bad)]).expect_err(bad);
+            assert_eq!(e.setting, "AUDIT_RETENTION_DAYS", "{e}");
+        }
+        // The redrive needs Salesforce, not WHMCS nor the portal secret.
+        let env: Vec<(String, String)> = [
+            ("SF_CLIENT_ID", "cid"),
+            ("SF_AUTH_FLOW", "client_credentials"),
+            ("SF_CLIENT_SECRET", "12345"),
+            ("SF_FIELD_ACTIVATION_STATUS", "Provisioning_Status__c"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let r = Config::load_for_redrive_from(None, env).expect("valid without WHMCS");
+        assert_eq!(
+            r.salesforce.fields.activation_status,
+            "Provisioning_Status__c"
+        );
+        assert_eq!(r.tools.queue.name, "provisioning");
+        let e = Config::load_for_redrive_from(None, Vec::new()).expect_err("needs Salesforce");
+        assert_eq!(e.setting, "SF_CLIENT_ID", "{e}");
     }
 
     #[test]

@@ -119,6 +119,7 @@ pub(super) struct Raw {
     pub(super) leader_lease_ttl_secs: u64,
     pub(super) redis_wait_replica_ms: u64,
     pub(super) test_clock_offset_secs: i64,
+    pub(super) audit_retention_days: u32,
     pub(super) admin_token: SecretString,
 }
 

@@ -553,6 +553,109 @@ pub(super) fn log_format_setting(v: &str) -> Result<LogFormat, ConfigError> {
     enum_setting("log_format", v.trim(), "json or pretty")
 }
 
+/// The Salesforce OAuth and REST settings (login URL, client, credentials, API version, field
+/// names), every problem recorded in `p`; `None` if any of them is wrong.
+fn salesforce_settings(r: &Raw, p: &mut Problems) -> Option<SalesforceConfig> {
+    let before = p.0.len();
+    let login_url = p.val(
+        require("sf_login_url", r.sf_login_url.clone()).and_then(|u| {
+            let u = u.trim_end_matches('/').to_owned();
+            endpoint_url("sf_login_url", &u).map(|()| u)
+        }),
+    );
+    let client_id = p.val(require("sf_client_id", r.sf_client_id.clone()));
+    let auth = p.ok(salesforce_auth(
+        &r.sf_auth_flow,
+        r.sf_username.clone(),
+        r.sf_private_key.clone(),
+        r.sf_private_key_path.clone(),
+        r.sf_client_secret.clone(),
+    ));
+    let api_version = p.val(
+        require("sf_api_version", r.sf_api_version.clone()).and_then(|v| {
+            let v = v.trim_start_matches('v').to_owned();
+            if v.parse::<f32>().is_err() {
+                return Err(err(
+                    "sf_api_version",
+                    format!("must look like 65.0, got {v:?}"),
+                ));
+            }
+            Ok(v)
+        }),
+    );
+
+    let order_fields = OrderFieldNames {
+        activation_status: p.val(require(
+            "sf_field_activation_status",
+            r.sf_field_activation_status.clone(),
+        )),
+        whmcs_order_id: p.val(require(
+            "sf_field_whmcs_order_id",
+            r.sf_field_whmcs_order_id.clone(),
+        )),
+        error_code: p.val(require(
+            "sf_field_error_code",
+            r.sf_field_error_code.clone(),
+        )),
+        error_message: p.val(require(
+            "sf_field_error_message",
+            r.sf_field_error_message.clone(),
+        )),
+        last_attempt_at: p.val(require(
+            "sf_field_last_attempt_at",
+            r.sf_field_last_attempt_at.clone(),
+        )),
+        account_whmcs_client_id: p.val(require(
+            "sf_field_account_whmcs_client_id",
+            r.sf_field_account_whmcs_client_id.clone(),
+        )),
+        product_whmcs_product_id: p.val(require(
+            "sf_field_product_whmcs_product_id",
+            r.sf_field_product_whmcs_product_id.clone(),
+        )),
+        product_whmcs_billing_cycle: p.val(require(
+            "sf_field_product_whmcs_billing_cycle",
+            r.sf_field_product_whmcs_billing_cycle.clone(),
+        )),
+    };
+    let auth = auth?;
+    if p.0.len() > before {
+        return None;
+    }
+    Some(SalesforceConfig {
+        login_url,
+        client_id,
+        auth,
+        api_version,
+        http_timeout: Duration::from_secs(r.sf_http_timeout_secs.max(1)),
+        fields: order_fields,
+    })
+}
+
+/// The outbound proxies (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`).
+pub(super) fn proxy_settings(r: &Raw) -> Result<ProxyConfig, ConfigError> {
+    use secrecy::ExposeSecret;
+    ProxyConfig::parse(
+        r.https_proxy.expose_secret(),
+        r.http_proxy.expose_secret(),
+        &r.no_proxy,
+    )
+    .map_err(|(setting, message)| err(setting, message))
+}
+
+/// [`salesforce_settings`] failing with the first problem (for commands that need only these).
+pub(super) fn salesforce_only(r: &Raw) -> Result<SalesforceConfig, ConfigError> {
+    let mut p = Problems::default();
+    match salesforce_settings(r, &mut p) {
+        Some(c) => Ok(c),
+        None => Err(p
+            .0
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| err("sf_client_id", "is invalid"))),
+    }
+}
+
 impl Config {
     /// Validates everything, failing with every problem found (in the order of the settings).
     pub(super) fn validate_all(r: Raw) -> Result<Self, Vec<ConfigError>> {
@@ -562,7 +665,7 @@ impl Config {
         let database = p.ok(database_settings(&r));
         let replay = p.ok(replay_setting(&r.sf_events_replay));
         let endpoint = p.val(
-            require("sf_pubsub_endpoint", r.sf_pubsub_endpoint)
+            require("sf_pubsub_endpoint", r.sf_pubsub_endpoint.clone())
                 .and_then(|e| endpoint_url("sf_pubsub_endpoint", &e).map(|()| e)),
         );
         if !(1..=100).contains(&r.sf_events_batch_size) {
@@ -583,39 +686,9 @@ impl Config {
             ));
         }
         let channel = p.val(channel_setting(&r.sf_provision_event_channel));
+        let salesforce = salesforce_settings(&r, &mut p);
+        let proxy = p.ok(proxy_settings(&r));
 
-        let login_url = p.val(require("sf_login_url", r.sf_login_url).and_then(|u| {
-            let u = u.trim_end_matches('/').to_owned();
-            endpoint_url("sf_login_url", &u).map(|()| u)
-        }));
-        let client_id = p.val(require("sf_client_id", r.sf_client_id));
-        let auth = p.ok(salesforce_auth(
-            &r.sf_auth_flow,
-            r.sf_username,
-            r.sf_private_key,
-            r.sf_private_key_path,
-            r.sf_client_secret,
-        ));
-        let api_version = p.val(require("sf_api_version", r.sf_api_version).and_then(|v| {
-            let v = v.trim_start_matches('v').to_owned();
-            if v.parse::<f32>().is_err() {
-                return Err(err(
-                    "sf_api_version",
-                    format!("must look like 65.0, got {v:?}"),
-                ));
-            }
-            Ok(v)
-        }));
-
-        let proxy = {
-            use secrecy::ExposeSecret;
-            p.ok(ProxyConfig::parse(
-                r.https_proxy.expose_secret(),
-                r.http_proxy.expose_secret(),
-                &r.no_proxy,
-            )
-            .map_err(|(setting, message)| err(setting, message)))
-        };
         let whmcs_url = p.val(
             require("whmcs_api_url", r.whmcs_api_url)
                 .and_then(|u| endpoint_url("whmcs_api_url", &u).map(|()| u)),
@@ -736,6 +809,9 @@ impl Config {
                 "must be within ±86400 (test-only; leave it 0)",
             ));
         }
+        if !(1..=36_500).contains(&r.audit_retention_days) {
+            p.fail(err("audit_retention_days", "must be between 1 and 36500"));
+        }
         if r.reconciler_interval_secs > 0 && r.reconciler_batch_limit == 0 {
             p.fail(err("reconciler_batch_limit", "must be at least 1"));
         }
@@ -757,41 +833,13 @@ impl Config {
                 r.sf_field_event_requested_by,
             )),
         };
-        let order_fields = OrderFieldNames {
-            activation_status: p.val(require(
-                "sf_field_activation_status",
-                r.sf_field_activation_status,
-            )),
-            whmcs_order_id: p.val(require(
-                "sf_field_whmcs_order_id",
-                r.sf_field_whmcs_order_id,
-            )),
-            error_code: p.val(require("sf_field_error_code", r.sf_field_error_code)),
-            error_message: p.val(require("sf_field_error_message", r.sf_field_error_message)),
-            last_attempt_at: p.val(require(
-                "sf_field_last_attempt_at",
-                r.sf_field_last_attempt_at,
-            )),
-            account_whmcs_client_id: p.val(require(
-                "sf_field_account_whmcs_client_id",
-                r.sf_field_account_whmcs_client_id,
-            )),
-            product_whmcs_product_id: p.val(require(
-                "sf_field_product_whmcs_product_id",
-                r.sf_field_product_whmcs_product_id,
-            )),
-            product_whmcs_billing_cycle: p.val(require(
-                "sf_field_product_whmcs_billing_cycle",
-                r.sf_field_product_whmcs_billing_cycle,
-            )),
-        };
         let admin_token = p.ok(admin_token_setting(r.admin_token));
 
         let (
             Some(queue),
             Some(database),
             Some(replay),
-            Some(auth),
+            Some(salesforce),
             Some(whmcs_secret),
             Some(addr),
             Some(api_auth),
@@ -805,7 +853,7 @@ impl Config {
             queue,
             database,
             replay,
-            auth,
+            salesforce,
             whmcs_secret,
             addr,
             api_auth,
@@ -831,6 +879,7 @@ impl Config {
             },
             leader_lease_ttl: Duration::from_secs(r.leader_lease_ttl_secs),
             test_clock_offset_secs: r.test_clock_offset_secs,
+            audit_retention_days: r.audit_retention_days,
             events: EventsConfig {
                 enabled: r.sf_events_enabled,
                 channel,
@@ -843,14 +892,7 @@ impl Config {
                 backoff_max: Duration::from_millis(r.sf_events_backoff_max_ms),
                 fields: event_fields,
             },
-            salesforce: SalesforceConfig {
-                login_url,
-                client_id,
-                auth,
-                api_version,
-                http_timeout: Duration::from_secs(r.sf_http_timeout_secs.max(1)),
-                fields: order_fields,
-            },
+            salesforce,
             whmcs: WhmcsSettings {
                 api_url: whmcs_url,
                 identifier: whmcs_identifier,

@@ -1,7 +1,9 @@
 //! The operator dashboard: a small server-rendered page at `/admin` and its data as JSON at
 //! `/admin/api/summary` — subscription state, cursor, queue depth, the failure rate over the
-//! alert's window, Orders by state and the most recent Orders with their errors. The page
-//! reloads itself every few seconds (meta refresh; it runs no script at all).
+//! alert's window, Orders by state and the most recent Orders with their errors — and one page
+//! per Order at `/admin/orders/{id}` (JSON: `/admin/api/orders/{id}`): its ledger row, attempts
+//! and the timeline of its external steps (the audit trail). Every Order id in a list links to
+//! its page. The pages reload themselves every few seconds (meta refresh; they run no script).
 //!
 //! Invariants:
 //! - Disabled unless `ADMIN_TOKEN` is set: without it no `/admin` route exists (404).
@@ -34,7 +36,7 @@ use std::{
 
 use axum::{
     Form, Json, Router,
-    extract::{ConnectInfo, FromRequestParts, Query, State},
+    extract::{ConnectInfo, FromRequestParts, Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -48,7 +50,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::{
-    ledger::{OrderRecord, OrderState},
+    ids::SalesforceId,
+    ledger::{AttemptRecord, OrderRecord, OrderState, StepRecord},
     queue::QueueStats,
     state::AppState,
     status::SubState,
@@ -123,6 +126,8 @@ where
         .route("/admin/login", post(login))
         .route("/admin/logout", post(logout))
         .route("/admin/api/summary", get(summary_json))
+        .route("/admin/orders/{id}", get(order_page))
+        .route("/admin/api/orders/{id}", get(order_json))
         .with_state(dash)
 }
 
@@ -630,7 +635,276 @@ async fn summary_json(
     harden(Json(summary(&d.app, q.state.as_deref()).await).into_response())
 }
 
+/// One Order as its page shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    pub sf_order_id: String,
+    pub order: Option<OrderRecord>,
+    pub attempts: Option<Vec<AttemptRecord>>,
+    /// The external steps, oldest first.
+    pub steps: Option<Vec<StepRecord>>,
+    pub errors: Vec<String>,
+}
+
+/// Gathers one Order's page; `None` when the ledger knows nothing of it.
+pub async fn order_view(app: &AppState, id: &SalesforceId) -> Option<OrderView> {
+    let mut errors = Vec::new();
+    let order = read("order", &mut errors, app.ledger.get(id))
+        .await
+        .flatten();
+    let attempts = read("attempts", &mut errors, app.ledger.attempts(id)).await;
+    let steps = read("steps", &mut errors, app.ledger.steps(id)).await;
+    let known = order.is_some()
+        || attempts.as_ref().is_some_and(|a| !a.is_empty())
+        || steps.as_ref().is_some_and(|s| !s.is_empty());
+    (known || !errors.is_empty()).then(|| OrderView {
+        sf_order_id: id.to_string(),
+        order,
+        attempts,
+        steps,
+        errors,
+    })
+}
+
+/// The answer to a request without access, as HTML (`html`) or JSON.
+fn denied(access: Access, html: bool) -> Option<Response> {
+    let json_error = |status: StatusCode, kind: &str, message: &str| {
+        (
+            status,
+            Json(serde_json::json!({"error": kind, "message": message})),
+        )
+            .into_response()
+    };
+    match access {
+        Access::Granted => None,
+        Access::Throttled(wait) if html => Some(throttled_page(wait)),
+        Access::Throttled(wait) => Some(harden(with_retry_after(
+            json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many failed sign-ins from this address",
+            ),
+            wait,
+        ))),
+        Access::Refused if html => Some(login_page(
+            StatusCode::UNAUTHORIZED,
+            "That token is not valid.",
+        )),
+        Access::Missing if html => Some(login_page(
+            StatusCode::UNAUTHORIZED,
+            "Sign in with the admin token (ADMIN_TOKEN).",
+        )),
+        Access::Missing | Access::Refused => {
+            let mut r = json_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "A valid admin token is required",
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Some(harden(r))
+        }
+    }
+}
+
+async fn order_page(
+    State(d): State<Dash>,
+    peer: Peer,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = denied(access(&d, &peer, &headers), true) {
+        return r;
+    }
+    let not_found = |message: &str| {
+        harden(html_response(
+            StatusCode::NOT_FOUND,
+            render_not_found(message),
+        ))
+    };
+    let Ok(id) = SalesforceId::parse(raw.trim()) else {
+        return not_found("That is not a Salesforce Order id.");
+    };
+    match order_view(&d.app, &id).await {
+        Some(v) => harden(html_response(StatusCode::OK, render_order(&v))),
+        None => not_found("The ledger knows no such Order."),
+    }
+}
+
+async fn order_json(
+    State(d): State<Dash>,
+    peer: Peer,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = denied(access(&d, &peer, &headers), false) {
+        return r;
+    }
+    let not_found = |message: &str| {
+        harden(
+            (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({"error": "not_found", "message": message})),
+            )
+                .into_response(),
+        )
+    };
+    let Ok(id) = SalesforceId::parse(raw.trim()) else {
+        return not_found("not a Salesforce Order id");
+    };
+    match order_view(&d.app, &id).await {
+        Some(v) => harden(Json(v).into_response()),
+        None => not_found("the ledger knows no such Order"),
+    }
+}
+
 // ── rendering ───────────────────────────────────────────────────────────────────────────────
+
+/// An Order id linking to its page.
+fn order_link(id: &str) -> Markup {
+    html! { a href={ "/admin/orders/" (id) } { (code(id)) } }
+}
+
+fn ms_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// The head and header every page shares.
+fn frame(title: &str, refresh: bool, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                @if refresh {
+                    meta http-equiv="refresh" content=(REFRESH_SECS);
+                }
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                header {
+                    h1 { a href="/admin" style="color:#fff;text-decoration:none" { "provisioner" } }
+                    small {
+                        form method="post" action="/admin/logout" {
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+fn render_not_found(message: &str) -> Markup {
+    frame(
+        "provisioner · order",
+        false,
+        html! {
+            section { p { (message) } p { a href="/admin" { "Back to the dashboard" } } }
+        },
+    )
+}
+
+/// One Order's page: ledger row, attempts, step timeline (maud escapes every dynamic value).
+fn render_order(v: &OrderView) -> Markup {
+    let body = html! {
+        @if !v.errors.is_empty() {
+            div class="errors" id="errors" { (v.errors.join(" · ")) }
+        }
+        section id="order" {
+            h2 { "Order " (code(&v.sf_order_id)) }
+            @match &v.order {
+                Some(o) => (kv(&[
+                    ("State", badge(&o.state)),
+                    ("Outcome", html! { @if let Some(out) = &o.outcome { (badge(out)) } @else { "–" } }),
+                    ("WHMCS client", html! { (o.whmcs_client_id.as_deref().unwrap_or("–")) }),
+                    ("WHMCS order", html! { @if let Some(w) = o.whmcs_order_id { (w) } @else { "–" } }),
+                    ("WHMCS services", html! { (o.whmcs_service_ids.as_deref().unwrap_or("–")) }),
+                    ("Error", html! {
+                        @if let Some(c) = &o.error_code { (code(c)) " " }
+                        (o.error_message.as_deref().unwrap_or(""))
+                    }),
+                    ("Attempts", html! { (o.attempts) }),
+                    ("Last event", html! { (code(o.last_event_id.as_deref().unwrap_or("–"))) }),
+                    ("Updated", html! { (rfc3339(o.updated_at).unwrap_or_default()) }),
+                ])),
+                None => p { "No ledger row (no job has claimed it)." },
+            }
+        }
+        section id="timeline" style="margin-top:14px" {
+            h2 { "Timeline" }
+            @match &v.steps {
+                Some(steps) if steps.is_empty() => p { "No steps recorded." },
+                Some(steps) => table {
+                    thead {
+                        tr {
+                            th { "Started" } th { "Step" } th { "Duration" } th { "Outcome" }
+                            th { "Attempt" } th { "Job" } th { "WHMCS client" } th { "WHMCS order" }
+                            th { "Error" }
+                        }
+                    }
+                    tbody {
+                        @for st in steps {
+                            tr class="step" data-step=(st.step) {
+                                td { (ms_time(st.started_at)) }
+                                td { (code(&st.step)) }
+                                td { (st.duration_ms) " ms" }
+                                td { (badge(if st.outcome == "ok" { "done" } else { "failed" })) " " (st.outcome) }
+                                td { @if let Some(a) = st.attempt_id { (a) } }
+                                td { (code(st.job_id.as_deref().unwrap_or(""))) }
+                                td { (st.whmcs_client_id.as_deref().unwrap_or("")) }
+                                td { @if let Some(w) = st.whmcs_order_id { (w) } }
+                                td class="err" {
+                                    @if let Some(c) = &st.error_code { (code(c)) " " }
+                                    (st.error_message.as_deref().unwrap_or(""))
+                                }
+                            }
+                        }
+                    }
+                },
+                None => p { "unavailable" },
+            }
+        }
+        section id="attempts" style="margin-top:14px" {
+            h2 { "Attempts" }
+            @match &v.attempts {
+                Some(a) if a.is_empty() => p { "None." },
+                Some(a) => table {
+                    thead {
+                        tr { th { "#" } th { "Event / job" } th { "Started" } th { "Finished" } th { "Outcome" } th { "Error" } }
+                    }
+                    tbody {
+                        @for at in a {
+                            tr {
+                                td { (at.id) }
+                                td { (code(at.event_id.as_deref().unwrap_or(""))) }
+                                td { (ms_time(at.started_at)) }
+                                td { (at.finished_at.map(ms_time).unwrap_or_else(|| "running".into())) }
+                                td { (at.outcome.as_deref().unwrap_or("")) }
+                                td class="err" {
+                                    @if let Some(c) = &at.error_code { (code(c)) " " }
+                                    (at.error_message.as_deref().unwrap_or(""))
+                                }
+                            }
+                        }
+                    }
+                },
+                None => p { "unavailable" },
+            }
+        }
+    };
+    frame(
+        &format!("provisioner · order {}", v.sf_order_id),
+        true,
+        body,
+    )
+}
 
 fn rfc3339(ms: i64) -> Option<String> {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -901,7 +1175,7 @@ fn render_page(s: &Summary) -> Markup {
                                 tbody {
                                     @for o in orders {
                                         tr class="order" data-state=(o.state) {
-                                            td { (code(&o.sf_order_id)) }
+                                            td { (order_link(&o.sf_order_id)) }
                                             td { (badge(&o.state)) }
                                             td { @if let Some(out) = &o.outcome { (badge(out)) } }
                                             td { @if let Some(w) = o.whmcs_order_id { (w) } }

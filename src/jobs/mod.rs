@@ -1,6 +1,8 @@
 //! What the queue workers run: the provisioning job ([`provision`]) behind the dependency gate
-//! ([`gate`]), and the retry policy every retry in the daemon follows ([`retry`]).
+//! ([`gate`]), its per-step audit trail ([`steps`]), and the retry policy every retry in the
+//! daemon follows ([`retry`]).
 
 pub mod gate;
 pub mod provision;
 pub mod retry;
+pub mod steps;

@@ -29,7 +29,8 @@
 //! - If Salesforce itself cannot be reached to read or write back the Order, the job returns an
 //!   error and the queue runs it again later; the ledger state makes that re-run resume, not
 //!   repeat.
-//! - Every step runs inside a span carrying the order id, event id and correlation id.
+//! - Every step runs inside a span carrying the order id, event id and correlation id, and every
+//!   external call is recorded in the audit trail (`jobs::steps`).
 //! - WHMCS never provisions fewer units than ordered: before 8.12 (or when its version cannot be
 //!   read) `AddOrder` ignores `qty[]`, so a quantity N is sent as N lines of quantity 1, or the
 //!   Order fails with `WHMCS_QTY_UNSUPPORTED` (`WHMCS_QUANTITY_MODE`).
@@ -44,7 +45,10 @@ use crate::{
     config::QuantityMode,
     error::{Classify, ErrorClass},
     ids::SalesforceId,
-    jobs::retry::Backoff,
+    jobs::{
+        retry::Backoff,
+        steps::{self, Ids, Step},
+    },
     ledger::{self, Change, Ledger, OrderRecord},
     metrics::Metrics,
     queue::{JobSource, ProvisionOrderV1},
@@ -227,7 +231,7 @@ impl Provisioner {
         );
         async {
             let started = std::time::Instant::now();
-            let outcome = self.run_inner(job, execution).await;
+            let outcome = steps::scope(job, self.run_inner(job, execution)).await;
             match &outcome {
                 Ok(Outcome::Provisioned { whmcs_order_id }) => {
                     self.metrics.attempt("provisioned");
@@ -293,7 +297,17 @@ impl Provisioner {
                 return Ok(Outcome::Skipped("writeback_rejected"));
             }
         }
-        let order = match self.retry("read_order", || self.rest.get_order(&id)).await {
+        let order = match self
+            .retry("read_order", || {
+                steps::record(
+                    &self.ledger,
+                    Step::ReadOrder,
+                    Ids::none(),
+                    self.rest.get_order(&id),
+                )
+            })
+            .await
+        {
             Ok(Some(o)) => o,
             Ok(None) => return Ok(Outcome::Skipped("order_not_found")),
             Err(e) => {
@@ -536,6 +550,7 @@ impl Provisioner {
             )
             .await?
             .ok_or_else(|| JobError::LeaseLost(id.to_string()))?;
+        steps::set_attempt(attempt);
         started.store(attempt, std::sync::atomic::Ordering::Relaxed);
         let result = self
             .attempt_claimed(job, execution, id, order, &row, owner, attempt)
@@ -668,7 +683,14 @@ impl Provisioner {
         let mut update = update.clone();
         loop {
             let e = match self
-                .retry("write_back", || self.rest.update_order(id, &update))
+                .retry("write_back", || {
+                    steps::record(
+                        &self.ledger,
+                        Step::WriteBack,
+                        writeback_ids(&update),
+                        self.rest.update_order(id, &update),
+                    )
+                })
                 .await
             {
                 Ok(()) => return Ok(None),
@@ -819,7 +841,14 @@ impl Provisioner {
                 Err(e) if e.kind == crate::whmcs::WhmcsErrorKind::NotPending => {
                     // Accepted by an earlier attempt, or cancelled: ask WHMCS.
                     let current = self
-                        .retry("get_order", || self.whmcs.get_order(whmcs_order_id))
+                        .retry("get_order", || {
+                            steps::record(
+                                &self.ledger,
+                                Step::GetOrders,
+                                Ids::order(whmcs_order_id),
+                                self.whmcs.get_order(whmcs_order_id),
+                            )
+                        })
                         .await
                         .map_err(|e| self.whmcs_fail("GetOrders", &e))?;
                     match current {
@@ -899,7 +928,14 @@ impl Provisioner {
         let mut attempt = 0;
         loop {
             self.ensure_lease(id, owner).await?;
-            match self.whmcs.add_order(request).await {
+            match steps::record(
+                &self.ledger,
+                Step::AddOrder,
+                Ids::client(&request.client_id),
+                self.whmcs.add_order(request),
+            )
+            .await
+            {
                 Ok(r) => return Ok((r.order_id, r.service_ids)),
                 Err(e) if e.class() == ErrorClass::Transient => {
                     self.metrics.whmcs_error("AddOrder", &e.code());
@@ -966,7 +1002,14 @@ impl Provisioner {
         let mut attempt = 0;
         loop {
             self.ensure_lease(id, owner).await?;
-            let e = match self.whmcs.accept_order(whmcs_order_id).await {
+            let e = match steps::record(
+                &self.ledger,
+                Step::AcceptOrder,
+                Ids::order(whmcs_order_id),
+                self.whmcs.accept_order(whmcs_order_id),
+            )
+            .await
+            {
                 Ok(()) => return Ok(Ok(())),
                 Err(e) if e.class() == ErrorClass::Transient => e,
                 Err(e) => return Ok(Err(e)),
@@ -976,7 +1019,14 @@ impl Provisioner {
             if e.kind != crate::whmcs::WhmcsErrorKind::Connect {
                 warn!(attempt, error.code = %e.code(), error.message = %e, "AcceptOrder outcome unknown; looking the order up");
                 let current = self
-                    .retry("get_order", || self.whmcs.get_order(whmcs_order_id))
+                    .retry("get_order", || {
+                        steps::record(
+                            &self.ledger,
+                            Step::GetOrders,
+                            Ids::order(whmcs_order_id),
+                            self.whmcs.get_order(whmcs_order_id),
+                        )
+                    })
                     .await
                     .map_err(|e| self.whmcs_fail("GetOrders", &e))?;
                 match current {
@@ -1008,7 +1058,17 @@ impl Provisioner {
         }
         let version = match self.whmcs.known_version() {
             Some(v) => Some(v),
-            None => match self.retry("WhmcsDetails", || self.whmcs.details()).await {
+            None => match self
+                .retry("WhmcsDetails", || {
+                    steps::record(
+                        &self.ledger,
+                        Step::WhmcsDetails,
+                        Ids::none(),
+                        self.whmcs.details(),
+                    )
+                })
+                .await
+            {
                 Ok(v) => Some(v),
                 // The API role may not grant WhmcsDetails, or the answer has no version:
                 // assume the old behaviour (never fewer units than ordered).
@@ -1061,8 +1121,13 @@ impl Provisioner {
         for client_id in &search.clients {
             let found = self
                 .retry("reconcile", || {
-                    self.whmcs
-                        .find_order_by_notes(client_id, &notes, search.not_before)
+                    steps::record(
+                        &self.ledger,
+                        Step::GetOrders,
+                        Ids::client(client_id),
+                        self.whmcs
+                            .find_order_by_notes(client_id, &notes, search.not_before),
+                    )
                 })
                 .await
                 .map_err(|e| self.whmcs_fail("GetOrders", &e))?;
@@ -1090,6 +1155,19 @@ impl Provisioner {
                 .into()
             }
         }
+    }
+}
+
+/// The WHMCS order id a write-back carries, for the audit trail.
+fn writeback_ids(update: &OrderUpdate) -> Ids<'static> {
+    let id = match update {
+        OrderUpdate::Activated { whmcs_order_id, .. }
+        | OrderUpdate::ActivatedFieldsOnly { whmcs_order_id, .. } => Some(whmcs_order_id),
+        OrderUpdate::Failed { whmcs_order_id, .. } => whmcs_order_id.as_ref(),
+    };
+    Ids {
+        client: None,
+        order: id.and_then(|s| s.trim().parse().ok()),
     }
 }
 

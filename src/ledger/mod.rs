@@ -5,7 +5,9 @@
 //! id an Order's `AddOrder` was attempted under; `event_inbox` — every event id the subscriber
 //! has enqueued (or skipped as poison), so a redelivered event is never enqueued twice;
 //! `cursors` — the subscription's replay id; `leader_epochs` — fencing tokens; `pauses` and
-//! `poison_events` — the operator controls (`controls`).
+//! `poison_events` — the operator controls (`controls`); `order_steps` and
+//! `operator_actions` — the audit trail (`audit`: every external step of a job, every bulk
+//! operator command).
 //!
 //! Invariants:
 //! - An Order is worked on by at most one job at a time: [`Ledger::claim`] takes a lease with a
@@ -36,11 +38,13 @@ use sqlx::{
 use crate::config::DatabaseConfig;
 
 mod attempts;
+mod audit;
 mod controls;
 mod cursor;
 mod inbox;
 mod orders;
 
+pub use audit::{NewStep, OperatorAction, StepRecord};
 pub use controls::{POISON_PAYLOAD_MAX, PausePart, PauseRow, PoisonEntry, PoisonRow};
 pub use cursor::{CursorRow, EARLIEST_REQUEST};
 pub use inbox::{InboxEntry, InboxRow};

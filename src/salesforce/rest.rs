@@ -1,6 +1,7 @@
 //! Salesforce REST client: the worker's one read (SOQL with the `OrderItems` subquery) and one
-//! write (PATCH) per Order, the reconciler's stuck-order query, and classification of every REST
-//! failure into an [`ErrorClass`].
+//! write (PATCH) per Order, the reconciler's stuck-order query, the operators' bulk redrive
+//! (sObject Collections `PATCH composite/sobjects`, [`COLLECTION_MAX`] records per call, one
+//! result per record), and classification of every REST failure into an [`ErrorClass`].
 //!
 //! Invariants:
 //! - Exactly one HTTP request per call, plus at most one replay of it after a 401 (the token is
@@ -45,6 +46,8 @@ pub const REST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const ERROR_MESSAGE_MAX: usize = 255;
 /// Ids per `WHERE Id IN (...)` query, keeping the GET URL well under Salesforce's limits.
 const IDS_PER_QUERY: usize = 200;
+/// Most records one sObject Collections request may carry (Salesforce's limit).
+pub const COLLECTION_MAX: usize = 200;
 /// Largest `LIMIT` of the stuck-order query (one result batch, no follow-up pages).
 const STUCK_LIMIT_MAX: u32 = 2000;
 
@@ -134,6 +137,62 @@ pub struct SfOrderItem {
     pub whmcs_product_id: Option<String>,
     /// From the item's Product2.
     pub billing_cycle: Option<String>,
+}
+
+/// The result of one record of an sObject Collections update.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecordResult {
+    pub id: SalesforceId,
+    pub success: bool,
+    /// Salesforce's `statusCode` (or the request's error code when the whole call failed).
+    pub code: Option<String>,
+    pub message: Option<String>,
+}
+
+/// Per-record results of a `composite/sobjects` response, in the order of `ids` (Salesforce
+/// answers in request order); a record the answer leaves out counts as failed.
+fn parse_collection_results(
+    ids: &[SalesforceId],
+    body: &[u8],
+) -> Result<Vec<RecordResult>, SfError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|_| SfError::bad_response(200, "collection result is not JSON"))?;
+    let Some(list) = v.as_array() else {
+        return Err(SfError::bad_response(
+            200,
+            "collection result is not a list",
+        ));
+    };
+    Ok(ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let Some(r) = list.get(i) else {
+                return RecordResult {
+                    id: id.clone(),
+                    success: false,
+                    code: Some("SF_BAD_RESPONSE".into()),
+                    message: Some("no result for this record".into()),
+                };
+            };
+            let success = r.get("success").and_then(Value::as_bool).unwrap_or(false);
+            let first = r
+                .get("errors")
+                .and_then(Value::as_array)
+                .and_then(|e| e.first());
+            RecordResult {
+                id: id.clone(),
+                success,
+                code: first
+                    .and_then(|e| e.get("statusCode"))
+                    .and_then(lenient::string_of)
+                    .or_else(|| (!success).then(|| "UNKNOWN".to_owned())),
+                message: first
+                    .and_then(|e| e.get("message"))
+                    .and_then(lenient::string_of),
+            }
+        })
+        .collect())
 }
 
 /// An Order the reconciler may re-drive.
@@ -715,6 +774,53 @@ impl RestClient {
         .await
     }
 
+    /// Sets `Activation_Status__c` (the configured field) to `value` on every Order of `ids`
+    /// with sObject Collections updates (`allOrNone: false`, [`COLLECTION_MAX`] records per
+    /// call); one result per Order, in order. A call that fails as a whole marks each of its
+    /// records failed with the call's error; later calls are still made.
+    pub async fn set_activation_status(
+        &self,
+        ids: &[SalesforceId],
+        value: &str,
+    ) -> Vec<RecordResult> {
+        let path = format!("{}/composite/sobjects", self.inner.data_path);
+        let field = &self.inner.fields.activation_status;
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(COLLECTION_MAX) {
+            let records: Vec<Value> = chunk
+                .iter()
+                .map(|id| {
+                    let mut rec = serde_json::Map::new();
+                    rec.insert("attributes".into(), serde_json::json!({"type": "Order"}));
+                    rec.insert("id".into(), Value::from(id.as_str()));
+                    rec.insert(field.clone(), Value::from(value));
+                    Value::Object(rec)
+                })
+                .collect();
+            let body = serde_json::json!({"allOrNone": false, "records": records}).to_string();
+            let result = self
+                .send(
+                    |http, instance| {
+                        http.patch(format!("{instance}{path}"))
+                            .header(CONTENT_TYPE, "application/json")
+                            .body(body.clone())
+                    },
+                    |b| parse_collection_results(chunk, b),
+                )
+                .await;
+            match result {
+                Ok(r) => out.extend(r),
+                Err(e) => out.extend(chunk.iter().map(|id| RecordResult {
+                    id: id.clone(),
+                    success: false,
+                    code: Some(e.code.clone()),
+                    message: Some(e.to_string()),
+                })),
+            }
+        }
+        out
+    }
+
     /// Last `Sforce-Limit-Info` reading as `(used, limit)`, if any response carried one.
     pub fn api_usage(&self) -> Option<(u64, u64)> {
         let limit = self.inner.api_limit.load(Ordering::Relaxed);
@@ -849,6 +955,24 @@ mod tests {
 
     fn oid(n: u64) -> SalesforceId {
         SalesforceId::synthesize("801", n)
+    }
+
+    #[test]
+    fn collection_results_follow_the_request_order() {
+        let ids = [oid(1), oid(2), oid(3)];
+        let r = parse_collection_results(
+            &ids,
+            br#"[{"id":"801000000000001AAA","success":true,"errors":[]},
+                 {"success":false,"errors":[{"statusCode":"ENTITY_IS_DELETED","message":"gone","fields":[]}]}]"#,
+        )
+        .expect("parsed");
+        assert!(r[0].success && r[0].code.is_none());
+        assert_eq!(
+            (r[1].success, r[1].code.as_deref(), r[1].message.as_deref()),
+            (false, Some("ENTITY_IS_DELETED"), Some("gone"))
+        );
+        assert_eq!((r[2].id.clone(), r[2].success), (oid(3), false));
+        assert!(parse_collection_results(&ids, b"{}").is_err());
     }
 
     #[test]

@@ -240,6 +240,118 @@ async fn admin_needs_the_token_by_header_or_login_cookie() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_order_has_a_page_with_its_timeline_linked_from_the_lists() {
+    let mut app = app_with_dashboard(Some(TOKEN)).await;
+    let (good, bad) = provision(&app, 1).await;
+    let id = &good[0];
+    wait_until(
+        Duration::from_secs(30),
+        "write-back step recorded",
+        || async {
+            let steps = app.state.ledger.steps(id).await.expect("steps");
+            steps.last().is_some_and(|s| s.step == "write_back")
+        },
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client");
+    let base = app.http.clone();
+
+    // Every Order id in the lists links to its page.
+    let page = http
+        .get(format!("{base}/admin"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    for o in [id, &bad] {
+        assert!(
+            page.contains(&format!("href=\"/admin/orders/{}\"", o.as_str())),
+            "{o} not linked:\n{page}"
+        );
+    }
+
+    // The page, as the rest of /admin: token required.
+    let path = format!("/admin/orders/{}", id.as_str());
+    for auth in [None, Some("wrong-token-wrong-token")] {
+        let mut req = http.get(format!("{base}{path}"));
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("request");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert!(!r.text().await.expect("body").contains("read_order"));
+    }
+    let r = http
+        .get(format!("{base}/admin/api/orders/{}", id.as_str()))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    let r = http
+        .get(format!("{base}{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().get(header::CONTENT_SECURITY_POLICY).is_some());
+    let html = r.text().await.expect("body");
+    let mut at = 0;
+    for step in ["read_order", "add_order", "accept_order", "write_back"] {
+        let needle = format!("data-step=\"{step}\"");
+        let pos = html[at..]
+            .find(&needle)
+            .unwrap_or_else(|| panic!("{step} missing or out of order:\n{html}"));
+        at += pos + needle.len();
+    }
+    assert!(html.contains(" ms"), "{html}");
+    let whmcs = app.sim.sim.whmcs_orders_for(id)[0].id;
+    assert!(html.contains(&whmcs.to_string()), "{html}");
+
+    // The same as JSON, the 15-character id accepted.
+    let v: Value = http
+        .get(format!("{base}/admin/api/orders/{}", id.short()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let steps: Vec<&str> = v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["step"].as_str().expect("step"))
+        .collect();
+    assert_eq!(
+        steps,
+        ["read_order", "add_order", "accept_order", "write_back"],
+        "{v}"
+    );
+    assert_eq!(v["order"]["state"], "done");
+
+    // Unknown and malformed ids are 404.
+    for raw in ["801000000000999AAA", "not-an-id"] {
+        let r = http
+            .get(format!("{base}/admin/orders/{raw}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{raw}");
+    }
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_are_limited_and_the_failure_rate_follows_the_alert_settings() {
     let mut app = spawn_app(Options {
         extra_env: vec![

@@ -21,6 +21,7 @@ mod pipeline;
 mod process;
 mod proxy;
 mod queue;
+mod redrive;
 mod replicas;
 mod subscriber;
 mod tls;

@@ -4,8 +4,9 @@
 //! This module owns the simulator's public Rust API ([`Simulator`], [`SimConfig`], [`SimHandle`],
 //! [`Faults`] and the snapshot types) and the one piece of shared state every protocol front end
 //! works on. Submodules own one wire protocol each: [`pubsub`] (tonic server), [`salesforce`]
-//! (OAuth, REST records and SOQL queries), [`whmcs`] (`api.php`) and [`control`] (the JSON
-//! control surface under `/sim`).
+//! (OAuth, REST records, sObject Collections updates and SOQL queries; a write setting an Order
+//! to `Activating` publishes its activation event, as the Flow does), [`whmcs`] (`api.php`) and
+//! [`control`] (the JSON control surface under `/sim`).
 //!
 //! Invariants:
 //! * All mutable state lives in one [`State`] behind one `std::sync::Mutex`; the lock is only held
@@ -821,6 +822,14 @@ impl Simulator {
                 st.touch(&id);
             }
         }
+        self.activation_requested(raw)
+    }
+
+    /// The Flow's reaction to an Order set to `Activating` (by [`Simulator::approve`], or by a
+    /// REST PATCH or sObject Collections update): publishes `OrderProvisionRequested__e` for it;
+    /// returns the replay id.
+    pub(crate) fn activation_requested(&self, id: &(impl AsRef<str> + ?Sized)) -> Vec<u8> {
+        let raw = id.as_ref();
         let user = self.0.user_id.as_str().to_owned();
         self.publish(EventPayload {
             created_date_ms: chrono::Utc::now().timestamp_millis(),

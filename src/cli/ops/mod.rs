@@ -1,8 +1,8 @@
-//! Operator tools on the command line: `orders list|show|requeue`, `cursor show|set`,
+//! Operator tools on the command line: `orders list|show|requeue|redrive`, `cursor show|set`,
 //! `queue stats`, `pause`, `resume`, `events poison|replay`. They read and write the ledger and
-//! the Redis queue directly and never call WHMCS; only `events replay` calls Salesforce (the
-//! Pub/Sub API, for a schema) and so loads the full configuration, the others load only the
-//! settings they use ([`Config::load_for_tools`]).
+//! the Redis queue directly and never call WHMCS. Two call Salesforce and so load its settings:
+//! `events replay` (the Pub/Sub API, for a schema) and `orders redrive` (sets Orders back to
+//! `Activating`); the others load only the settings they use ([`Config::load_for_tools`]).
 //! Output is a human table by default and JSON (snake_case keys) with `--json`.
 //!
 //! Invariants:
@@ -32,7 +32,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, IsTerminal, Write},
-    path::Path,
+    path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
 };
@@ -54,12 +54,14 @@ mod cursor;
 mod events;
 mod orders;
 mod queue_stats;
+mod redrive;
 
 pub use controls::{PauseArgs, ResumeArgs};
 pub use cursor::{CursorCommand, CursorSet};
 pub use events::EventsCommand;
 pub use orders::OrdersCommand;
 pub use queue_stats::QueueCommand;
+pub use redrive::{RedriveArgs, parse_since};
 
 /// Workers whose last heartbeat is at most this old count as alive.
 const LIVE_WORKER_WINDOW: Duration = Duration::from_secs(queue::HEARTBEAT.as_secs() * 3);
@@ -84,7 +86,10 @@ pub async fn run(config: Option<&Path>, command: OpsCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let tools = Tools { cfg };
+    let tools = Tools {
+        cfg,
+        path: config.map(Path::to_path_buf),
+    };
     let result = match command {
         OpsCommand::Orders(OrdersCommand::List { state, limit, json }) => {
             tools.orders_list(state, limit, json).await
@@ -93,6 +98,7 @@ pub async fn run(config: Option<&Path>, command: OpsCommand) -> ExitCode {
         OpsCommand::Orders(OrdersCommand::Requeue { id, json }) => {
             tools.orders_requeue(&id, json).await
         }
+        OpsCommand::Orders(OrdersCommand::Redrive(args)) => tools.orders_redrive(args).await,
         OpsCommand::Cursor(CursorCommand::Show { json }) => tools.cursor_show(json).await,
         OpsCommand::Cursor(CursorCommand::Set(args)) => tools.cursor_set(args).await,
         OpsCommand::Queue(QueueCommand::Stats { json }) => tools.queue_stats(json).await,
@@ -116,6 +122,8 @@ pub async fn run(config: Option<&Path>, command: OpsCommand) -> ExitCode {
 
 struct Tools {
     cfg: ToolsConfig,
+    /// The `--config` file, for commands that load more settings.
+    path: Option<PathBuf>,
 }
 
 impl Tools {

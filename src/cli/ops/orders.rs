@@ -1,5 +1,6 @@
-//! `provisioner orders list|show|requeue`: the ledger's view of Orders, and re-enqueueing one
-//! (through the worker's guards, so a requeue can never provision an Order twice).
+//! `provisioner orders list|show|requeue|redrive`: the ledger's view of Orders with each one's
+//! step timeline (the audit trail), re-enqueueing one (through the worker's guards, so a requeue
+//! can never provision an Order twice) and redriving many (`redrive`).
 
 use super::*;
 
@@ -18,7 +19,8 @@ pub enum OrdersCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show one Order: ledger row, WHMCS ids, errors, attempt history, events and their jobs.
+    /// Show one Order: ledger row, WHMCS ids, errors, attempt history, the timeline of its
+    /// external steps, events and their jobs.
     Show {
         /// Salesforce Order id (15 or 18 characters).
         id: String,
@@ -36,6 +38,10 @@ pub enum OrdersCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Set the Salesforce Orders of a ledger selection back to Activating (the Flow publishes a
+    /// new activation event for each): e.g. every Order that failed with one code, once its cause
+    /// is fixed. Lists and asks for confirmation first. Safe: an Order is never provisioned twice.
+    Redrive(super::RedriveArgs),
 }
 
 impl Tools {
@@ -99,7 +105,8 @@ impl Tools {
         let attempts = ledger.attempts(&id).await?;
         let events = ledger.inbox_for(&id).await?;
         let lease = ledger.lease_of(&id).await?;
-        if order.is_none() && events.is_empty() {
+        let steps = ledger.steps(&id).await?;
+        if order.is_none() && events.is_empty() && steps.is_empty() {
             eprintln!("provisioner: order {id} is not known to the ledger");
             return Ok(ExitCode::FAILURE);
         }
@@ -135,6 +142,7 @@ impl Tools {
                 "order": order,
                 "lease": lease.as_ref().map(|(owner, until)| json!({"owner": owner, "until": until})),
                 "attempts": attempts,
+                "steps": steps,
                 "events": events,
                 "jobs": jobs,
                 "queue_error": queue_error,
@@ -213,6 +221,12 @@ impl Tools {
                 &["#", "EVENT/JOB", "STARTED", "FINISHED", "OUTCOME", "ERROR"],
                 rows,
             ));
+        }
+        out.push_str("\nTimeline (external steps)\n");
+        if steps.is_empty() {
+            out.push_str("  none recorded\n");
+        } else {
+            out.push_str(&timeline_table(&steps));
         }
         out.push_str("\nEvents (inbox)\n");
         if events.is_empty() {
@@ -298,4 +312,49 @@ impl Tools {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Epoch milliseconds as `YYYY-MM-DD HH:MM:SS.mmmZ`.
+fn fmt_ms_precise(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// The steps of an Order as a table, oldest first.
+fn timeline_table(steps: &[ledger::StepRecord]) -> String {
+    let rows = steps
+        .iter()
+        .map(|s| {
+            vec![
+                fmt_ms_precise(s.started_at),
+                s.step.clone(),
+                format!("{} ms", s.duration_ms),
+                s.outcome.clone(),
+                s.attempt_id.map(|a| a.to_string()).unwrap_or_default(),
+                s.job_id.clone().unwrap_or_default(),
+                s.whmcs_client_id.clone().unwrap_or_default(),
+                s.whmcs_order_id.map(|v| v.to_string()).unwrap_or_default(),
+                match (&s.error_code, &s.error_message) {
+                    (Some(c), Some(m)) => truncate(&format!("{c}: {m}"), 80),
+                    (Some(c), None) => c.clone(),
+                    _ => String::new(),
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "STARTED",
+            "STEP",
+            "DURATION",
+            "OUTCOME",
+            "ATTEMPT",
+            "JOB",
+            "WHMCS CLIENT",
+            "WHMCS ORDER",
+            "ERROR",
+        ],
+        rows,
+    )
 }

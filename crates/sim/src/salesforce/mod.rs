@@ -2,7 +2,8 @@
 //! resource shares (bearer authentication and API usage counting, injected REST faults, the
 //! JSON error shapes, API version paths). Submodules own one surface each: [`oauth`] (token
 //! endpoint, identity, userinfo), [`rest`] (`sobjects/Order/{id}` GET and PATCH, the version
-//! list) and [`soql`] (the `query` resource).
+//! list), [`collections`] (the sObject Collections update, `composite/sobjects`) and [`soql`]
+//! (the `query` resource).
 //!
 //! Invariants:
 //! * Every REST response (success or error) carries `Sforce-Limit-Info: api-usage=<n>/100000`;
@@ -15,6 +16,7 @@
 // size of the variant does not matter.
 #![allow(clippy::result_large_err)]
 
+mod collections;
 mod oauth;
 mod rest;
 mod soql;
@@ -22,7 +24,7 @@ mod soql;
 use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use serde_json::{Value, json};
 
 use crate::Simulator;
@@ -43,6 +45,10 @@ pub(super) fn routes() -> Router<Simulator> {
         .route(
             "/services/data/{version}/sobjects/{object}/{id}",
             get(rest::get_record).patch(rest::patch_record),
+        )
+        .route(
+            "/services/data/{version}/composite/sobjects",
+            patch(collections::update),
         )
 }
 

@@ -6,6 +6,8 @@
 //!   read-only fields, text types, restricted picklists, datetimes and text length, with
 //!   Salesforce's error codes.
 //! * GET and PATCH count as REST calls and consume injected faults like every REST resource.
+//! * A PATCH that sets `Activation_Status__c` to `Activating` (from another value) publishes an
+//!   activation event, as the org's record-triggered Flow does ([`crate::Simulator::approve`]).
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -132,53 +134,83 @@ fn field_label(canon: &str) -> String {
     canon.trim_end_matches("__c").replace('_', " ")
 }
 
+/// Why one field of a PATCH is refused (always HTTP 400).
+pub(super) struct FieldError {
+    pub code: &'static str,
+    pub message: String,
+    /// The field Salesforce names in `fields`, when it names one.
+    pub field: Option<String>,
+}
+
+impl FieldError {
+    fn new(code: &'static str, message: String, field: Option<&str>) -> Self {
+        Self {
+            code,
+            message,
+            field: field.map(str::to_owned),
+        }
+    }
+
+    /// The whole-request answer (single-record PATCH).
+    fn response(&self, usage: u64) -> Response {
+        match &self.field {
+            Some(f) => {
+                rest_field_error(StatusCode::BAD_REQUEST, usage, self.code, &self.message, f)
+            }
+            None => rest_error(StatusCode::BAD_REQUEST, usage, self.code, &self.message),
+        }
+    }
+
+    /// One entry of a record's `errors` (sObject Collections).
+    pub(super) fn json(&self) -> Value {
+        json!({
+            "statusCode": self.code,
+            "message": self.message,
+            "fields": self.field.iter().collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// Validates one PATCH field; returns the canonical name and the value to store.
-fn check_patch_field(
+pub(super) fn check_patch_field(
     st: &SimState,
     rec: &OrderRec,
     name: &str,
     value: &Value,
-    usage: u64,
-) -> Result<(String, Value), Response> {
+) -> Result<(String, Value), FieldError> {
     let Some(canon) = st.canonical_field(name) else {
-        return Err(rest_error(
-            StatusCode::BAD_REQUEST,
-            usage,
+        return Err(FieldError::new(
             "INVALID_FIELD",
-            &format!("No such column '{name}' on sobject of type Order"),
+            format!("No such column '{name}' on sobject of type Order"),
+            None,
         ));
     };
     if READ_ONLY.contains(&canon) {
-        return Err(rest_field_error(
-            StatusCode::BAD_REQUEST,
-            usage,
+        return Err(FieldError::new(
             "INVALID_FIELD_FOR_INSERT_UPDATE",
-            &format!(
+            format!(
                 "Unable to create/update fields: {canon}. Please check the security settings of this field and verify that it is read/write for your profile or permission set."
             ),
-            canon,
+            Some(canon),
         ));
     }
     if TEXT_FIELDS.contains(&canon) && !(value.is_null() || value.is_string()) {
-        return Err(rest_error(
-            StatusCode::BAD_REQUEST,
-            usage,
+        return Err(FieldError::new(
             "JSON_PARSER_ERROR",
-            &format!("Cannot deserialize instance of string from {value} value for field {canon}"),
+            format!("Cannot deserialize instance of string from {value} value for field {canon}"),
+            None,
         ));
     }
     let text = value.as_str();
     let picklist_error = || {
-        rest_field_error(
-            StatusCode::BAD_REQUEST,
-            usage,
+        FieldError::new(
             "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
-            &format!(
+            format!(
                 "{}: bad value for restricted picklist field: {}",
                 field_label(canon),
                 text.unwrap_or("null")
             ),
-            canon,
+            Some(canon),
         )
     };
     let mut stored = value.clone();
@@ -198,13 +230,12 @@ fn check_patch_field(
                 match normalize_datetime(t) {
                     Some(n) => stored = Value::from(n),
                     None => {
-                        return Err(rest_error(
-                            StatusCode::BAD_REQUEST,
-                            usage,
+                        return Err(FieldError::new(
                             "JSON_PARSER_ERROR",
-                            &format!(
+                            format!(
                                 "Cannot deserialize value of type `DateTime` from String \"{t}\" for field {canon}"
                             ),
+                            None,
                         ));
                     }
                 }
@@ -213,15 +244,13 @@ fn check_patch_field(
         _ => {}
     }
     if TEXT_FIELDS.contains(&canon) && text.is_some_and(|t| t.chars().count() > MAX_TEXT) {
-        return Err(rest_field_error(
-            StatusCode::BAD_REQUEST,
-            usage,
+        return Err(FieldError::new(
             "STRING_TOO_LONG",
-            &format!(
+            format!(
                 "{}: data value too large (max length={MAX_TEXT})",
                 field_label(canon)
             ),
-            canon,
+            Some(canon),
         ));
     }
     Ok((canon.to_owned(), stored))
@@ -288,17 +317,42 @@ pub(super) async fn patch_record(
         if name == "attributes" {
             continue;
         }
-        match check_patch_field(&st, rec, name, value, usage) {
+        match check_patch_field(&st, rec, name, value) {
             Ok(w) => writes.push(w),
-            Err(r) => return r,
+            Err(e) => return e.response(usage),
         }
     }
-    for (canon, value) in writes {
-        st.write_field(&id, &canon, value);
-    }
-    st.touch(&id);
-    if let Some(rec) = st.orders.get_mut(&id) {
-        rec.patched_at = Some(std::time::Instant::now());
+    let requested = apply_writes(&mut st, &id, writes);
+    drop(st);
+    if requested {
+        sim.activation_requested(&id);
     }
     with_usage(StatusCode::NO_CONTENT.into_response(), usage)
+}
+
+/// Writes validated fields onto an Order; `true` when the write set `Activation_Status__c` to
+/// `Activating` from another value (the record-triggered Flow then publishes the activation
+/// event; the caller does so once the state lock is released).
+pub(super) fn apply_writes(st: &mut SimState, id: &RecordId, writes: Vec<(String, Value)>) -> bool {
+    let before = st
+        .orders
+        .get(id)
+        .and_then(|r| r.fields.get("Activation_Status__c"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let mut requested = false;
+    for (canon, value) in writes {
+        if canon == "Activation_Status__c"
+            && value.as_str() == Some("Activating")
+            && before.as_deref() != Some("Activating")
+        {
+            requested = true;
+        }
+        st.write_field(id, &canon, value);
+    }
+    st.touch(id);
+    if let Some(rec) = st.orders.get_mut(id) {
+        rec.patched_at = Some(std::time::Instant::now());
+    }
+    requested
 }

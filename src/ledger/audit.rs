@@ -1,0 +1,287 @@
+//! The audit trail: `order_steps` (one row per external call of a provisioning job, pruned after
+//! the retention) and `operator_actions` (one row per bulk operator command).
+//!
+//! Invariants:
+//! - One `INSERT` per step; a step's start time is the database's clock at the insert less the
+//!   time since the step started (measured once the connection is in hand), so every replica's
+//!   rows share one clock and pruning compares like with like.
+//! - Error texts are stored as the clients produced them (already redacted), cut to
+//!   [`ERROR_TEXT_MAX`] characters; no request body is ever stored.
+//! - Pruning deletes in batches of [`PRUNE_BATCH`] rows, so it never holds the writer for long.
+
+use sqlx::{FromRow, Row};
+
+use super::{Ledger, Result};
+use crate::ids::SalesforceId;
+
+/// Longest error text kept per step.
+pub const ERROR_TEXT_MAX: usize = 1000;
+/// Rows deleted per pruning statement.
+pub const PRUNE_BATCH: i64 = 5000;
+
+/// One external step of a provisioning job, as recorded.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, FromRow)]
+pub struct StepRecord {
+    pub id: i64,
+    pub job_id: Option<String>,
+    pub attempt_id: Option<i64>,
+    pub step: String,
+    /// Epoch milliseconds, database clock.
+    pub started_at: i64,
+    pub duration_ms: i64,
+    /// `ok`, or the error class: `transient`, `permanent`, `config`.
+    pub outcome: String,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub whmcs_client_id: Option<String>,
+    pub whmcs_order_id: Option<i64>,
+}
+
+/// A step to record.
+#[derive(Debug, Clone)]
+pub struct NewStep<'a> {
+    pub order: &'a str,
+    pub job_id: Option<&'a str>,
+    pub attempt_id: Option<i64>,
+    pub step: &'a str,
+    /// When the step started (this process's monotonic clock).
+    pub started: std::time::Instant,
+    pub duration_ms: i64,
+    pub outcome: &'a str,
+    pub error_code: Option<&'a str>,
+    pub error_message: Option<&'a str>,
+    pub whmcs_client_id: Option<&'a str>,
+    pub whmcs_order_id: Option<i64>,
+}
+
+/// One operator action, as recorded.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, FromRow)]
+pub struct OperatorAction {
+    pub id: i64,
+    pub action: String,
+    pub operator: String,
+    /// The command's filter (JSON text).
+    pub filter: String,
+    pub count: i64,
+    /// Per-Order results (JSON text).
+    pub detail: Option<String>,
+    /// Epoch milliseconds, database clock.
+    pub created_at: i64,
+}
+
+fn cut(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+impl Ledger {
+    /// Records one step (one `INSERT`).
+    pub async fn record_step(&self, s: &NewStep<'_>) -> Result<()> {
+        let now = self.db_now();
+        let sql = format!(
+            "INSERT INTO order_steps (sf_order_id, job_id, attempt_id, step, started_at, \
+             duration_ms, outcome, error_code, error_message, whmcs_client_id, whmcs_order_id) \
+             VALUES ($1, $2, $3, $4, {now} - $5, $6, $7, $8, $9, $10, $11)"
+        );
+        let mut conn = self.writer().await?;
+        let ago = i64::try_from(s.started.elapsed().as_millis()).unwrap_or(i64::MAX / 2);
+        sqlx::query(&sql)
+            .bind(s.order)
+            .bind(s.job_id)
+            .bind(s.attempt_id)
+            .bind(s.step)
+            .bind(ago)
+            .bind(s.duration_ms.max(0))
+            .bind(s.outcome)
+            .bind(s.error_code)
+            .bind(s.error_message.map(|m| cut(m, ERROR_TEXT_MAX)))
+            .bind(s.whmcs_client_id)
+            .bind(s.whmcs_order_id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// An Order's steps, oldest first.
+    pub async fn steps(&self, order: &SalesforceId) -> Result<Vec<StepRecord>> {
+        let mut conn = self.reader().await?;
+        let rows = sqlx::query(
+            "SELECT id, job_id, attempt_id, step, started_at, duration_ms, outcome, error_code, \
+             error_message, whmcs_client_id, whmcs_order_id FROM order_steps \
+             WHERE sf_order_id = $1 ORDER BY started_at, id",
+        )
+        .bind(order.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| StepRecord::from_row(r).map_err(Into::into))
+            .collect()
+    }
+
+    /// Deletes the steps that started more than `retention_days` ago on the database's clock;
+    /// returns how many were deleted.
+    pub async fn prune_steps(&self, retention_days: u32) -> Result<u64> {
+        let now = self.db_now();
+        let sql = format!(
+            "DELETE FROM order_steps WHERE id IN (SELECT id FROM order_steps \
+             WHERE started_at < {now} - $1 ORDER BY started_at LIMIT $2)"
+        );
+        let window_ms = i64::from(retention_days) * 86_400_000;
+        let mut total = 0;
+        loop {
+            let n = {
+                let mut conn = self.writer().await?;
+                sqlx::query(&sql)
+                    .bind(window_ms)
+                    .bind(PRUNE_BATCH)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected()
+            };
+            total += n;
+            if n < PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Records an operator action; returns its id.
+    pub async fn record_operator_action(
+        &self,
+        action: &str,
+        operator: &str,
+        filter: &str,
+        count: i64,
+        detail: Option<&str>,
+    ) -> Result<i64> {
+        let now = self.db_now();
+        let sql = format!(
+            "INSERT INTO operator_actions (action, operator, filter, count, detail, created_at) \
+             VALUES ($1, $2, $3, $4, $5, {now}) RETURNING id"
+        );
+        let mut conn = self.writer().await?;
+        let row = sqlx::query(&sql)
+            .bind(action)
+            .bind(operator)
+            .bind(filter)
+            .bind(count)
+            .bind(detail)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(row.try_get("id")?)
+    }
+
+    /// The most recent operator actions, newest first.
+    pub async fn operator_actions(&self, limit: i64) -> Result<Vec<OperatorAction>> {
+        let mut conn = self.reader().await?;
+        let rows = sqlx::query(
+            "SELECT id, action, operator, filter, count, detail, created_at \
+             FROM operator_actions ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| OperatorAction::from_row(r).map_err(Into::into))
+            .collect()
+    }
+
+    /// Orders in `state`, optionally with error `code` and updated within the last `within_ms`
+    /// (database clock), most recently updated first.
+    pub async fn find_orders(
+        &self,
+        state: &str,
+        code: Option<&str>,
+        within_ms: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<super::OrderRecord>> {
+        let now = self.db_now();
+        let mut sql = format!(
+            "SELECT {} FROM orders WHERE state = $1",
+            super::ORDER_COLUMNS
+        );
+        let mut n = 1;
+        if code.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND error_code = ${n}"));
+        }
+        if within_ms.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND updated_at >= {now} - ${n}"));
+        }
+        n += 1;
+        sql.push_str(&format!(" ORDER BY updated_at DESC LIMIT ${n}"));
+        let mut q = sqlx::query(&sql).bind(state);
+        if let Some(c) = code {
+            q = q.bind(c);
+        }
+        if let Some(w) = within_ms {
+            q = q.bind(w);
+        }
+        q = q.bind(limit);
+        let mut conn = self.reader().await?;
+        let rows = q.fetch_all(&mut *conn).await?;
+        rows.iter()
+            .map(|r| super::OrderRecord::from_row(r).map_err(Into::into))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseConfig;
+
+    #[test]
+    fn cut_keeps_whole_characters() {
+        assert_eq!(cut("héllo", 2), "hé");
+        assert_eq!(cut("abc", 10), "abc");
+    }
+
+    #[tokio::test]
+    async fn steps_are_read_in_order_and_pruned_by_database_time() {
+        let l = Ledger::open(&DatabaseConfig {
+            url: "sqlite::memory:".into(),
+            auto_migrate: true,
+            max_connections: 1,
+        })
+        .await
+        .expect("ledger");
+        let id = SalesforceId::synthesize("801", 3);
+        for (step, ago) in [("write_back", 10), ("read_order", 500)] {
+            let started = std::time::Instant::now()
+                .checked_sub(std::time::Duration::from_millis(ago))
+                .expect("instant");
+            l.record_step(&NewStep {
+                order: id.as_str(),
+                job_id: Some("j"),
+                attempt_id: None,
+                step,
+                started,
+                duration_ms: 3,
+                outcome: "ok",
+                error_code: None,
+                error_message: None,
+                whmcs_client_id: None,
+                whmcs_order_id: None,
+            })
+            .await
+            .expect("record");
+        }
+        let steps = l.steps(&id).await.expect("steps");
+        assert_eq!(
+            steps.iter().map(|s| s.step.as_str()).collect::<Vec<_>>(),
+            ["read_order", "write_back"]
+        );
+        assert_eq!(l.prune_steps(1).await.expect("prune"), 0);
+        sqlx::query("UPDATE order_steps SET started_at = started_at - 2 * 86400000 WHERE step = 'read_order'")
+            .execute(l.pool())
+            .await
+            .expect("age");
+        assert_eq!(l.prune_steps(1).await.expect("prune"), 1);
+        assert_eq!(l.steps(&id).await.expect("steps").len(), 1);
+    }
+}
