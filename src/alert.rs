@@ -159,14 +159,21 @@ pub async fn run(alerter: Alerter, shutdown: CancellationToken) -> anyhow::Resul
     let mut owed: Option<(String, u32)> = None;
     let mut tick = tokio::time::interval(cfg.check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Write-backs Salesforce refused since this point are announced once each check.
-    let mut rejected_since = ledger::now_ms();
+    // Write-backs Salesforce refused since this point are announced once each check. The rows'
+    // `updated_at` is on the database's clock, so this point is too.
+    let mut rejected_since = ledger.clock_ms().await.unwrap_or_else(|_| ledger::now_ms());
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let checked_at = ledger::now_ms();
+        let checked_at = match ledger.clock_ms().await {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error.message = %e, "cannot read the database clock for the alert");
+                continue;
+            }
+        };
         match ledger
             .count_in_state_since(ledger::state::WRITEBACK_REJECTED, rejected_since)
             .await

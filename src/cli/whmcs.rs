@@ -36,16 +36,28 @@ pub async fn run(config: Option<&Path>, command: WhmcsCommand) -> ExitCode {
     let WhmcsCommand::ResetAuth { json } = command;
     let key = AuthLatch::key(&cfg.queue.name);
     let result = async {
-        let conn = queue::connect_redis(&cfg.queue.redis_url, &cfg.queue.tls).await?;
-        anyhow::Ok(AuthLatch::clear_key(conn, &key).await?)
+        let mut conn = queue::connect_redis(&cfg.queue.redis_url, &cfg.queue.tls).await?;
+        let cleared = AuthLatch::clear_key(conn.clone(), &key).await?;
+        // Jobs that were put back while the latch held run now, not after their delay.
+        let released = if cleared {
+            queue::release_delayed(&mut conn, &cfg.queue.name).await?
+        } else {
+            0
+        };
+        anyhow::Ok((cleared, released))
     }
     .await;
     match result {
-        Ok(cleared) => {
+        Ok((cleared, released)) => {
             if json {
-                println!("{}", json!({"queue": cfg.queue.name, "cleared": cleared}));
+                println!(
+                    "{}",
+                    json!({"queue": cfg.queue.name, "cleared": cleared, "released_jobs": released})
+                );
             } else if cleared {
-                println!("WHMCS authentication latch lifted; WHMCS calls resume");
+                println!(
+                    "WHMCS authentication latch lifted; WHMCS calls resume ({released} waiting job(s) released)"
+                );
             } else {
                 println!("no WHMCS authentication latch was set");
             }

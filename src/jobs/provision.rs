@@ -985,7 +985,12 @@ impl Provisioner {
                     }
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
-                Err(e) => return Err(self.whmcs_fail("AddOrder", &e)),
+                Err(e) => {
+                    // WHMCS answered (a business or configuration error): nothing of this
+                    // AddOrder can commit later.
+                    self.ledger.add_concluded(id, owner).await?;
+                    return Err(self.whmcs_fail("AddOrder", &e));
+                }
             }
         }
     }

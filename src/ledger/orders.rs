@@ -359,7 +359,16 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Orders in `state` whose row changed at or after `since_ms`.
+    /// The database's current time in epoch milliseconds (the clock every `updated_at` and
+    /// lease is written with).
+    pub async fn clock_ms(&self) -> Result<i64> {
+        let mut conn = self.reader().await?;
+        Ok(sqlx::query_scalar(&format!("SELECT {}", self.db_now()))
+            .fetch_one(&mut *conn)
+            .await?)
+    }
+
+    /// Orders in `state` whose row changed at or after `since_ms` (database clock).
     pub async fn count_in_state_since(&self, state: &str, since_ms: i64) -> Result<i64> {
         let mut conn = self.reader().await?;
         let row =

@@ -239,6 +239,27 @@ pub async fn connect_redis(url: &str, tls: &RedisTls) -> Result<ConnectionManage
         .await?)
 }
 
+/// Makes every delayed job of the queue named `name` due within `RELEASE_AFTER`, e.g. once an
+/// operator lifted what they wait for (`whmcs reset-auth`): jobs put back for an outage or a
+/// rejected credential would otherwise sleep out their delay. The short wait lets every replica
+/// see the change first (each re-reads the WHMCS latch at least once a second). Safe for any
+/// delayed job: each one checks again what it waited for (a breaker, an AddOrder's in-doubt
+/// window) and waits again if it must. Returns how many were released.
+pub async fn release_delayed(conn: &mut ConnectionManager, name: &str) -> Result<u64> {
+    const RELEASE: &str = r"
+        local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+        for i = 1, #ids do redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ids[i]) end
+        return #ids";
+    const RELEASE_AFTER: i64 = 2;
+    let key = RedisQueueConfig::default().queue(name).scheduled_jobs_set();
+    let at = chrono::Utc::now().timestamp() + RELEASE_AFTER;
+    Ok(redis::Script::new(RELEASE)
+        .key(key)
+        .arg(at)
+        .invoke_async(conn)
+        .await?)
+}
+
 /// Deletes every key of the queue named `name` (all its jobs and bookkeeping): for a throwaway
 /// queue such as the demo's, never for a daemon's. Best effort.
 pub async fn delete_all_keys(url: &str, name: &str) -> Result<()> {

@@ -113,8 +113,10 @@ async fn leases_hold_on_the_database_clock_when_a_replica_clock_runs_ahead() {
     .await;
     for id in &ids {
         assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
+        // One WHMCS order. (A second AddOrder may arrive if a replica died while its first was
+        // still in WHMCS's hands and never executed: then the in-doubt window was waited out and
+        // the lookup found nothing.)
         assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
-        assert_eq!(app.sim.sim.counts(id).add_order, 1, "{id}");
         // An attempt cut off by a lease taken while it still ran is left open, or closed with
         // the lost lease as its reason.
         let attempts = app.state.ledger.attempts(id).await.expect("attempts");

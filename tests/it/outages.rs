@@ -347,3 +347,45 @@ async fn a_restart_with_other_whmcs_credentials_lifts_the_latch() {
     all_activated_once(&app, &ids);
     app.stop().await.expect("stop");
 }
+
+/// Jobs put back while the WHMCS latch held do not sleep out their delay once the operator
+/// lifts it: `reset-auth` makes them due at once (default probe intervals: without that they
+/// would wait 30 s or more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_auth_releases_the_waiting_jobs_at_once() {
+    let app = spawn_app(Options::default()).await;
+    app.sim.sim.set_faults(Faults {
+        whmcs_auth_failed: true,
+        ..Default::default()
+    });
+    let ids = app.seed_approved(5);
+    wait_until(
+        Duration::from_secs(60),
+        "the latch, and every job put back",
+        || async {
+            app.state.deps.whmcs.snapshot().state == provisioner::deps::BreakerState::AuthFailed
+                && app
+                    .state
+                    .queue
+                    .stats()
+                    .await
+                    .is_ok_and(|s| s.delayed >= 5 && s.pending + s.running == 0)
+        },
+    )
+    .await;
+    app.sim.sim.set_faults(Faults::default());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args(["whmcs", "reset-auth", "--json"])
+        .env_clear()
+        .envs(app.env.iter().cloned())
+        .output()
+        .await
+        .expect("run reset-auth");
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    assert_eq!(v["cleared"], true, "{v}");
+    assert!(v["released_jobs"].as_u64().is_some_and(|n| n >= 5), "{v}");
+    // Well inside the shortest delay a waiting job is given (the 30 s probe interval).
+    app.wait_terminal(&ids, Duration::from_secs(20)).await;
+    all_activated_once(&app, &ids);
+}
