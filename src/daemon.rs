@@ -108,7 +108,8 @@ async fn run_workers(
 /// prunes too.
 const AUDIT_PRUNE_EVERY: u64 = 720;
 
-/// Exports queue depth to metrics, cleans up finished jobs and prunes the audit trail past
+/// Exports queue depth to metrics, cleans up finished jobs (the entries of deferred jobs every
+/// tick, others after 24 h) and prunes the audit trail past
 /// `AUDIT_RETENTION_DAYS` (database clock; every replica may prune, deleting is idempotent).
 async fn housekeeping(state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -149,6 +150,9 @@ async fn housekeeping(state: AppState, shutdown: CancellationToken) -> anyhow::R
                 Ok(pruned) => info!(pruned, "pruned the audit trail"),
                 Err(e) => warn!(error.message = %e, "cannot prune the audit trail"),
             }
+        }
+        if let Err(e) = state.queue.cleanup_deferrals().await {
+            warn!(error.message = %e, "cleanup of deferred jobs' entries failed");
         }
         if n % 120 == 0 {
             if let Err(e) = state.queue.cleanup(Duration::from_secs(24 * 3600)).await {

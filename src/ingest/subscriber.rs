@@ -11,8 +11,9 @@
 //!   its EventUuid, so a re-push after a crash between enqueue and commit is a no-op.
 //! - **Flow control.** At most `sf_events_batch_size` (≤ 100) events outstanding; topped up
 //!   whenever half is consumed, but only while the queue has fewer than
-//!   `sf_events_max_pending_jobs` pending jobs (backpressure: Salesforce's 72 h retention is the
-//!   buffer, memory stays bounded).
+//!   `sf_events_max_pending_jobs` waiting jobs, delayed ones included (backpressure: during an
+//!   outage the deferred jobs count, so Salesforce's 72 h retention is the buffer, not Redis;
+//!   memory stays bounded).
 //! - **Never stalls.** No response (event or keepalive) within `sf_events_watchdog_secs` → the
 //!   stream is torn down and resubscribed. Every reconnect uses capped exponential backoff with
 //!   full jitter and is counted.

@@ -4,7 +4,8 @@
 //! Redis key layout (prefix = queue name, default `provisioning`):
 //! `:scheduled` ZSET (every push lands here first), `:active` LIST, `:inflight:<worker>` SET,
 //! `:data` HASH (id → job JSON), `:meta:<id>` HASH, `:done` / `:dead` SETs, `:workers` ZSET;
-//! and ours: `:runs:<id>` counter (how many times a worker started the job, [`Queue::mark_run`]).
+//! and ours: `:runs:<id>` counter (how many times a worker started the job, [`Queue::mark_run`]),
+//! `:deferrals` ZSET (the entries of jobs put back to wait, [`Queue::push_after`]).
 //!
 //! Invariants and workarounds:
 //! - Job ids are the event's EventUuid (or a reconciler/operator id), so pushing the same event
@@ -29,7 +30,10 @@
 //!   not move and the events come again (the re-push is a no-op by job id). Pushes use their
 //!   own connection, so a `WAIT` never blocks the workers' commands.
 //! - The backlog stays far below the ~8,000 due-jobs limit of `fetch_next.lua`: the subscriber
-//!   stops fetching events above `sf_events_max_pending_jobs`.
+//!   stops fetching events above `sf_events_max_pending_jobs` jobs waiting, delayed ones
+//!   included ([`Queue::pending`]), so a long outage holds the events in Salesforce, not Redis.
+//! - Deferral entries (`<event id>~w<random>`) are deleted as soon as they ran
+//!   ([`Queue::cleanup_deferrals`], housekeeping): repeated deferrals do not grow Redis.
 
 use std::{
     sync::Arc,
@@ -432,12 +436,23 @@ impl Queue {
     }
 
     /// Enqueues `job` under the task id `id`, to run after `delay` (second resolution): a job
-    /// put back to wait, as a new queue entry with the same payload.
+    /// put back to wait, as a new queue entry with the same payload. The entry is recorded in
+    /// `:deferrals` so that [`Queue::cleanup_deferrals`] removes it once it has run.
     pub async fn push_after(&self, job: Job, id: String, delay: Duration) -> Result<()> {
         let task = TaskBuilder::new(job)
-            .task_id(TaskId::from_string(id))
+            .task_id(TaskId::from_string(id.clone()))
             .run_after(delay)
             .build();
+        let mut conn = self.conn.clone();
+        // Recorded first (scored by when it becomes due): an entry pushed but not recorded
+        // would only be cleaned up as an old finished job.
+        let due = chrono::Utc::now().timestamp() + i64::try_from(delay.as_secs()).unwrap_or(0);
+        let () = redis::cmd("ZADD")
+            .arg(self.deferrals_set())
+            .arg(due)
+            .arg(&id)
+            .query_async(&mut conn)
+            .await?;
         let mut storage = self.storage.clone();
         storage
             .push_all(futures::stream::iter([task]))
@@ -446,21 +461,82 @@ impl Queue {
         Ok(())
     }
 
-    /// Number of jobs waiting to run (ready now). One round trip (the subscriber asks before
-    /// every demand top-up).
-    pub async fn pending(&self) -> Result<u64> {
+    /// The set of deferral entries (task id → when it becomes due, epoch seconds).
+    fn deferrals_set(&self) -> String {
+        format!("{}:deferrals", self.name)
+    }
+
+    /// Deletes deferral entries ([`Queue::push_after`]) that have run to the end: their data,
+    /// meta and `:done` membership. Unlike an event's job, a deferral entry's id is random, so
+    /// keeping it serves no dedupe; removed at once, repeated deferrals during a long outage
+    /// leave Redis no bigger than the jobs actually waiting. An entry that ended dead is left
+    /// to [`Queue::cleanup`]. Looks at up to 1,000 entries already due per call, oldest first;
+    /// returns how many were deleted.
+    pub async fn cleanup_deferrals(&self) -> Result<u64> {
         let mut conn = self.conn.clone();
-        let now = chrono::Utc::now().timestamp();
-        let (active, due): (u64, u64) = redis::pipe()
-            .cmd("LLEN")
-            .arg(self.cfg.active_jobs_list())
-            .cmd("ZCOUNT")
-            .arg(self.cfg.scheduled_jobs_set())
+        let set = self.deferrals_set();
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&set)
+            .arg("-inf")
+            .arg(chrono::Utc::now().timestamp())
+            .arg("LIMIT")
             .arg(0)
-            .arg(now)
+            .arg(1000)
             .query_async(&mut conn)
             .await?;
-        Ok(active + due)
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let metas: Vec<String> = ids
+            .iter()
+            .map(|id| format!("{}:{}", self.cfg.job_meta_hash(), id))
+            .collect();
+        let mut p = redis::pipe();
+        for (id, meta) in ids.iter().zip(&metas) {
+            p.cmd("HGET").arg(meta).arg("status");
+            p.cmd("SISMEMBER").arg(self.cfg.dead_jobs_set()).arg(id);
+        }
+        let answers: Vec<redis::Value> = p.query_async(&mut conn).await?;
+        let mut p = redis::pipe();
+        let (mut removed, mut forgotten) = (0u64, 0u64);
+        for ((id, meta), pair) in ids.iter().zip(&metas).zip(answers.chunks(2)) {
+            let [status, dead] = pair else { break };
+            let status: Option<String> =
+                redis::from_redis_value(status.clone()).map_err(|e| QueueError::Redis(e.into()))?;
+            let dead: bool =
+                redis::from_redis_value(dead.clone()).map_err(|e| QueueError::Redis(e.into()))?;
+            if status.as_deref() == Some("Done") {
+                p.cmd("SREM").arg(self.cfg.done_jobs_set()).arg(id).ignore();
+                p.cmd("HDEL").arg(self.cfg.job_data_hash()).arg(id).ignore();
+                p.cmd("DEL").arg(meta).ignore();
+                p.cmd("ZREM").arg(&set).arg(id).ignore();
+                removed += 1;
+            } else if status.is_none() || dead {
+                // Gone already (Redis lost it, or it was cleaned up as a finished job), or
+                // dead (left to `cleanup`): nothing to watch any more.
+                p.cmd("ZREM").arg(&set).arg(id).ignore();
+                forgotten += 1;
+            }
+        }
+        if removed + forgotten > 0 {
+            let () = p.query_async(&mut conn).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Number of jobs waiting to run: the active list and every scheduled job, due or not (a
+    /// job put back to wait for a dependency is still work the queue holds). One round trip
+    /// (the subscriber asks before every demand top-up).
+    pub async fn pending(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let (active, scheduled): (u64, u64) = redis::pipe()
+            .cmd("LLEN")
+            .arg(self.cfg.active_jobs_list())
+            .cmd("ZCARD")
+            .arg(self.cfg.scheduled_jobs_set())
+            .query_async(&mut conn)
+            .await?;
+        Ok(active + scheduled)
     }
 
     /// Counts by state.

@@ -38,21 +38,20 @@ fn statuses(app: &TestApp, ids: &[provisioner::ids::SalesforceId]) -> Vec<Option
 }
 
 fn deferred(app: &TestApp) -> u64 {
-    app.state
-        .metrics
-        .jobs_deferred
-        .get_or_create(&provisioner::metrics::ReasonLabel {
-            reason: "whmcs_open".into(),
-        })
-        .get()
-        + app
+    // One label at a time: `get_or_create` holds the family's lock while its guard lives, and
+    // creating the second label under the first's guard would deadlock.
+    let mut n = 0;
+    for reason in ["whmcs_open", "whmcs_half_open"] {
+        n += app
             .state
             .metrics
             .jobs_deferred
             .get_or_create(&provisioner::metrics::ReasonLabel {
-                reason: "whmcs_half_open".into(),
+                reason: reason.into(),
             })
-            .get()
+            .get();
+    }
+    n
 }
 
 /// Asserts every Order ended Activated with exactly one WHMCS order.
@@ -388,4 +387,119 @@ async fn reset_auth_releases_the_waiting_jobs_at_once() {
     // Well inside the shortest delay a waiting job is given (the 30 s probe interval).
     app.wait_terminal(&ids, Duration::from_secs(20)).await;
     all_activated_once(&app, &ids);
+}
+
+/// Every key of the app's queue in Redis (jobs, metadata, run markers, bookkeeping).
+async fn queue_keys(app: &TestApp) -> usize {
+    let name = app
+        .env
+        .iter()
+        .find(|(k, _)| k == "QUEUE_NAME")
+        .map(|(_, v)| v.clone())
+        .expect("QUEUE_NAME");
+    let mut conn = app.state.queue.redis();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{name}:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    keys.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_whmcs_outage_holds_intake_at_the_pending_limit_and_redis_stays_bounded() {
+    const MAX_PENDING: u64 = 20;
+    const BATCH: u64 = 10;
+    const CONCURRENCY: u64 = 4;
+    let mut env = breaker_env();
+    env.extend([
+        ("SF_EVENTS_MAX_PENDING_JOBS", MAX_PENDING.to_string()),
+        ("SF_EVENTS_BATCH_SIZE", BATCH.to_string()),
+        ("WORKER_CONCURRENCY", CONCURRENCY.to_string()),
+    ]);
+    let mut app = spawn_app(Options {
+        extra_env: env,
+        ..Default::default()
+    })
+    .await;
+    app.sim.sim.set_faults(Faults {
+        whmcs_down: true,
+        ..Default::default()
+    });
+    let ids = app.seed_approved(60);
+    // Jobs taken in while the breaker is open: the threshold, plus the batch a top-up may ask
+    // for, plus the jobs the workers hold at that moment (running jobs are not waiting ones).
+    let bound = MAX_PENDING + BATCH + CONCURRENCY;
+    let (mut max_waiting, mut max_inbox, mut max_keys) = (0u64, 0i64, 0usize);
+    let deadline = Instant::now() + Duration::from_secs(150);
+    // Many deferrals: every waiting job is put back every 1–3 s.
+    while deferred(&app) < 600 {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for 600 deferrals (saw {})",
+            deferred(&app)
+        );
+        let s = app.state.queue.stats().await.expect("queue stats");
+        max_waiting = max_waiting.max(s.pending + s.delayed);
+        let inbox: i64 = app
+            .state
+            .ledger
+            .inbox_counts()
+            .await
+            .expect("inbox counts")
+            .values()
+            .sum();
+        max_inbox = max_inbox.max(inbox);
+        max_keys = max_keys.max(queue_keys(&app).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "during the outage: {} deferrals, at most {max_waiting} jobs waiting, {max_inbox} events taken in, {max_keys} queue keys",
+        deferred(&app)
+    );
+    assert!(
+        max_waiting <= bound,
+        "{max_waiting} jobs waiting in the queue (limit {MAX_PENDING}, bound {bound})"
+    );
+    assert!(
+        max_inbox as u64 <= bound,
+        "{max_inbox} events taken in during the outage (limit {MAX_PENDING}, bound {bound})"
+    );
+    assert!(
+        max_inbox as u64 >= MAX_PENDING,
+        "intake stopped before the limit: {max_inbox}"
+    );
+    // Per event taken in: its finished job's metadata, its run marker, at most one waiting
+    // deferral entry; plus the deferral entries finished since the last cleanup (every 5 s)
+    // and the queue's own keys. Without the cleanup every one of the 600 deferrals leaves a key.
+    assert!(
+        max_keys <= 300,
+        "{max_keys} Redis keys for the queue after {} deferrals",
+        deferred(&app)
+    );
+    let during = statuses(&app, &ids);
+    assert!(
+        during.iter().all(|s| s.as_deref() == Some("Activating")),
+        "no Order may leave Activating during the outage: {during:?}"
+    );
+
+    app.sim.sim.set_faults(Faults::default());
+    app.wait_terminal(&ids, Duration::from_secs(180)).await;
+    all_activated_once(&app, &ids);
+    // Once the deferral entries have run, the cleanup takes their keys away.
+    wait_until(
+        Duration::from_secs(30),
+        "the finished deferral entries to be cleaned up",
+        || async {
+            let mut conn = app.state.queue.redis();
+            let done: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(app.state.queue.config().done_jobs_set())
+                .query_async(&mut conn)
+                .await
+                .expect("SMEMBERS");
+            !done.iter().any(|id| id.contains("~w"))
+        },
+    )
+    .await;
+    app.stop().await.expect("stop");
 }

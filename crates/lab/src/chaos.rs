@@ -8,15 +8,25 @@
 //! `MAPPING_PRODUCT_MISSING`), approves them at a steady rate, and meanwhile injects faults at
 //! times drawn from the seed: SIGKILL + restart of the daemon, dropped Pub/Sub streams, revoked
 //! tokens, Redis restarts (queued jobs are lost: the stuck-order reconciler must recover them),
-//! WHMCS 5xx / timeouts / after-commit failures / latency spikes, Salesforce
-//! `UNABLE_TO_LOCK_ROW` and 503, and poison events. Then it lifts every fault, waits (bounded)
-//! for the daemon to settle, stops it with SIGTERM and audits.
+//! a Redis `FLUSHALL` while the daemon runs, WHMCS 5xx / timeouts / after-commit failures /
+//! latency spikes, WHMCS outages (503 on every call: the breaker opens, jobs wait), WHMCS
+//! authentication failures (403: the latch holds every call back until the run lifts it with
+//! `provisioner whmcs reset-auth`, as an operator would), slow commits (AddOrder commits after
+//! the daemon's timeout, inside timeout + execution allowance), Salesforce `UNABLE_TO_LOCK_ROW`
+//! and 503, poison events, and a seeded set of Orders whose every write-back Salesforce
+//! rejects (they must end `writeback_rejected`, provisioned once: finished, not stuck). Then it
+//! lifts every fault, waits (bounded) for the daemon to settle, stops it with SIGTERM and
+//! audits.
 //!
 //! Invariants of the run:
 //! - Every random choice comes from `--seed`; wall-clock timing still varies between runs, so a
 //!   seed fixes the plan (what, when, to which orders), not the interleaving.
 //! - Child processes are killed when the run ends, whatever the outcome (`kill_on_drop`).
 //! - Only loopback addresses are used.
+//! - WHMCS fault windows never overlap; Redis stays up (no restart, no flush) from a few seconds
+//!   before an authentication-failure window until a second after it, since the latch lives in
+//!   Redis.
+//! - An outage never fails an Order: a Failed code other than a business answer is a violation.
 //! - A daemon that exits on its own (e.g. because Redis vanished) is restarted after a short
 //!   delay, as a container runtime would; such exits are reported, not hidden.
 //! - The audit reads the simulator (Salesforce and WHMCS state) and the ledger after the daemon
@@ -31,7 +41,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::Serialize;
 use sqlx::Row;
 use tokio::{
@@ -77,6 +87,25 @@ pub struct ChaosArgs {
     /// seconds each.
     #[arg(long, default_value_t = 10)]
     pub whmcs_faults: u32,
+    /// WHMCS outage windows (every call answers 503; the breaker opens), among the WHMCS
+    /// windows.
+    #[arg(long, default_value_t = 2)]
+    pub whmcs_outages: u32,
+    /// WHMCS authentication-failure windows (every call answers 403 `Authentication Failed`);
+    /// each is followed by `provisioner whmcs reset-auth`, as an operator would run it.
+    #[arg(long, default_value_t = 1)]
+    pub whmcs_auth_failures: u32,
+    /// WHMCS slow-commit windows: AddOrder commits after the daemon's timeout (see
+    /// `SLOW_COMMIT_MS`), inside timeout + execution allowance.
+    #[arg(long, default_value_t = 2)]
+    pub whmcs_slow_commits: u32,
+    /// Redis `FLUSHALL`s while the daemon runs (queued jobs, leases and run markers vanish).
+    #[arg(long, default_value_t = 1)]
+    pub redis_flushes: u32,
+    /// Orders (with a product mapping) whose every write-back Salesforce rejects: they must end
+    /// `writeback_rejected` in the ledger, provisioned once.
+    #[arg(long, default_value_t = 10)]
+    pub writeback_rejects: usize,
     /// Salesforce fault bursts (the next N REST calls answer UNABLE_TO_LOCK_ROW or 503).
     #[arg(long, default_value_t = 6)]
     pub sf_faults: u32,
@@ -127,12 +156,26 @@ const DAEMON_ENV: &[(&str, &str)] = &[
     ("SF_EVENTS_WATCHDOG_SECS", "30"),
     ("SF_HTTP_TIMEOUT_SECS", "5"),
     ("WHMCS_TIMEOUT_SECS", "3"),
-    // The simulator's faults never commit after answering: a short allowance keeps runs short.
+    // The slow-commit windows commit `SLOW_COMMIT_MS` after the request: past the timeout,
+    // inside timeout + allowance. A short allowance keeps runs short.
     ("WHMCS_EXECUTION_ALLOWANCE_SECS", "2"),
+    // Outage windows last seconds: probes every few seconds, not the production minutes.
+    ("BREAKER_PROBE_INTERVAL_SECS", "2"),
+    ("BREAKER_PROBE_MAX_INTERVAL_SECS", "8"),
     ("SHUTDOWN_GRACE_SECS", "10"),
     ("RECONCILER_INTERVAL_SECS", "5"),
     ("RECONCILER_STUCK_AFTER_SECS", "30"),
 ];
+
+/// How long after the request a slow-commit window's AddOrder commits: past the daemon's
+/// `WHMCS_TIMEOUT_SECS` (3 s), inside timeout + `WHMCS_EXECUTION_ALLOWANCE_SECS` (5 s).
+const SLOW_COMMIT_MS: u64 = 4000;
+/// Error codes of business answers the run provokes; any other Failed code is an outage that
+/// failed an Order.
+const BUSINESS_CODES: &[&str] = &[UNMAPPED_CODE];
+/// WHMCS requests allowed during one authentication-failure window (the first rejected login,
+/// and calls already on their way).
+const AUTH_WINDOW_MAX_CALLS: u64 = 3;
 
 /// How long a crashed daemon stays down before it is started again.
 const RESTART_DELAY: Duration = Duration::from_millis(500);
@@ -164,6 +207,16 @@ pub struct ChaosReport {
     pub unmapped_failed_as_expected: usize,
     /// Mapped orders that ended Failed (transient faults outlasting the retries).
     pub mapped_failed: usize,
+    /// Orders Failed with a code that is not a business answer (an outage failed them).
+    pub failed_by_outage: usize,
+    /// WHMCS requests during each authentication-failure window.
+    pub whmcs_calls_per_auth_window: Vec<u64>,
+    /// Orders seeded with every write-back rejected.
+    pub writeback_rejects_seeded: usize,
+    /// Orders whose ledger row ended `writeback_rejected`.
+    pub writeback_rejected: usize,
+    /// Of those, seeded ones, provisioned with exactly one WHMCS order.
+    pub writeback_rejected_as_expected: usize,
     /// Still `Activating` after the settle deadline, though the ledger knows them.
     pub stuck_activating: usize,
     /// Still `Activating` and never worked on (no ledger row).
@@ -215,6 +268,12 @@ pub struct Injected {
     pub whmcs_after_commit_windows: u32,
     pub whmcs_commit_then_timeout_windows: u32,
     pub whmcs_latency_windows: u32,
+    pub whmcs_outage_windows: u32,
+    pub whmcs_auth_failure_windows: u32,
+    pub whmcs_slow_commit_windows: u32,
+    /// `provisioner whmcs reset-auth` runs that succeeded.
+    pub whmcs_auth_resets: u32,
+    pub redis_flushes: u32,
     pub sf_lock_row_calls: u32,
     pub sf_unavailable_calls: u32,
     pub poison_events: u32,
@@ -237,11 +296,14 @@ impl ChaosReport {
         );
         let _ = writeln!(
             s,
-            "injected: {} daemon SIGKILLs, {} Redis restarts, {} stream drops, {} token revocations, \
-             WHMCS windows ({} 5xx, {} timeout, {} after-commit 500, {} commit-then-timeout, {} latency), \
-             Salesforce {} × UNABLE_TO_LOCK_ROW + {} × 503, {} poison events",
+            "injected: {} daemon SIGKILLs, {} Redis restarts, {} Redis FLUSHALLs, {} stream drops, \
+             {} token revocations, WHMCS windows ({} 5xx, {} timeout, {} after-commit 500, \
+             {} commit-then-timeout, {} latency, {} down, {} auth failure + {} reset-auth, \
+             {} slow commit), Salesforce {} × UNABLE_TO_LOCK_ROW + {} × 503, {} poison events, \
+             {} Orders with every write-back rejected",
             i.kills,
             i.redis_restarts,
+            i.redis_flushes,
             i.stream_drops,
             i.token_revocations,
             i.whmcs_5xx_windows,
@@ -249,9 +311,14 @@ impl ChaosReport {
             i.whmcs_after_commit_windows,
             i.whmcs_commit_then_timeout_windows,
             i.whmcs_latency_windows,
+            i.whmcs_outage_windows,
+            i.whmcs_auth_failure_windows,
+            i.whmcs_auth_resets,
+            i.whmcs_slow_commit_windows,
             i.sf_lock_row_calls,
             i.sf_unavailable_calls,
-            i.poison_events
+            i.poison_events,
+            self.writeback_rejects_seeded
         );
         let _ = writeln!(
             s,
@@ -274,7 +341,7 @@ impl ChaosReport {
         row(
             "Activated",
             self.activated.to_string(),
-            (self.orders - self.unmapped_orders).to_string(),
+            (self.orders - self.unmapped_orders - self.writeback_rejects_seeded).to_string(),
         );
         let failed: usize = self.failed_by_code.values().sum();
         let reasons = self
@@ -291,6 +358,35 @@ impl ChaosReport {
                 format!("{failed} ({reasons})")
             },
             format!("{} ({UNMAPPED_CODE})", self.unmapped_orders),
+        );
+        row(
+            "Failed by an outage (code not a business answer)",
+            self.failed_by_outage.to_string(),
+            "0".into(),
+        );
+        row(
+            "writeback_rejected (seeded, provisioned once)",
+            format!(
+                "{} ({})",
+                self.writeback_rejected, self.writeback_rejected_as_expected
+            ),
+            format!(
+                "{} ({})",
+                self.writeback_rejects_seeded, self.writeback_rejects_seeded
+            ),
+        );
+        row(
+            "WHMCS calls during each auth-failure window",
+            if self.whmcs_calls_per_auth_window.is_empty() {
+                "none".into()
+            } else {
+                self.whmcs_calls_per_auth_window
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            format!("≤ {AUTH_WINDOW_MAX_CALLS} each"),
         );
         row(
             "stuck: Activating, worked on",
@@ -423,6 +519,8 @@ enum Action {
     Restart,
     RedisStop,
     RedisStart,
+    /// `FLUSHALL` on the run's Redis, as soon as the daemon runs.
+    RedisFlush,
     DropStreams,
     RevokeTokens,
     Whmcs(WhmcsWindow),
@@ -439,6 +537,12 @@ enum Action {
 enum WhmcsWindow {
     Error(WhmcsFaultKind, f64),
     Latency(u64),
+    /// Every call answers 503.
+    Down,
+    /// Every call answers 403 `Authentication Failed`; lifted with `whmcs reset-auth`.
+    AuthFailed,
+    /// AddOrder commits [`SLOW_COMMIT_MS`] after the request.
+    SlowCommit,
 }
 
 /// `n` instants spread over `[lo, hi)` of `window`: one per equal slot, uniform in the first
@@ -472,32 +576,80 @@ fn plan(args: &ChaosArgs, rng: &mut StdRng, window: Duration) -> Vec<(Duration, 
         let down = rng.random_range(0.0..1.5f64).min(slot.as_secs_f64() * 0.3);
         p.push((at + Duration::from_secs_f64(down), Action::Restart));
     }
+    // WHMCS windows: the rotating transient kinds, then outages, authentication failures and
+    // slow commits, shuffled by the seed over the slots.
+    enum Kind {
+        /// The k-th of the five transient kinds.
+        Rotating(u32),
+        Fixed(WhmcsWindow),
+    }
+    let offset = rng.random_range(0..5u32);
+    let mut kinds: Vec<Kind> = (0..args.whmcs_faults)
+        .map(|k| Kind::Rotating((k + offset) % 5))
+        .collect();
+    kinds.extend((0..args.whmcs_outages).map(|_| Kind::Fixed(WhmcsWindow::Down)));
+    kinds.extend((0..args.whmcs_auth_failures).map(|_| Kind::Fixed(WhmcsWindow::AuthFailed)));
+    kinds.extend((0..args.whmcs_slow_commits).map(|_| Kind::Fixed(WhmcsWindow::SlowCommit)));
+    kinds.shuffle(rng);
+    let total = u32::try_from(kinds.len()).unwrap_or(u32::MAX);
+    let (windows, slot) = spread(rng, total, window, (0.0, 1.0), 0.5);
+    // Authentication windows, widened by a Redis downtime before and a second after: Redis
+    // stays up through them, or the latch (kept in Redis) would be lost mid-window.
+    let mut guarded: Vec<(Duration, Duration)> = Vec::new();
+    for (at, kind) in windows.into_iter().zip(kinds) {
+        let kind = match kind {
+            Kind::Rotating(k) => match k {
+                0 => WhmcsWindow::Error(WhmcsFaultKind::Http500, rng.random_range(0.2..0.4)),
+                1 => WhmcsWindow::Error(WhmcsFaultKind::Timeout, rng.random_range(0.05..0.15)),
+                2 => WhmcsWindow::Error(WhmcsFaultKind::AfterCommit, rng.random_range(0.2..0.4)),
+                3 => {
+                    WhmcsWindow::Error(WhmcsFaultKind::CommitThenHang, rng.random_range(0.05..0.15))
+                }
+                _ => WhmcsWindow::Latency(rng.random_range(300..1500)),
+            },
+            Kind::Fixed(w) => w,
+        };
+        // Each window ends before the next slot starts, so windows never overlap. Outages
+        // last longer (long enough to open the breaker when the slot allows).
+        let (lo, hi) = match kind {
+            WhmcsWindow::Down => (4.0, 12.0),
+            _ => (2.0, 8.0f64),
+        };
+        let len = rng.random_range(lo..hi).min(slot.as_secs_f64() * 0.45);
+        let end = at + Duration::from_secs_f64(len);
+        if matches!(kind, WhmcsWindow::AuthFailed) {
+            guarded.push((
+                at.saturating_sub(Duration::from_secs(4)),
+                end + Duration::from_secs(1),
+            ));
+        }
+        p.push((at, Action::Whmcs(kind)));
+        p.push((end, Action::WhmcsClear));
+    }
+    // Moves an instant out of every guarded span (to its end).
+    let clear_of = |mut at: Duration| {
+        for (from, to) in &guarded {
+            if at >= *from && at < *to {
+                at = *to;
+            }
+        }
+        at
+    };
     let (stops, slot) = spread(rng, args.redis_restarts, window, (0.2, 0.8), 0.6);
     for at in stops {
+        let at = clear_of(at);
         p.push((at, Action::RedisStop));
         let down = rng.random_range(0.5..3.0f64).min(slot.as_secs_f64() * 0.3);
         p.push((at + Duration::from_secs_f64(down), Action::RedisStart));
+    }
+    for at in spread(rng, args.redis_flushes, window, (0.1, 0.9), 1.0).0 {
+        p.push((clear_of(at), Action::RedisFlush));
     }
     for at in spread(rng, args.stream_drops, window, (0.02, 0.98), 1.0).0 {
         p.push((at, Action::DropStreams));
     }
     for at in spread(rng, args.token_revocations, window, (0.02, 0.98), 1.0).0 {
         p.push((at, Action::RevokeTokens));
-    }
-    let offset = rng.random_range(0..5u32);
-    let (windows, slot) = spread(rng, args.whmcs_faults, window, (0.0, 1.0), 0.5);
-    for (k, at) in windows.into_iter().enumerate() {
-        let kind = match (k as u32 + offset) % 5 {
-            0 => WhmcsWindow::Error(WhmcsFaultKind::Http500, rng.random_range(0.2..0.4)),
-            1 => WhmcsWindow::Error(WhmcsFaultKind::Timeout, rng.random_range(0.05..0.15)),
-            2 => WhmcsWindow::Error(WhmcsFaultKind::AfterCommit, rng.random_range(0.2..0.4)),
-            3 => WhmcsWindow::Error(WhmcsFaultKind::CommitThenHang, rng.random_range(0.05..0.15)),
-            _ => WhmcsWindow::Latency(rng.random_range(300..1500)),
-        };
-        // Each window ends before the next slot starts, so windows never overlap.
-        let len = rng.random_range(2.0..8.0f64).min(slot.as_secs_f64() * 0.45);
-        p.push((at, Action::Whmcs(kind)));
-        p.push((at + Duration::from_secs_f64(len), Action::WhmcsClear));
     }
     for (k, at) in spread(rng, args.sf_faults, window, (0.02, 0.98), 1.0)
         .0
@@ -628,6 +780,32 @@ impl Daemon {
     }
 }
 
+/// `provisioner whmcs reset-auth`, with the daemon's settings, as an operator would run it after
+/// fixing the credentials.
+async fn reset_auth(daemon: &Daemon) -> anyhow::Result<()> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(&daemon.exe)
+            .args(["whmcs", "reset-auth", "--json"])
+            .env_clear()
+            .envs(daemon.env.iter().cloned())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("whmcs reset-auth did not finish within 30 s")?
+    .context("running whmcs reset-auth")?;
+    if !out.status.success() {
+        bail!(
+            "whmcs reset-auth: {}: {}",
+            describe(out.status),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 fn describe(status: ExitStatus) -> String {
     match status.code() {
         Some(c) => format!("exit {c}"),
@@ -670,6 +848,22 @@ impl Redis {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
+    }
+
+    /// `FLUSHALL`: every key gone, as after an operator's mistake or a failover to an empty
+    /// replica. `false` if Redis did not confirm (not up yet): try again later.
+    async fn flushall(&self) -> bool {
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+            s.write_all(b"FLUSHALL\r\n").await?;
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).await?;
+            std::io::Result::Ok(&buf == b"+OK\r\n")
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), attempt).await,
+            Ok(Ok(true))
+        )
     }
 
     async fn ping(&self) -> bool {
@@ -720,6 +914,8 @@ async fn ledger_url(base: Option<&str>, dir: &Path) -> anyhow::Result<(String, O
 struct Seeded {
     id: SalesforceId,
     unmapped: bool,
+    /// Salesforce rejects every write-back of this Order.
+    rejected: bool,
     replay_id: Option<String>,
 }
 
@@ -836,14 +1032,30 @@ async fn drive(
             Seeded {
                 id,
                 unmapped: unmapped.contains(&i),
+                rejected: false,
                 replay_id: None,
             }
         })
         .collect();
+    // A seeded set of mapped Orders whose every write-back Salesforce rejects.
+    let mapped: Vec<usize> = (0..n).filter(|i| !unmapped.contains(i)).collect();
+    let rejected_count = args.writeback_rejects.min(mapped.len());
+    for k in rand::seq::index::sample(rng, mapped.len(), rejected_count) {
+        orders[mapped[k]].rejected = true;
+    }
+    let base_faults = Faults {
+        sf_reject_writeback: orders
+            .iter()
+            .filter(|o| o.rejected)
+            .map(|o| o.id.as_str().to_owned())
+            .collect(),
+        ..Faults::default()
+    };
+    s.set_faults(base_faults.clone());
     let window = Duration::from_secs_f64(n as f64 / args.rate);
     let plan = plan(args, rng, window);
     say(format!(
-        "seeded {n} orders ({unmapped_count} without a product mapping); {} faults planned over {:.1} s of approvals; work dir {}",
+        "seeded {n} orders ({unmapped_count} without a product mapping, {rejected_count} with every write-back rejected); {} faults planned over {:.1} s of approvals; work dir {}",
         plan.len(),
         window.as_secs_f64(),
         dir.display()
@@ -914,8 +1126,13 @@ async fn drive(
         seed: args.seed,
         orders: n,
         unmapped_orders: unmapped_count,
+        writeback_rejects_seeded: rejected_count,
         ..ChaosReport::default()
     };
+    // WHMCS requests counted when the open authentication window began.
+    let mut auth_window_from: Option<u64> = None;
+    let mut auth_calls: Vec<u64> = Vec::new();
+    let mut flushes_due = 0u32;
     let inj = &mut report.injected;
     let t0 = Instant::now();
     let mut approved = 0usize;
@@ -952,6 +1169,7 @@ async fn drive(
                     say("Redis started again, empty".into());
                 }
                 Action::RedisStart => {}
+                Action::RedisFlush => flushes_due += 1,
                 Action::DropStreams => {
                     s.drop_streams();
                     inj.stream_drops += 1;
@@ -980,14 +1198,48 @@ async fn drive(
                             f.whmcs_latency_ms = ms;
                             inj.whmcs_latency_windows += 1;
                         }
+                        WhmcsWindow::Down => {
+                            f.whmcs_down = true;
+                            inj.whmcs_outage_windows += 1;
+                            say("WHMCS down (503)".into());
+                        }
+                        WhmcsWindow::AuthFailed => {
+                            auth_window_from = Some(s.totals().whmcs_requests);
+                            f.whmcs_auth_failed = true;
+                            inj.whmcs_auth_failure_windows += 1;
+                            say("WHMCS rejects the credentials (403)".into());
+                        }
+                        WhmcsWindow::SlowCommit => {
+                            f.whmcs_slow_commit_ms = SLOW_COMMIT_MS;
+                            inj.whmcs_slow_commit_windows += 1;
+                        }
                     }
                     s.set_faults(f);
                 }
                 Action::WhmcsClear => {
+                    let calls = auth_window_from
+                        .take()
+                        .map(|from| s.totals().whmcs_requests - from);
                     let mut f = s.faults();
                     f.whmcs_error_rate = 0.0;
                     f.whmcs_latency_ms = 0;
+                    f.whmcs_down = false;
+                    f.whmcs_auth_failed = false;
+                    f.whmcs_slow_commit_ms = 0;
                     s.set_faults(f);
+                    if let Some(calls) = calls {
+                        auth_calls.push(calls);
+                        // The operator fixed the credentials and lifts the latch.
+                        match reset_auth(&daemon).await {
+                            Ok(()) => {
+                                inj.whmcs_auth_resets += 1;
+                                say(format!(
+                                    "WHMCS accepts the credentials again ({calls} WHMCS requests in the window); whmcs reset-auth run"
+                                ));
+                            }
+                            Err(e) => say(format!("whmcs reset-auth failed: {e:#}")),
+                        }
+                    }
                 }
                 Action::SfLockRow(k) => {
                     let mut f = s.faults();
@@ -1015,6 +1267,15 @@ async fn drive(
                 }
             }
         }
+        if flushes_due > 0
+            && daemon.child.is_some()
+            && redis.child.is_some()
+            && redis.flushall().await
+        {
+            flushes_due -= 1;
+            inj.redis_flushes += 1;
+            say("Redis FLUSHALL (queued jobs, leases, run markers and latches are gone)".into());
+        }
         daemon.supervise(started.elapsed())?;
         if last_progress.elapsed() >= Duration::from_secs(5) {
             last_progress = Instant::now();
@@ -1033,14 +1294,28 @@ async fn drive(
         }
     }
     report.approve_secs = t0.elapsed().as_secs_f64();
+    report.whmcs_calls_per_auth_window = auth_calls;
 
-    // Lift every fault and let the daemon settle.
-    s.set_faults(Faults::default());
+    // Lift every fault (the write-back rejections stay: they are the Orders' own) and let the
+    // daemon settle.
+    s.set_faults(base_faults);
     if redis.child.is_none() {
         redis.spawn()?;
+        redis.wait_up(Duration::from_secs(10)).await?;
     }
     if daemon.child.is_none() {
         daemon.spawn()?;
+    }
+    if report.injected.whmcs_auth_failure_windows > report.injected.whmcs_auth_resets {
+        // A window the cap cut short: lift its latch too.
+        if reset_auth(&daemon).await.is_ok() {
+            report.injected.whmcs_auth_resets += 1;
+        }
+    }
+    for _ in 0..flushes_due {
+        if redis.flushall().await {
+            report.injected.redis_flushes += 1;
+        }
     }
     say("all faults lifted; waiting for the daemon to settle".into());
     let settle = Instant::now();
@@ -1048,7 +1323,14 @@ async fn drive(
     loop {
         daemon.supervise(started.elapsed())?;
         let (a, f) = terminal_counts(s, &orders);
-        if a + f == n {
+        // Orders whose write-back Salesforce refused for good are finished in the ledger.
+        let rejected: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE state = $1")
+            .bind(provisioner::ledger::state::WRITEBACK_REJECTED)
+            .fetch_one(ledger.pool())
+            .await
+            .unwrap_or(0);
+        let finished = a + f + usize::try_from(rejected).unwrap_or(0);
+        if finished == n {
             let cursor = ledger
                 .load_cursor(&sim.topic)
                 .await
@@ -1073,8 +1355,8 @@ async fn drive(
         if last_progress.elapsed() >= Duration::from_secs(5) {
             last_progress = Instant::now();
             say(format!(
-                "settling: {a} activated, {f} failed, {} not finished",
-                n - a - f
+                "settling: {a} activated, {f} failed, {rejected} writeback_rejected, {} not finished",
+                n.saturating_sub(finished)
             ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -1222,6 +1504,10 @@ async fn audit(
             Some("Failed") => {
                 let code = sf.error_code.clone().unwrap_or_else(|| "(no code)".into());
                 *r.failed_by_code.entry(code.clone()).or_default() += 1;
+                if !BUSINESS_CODES.contains(&code.as_str()) {
+                    r.failed_by_outage += 1;
+                    note("outage", format!("{} Failed with {code}", o.id));
+                }
                 if whmcs.len() > 1 {
                     r.failed_with_several_whmcs_orders += 1;
                 }
@@ -1256,6 +1542,30 @@ async fn audit(
                     );
                 }
             }
+            _ if row.is_some_and(|l| l.state == provisioner::ledger::state::WRITEBACK_REJECTED) => {
+                // Finished: Salesforce refused the write-back for good; the ledger keeps it.
+                r.writeback_rejected += 1;
+                let provisioned = row.is_some_and(|l| {
+                    l.outcome.as_deref() == Some(provisioner::ledger::outcome::PROVISIONED)
+                        && l.whmcs_order_id.is_some()
+                        && l.whmcs_order_id.and_then(|v| u64::try_from(v).ok())
+                            == whmcs.first().map(|w| w.id)
+                });
+                if o.rejected && whmcs.len() == 1 && provisioned {
+                    r.writeback_rejected_as_expected += 1;
+                } else {
+                    note(
+                        "writeback",
+                        format!(
+                            "{} writeback_rejected (seeded: {}) with {} WHMCS orders, ledger {:?}",
+                            o.id,
+                            o.rejected,
+                            whmcs.len(),
+                            row.map(|l| (&l.outcome, l.whmcs_order_id))
+                        ),
+                    );
+                }
+            }
             other => {
                 if row.is_some() {
                     r.stuck_activating += 1;
@@ -1285,6 +1595,34 @@ async fn audit(
         v.push(format!(
             "{stuck} orders stuck ({} worked on, {} never touched)",
             r.stuck_activating, r.stuck_untouched
+        ));
+    }
+    if r.failed_by_outage > 0 {
+        v.push(format!(
+            "{} Orders Failed with a code that is not a business answer",
+            r.failed_by_outage
+        ));
+    }
+    if r.writeback_rejected != r.writeback_rejects_seeded
+        || r.writeback_rejected_as_expected != r.writeback_rejects_seeded
+    {
+        v.push(format!(
+            "{} Orders ended writeback_rejected ({} of them seeded and provisioned once), {} seeded",
+            r.writeback_rejected, r.writeback_rejected_as_expected, r.writeback_rejects_seeded
+        ));
+    }
+    for (k, calls) in r.whmcs_calls_per_auth_window.iter().enumerate() {
+        if *calls > AUTH_WINDOW_MAX_CALLS {
+            v.push(format!(
+                "{calls} WHMCS requests during authentication-failure window {} (at most {AUTH_WINDOW_MAX_CALLS})",
+                k + 1
+            ));
+        }
+    }
+    if r.injected.whmcs_auth_resets != r.injected.whmcs_auth_failure_windows {
+        v.push(format!(
+            "whmcs reset-auth succeeded {} times for {} authentication-failure windows",
+            r.injected.whmcs_auth_resets, r.injected.whmcs_auth_failure_windows
         ));
     }
     if r.activated_with_one_whmcs_order != r.activated {
