@@ -220,6 +220,23 @@ impl Subscriber {
         shutdown: &CancellationToken,
         failures: &mut u32,
     ) -> StreamEnd {
+        // A new subscription asks for a whole batch at once: open it only when the queue has
+        // room, so stream resets during an outage never pull events past the backpressure
+        // threshold.
+        loop {
+            match self.queue.pending().await {
+                Ok(pending) if pending < self.cfg.max_pending_jobs => break,
+                Ok(pending) => debug!(pending, "queue full; waiting before subscribing"),
+                Err(e) => return StreamEnd::Internal(e.to_string()),
+            }
+            if self.pauses.is_paused(PausePart::Intake).await {
+                return StreamEnd::Paused;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return StreamEnd::Shutdown,
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
         let session = match self.tokens.session().await {
             Ok(s) => s,
             Err(e) => return StreamEnd::Internal(format!("salesforce auth: {e}")),
