@@ -623,3 +623,311 @@ async fn dashboard_renders_in_headless_chromium() {
     app.stop().await.expect("stop");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+// ── operator actions ────────────────────────────────────────────────────────────────────────
+
+/// A client that does not follow redirects, and a fresh session cookie (`name=value`).
+async fn signed_in(app: &TestApp) -> (reqwest::Client, String) {
+    let http = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client");
+    let r = http
+        .post(format!("{}/admin/login", app.http))
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let cookie = r
+        .headers()
+        .get(header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("session cookie")
+        .to_owned();
+    (http, cookie)
+}
+
+/// The CSRF token the actions page gives `cookie`'s session.
+async fn csrf_of(app: &TestApp, http: &reqwest::Client, cookie: &str) -> String {
+    let html = get_html(app, http, cookie, "/admin/actions").await;
+    let at = html.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+    let token: String = html[at..].chars().take_while(|c| *c != '"').collect();
+    assert_eq!(token.len(), 64, "{token}");
+    token
+}
+
+async fn get_html(app: &TestApp, http: &reqwest::Client, cookie: &str, path: &str) -> String {
+    let r = http
+        .get(format!("{}{path}", app.http))
+        .header(header::COOKIE, cookie)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::OK, "{path}");
+    r.text().await.expect("html")
+}
+
+async fn post_form(
+    app: &TestApp,
+    http: &reqwest::Client,
+    cookie: &str,
+    path: &str,
+    form: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let r = http
+        .post(format!("{}{path}", app.http))
+        .header(header::COOKIE, cookie)
+        .form(form)
+        .send()
+        .await
+        .expect("request");
+    (r.status(), r.text().await.expect("body"))
+}
+
+async fn sf_events_health(app: &TestApp) -> Value {
+    reqwest::get(format!("{}/health/sf-events", app.http))
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("health json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_need_the_sessions_csrf_token_and_pause_resume_through_the_form() {
+    let mut app = app_with_dashboard(Some(TOKEN)).await;
+    let (http, cookie) = signed_in(&app).await;
+    let csrf = csrf_of(&app, &http, &cookie).await;
+    let (_, other_cookie) = signed_in(&app).await;
+    let other_csrf = csrf_of(&app, &http, &other_cookie).await;
+    assert_ne!(csrf, other_csrf, "the token is bound to the session");
+
+    // Missing, wrong, or another session's token: 403 and nothing changes.
+    let wrong = "0".repeat(64);
+    for token in [None, Some(wrong.as_str()), Some(other_csrf.as_str())] {
+        for path in ["/admin/actions/pause", "/admin/actions/resume"] {
+            let mut form = vec![("part", "both"), ("reason", "forged")];
+            if let Some(t) = token {
+                form.push(("csrf", t));
+            }
+            let (status, _) = post_form(&app, &http, &cookie, path, &form).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path} with {token:?}");
+        }
+        let mut form = vec![("state", "failed")];
+        if let Some(t) = token {
+            form.push(("csrf", t));
+        }
+        let (status, _) =
+            post_form(&app, &http, &cookie, "/admin/actions/redrive", &form).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "redrive with {token:?}");
+    }
+    // Without a session the right token does not help.
+    let r = http
+        .post(format!("{}/admin/actions/pause", app.http))
+        .form(&[("csrf", csrf.as_str()), ("part", "both")])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(app.state.ledger.pauses().await.expect("pauses").is_empty());
+    assert!(
+        app.state
+            .ledger
+            .operator_actions(10)
+            .await
+            .expect("actions")
+            .is_empty()
+    );
+    assert!(sf_events_health(&app).await["paused"]["provisioning"].is_null());
+
+    // Pause provisioning through the form: a ledger row, an audit entry, health and the page.
+    let (status, _) = post_form(
+        &app,
+        &http,
+        &cookie,
+        "/admin/actions/pause",
+        &[
+            ("csrf", &csrf),
+            ("part", "provisioning"),
+            ("reason", "WHMCS upgrade"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let pauses = app.state.ledger.pauses().await.expect("pauses");
+    assert_eq!(pauses.len(), 1, "{pauses:?}");
+    assert_eq!(pauses[0].part, "provisioning");
+    assert_eq!(pauses[0].by, "dashboard");
+    assert_eq!(pauses[0].reason.as_deref(), Some("WHMCS upgrade"));
+    let actions = app.state.ledger.operator_actions(10).await.expect("actions");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(
+        (actions[0].action.as_str(), actions[0].operator.as_str(), actions[0].count),
+        ("pause", "dashboard", 1)
+    );
+    assert!(actions[0].filter.contains("provisioning") && actions[0].filter.contains("WHMCS upgrade"));
+    let h = sf_events_health(&app).await;
+    assert_eq!(h["paused"]["provisioning"]["by"], "dashboard", "{h}");
+    assert!(h["paused"]["intake"].is_null(), "{h}");
+    let page = get_html(&app, &http, &cookie, "/admin").await;
+    assert!(
+        page.contains("provisioning (by dashboard: WHMCS upgrade)"),
+        "{page}"
+    );
+    assert!(page.contains("data-action=\"pause\""), "{page}");
+
+    // Resume: the row goes, a second audit entry.
+    let (status, _) = post_form(
+        &app,
+        &http,
+        &cookie,
+        "/admin/actions/resume",
+        &[("csrf", &csrf), ("part", "provisioning")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(app.state.ledger.pauses().await.expect("pauses").is_empty());
+    let actions = app.state.ledger.operator_actions(10).await.expect("actions");
+    assert_eq!(
+        (actions[0].action.as_str(), actions[0].operator.as_str(), actions[0].count),
+        ("resume", "dashboard", 1)
+    );
+    assert!(sf_events_health(&app).await["paused"]["provisioning"].is_null());
+    let page = get_html(&app, &http, &cookie, "/admin/actions").await;
+    assert!(page.contains("id=\"paused\">no<"), "{page}");
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_through_the_form_previews_then_reactivates_each_order_once() {
+    // A rejected AddOrder leaves its in-doubt window (WHMCS timeout + allowance) before the
+    // redriven run may add again; keep it short.
+    let mut app = spawn_app(Options {
+        extra_env: vec![
+            ("ADMIN_TOKEN", TOKEN.to_owned()),
+            ("WHMCS_TIMEOUT_SECS", "2".to_owned()),
+            ("WHMCS_EXECUTION_ALLOWANCE_SECS", "1".to_owned()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let probe = reqwest::Client::new();
+    wait_until(Duration::from_secs(20), "HTTP up", || async {
+        probe
+            .get(format!("{}/health/live", app.http))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    // WHMCS refuses the product every seeded Order uses: each fails with one business code.
+    app.sim.sim.set_faults(provisioner_sim::Faults {
+        whmcs_reject_products: vec!["1".into()],
+        ..provisioner_sim::Faults::default()
+    });
+    let ids = app.seed_approved(3);
+    app.wait_terminal(&ids, Duration::from_secs(60)).await;
+    wait_until(Duration::from_secs(30), "ledger rows failed", || async {
+        app.state
+            .ledger
+            .find_orders("failed", Some("WHMCS_NO_ITEMS"), None, 100)
+            .await
+            .expect("find")
+            .len()
+            == 3
+    })
+    .await;
+    let (http, cookie) = signed_in(&app).await;
+    let csrf = csrf_of(&app, &http, &cookie).await;
+
+    // The list filters by state and code; each id links to its timeline.
+    let page = get_html(&app, &http, &cookie, "/admin?state=failed&code=WHMCS_NO_ITEMS").await;
+    for id in &ids {
+        assert!(
+            page.contains(&format!("href=\"/admin/orders/{id}\"")),
+            "{id} linked: {page}"
+        );
+    }
+    let page = get_html(&app, &http, &cookie, "/admin?state=failed&code=OTHER").await;
+    assert!(ids.iter().all(|id| !page.contains(id.as_str())), "{page}");
+    // The charts are drawn from the ledger: three failures in the last hours.
+    assert_eq!(page.matches("<svg").count(), 3, "{page}");
+    assert!(page.contains("0 provisioned · 3 failed"), "{page}");
+
+    // The preview lists the matching Orders and changes nothing.
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("state", "failed"),
+        ("code", "WHMCS_NO_ITEMS"),
+        ("since", "2h"),
+    ];
+    let (status, html) =
+        post_form(&app, &http, &cookie, "/admin/actions/redrive", &form).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("dry run: nothing changed"), "{html}");
+    assert!(html.contains("id=\"matched\">3<"), "{html}");
+    for id in &ids {
+        assert!(html.contains(id.as_str()), "{id} in the preview");
+    }
+    assert!(html.contains("id=\"redrive-confirm\""), "{html}");
+    // A confirmation without the token is refused.
+    let (status, _) = post_form(
+        &app,
+        &http,
+        &cookie,
+        "/admin/actions/redrive",
+        &[("state", "failed"), ("confirm", "yes")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        ids.iter()
+            .all(|id| app.activation(id).as_deref() == Some("Failed"))
+    );
+    assert!(
+        app.state
+            .ledger
+            .operator_actions(10)
+            .await
+            .expect("actions")
+            .is_empty()
+    );
+
+    // The cause is fixed; the confirmed redrive sets them back to Activating and each is
+    // provisioned once.
+    app.sim.sim.set_faults(provisioner_sim::Faults::default());
+    let mut confirm = form.to_vec();
+    confirm.push(("confirm", "yes"));
+    let (status, html) =
+        post_form(&app, &http, &cookie, "/admin/actions/redrive", &confirm).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("id=\"redriven\">3<"), "{html}");
+    wait_until(Duration::from_secs(90), "orders Activated", || async {
+        ids.iter()
+            .all(|id| app.activation(id).as_deref() == Some("Activated"))
+    })
+    .await;
+    for id in &ids {
+        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
+    }
+    let actions = app.state.ledger.operator_actions(10).await.expect("actions");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(
+        (actions[0].action.as_str(), actions[0].operator.as_str(), actions[0].count),
+        ("redrive", "dashboard", 3)
+    );
+    assert!(actions[0].filter.contains("WHMCS_NO_ITEMS"), "{actions:?}");
+    wait_until(Duration::from_secs(30), "charts show the provisioned", || async {
+        let r = http
+            .get(format!("{}/admin", app.http))
+            .header(header::COOKIE, &cookie)
+            .send()
+            .await
+            .expect("request");
+        r.text().await.expect("html").contains("3 provisioned · 3 failed")
+    })
+    .await;
+    app.stop().await.expect("stop");
+}
