@@ -139,6 +139,9 @@ impl QueueDepthHistory {
     /// The samples taken at or after `since_ms`, oldest first.
     pub fn since(&self, since_ms: i64) -> Vec<(i64, u64)> {
         let ring = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        ring.iter().filter(|(t, _)| *t >= since_ms).copied().collect()
+        ring.iter()
+            .filter(|(t, _)| *t >= since_ms)
+            .copied()
+            .collect()
     }
 }

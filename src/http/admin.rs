@@ -611,18 +611,14 @@ pub async fn summary(app: &AppState, state_filter: Option<&str>, code: Option<&s
     )
     .await;
     let window_ms = CHART_WINDOW.as_millis() as i64;
-    let charts = read(
-        "charts",
-        &mut errors,
-        app.ledger.minute_series(window_ms),
-    )
-    .await
-    .map(|(now_ms, minutes)| Charts {
-        window_secs: CHART_WINDOW.as_secs(),
-        now_ms,
-        minutes,
-        queue_depth: app.queue_depth.since(now_ms - window_ms),
-    });
+    let charts = read("charts", &mut errors, app.ledger.minute_series(window_ms))
+        .await
+        .map(|(now_ms, minutes)| Charts {
+            window_secs: CHART_WINDOW.as_secs(),
+            now_ms,
+            minutes,
+            queue_depth: app.queue_depth.since(now_ms - window_ms),
+        });
     Summary {
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         instance: app.instance.clone(),
@@ -958,11 +954,22 @@ fn action_failed(status: StatusCode, message: &str) -> Response {
 }
 
 fn see_actions() -> Response {
-    harden((StatusCode::SEE_OTHER, [(header::LOCATION, "/admin/actions")]).into_response())
+    harden(
+        (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, "/admin/actions")],
+        )
+            .into_response(),
+    )
 }
 
 /// Access and CSRF checks every action runs first.
-fn check_action(d: &Dash, peer: &Peer, headers: &HeaderMap, csrf: Option<&str>) -> Option<Response> {
+fn check_action(
+    d: &Dash,
+    peer: &Peer,
+    headers: &HeaderMap,
+    csrf: Option<&str>,
+) -> Option<Response> {
     if let Some(r) = denied(access(d, peer, headers), true) {
         return Some(r);
     }
@@ -1021,7 +1028,10 @@ async fn pause_action(
         Ok(_) => see_actions(),
         Err(e) => {
             tracing::warn!(error.message = %e, "dashboard: pause failed");
-            action_failed(StatusCode::SERVICE_UNAVAILABLE, "The pause could not be stored; try again.")
+            action_failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The pause could not be stored; try again.",
+            )
         }
     }
 }
@@ -1046,7 +1056,10 @@ async fn resume_action(
         Ok(_) => see_actions(),
         Err(e) => {
             tracing::warn!(error.message = %e, "dashboard: resume failed");
-            action_failed(StatusCode::SERVICE_UNAVAILABLE, "The resume could not be stored; try again.")
+            action_failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The resume could not be stored; try again.",
+            )
         }
     }
 }
@@ -1090,7 +1103,10 @@ async fn redrive_action(
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(error.message = %e, "dashboard: redrive selection failed");
-            return action_failed(StatusCode::SERVICE_UNAVAILABLE, "The ledger could not be read; try again.");
+            return action_failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The ledger could not be read; try again.",
+            );
         }
     };
     let csrf = csrf_token(&d, &headers).unwrap_or_default();
@@ -1102,14 +1118,25 @@ async fn redrive_action(
         };
         return harden(html_response(StatusCode::OK, render_redrive(&v, &csrf)));
     }
-    match operator::redrive(&d.app.ledger, &d.app.rest, &filter, &orders, DASHBOARD_OPERATOR).await {
+    match operator::redrive(
+        &d.app.ledger,
+        &d.app.rest,
+        &filter,
+        &orders,
+        DASHBOARD_OPERATOR,
+    )
+    .await
+    {
         Ok(report) => {
             let v = RedriveView::Done { filter, report };
             harden(html_response(StatusCode::OK, render_redrive(&v, &csrf)))
         }
         Err(e) => {
             tracing::warn!(error.message = %e, "dashboard: redrive failed");
-            action_failed(StatusCode::SERVICE_UNAVAILABLE, &format!("The redrive failed: {e}"))
+            action_failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("The redrive failed: {e}"),
+            )
         }
     }
 }
@@ -1439,7 +1466,14 @@ const CHART_BOTTOM: f64 = 20.0;
 
 /// A line chart over `[from, to]` (epoch ms) as inline SVG, the y axis from 0 to the largest
 /// value.
-fn line_chart(id: &str, title: &str, unit: &str, from: i64, to: i64, series: &[Series<'_>]) -> Markup {
+fn line_chart(
+    id: &str,
+    title: &str,
+    unit: &str,
+    from: i64,
+    to: i64,
+    series: &[Series<'_>],
+) -> Markup {
     let max = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1))
@@ -1450,7 +1484,13 @@ fn line_chart(id: &str, title: &str, unit: &str, from: i64, to: i64, series: &[S
     let plot_h = CHART_H - CHART_BOTTOM - 8.0;
     let x = |t: i64| CHART_LEFT + ((t - from) as f64 / span).clamp(0.0, 1.0) * plot_w;
     let y = |v: f64| 8.0 + plot_h - (v / top).clamp(0.0, 1.0) * plot_h;
-    let fmt = |v: f64| if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.1}") };
+    let fmt = |v: f64| {
+        if v.fract() == 0.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.1}")
+        }
+    };
     html! {
         figure class="chart" id=(id) {
             figcaption {
@@ -1502,7 +1542,12 @@ fn render_charts(c: &Charts) -> Markup {
         .minutes
         .iter()
         .filter(|m| m.latency_n > 0)
-        .map(|m| (m.minute_ms, m.latency_sum_ms as f64 / m.latency_n as f64 / 1000.0))
+        .map(|m| {
+            (
+                m.minute_ms,
+                m.latency_sum_ms as f64 / m.latency_n as f64 / 1000.0,
+            )
+        })
         .collect();
     let depth: Vec<(i64, f64)> = c.queue_depth.iter().map(|(t, d)| (*t, *d as f64)).collect();
     let provisioned: i64 = c.minutes.iter().map(|m| m.provisioned).sum();
@@ -1585,7 +1630,11 @@ fn part_select() -> Markup {
 /// The redrive's preview (with the confirmation form) or its result.
 fn render_redrive(v: &RedriveView, csrf: &str) -> Markup {
     let body = match v {
-        RedriveView::Preview { filter, since, orders } => html! {
+        RedriveView::Preview {
+            filter,
+            since,
+            orders,
+        } => html! {
             section id="redrive-preview" {
                 h2 { "Redrive preview (dry run: nothing changed)" }
                 p {
@@ -1922,7 +1971,10 @@ mod tests {
         assert!(html.contains("action=\"/admin/logout\""), "{html}");
         // The charts are inline SVG: the per-minute series and the queue depth samples.
         assert_eq!(html.matches("<svg").count(), 3, "{html}");
-        assert!(html.contains("id=\"chart-orders\"") && html.contains("<polyline"), "{html}");
+        assert!(
+            html.contains("id=\"chart-orders\"") && html.contains("<polyline"),
+            "{html}"
+        );
         assert!(html.contains("3 provisioned · 1 failed"), "{html}");
         assert!(!html.contains("<script"), "{html}");
         let login = render_login("<b>hi</b>").into_string();

@@ -548,6 +548,22 @@ async fn dashboard_renders_in_headless_chromium() {
     std::fs::create_dir_all(&dir).expect("dir");
     // The browser posts the login form, follows the redirect and sends the session cookie.
     let url = login_helper(&app.http).await;
+    // Provisioning paused through the action form (another session): the page shows it.
+    let (http, cookie) = signed_in(&app).await;
+    let csrf = csrf_of(&app, &http, &cookie).await;
+    let (status, _) = post_form(
+        &app,
+        &http,
+        &cookie,
+        "/admin/actions/pause",
+        &[
+            ("csrf", &csrf),
+            ("part", "provisioning"),
+            ("reason", "browser check"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
 
     let shot = dir.join("dashboard.png");
     headless(
@@ -620,6 +636,21 @@ async fn dashboard_renders_in_headless_chromium() {
     );
     assert!(dom.contains("MAPPING_PRODUCT_MISSING"));
     assert!(dom.contains("connected"), "subscription state shown");
+    // The charts are inline SVG drawn on the server, the pause and its audit entry are shown.
+    assert_eq!(dom.matches("<svg").count(), 3, "three charts:\n{dom}");
+    assert!(
+        dom.contains("id=\"chart-orders\"") && dom.contains("<polyline"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&format!("{} provisioned · 1 failed", good.len())),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("provisioning (by dashboard: browser check)"),
+        "{dom}"
+    );
+    assert!(dom.contains("data-action=\"pause\""), "{dom}");
     app.stop().await.expect("stop");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -719,8 +750,7 @@ async fn actions_need_the_sessions_csrf_token_and_pause_resume_through_the_form(
         if let Some(t) = token {
             form.push(("csrf", t));
         }
-        let (status, _) =
-            post_form(&app, &http, &cookie, "/admin/actions/redrive", &form).await;
+        let (status, _) = post_form(&app, &http, &cookie, "/admin/actions/redrive", &form).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "redrive with {token:?}");
     }
     // Without a session the right token does not help.
@@ -761,13 +791,24 @@ async fn actions_need_the_sessions_csrf_token_and_pause_resume_through_the_form(
     assert_eq!(pauses[0].part, "provisioning");
     assert_eq!(pauses[0].by, "dashboard");
     assert_eq!(pauses[0].reason.as_deref(), Some("WHMCS upgrade"));
-    let actions = app.state.ledger.operator_actions(10).await.expect("actions");
+    let actions = app
+        .state
+        .ledger
+        .operator_actions(10)
+        .await
+        .expect("actions");
     assert_eq!(actions.len(), 1, "{actions:?}");
     assert_eq!(
-        (actions[0].action.as_str(), actions[0].operator.as_str(), actions[0].count),
+        (
+            actions[0].action.as_str(),
+            actions[0].operator.as_str(),
+            actions[0].count
+        ),
         ("pause", "dashboard", 1)
     );
-    assert!(actions[0].filter.contains("provisioning") && actions[0].filter.contains("WHMCS upgrade"));
+    assert!(
+        actions[0].filter.contains("provisioning") && actions[0].filter.contains("WHMCS upgrade")
+    );
     let h = sf_events_health(&app).await;
     assert_eq!(h["paused"]["provisioning"]["by"], "dashboard", "{h}");
     assert!(h["paused"]["intake"].is_null(), "{h}");
@@ -789,9 +830,18 @@ async fn actions_need_the_sessions_csrf_token_and_pause_resume_through_the_form(
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert!(app.state.ledger.pauses().await.expect("pauses").is_empty());
-    let actions = app.state.ledger.operator_actions(10).await.expect("actions");
+    let actions = app
+        .state
+        .ledger
+        .operator_actions(10)
+        .await
+        .expect("actions");
     assert_eq!(
-        (actions[0].action.as_str(), actions[0].operator.as_str(), actions[0].count),
+        (
+            actions[0].action.as_str(),
+            actions[0].operator.as_str(),
+            actions[0].count
+        ),
         ("resume", "dashboard", 1)
     );
     assert!(sf_events_health(&app).await["paused"]["provisioning"].is_null());
@@ -843,7 +893,13 @@ async fn redrive_through_the_form_previews_then_reactivates_each_order_once() {
     let csrf = csrf_of(&app, &http, &cookie).await;
 
     // The list filters by state and code; each id links to its timeline.
-    let page = get_html(&app, &http, &cookie, "/admin?state=failed&code=WHMCS_NO_ITEMS").await;
+    let page = get_html(
+        &app,
+        &http,
+        &cookie,
+        "/admin?state=failed&code=WHMCS_NO_ITEMS",
+    )
+    .await;
     for id in &ids {
         assert!(
             page.contains(&format!("href=\"/admin/orders/{id}\"")),
@@ -863,8 +919,7 @@ async fn redrive_through_the_form_previews_then_reactivates_each_order_once() {
         ("code", "WHMCS_NO_ITEMS"),
         ("since", "2h"),
     ];
-    let (status, html) =
-        post_form(&app, &http, &cookie, "/admin/actions/redrive", &form).await;
+    let (status, html) = post_form(&app, &http, &cookie, "/admin/actions/redrive", &form).await;
     assert_eq!(status, StatusCode::OK, "{html}");
     assert!(html.contains("dry run: nothing changed"), "{html}");
     assert!(html.contains("id=\"matched\">3<"), "{html}");
@@ -900,8 +955,7 @@ async fn redrive_through_the_form_previews_then_reactivates_each_order_once() {
     app.sim.sim.set_faults(provisioner_sim::Faults::default());
     let mut confirm = form.to_vec();
     confirm.push(("confirm", "yes"));
-    let (status, html) =
-        post_form(&app, &http, &cookie, "/admin/actions/redrive", &confirm).await;
+    let (status, html) = post_form(&app, &http, &cookie, "/admin/actions/redrive", &confirm).await;
     assert_eq!(status, StatusCode::OK, "{html}");
     assert!(html.contains("id=\"redriven\">3<"), "{html}");
     wait_until(Duration::from_secs(90), "orders Activated", || async {
@@ -912,22 +966,38 @@ async fn redrive_through_the_form_previews_then_reactivates_each_order_once() {
     for id in &ids {
         assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
     }
-    let actions = app.state.ledger.operator_actions(10).await.expect("actions");
+    let actions = app
+        .state
+        .ledger
+        .operator_actions(10)
+        .await
+        .expect("actions");
     assert_eq!(actions.len(), 1, "{actions:?}");
     assert_eq!(
-        (actions[0].action.as_str(), actions[0].operator.as_str(), actions[0].count),
+        (
+            actions[0].action.as_str(),
+            actions[0].operator.as_str(),
+            actions[0].count
+        ),
         ("redrive", "dashboard", 3)
     );
     assert!(actions[0].filter.contains("WHMCS_NO_ITEMS"), "{actions:?}");
-    wait_until(Duration::from_secs(30), "charts show the provisioned", || async {
-        let r = http
-            .get(format!("{}/admin", app.http))
-            .header(header::COOKIE, &cookie)
-            .send()
-            .await
-            .expect("request");
-        r.text().await.expect("html").contains("3 provisioned · 3 failed")
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "charts show the provisioned",
+        || async {
+            let r = http
+                .get(format!("{}/admin", app.http))
+                .header(header::COOKIE, &cookie)
+                .send()
+                .await
+                .expect("request");
+            r.text()
+                .await
+                .expect("html")
+                .contains("3 provisioned · 3 failed")
+        },
+    )
     .await;
     app.stop().await.expect("stop");
 }

@@ -56,12 +56,12 @@ mod orders;
 mod queue_stats;
 mod redrive;
 
+pub use crate::operator::parse_since;
 pub use controls::{PauseArgs, ResumeArgs};
 pub use cursor::{CursorCommand, CursorSet};
 pub use events::EventsCommand;
 pub use orders::OrdersCommand;
 pub use queue_stats::QueueCommand;
-pub use crate::operator::parse_since;
 pub use redrive::RedriveArgs;
 
 /// Workers whose last heartbeat is at most this old count as alive.

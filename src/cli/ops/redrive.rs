@@ -67,7 +67,8 @@ fn operator() -> String {
 
 impl Tools {
     pub(super) async fn orders_redrive(&self, args: RedriveArgs) -> anyhow::Result<ExitCode> {
-        let selection = RedriveFilter::new(args.state, args.code.as_deref(), args.since, args.limit)?;
+        let selection =
+            RedriveFilter::new(args.state, args.code.as_deref(), args.since, args.limit)?;
         let filter = selection.to_json();
         // Salesforce settings are checked before anything else (not needed for a dry run).
         let sf = if args.dry_run {
