@@ -1001,3 +1001,311 @@ async fn redrive_through_the_form_previews_then_reactivates_each_order_once() {
     .await;
     app.stop().await.expect("stop");
 }
+
+/// A minimal Chrome DevTools Protocol client over a hand-written WebSocket (text frames, no
+/// fragmentation: what Chromium sends for these small answers), enough to drive forms.
+struct Devtools {
+    stream: tokio::net::TcpStream,
+    next_id: u64,
+    _child: tokio::process::Child,
+    _profile: PathBuf,
+}
+
+impl Devtools {
+    async fn launch(dir: &std::path::Path) -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let profile = dir.join(format!("cdp-{}", uuid::Uuid::new_v4().simple()));
+        let mut child = Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-port=0",
+                "--window-size=1280,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("Chromium starts");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let port = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("stderr line") {
+                if let Some(rest) = line.split("ws://127.0.0.1:").nth(1) {
+                    return rest.split('/').next().expect("port").to_owned();
+                }
+            }
+            panic!("Chromium ended without a DevTools address");
+        })
+        .await
+        .expect("DevTools address within 60 s");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let targets: Value = reqwest::get(format!("http://127.0.0.1:{port}/json/list"))
+            .await
+            .expect("targets")
+            .json()
+            .await
+            .expect("targets json");
+        let ws = targets
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["type"] == "page"))
+            .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+            .expect("a page target")
+            .to_owned();
+        let path = ws.splitn(4, '/').nth(3).expect("ws path");
+        let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+            .await
+            .expect("connect DevTools");
+        let key = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            uuid::Uuid::new_v4().as_bytes(),
+        );
+        stream
+            .write_all(
+                format!(
+                    "GET /{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .expect("handshake");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            stream.read_exact(&mut b).await.expect("handshake answer");
+            head.push(b[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        Self {
+            stream,
+            next_id: 0,
+            _child: child,
+            _profile: profile,
+        }
+    }
+
+    /// Sends one command and returns its `result`.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = serde_json::json!({"id": id, "method": method, "params": params}).to_string();
+        let payload = msg.as_bytes();
+        let mut frame = vec![0x81u8];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        // A zero mask leaves the payload as it is.
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+        frame.extend_from_slice(payload);
+        self.stream.write_all(&frame).await.expect("send");
+        loop {
+            let mut h = [0u8; 2];
+            self.stream.read_exact(&mut h).await.expect("frame");
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    self.stream.read_exact(&mut b).await.expect("len");
+                    u64::from(u16::from_be_bytes(b))
+                }
+                127 => {
+                    let mut b = [0u8; 8];
+                    self.stream.read_exact(&mut b).await.expect("len");
+                    u64::from_be_bytes(b)
+                }
+                n => u64::from(n),
+            };
+            let mut body = vec![0u8; usize::try_from(len).expect("len")];
+            self.stream.read_exact(&mut body).await.expect("payload");
+            if h[0] & 0x0f != 1 {
+                continue;
+            }
+            let v: Value = serde_json::from_slice(&body).expect("CDP json");
+            if v["id"] == id {
+                // An evaluation may race a navigation; its caller polls again.
+                assert!(
+                    v.get("error").is_none() || method == "Runtime.evaluate",
+                    "{method}: {v}"
+                );
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expr` in the page; its value.
+    async fn eval(&mut self, expr: &str) -> Value {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                serde_json::json!({"expression": expr, "returnByValue": true}),
+            )
+            .await;
+        r["result"]["value"].clone()
+    }
+
+    /// Waits until the page at `path` has loaded.
+    async fn loaded(&mut self, path: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = self
+                .eval("location.pathname + ' ' + document.readyState")
+                .await;
+            if v.as_str() == Some(&format!("{path} complete")) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "page {path}: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `expr` evaluates to `want` (the page may still be navigating).
+    async fn wait_for(&mut self, expr: &str, want: Value) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = self.eval(expr).await;
+            if v == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{expr}: {v}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn open(&mut self, url: &str, path: &str) {
+        self.call("Page.navigate", serde_json::json!({"url": url}))
+            .await;
+        self.loaded(path).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_pauses_resumes_and_previews_a_redrive_through_the_forms() {
+    chromium();
+    let mut app = app_with_dashboard(Some(TOKEN)).await;
+    let (_good, bad) = provision(&app, 2).await;
+    let dir = std::env::temp_dir().join(format!("prov-cdp-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut b = Devtools::launch(&dir).await;
+    // Sign in through the login form (the helper page posts it), landing on the dashboard.
+    let login = login_helper(&app.http).await;
+    b.call("Page.navigate", serde_json::json!({"url": login}))
+        .await;
+    b.loaded("/admin").await;
+    b.wait_for("document.querySelectorAll('svg').length", 3.into())
+        .await;
+    assert_eq!(
+        b.eval("document.querySelectorAll('#chart-orders polyline').length")
+            .await,
+        2
+    );
+
+    // Pause provisioning with a reason: the button submits the form.
+    b.open(&format!("{}/admin/actions", app.http), "/admin/actions")
+        .await;
+    b.eval(
+        "document.querySelector('#pause-form select').value = 'provisioning';\
+         document.querySelector('#pause-form input[name=reason]').value = 'from the browser';\
+         document.querySelector('#pause-form button').click(); 1",
+    )
+    .await;
+    wait_until(Duration::from_secs(20), "the pause stored", || async {
+        !app.state.ledger.pauses().await.expect("pauses").is_empty()
+    })
+    .await;
+    b.wait_for(
+        "document.getElementById('paused')?.textContent",
+        "provisioning (by dashboard: from the browser)".into(),
+    )
+    .await;
+    b.wait_for(
+        "document.querySelector('tr.action')?.dataset.action",
+        "pause".into(),
+    )
+    .await;
+    let h = sf_events_health(&app).await;
+    assert_eq!(
+        h["paused"]["provisioning"]["reason"], "from the browser",
+        "{h}"
+    );
+
+    // Resume.
+    b.eval("document.querySelector('#resume-form button').click(); 1")
+        .await;
+    wait_until(Duration::from_secs(20), "the resume stored", || async {
+        app.state.ledger.pauses().await.expect("pauses").is_empty()
+    })
+    .await;
+    b.wait_for(
+        "document.getElementById('paused')?.textContent",
+        "no".into(),
+    )
+    .await;
+    assert!(sf_events_health(&app).await["paused"]["provisioning"].is_null());
+
+    // A redrive preview lists the failed Order and changes nothing.
+    b.eval(
+        "document.querySelector('#redrive-form input[name=code]').value = 'MAPPING_PRODUCT_MISSING';\
+         document.querySelector('#redrive-form button').click(); 1",
+    )
+    .await;
+    b.wait_for(
+        "document.getElementById('matched')?.textContent",
+        "1".into(),
+    )
+    .await;
+    let listed = b
+        .eval("Array.from(document.querySelectorAll('tr.preview code')).map(c => c.textContent).join(' ')")
+        .await;
+    assert!(
+        listed.as_str().is_some_and(|l| l.contains(bad.as_str())),
+        "{listed}"
+    );
+    assert_eq!(app.activation(&bad).as_deref(), Some("Failed"));
+    let actions = app
+        .state
+        .ledger
+        .operator_actions(10)
+        .await
+        .expect("actions");
+    assert_eq!(
+        actions
+            .iter()
+            .map(|a| a.action.as_str())
+            .collect::<Vec<_>>(),
+        ["resume", "pause"]
+    );
+    let shot = b
+        .call(
+            "Page.captureScreenshot",
+            serde_json::json!({"format": "png"}),
+        )
+        .await;
+    assert!(shot["data"].as_str().is_some_and(|d| d.len() > 1000));
+    drop(b);
+    app.stop().await.expect("stop");
+    std::fs::remove_dir_all(&dir).ok();
+}
