@@ -985,7 +985,12 @@ impl Provisioner {
                     }
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
-                Err(e) => return Err(self.whmcs_fail("AddOrder", &e)),
+                Err(e) => {
+                    // A business answer: WHMCS answered, so nothing of this AddOrder can commit
+                    // later and a redriven run need not wait out the in-doubt window.
+                    self.ledger.add_concluded(id, owner).await?;
+                    return Err(self.whmcs_fail("AddOrder", &e));
+                }
             }
         }
     }

@@ -852,26 +852,7 @@ async fn actions_need_the_sessions_csrf_token_and_pause_resume_through_the_form(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redrive_through_the_form_previews_then_reactivates_each_order_once() {
-    // A rejected AddOrder leaves its in-doubt window (WHMCS timeout + allowance) before the
-    // redriven run may add again; keep it short.
-    let mut app = spawn_app(Options {
-        extra_env: vec![
-            ("ADMIN_TOKEN", TOKEN.to_owned()),
-            ("WHMCS_TIMEOUT_SECS", "2".to_owned()),
-            ("WHMCS_EXECUTION_ALLOWANCE_SECS", "1".to_owned()),
-        ],
-        ..Default::default()
-    })
-    .await;
-    let probe = reqwest::Client::new();
-    wait_until(Duration::from_secs(20), "HTTP up", || async {
-        probe
-            .get(format!("{}/health/live", app.http))
-            .send()
-            .await
-            .is_ok()
-    })
-    .await;
+    let mut app = app_with_dashboard(Some(TOKEN)).await;
     // WHMCS refuses the product every seeded Order uses: each fails with one business code.
     app.sim.sim.set_faults(provisioner_sim::Faults {
         whmcs_reject_products: vec!["1".into()],
