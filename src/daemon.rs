@@ -122,6 +122,7 @@ async fn housekeeping(state: AppState, shutdown: CancellationToken) -> anyhow::R
         n += 1;
         match state.queue.stats().await {
             Ok(s) => {
+                state.queue_depth.record(s.pending + s.delayed);
                 for (label, v) in [
                     ("pending", s.pending),
                     ("delayed", s.delayed),

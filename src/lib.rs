@@ -20,6 +20,7 @@ pub mod ledger;
 pub mod lenient;
 pub mod metrics;
 pub mod net;
+pub mod operator;
 pub mod pause;
 pub mod queue;
 pub mod reconciler;

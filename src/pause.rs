@@ -134,6 +134,12 @@ impl Pauses {
         c.1.clone()
     }
 
+    /// Forgets the cached read, so the next [`Self::current`] reads the ledger (after this
+    /// replica changed a pause).
+    pub fn invalidate(&self) {
+        self.cached.lock().unwrap_or_else(|p| p.into_inner()).0 = None;
+    }
+
     /// Whether `part` is paused (cached).
     pub async fn is_paused(&self, part: PausePart) -> bool {
         self.current().await.get(part).is_some()

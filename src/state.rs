@@ -23,7 +23,7 @@ use crate::{
         auth::{AuthFlow, TokenProvider},
         rest::RestClient,
     },
-    status::{AlertStatus, SubscriptionHealth, SweepReport},
+    status::{AlertStatus, QueueDepthHistory, SubscriptionHealth, SweepReport},
     whmcs::{WhmcsClient, WhmcsConfig},
 };
 
@@ -48,6 +48,8 @@ pub struct AppState {
     pub deps: Dependencies,
     /// The operator pauses (in the ledger), as this process reads them through a short cache.
     pub pauses: Arc<Pauses>,
+    /// Queue depth samples of the last hours (taken by the housekeeping loop).
+    pub queue_depth: Arc<QueueDepthHistory>,
 }
 
 impl AppState {
@@ -135,6 +137,7 @@ impl AppState {
             reconciler: Arc::default(),
             deps,
             pauses,
+            queue_depth: Arc::default(),
         })
     }
 

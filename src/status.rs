@@ -1,5 +1,5 @@
 //! The status the parts report into and the HTTP surface reads: the subscription's health, the
-//! failure-rate alert and the stuck-order reconciler's last sweep.
+//! failure-rate alert, the stuck-order reconciler's last sweep and the recent queue depth.
 //!
 //! A leaf: these types hold plain data behind short `std::sync::Mutex` sections (never held
 //! across an `.await`), so the writer (a background part) and the readers (health, metrics,
@@ -116,4 +116,32 @@ pub struct SweepReport {
     pub enqueued: u64,
     pub total_enqueued: u64,
     pub last_error: Option<String>,
+}
+
+/// Queue depth samples kept: six hours at the housekeeping loop's five seconds.
+pub const QUEUE_DEPTH_SAMPLES: usize = 6 * 720;
+
+/// The queue depth (ready + delayed jobs) over the last hours, as this process sampled it: a
+/// ring of `(epoch milliseconds, depth)`, oldest first, for the dashboard's chart.
+#[derive(Debug, Default)]
+pub struct QueueDepthHistory(Mutex<std::collections::VecDeque<(i64, u64)>>);
+
+impl QueueDepthHistory {
+    /// Adds one sample taken now, dropping the oldest beyond [`QUEUE_DEPTH_SAMPLES`].
+    pub fn record(&self, depth: u64) {
+        let mut ring = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.len() >= QUEUE_DEPTH_SAMPLES {
+            ring.pop_front();
+        }
+        ring.push_back((crate::ledger::now_ms(), depth));
+    }
+
+    /// The samples taken at or after `since_ms`, oldest first.
+    pub fn since(&self, since_ms: i64) -> Vec<(i64, u64)> {
+        let ring = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        ring.iter()
+            .filter(|(t, _)| *t >= since_ms)
+            .copied()
+            .collect()
+    }
 }

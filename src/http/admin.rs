@@ -3,7 +3,12 @@
 //! alert's window, Orders by state and the most recent Orders with their errors — and one page
 //! per Order at `/admin/orders/{id}` (JSON: `/admin/api/orders/{id}`): its ledger row, attempts
 //! and the timeline of its external steps (the audit trail). Every Order id in a list links to
-//! its page. The pages reload themselves every few seconds (meta refresh; they run no script).
+//! its page. The list can be filtered by state and error code (`/admin?state=failed&code=…`).
+//! Charts of the last hours (Orders provisioned and failed per minute, queue depth, approval →
+//! write-back latency) are drawn on the server as inline SVG. The pages reload themselves every
+//! few seconds (meta refresh; they run no script) except `/admin/actions`, the operator actions:
+//! pause and resume intake or provisioning, and redrive failed Orders (a dry-run preview
+//! listing the matching Orders, then a confirmation), all POST forms.
 //!
 //! Invariants:
 //! - Disabled unless `ADMIN_TOKEN` is set: without it no `/admin` route exists (404).
@@ -19,7 +24,14 @@
 //! - Failed sign-ins (form or bearer) are limited per client address: after
 //!   [`MAX_FAILED_LOGINS`] within [`FAILED_LOGIN_WINDOW`] every attempt answers 429 until the
 //!   window has passed.
-//! - Read-only apart from the session: no handler changes anything else.
+//! - Only the action forms (`POST /admin/actions/{pause,resume,redrive}`) change anything, and
+//!   only through [`crate::operator`], the code the command line runs, so they leave the same
+//!   `operator_actions` entries (operator `dashboard`). Each form carries a CSRF token bound to
+//!   the session (HMAC-SHA256 of the session's random id under a key derived from the admin
+//!   token with its own context); a missing or wrong one answers 403 and changes nothing. The
+//!   token is compared in constant time (`subtle`).
+//! - The charts use the database's clock for the ledger's series; the queue depth comes from
+//!   the samples this process's housekeeping loop keeps in memory.
 //! - The HTML is built with `maud`, which escapes every dynamic value by construction; the
 //!   page's CSP allows no script, no framing and no external resource.
 //! - The failure rate uses the alert's own settings (`ALERT_WINDOW_SECS`,
@@ -51,7 +63,8 @@ use subtle::ConstantTimeEq;
 
 use crate::{
     ids::SalesforceId,
-    ledger::{AttemptRecord, OrderRecord, OrderState, StepRecord},
+    ledger::{AttemptRecord, MinuteRow, OperatorAction, OrderRecord, OrderState, StepRecord},
+    operator::{self, RedriveFilter},
     queue::QueueStats,
     state::AppState,
     status::SubState,
@@ -73,6 +86,16 @@ pub const MAX_FAILED_LOGINS: u32 = 5;
 pub const FAILED_LOGIN_WINDOW: Duration = Duration::from_secs(60);
 /// Context of the session key's derivation from the admin token.
 const SESSION_KEY_CONTEXT: &[u8] = b"provisioner admin session cookie v1";
+/// Context of the CSRF key's derivation from the admin token.
+const CSRF_KEY_CONTEXT: &[u8] = b"provisioner admin csrf v1";
+/// The operator name the dashboard's actions are recorded under.
+pub const DASHBOARD_OPERATOR: &str = "dashboard";
+/// How far back the charts reach.
+pub const CHART_WINDOW: Duration = Duration::from_secs(3 * 3600);
+/// Operator actions listed.
+const RECENT_ACTIONS: i64 = 10;
+/// Orders a redrive from the dashboard selects at most.
+const DASHBOARD_REDRIVE_LIMIT: i64 = 1000;
 
 const STATES: [&str; OrderState::ALL.len()] = {
     let mut out = [""; OrderState::ALL.len()];
@@ -92,15 +115,21 @@ struct Dash {
     encoding: Arc<EncodingKey>,
     decoding: Arc<DecodingKey>,
     failures: Arc<FailedLogins>,
+    /// Key of the CSRF tokens (derived from the admin token).
+    csrf_key: [u8; 32],
 }
 
 /// The session-signing key: HMAC-SHA256 of a fixed context, keyed by the admin token. Knowing
 /// a session (or this key) reveals nothing about the token.
 fn session_key(token: &[u8]) -> [u8; 32] {
+    hmac_sha256(token, SESSION_KEY_CONTEXT)
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(token)
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    mac.update(SESSION_KEY_CONTEXT);
+    mac.update(data);
     mac.finalize().into_bytes().into()
 }
 
@@ -120,6 +149,7 @@ where
         encoding: Arc::new(EncodingKey::from_secret(&key)),
         decoding: Arc::new(DecodingKey::from_secret(&key)),
         failures: Arc::new(FailedLogins::default()),
+        csrf_key: hmac_sha256(token.expose_secret().as_bytes(), CSRF_KEY_CONTEXT),
     };
     Router::new()
         .route("/admin", get(page))
@@ -128,6 +158,10 @@ where
         .route("/admin/api/summary", get(summary_json))
         .route("/admin/orders/{id}", get(order_page))
         .route("/admin/api/orders/{id}", get(order_json))
+        .route("/admin/actions", get(actions_page))
+        .route("/admin/actions/pause", post(pause_action))
+        .route("/admin/actions/resume", post(resume_action))
+        .route("/admin/actions/redrive", post(redrive_action))
         .with_state(dash)
 }
 
@@ -138,6 +172,9 @@ struct Session {
     sub: String,
     iat: i64,
     exp: i64,
+    /// Random id of the session: what its CSRF token is bound to.
+    #[serde(default)]
+    sid: String,
 }
 
 const SESSION_SUBJECT: &str = "provisioner-admin";
@@ -249,15 +286,50 @@ fn access(d: &Dash, peer: &Peer, headers: &HeaderMap) -> Access {
     let Some(session) = cookie_value(headers, COOKIE) else {
         return Access::Missing;
     };
+    if decode_session(d, session).is_some() {
+        Access::Granted
+    } else {
+        Access::Missing
+    }
+}
+
+fn decode_session(d: &Dash, jwt: &str) -> Option<Session> {
     let mut v = Validation::new(Algorithm::HS256);
     v.set_required_spec_claims(&["exp", "sub"]);
     v.sub = Some(SESSION_SUBJECT.into());
     v.validate_aud = false;
     v.leeway = 0;
-    if jsonwebtoken::decode::<Session>(session, &d.decoding, &v).is_ok() {
-        Access::Granted
-    } else {
-        Access::Missing
+    jsonwebtoken::decode::<Session>(jwt, &d.decoding, &v)
+        .ok()
+        .map(|t| t.claims)
+}
+
+/// The CSRF token of the request's credential: bound to the session's id, or to the bearer
+/// token (which a browser never sends on its own). `None` without a valid credential.
+fn csrf_token(d: &Dash, headers: &HeaderMap) -> Option<String> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    let subject = match bearer {
+        Some(t) if token_matches(d, t) => "bearer".to_owned(),
+        Some(_) => return None,
+        None => {
+            let s = decode_session(d, cookie_value(headers, COOKIE)?)?;
+            format!("session:{}", s.sid)
+        }
+    };
+    Some(hex::encode(hmac_sha256(&d.csrf_key, subject.as_bytes())))
+}
+
+/// Whether `presented` is the request's CSRF token (constant-time comparison).
+fn csrf_ok(d: &Dash, headers: &HeaderMap, presented: Option<&str>) -> bool {
+    match (csrf_token(d, headers), presented) {
+        (Some(want), Some(got)) => bool::from(want.as_bytes().ct_eq(got.trim().as_bytes())),
+        _ => false,
     }
 }
 
@@ -267,6 +339,7 @@ fn session_cookie(d: &Dash, peer: &Peer) -> Option<HeaderValue> {
         sub: SESSION_SUBJECT.into(),
         iat: now,
         exp: now + SESSION_SECS,
+        sid: uuid::Uuid::new_v4().simple().to_string(),
     };
     let jwt = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &d.encoding).ok()?;
     HeaderValue::from_str(&format!(
@@ -450,6 +523,12 @@ pub struct Summary {
     pub orders_by_state: Option<BTreeMap<String, i64>>,
     pub recent_orders: Option<Vec<OrderRow>>,
     pub state_filter: Option<String>,
+    /// The error code the recent Orders are filtered by.
+    pub code_filter: Option<String>,
+    /// The most recent operator actions, newest first.
+    pub operator_actions: Option<Vec<OperatorAction>>,
+    /// The charts' data.
+    pub charts: Option<Charts>,
     /// Data sources that could not be read.
     pub errors: Vec<String>,
     /// Breaker state of each dependency (as in `/health/sf-events`).
@@ -477,9 +556,30 @@ async fn read<T, E: std::fmt::Display>(
     }
 }
 
-/// Gathers the summary; `state_filter` must be a ledger state (anything else is ignored).
-pub async fn summary(app: &AppState, state_filter: Option<&str>) -> Summary {
+/// The data of the charts over [`CHART_WINDOW`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Charts {
+    pub window_secs: u64,
+    /// The database's clock when the series were read (epoch milliseconds).
+    pub now_ms: i64,
+    /// Finished attempts per minute (minutes without any are absent).
+    pub minutes: Vec<MinuteRow>,
+    /// `(epoch milliseconds, ready + delayed jobs)`, oldest first.
+    pub queue_depth: Vec<(i64, u64)>,
+}
+
+/// An error-code filter as accepted: trimmed, non-empty, at most 100 characters.
+fn code_filter(raw: Option<&str>) -> Option<&str> {
+    raw.map(str::trim)
+        .filter(|c| !c.is_empty() && c.len() <= 100)
+}
+
+/// Gathers the summary; `state_filter` must be a ledger state (anything else is ignored),
+/// `code_filter` an error code.
+pub async fn summary(app: &AppState, state_filter: Option<&str>, code: Option<&str>) -> Summary {
     let filter = state_filter.filter(|s| STATES.contains(s));
+    let code = code_filter(code);
     let mut errors = Vec::new();
     let h = app.health.snapshot();
     let channel = app.cfg.events.channel.clone();
@@ -500,10 +600,25 @@ pub async fn summary(app: &AppState, state_filter: Option<&str>) -> Summary {
     let recent_orders = read(
         "recent orders",
         &mut errors,
-        app.ledger.list(filter, RECENT_ORDERS),
+        app.ledger.list_filtered(filter, code, RECENT_ORDERS),
     )
     .await
     .map(|v| v.iter().map(OrderRow::from).collect());
+    let operator_actions = read(
+        "operator actions",
+        &mut errors,
+        app.ledger.operator_actions(RECENT_ACTIONS),
+    )
+    .await;
+    let window_ms = CHART_WINDOW.as_millis() as i64;
+    let charts = read("charts", &mut errors, app.ledger.minute_series(window_ms))
+        .await
+        .map(|(now_ms, minutes)| Charts {
+            window_secs: CHART_WINDOW.as_secs(),
+            now_ms,
+            minutes,
+            queue_depth: app.queue_depth.since(now_ms - window_ms),
+        });
     Summary {
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         instance: app.instance.clone(),
@@ -528,6 +643,9 @@ pub async fn summary(app: &AppState, state_filter: Option<&str>) -> Summary {
         orders_by_state,
         recent_orders,
         state_filter: filter.map(str::to_owned),
+        code_filter: code.map(str::to_owned),
+        operator_actions,
+        charts,
         errors,
         dependencies: app.deps.to_json(),
         paused: app.pauses.current().await.to_json(),
@@ -540,6 +658,7 @@ pub async fn summary(app: &AppState, state_filter: Option<&str>) -> Summary {
 #[derive(Debug, Deserialize)]
 struct PageQuery {
     state: Option<String>,
+    code: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -567,7 +686,7 @@ async fn page(
             );
         }
     }
-    let s = summary(&d.app, filter).await;
+    let s = summary(&d.app, filter, q.code.as_deref()).await;
     harden(html_response(StatusCode::OK, render_page(&s)))
 }
 
@@ -632,7 +751,7 @@ async fn summary_json(
             return harden(r);
         }
     }
-    harden(Json(summary(&d.app, q.state.as_deref()).await).into_response())
+    harden(Json(summary(&d.app, q.state.as_deref(), q.code.as_deref()).await).into_response())
 }
 
 /// One Order as its page shows it.
@@ -756,6 +875,269 @@ async fn order_json(
     match order_view(&d.app, &id).await {
         Some(v) => harden(Json(v).into_response()),
         None => not_found("the ledger knows no such Order"),
+    }
+}
+
+// ── actions ─────────────────────────────────────────────────────────────────────────────────
+
+/// `part` of the pause and resume forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PartChoice {
+    Intake,
+    Provisioning,
+    Both,
+}
+
+impl PartChoice {
+    fn parts(self) -> Vec<crate::ledger::PausePart> {
+        operator::parts(
+            matches!(self, Self::Intake | Self::Both),
+            matches!(self, Self::Provisioning | Self::Both),
+        )
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PauseForm {
+    csrf: Option<String>,
+    part: PartChoice,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ResumeForm {
+    csrf: Option<String>,
+    part: PartChoice,
+}
+
+#[derive(Debug, Deserialize)]
+struct RedriveForm {
+    csrf: Option<String>,
+    state: String,
+    code: Option<String>,
+    since: Option<String>,
+    /// `yes` on the confirmation; absent for the preview.
+    confirm: Option<String>,
+}
+
+fn forbidden() -> Response {
+    harden(html_response(
+        StatusCode::FORBIDDEN,
+        frame(
+            "provisioner · forbidden",
+            false,
+            html! {
+                section {
+                    p { "The form's security token is missing or not valid for this session; nothing was changed." }
+                    p { a href="/admin/actions" { "Back to the actions" } }
+                }
+            },
+        ),
+    ))
+}
+
+fn action_failed(status: StatusCode, message: &str) -> Response {
+    harden(html_response(
+        status,
+        frame(
+            "provisioner · action failed",
+            false,
+            html! {
+                section id="action-error" {
+                    div class="errors" { (message) }
+                    p { a href="/admin/actions" { "Back to the actions" } }
+                }
+            },
+        ),
+    ))
+}
+
+fn see_actions() -> Response {
+    harden(
+        (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, "/admin/actions")],
+        )
+            .into_response(),
+    )
+}
+
+/// Access and CSRF checks every action runs first.
+fn check_action(
+    d: &Dash,
+    peer: &Peer,
+    headers: &HeaderMap,
+    csrf: Option<&str>,
+) -> Option<Response> {
+    if let Some(r) = denied(access(d, peer, headers), true) {
+        return Some(r);
+    }
+    if !csrf_ok(d, headers, csrf) {
+        tracing::warn!(peer = ?peer.0, "dashboard: action refused (CSRF token missing or wrong)");
+        return Some(forbidden());
+    }
+    None
+}
+
+/// What the actions page shows.
+pub struct ActionsView {
+    pub paused: crate::pause::PauseState,
+    pub actions: Option<Vec<OperatorAction>>,
+    pub errors: Vec<String>,
+}
+
+async fn actions_page(State(d): State<Dash>, peer: Peer, headers: HeaderMap) -> Response {
+    if let Some(r) = denied(access(&d, &peer, &headers), true) {
+        return r;
+    }
+    let mut errors = Vec::new();
+    let actions = read(
+        "operator actions",
+        &mut errors,
+        d.app.ledger.operator_actions(RECENT_ACTIONS),
+    )
+    .await;
+    let v = ActionsView {
+        paused: d.app.pauses.current().await,
+        actions,
+        errors,
+    };
+    let csrf = csrf_token(&d, &headers).unwrap_or_default();
+    harden(html_response(StatusCode::OK, render_actions(&v, &csrf)))
+}
+
+async fn pause_action(
+    State(d): State<Dash>,
+    peer: Peer,
+    headers: HeaderMap,
+    Form(f): Form<PauseForm>,
+) -> Response {
+    if let Some(r) = check_action(&d, &peer, &headers, f.csrf.as_deref()) {
+        return r;
+    }
+    match operator::pause(
+        &d.app.ledger,
+        Some(&d.app.pauses),
+        &f.part.parts(),
+        DASHBOARD_OPERATOR,
+        f.reason.as_deref(),
+    )
+    .await
+    {
+        Ok(_) => see_actions(),
+        Err(e) => {
+            tracing::warn!(error.message = %e, "dashboard: pause failed");
+            action_failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The pause could not be stored; try again.",
+            )
+        }
+    }
+}
+
+async fn resume_action(
+    State(d): State<Dash>,
+    peer: Peer,
+    headers: HeaderMap,
+    Form(f): Form<ResumeForm>,
+) -> Response {
+    if let Some(r) = check_action(&d, &peer, &headers, f.csrf.as_deref()) {
+        return r;
+    }
+    match operator::resume(
+        &d.app.ledger,
+        Some(&d.app.pauses),
+        &f.part.parts(),
+        DASHBOARD_OPERATOR,
+    )
+    .await
+    {
+        Ok(_) => see_actions(),
+        Err(e) => {
+            tracing::warn!(error.message = %e, "dashboard: resume failed");
+            action_failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The resume could not be stored; try again.",
+            )
+        }
+    }
+}
+
+/// The redrive's preview or, once confirmed, its result.
+pub enum RedriveView {
+    Preview {
+        filter: RedriveFilter,
+        since: Option<String>,
+        orders: Vec<OrderRecord>,
+    },
+    Done {
+        filter: RedriveFilter,
+        report: operator::RedriveReport,
+    },
+}
+
+async fn redrive_action(
+    State(d): State<Dash>,
+    peer: Peer,
+    headers: HeaderMap,
+    Form(f): Form<RedriveForm>,
+) -> Response {
+    if let Some(r) = check_action(&d, &peer, &headers, f.csrf.as_deref()) {
+        return r;
+    }
+    let Some(state) = OrderState::parse(f.state.trim()) else {
+        return action_failed(StatusCode::BAD_REQUEST, "Unknown state.");
+    };
+    let since_raw = f.since.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    let since = match since_raw.map(operator::parse_since).transpose() {
+        Ok(s) => s,
+        Err(e) => return action_failed(StatusCode::BAD_REQUEST, &e),
+    };
+    let filter = match RedriveFilter::new(state, f.code.as_deref(), since, DASHBOARD_REDRIVE_LIMIT)
+    {
+        Ok(f) => f,
+        Err(e) => return action_failed(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let orders = match operator::redrive_preview(&d.app.ledger, &filter).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error.message = %e, "dashboard: redrive selection failed");
+            return action_failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The ledger could not be read; try again.",
+            );
+        }
+    };
+    let csrf = csrf_token(&d, &headers).unwrap_or_default();
+    if f.confirm.as_deref() != Some("yes") || orders.is_empty() {
+        let v = RedriveView::Preview {
+            filter,
+            since: since_raw.map(str::to_owned),
+            orders,
+        };
+        return harden(html_response(StatusCode::OK, render_redrive(&v, &csrf)));
+    }
+    match operator::redrive(
+        &d.app.ledger,
+        &d.app.rest,
+        &filter,
+        &orders,
+        DASHBOARD_OPERATOR,
+    )
+    .await
+    {
+        Ok(report) => {
+            let v = RedriveView::Done { filter, report };
+            harden(html_response(StatusCode::OK, render_redrive(&v, &csrf)))
+        }
+        Err(e) => {
+            tracing::warn!(error.message = %e, "dashboard: redrive failed");
+            action_failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("The redrive failed: {e}"),
+            )
+        }
     }
 }
 
@@ -1011,7 +1393,9 @@ font-size:12px;font-weight:600}.ok{background:#d3f4dc;color:#14532d}.bad{backgro
 .alert{border-color:#e5484d;background:#fff5f5}table{width:100%;border-collapse:collapse;margin-top:6px}\
 th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #e4e8ee;vertical-align:top}\
 th{font-size:12px;color:#52606d;text-transform:uppercase}td.err{color:#8a1c1c;max-width:460px;\
-overflow-wrap:anywhere}code{font-size:12px}.filters a{margin-right:10px}.errors{background:#fde2e1;\
+overflow-wrap:anywhere}code{font-size:12px}.filters a{margin-right:10px}.filters form{display:inline-block;margin-left:8px}\
+.charts{display:flex;flex-wrap:wrap;gap:14px}.chart{margin:0}.chart figcaption{font-size:12px;color:#52606d}\
+.chart svg{background:#fbfcfd;border:1px solid #e4e8ee}.errors{background:#fde2e1;\
 color:#8a1c1c;padding:8px 12px;border-radius:6px;margin-bottom:12px}\
 .login{max-width:420px;margin:80px auto;background:#fff;padding:24px;border:1px solid #d8dee6;border-radius:6px}\
 .login input{display:block;width:100%;margin:6px 0 12px;padding:6px}";
@@ -1041,6 +1425,282 @@ pub fn render_login(message: &str) -> Markup {
             }
         }
     }
+}
+
+/// The recent operator actions as a table.
+fn render_action_list(actions: Option<&[OperatorAction]>) -> Markup {
+    html! {
+        @match actions {
+            Some([]) => p { "No operator actions yet." },
+            Some(list) => table id="actions-list" {
+                thead { tr { th { "#" } th { "When" } th { "Action" } th { "Operator" } th { "Count" } th { "Filter" } } }
+                tbody {
+                    @for a in list {
+                        tr class="action" data-action=(a.action) {
+                            td { (a.id) }
+                            td { (ms_time(a.created_at)) }
+                            td { (a.action) }
+                            td { (a.operator) }
+                            td { (a.count) }
+                            td { (code(&a.filter)) }
+                        }
+                    }
+                }
+            },
+            None => p { "unavailable" },
+        }
+    }
+}
+
+/// One series of a chart: a name, a colour and `(epoch ms, value)` points.
+struct Series<'a> {
+    name: &'a str,
+    color: &'a str,
+    points: Vec<(i64, f64)>,
+}
+
+const CHART_W: f64 = 560.0;
+const CHART_H: f64 = 150.0;
+const CHART_LEFT: f64 = 44.0;
+const CHART_BOTTOM: f64 = 20.0;
+
+/// A line chart over `[from, to]` (epoch ms) as inline SVG, the y axis from 0 to the largest
+/// value.
+fn line_chart(
+    id: &str,
+    title: &str,
+    unit: &str,
+    from: i64,
+    to: i64,
+    series: &[Series<'_>],
+) -> Markup {
+    let max = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(0.0_f64, f64::max);
+    let top = if max <= 0.0 { 1.0 } else { max };
+    let span = (to - from).max(1) as f64;
+    let plot_w = CHART_W - CHART_LEFT - 8.0;
+    let plot_h = CHART_H - CHART_BOTTOM - 8.0;
+    let x = |t: i64| CHART_LEFT + ((t - from) as f64 / span).clamp(0.0, 1.0) * plot_w;
+    let y = |v: f64| 8.0 + plot_h - (v / top).clamp(0.0, 1.0) * plot_h;
+    let fmt = |v: f64| {
+        if v.fract() == 0.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.1}")
+        }
+    };
+    html! {
+        figure class="chart" id=(id) {
+            figcaption {
+                (title)
+                @for s in series {
+                    " " span style={ "color:" (s.color) } { "■ " (s.name) }
+                }
+            }
+            svg xmlns="http://www.w3.org/2000/svg" width=(CHART_W) height=(CHART_H)
+                viewBox={ "0 0 " (CHART_W) " " (CHART_H) } role="img" aria-label=(title) {
+                line x1=(CHART_LEFT) y1=(y(0.0)) x2=(CHART_LEFT + plot_w) y2=(y(0.0)) stroke="#9aa5b1" {}
+                line x1=(CHART_LEFT) y1="8" x2=(CHART_LEFT) y2=(y(0.0)) stroke="#9aa5b1" {}
+                text x=(CHART_LEFT - 4.0) y="14" text-anchor="end" font-size="10" fill="#52606d" { (fmt(top)) " " (unit) }
+                text x=(CHART_LEFT - 4.0) y=(y(0.0)) text-anchor="end" font-size="10" fill="#52606d" { "0" }
+                text x=(CHART_LEFT) y=(CHART_H - 4.0) font-size="10" fill="#52606d" { "−" (human(Duration::from_millis(((to - from).max(0)) as u64))) }
+                text x=(CHART_LEFT + plot_w) y=(CHART_H - 4.0) text-anchor="end" font-size="10" fill="#52606d" { "now" }
+                @for s in series {
+                    @if s.points.len() > 1 {
+                        polyline class="series" fill="none" stroke=(s.color) stroke-width="1.5"
+                            points=(s.points.iter().map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v))).collect::<Vec<_>>().join(" ")) {}
+                    }
+                    @for (t, v) in s.points.iter().filter(|_| s.points.len() <= 60) {
+                        circle cx=(format!("{:.1}", x(*t))) cy=(format!("{:.1}", y(*v))) r="2" fill=(s.color) {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The dashboard's charts: Orders per minute, queue depth, approval → write-back latency.
+fn render_charts(c: &Charts) -> Markup {
+    let from = c.now_ms - (c.window_secs as i64) * 1000;
+    let to = c.now_ms;
+    // Every minute of the window, zero where nothing finished.
+    let first = from.div_euclid(60_000) * 60_000;
+    let by_minute: HashMap<i64, &MinuteRow> = c.minutes.iter().map(|m| (m.minute_ms, m)).collect();
+    let minutes: Vec<i64> = (0..)
+        .map(|i| first + i * 60_000)
+        .take_while(|m| *m <= to)
+        .collect();
+    let per_minute = |f: fn(&MinuteRow) -> i64| -> Vec<(i64, f64)> {
+        minutes
+            .iter()
+            .map(|m| (*m, by_minute.get(m).map_or(0.0, |r| f(r) as f64)))
+            .collect()
+    };
+    let latency: Vec<(i64, f64)> = c
+        .minutes
+        .iter()
+        .filter(|m| m.latency_n > 0)
+        .map(|m| {
+            (
+                m.minute_ms,
+                m.latency_sum_ms as f64 / m.latency_n as f64 / 1000.0,
+            )
+        })
+        .collect();
+    let depth: Vec<(i64, f64)> = c.queue_depth.iter().map(|(t, d)| (*t, *d as f64)).collect();
+    let provisioned: i64 = c.minutes.iter().map(|m| m.provisioned).sum();
+    let failed: i64 = c.minutes.iter().map(|m| m.failed).sum();
+    html! {
+        section id="charts" style="margin-top:14px" {
+            h2 { "Last " (human(Duration::from_secs(c.window_secs))) " · " (provisioned) " provisioned · " (failed) " failed" }
+            div class="charts" {
+                (line_chart("chart-orders", "Orders per minute", "", from, to, &[
+                    Series { name: "provisioned", color: "#2f9e44", points: per_minute(|m| m.provisioned) },
+                    Series { name: "failed", color: "#e03131", points: per_minute(|m| m.failed) },
+                ]))
+                (line_chart("chart-queue", "Queue depth (ready + delayed)", "", from, to, &[
+                    Series { name: "jobs", color: "#1c7ed6", points: depth },
+                ]))
+                (line_chart("chart-latency", "Approval → write-back latency (mean per minute)", "s", from, to, &[
+                    Series { name: "seconds", color: "#f08c00", points: latency },
+                ]))
+            }
+        }
+    }
+}
+
+/// The actions page: pause, resume, redrive (no refresh, so a half-typed form is kept).
+fn render_actions(v: &ActionsView, csrf: &str) -> Markup {
+    let paused = v.paused.to_json();
+    let body = html! {
+        @if !v.errors.is_empty() {
+            div class="errors" id="errors" { (v.errors.join(" · ")) }
+        }
+        div class="grid" {
+            section id="pauses" {
+                h2 { "Paused" }
+                p id="paused" { (paused_text(&paused)) }
+                form id="pause-form" method="post" action="/admin/actions/pause" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    label { "Part " (part_select()) }
+                    label { " Reason " input type="text" name="reason" maxlength="500"; }
+                    " " button type="submit" { "Pause" }
+                }
+                form id="resume-form" method="post" action="/admin/actions/resume" style="margin-top:8px" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    label { "Part " (part_select()) }
+                    " " button type="submit" { "Resume" }
+                }
+            }
+            section id="redrive" style="grid-column:span 3" {
+                h2 { "Redrive" }
+                p { "Sets the matching Salesforce Orders back to Activating; Salesforce publishes a new activation event for each. The next page lists them (nothing changes) and asks for confirmation." }
+                form id="redrive-form" method="post" action="/admin/actions/redrive" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    label { "State " select name="state" {
+                        option value="failed" { "failed" }
+                        option value="writeback_rejected" { "writeback_rejected" }
+                    } }
+                    label { " Error code " input type="text" name="code" placeholder="any"; }
+                    label { " Updated within " input type="text" name="since" placeholder="e.g. 2h, 7d" size="8"; }
+                    " " button type="submit" { "Preview" }
+                }
+            }
+        }
+        section id="operator" style="margin-top:14px" {
+            h2 { "Recent operator actions" }
+            (render_action_list(v.actions.as_deref()))
+        }
+    };
+    frame("provisioner · actions", false, body)
+}
+
+fn part_select() -> Markup {
+    html! {
+        select name="part" {
+            option value="provisioning" { "provisioning" }
+            option value="intake" { "intake" }
+            option value="both" { "both" }
+        }
+    }
+}
+
+/// The redrive's preview (with the confirmation form) or its result.
+fn render_redrive(v: &RedriveView, csrf: &str) -> Markup {
+    let body = match v {
+        RedriveView::Preview {
+            filter,
+            since,
+            orders,
+        } => html! {
+            section id="redrive-preview" {
+                h2 { "Redrive preview (dry run: nothing changed)" }
+                p {
+                    "State " (code(filter.state.as_str()))
+                    @if let Some(c) = &filter.code { " · code " (code(c)) }
+                    @if let Some(s) = since { " · updated within " (s) }
+                    " · " span id="matched" { (orders.len()) } " order(s) match"
+                }
+                @if orders.is_empty() {
+                    p { "No orders match; nothing to redrive." }
+                } @else {
+                    table {
+                        thead { tr { th { "Order" } th { "State" } th { "Updated" } th { "Error" } } }
+                        tbody {
+                            @for o in orders {
+                                tr class="preview" {
+                                    td { (order_link(&o.sf_order_id)) }
+                                    td { (badge(&o.state)) }
+                                    td { (ms_time(o.updated_at)) }
+                                    td class="err" {
+                                        @if let Some(c) = &o.error_code { (code(c)) " " }
+                                        (o.error_message.as_deref().unwrap_or(""))
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    form id="redrive-confirm" method="post" action="/admin/actions/redrive" style="margin-top:10px" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        input type="hidden" name="state" value=(filter.state.as_str());
+                        input type="hidden" name="code" value=(filter.code.as_deref().unwrap_or(""));
+                        input type="hidden" name="since" value=(since.as_deref().unwrap_or(""));
+                        input type="hidden" name="confirm" value="yes";
+                        button type="submit" { "Set these " (orders.len()) " order(s) back to Activating" }
+                    }
+                }
+                p { a href="/admin/actions" { "Back to the actions" } }
+            }
+        },
+        RedriveView::Done { filter, report } => html! {
+            section id="redrive-result" {
+                h2 { "Redrive done" }
+                p {
+                    span id="redriven" { (report.succeeded) } " of " (report.results.len())
+                    " order(s) set back to Activating (state " (code(filter.state.as_str())) ", operator action "
+                    (report.action_id) "); Salesforce publishes a new activation event for each."
+                }
+                table {
+                    thead { tr { th { "Order" } th { "Result" } th { "Error" } } }
+                    tbody {
+                        @for r in &report.results {
+                            tr class="result" {
+                                td { (order_link(r.id.as_str())) }
+                                td { (badge(if r.success { "done" } else { "failed" })) }
+                                td class="err" {
+                                    (r.code.as_deref().unwrap_or("")) " " (r.message.as_deref().unwrap_or(""))
+                                }
+                            }
+                        }
+                    }
+                }
+                p { a href="/admin/actions" { "Back to the actions" } }
+            }
+        },
+    };
+    frame("provisioner · redrive", false, body)
 }
 
 /// Renders the page (maud escapes every dynamic value).
@@ -1150,16 +1810,37 @@ fn render_page(s: &Summary) -> Markup {
                             }
                         }
                     }
+                    @match &s.charts {
+                        Some(c) => (render_charts(c)),
+                        None => section id="charts" style="margin-top:14px" { h2 { "Charts" } p { "unavailable" } },
+                    }
+                    section id="operator" style="margin-top:14px" {
+                        h2 { "Operator actions · " a href="/admin/actions" { "pause, resume, redrive" } }
+                        (render_action_list(s.operator_actions.as_deref()))
+                    }
                     section id="orders" style="margin-top:14px" {
                         h2 {
                             "Recent orders"
                             @if let Some(f) = &s.state_filter { " · state " (f) }
+                            @if let Some(c) = &s.code_filter { " · code " (c) }
                         }
                         div class="filters" {
                             "Filter: "
                             a href="/admin" { "all" }
                             @for st in STATES {
                                 a href={ "/admin?state=" (st) } { (st) }
+                            }
+                            form id="filter" method="get" action="/admin" {
+                                select name="state" {
+                                    option value="" { "any state" }
+                                    @for st in STATES {
+                                        option value=(st) selected[s.state_filter.as_deref() == Some(st)] { (st) }
+                                    }
+                                }
+                                " "
+                                input type="text" name="code" placeholder="error code" value=(s.code_filter.as_deref().unwrap_or(""));
+                                " "
+                                button type="submit" { "Filter" }
                             }
                         }
                         @match &s.recent_orders {
@@ -1244,6 +1925,20 @@ mod tests {
                 updated_at: Some("2026-01-01T00:00:00Z".into()),
             }]),
             state_filter: None,
+            code_filter: None,
+            operator_actions: Some(vec![]),
+            charts: Some(Charts {
+                window_secs: 3 * 3600,
+                now_ms: 1_767_225_600_000,
+                minutes: vec![MinuteRow {
+                    minute_ms: 1_767_225_540_000,
+                    provisioned: 3,
+                    failed: 1,
+                    latency_sum_ms: 6000,
+                    latency_n: 3,
+                }],
+                queue_depth: vec![(1_767_225_590_000, 4), (1_767_225_595_000, 2)],
+            }),
             errors: vec![],
             dependencies: serde_json::Value::Null,
             paused: serde_json::json!({"intake": null, "provisioning": null}),
@@ -1274,6 +1969,14 @@ mod tests {
             "http-equiv=\"refresh\" content=\"{REFRESH_SECS}\""
         )));
         assert!(html.contains("action=\"/admin/logout\""), "{html}");
+        // The charts are inline SVG: the per-minute series and the queue depth samples.
+        assert_eq!(html.matches("<svg").count(), 3, "{html}");
+        assert!(
+            html.contains("id=\"chart-orders\"") && html.contains("<polyline"),
+            "{html}"
+        );
+        assert!(html.contains("3 provisioned · 1 failed"), "{html}");
+        assert!(!html.contains("<script"), "{html}");
         let login = render_login("<b>hi</b>").into_string();
         assert!(login.contains("&lt;b&gt;hi&lt;/b&gt;") && !login.contains("<b>"));
         assert!(login.contains("method=\"post\" action=\"/admin/login\""));

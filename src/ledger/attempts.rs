@@ -147,4 +147,55 @@ impl Ledger {
         .await?;
         Ok((row.try_get("failed")?, row.try_get("total")?))
     }
+
+    /// Finished attempts of the last `window_ms` (database clock) per minute: how many were
+    /// provisioned, how many failed, and the time from the activation event's arrival to the
+    /// attempt's end (the write-back) for those that came from an event. Returns the database's
+    /// current time with the minutes that had any, oldest first.
+    pub async fn minute_series(&self, window_ms: i64) -> Result<(i64, Vec<MinuteRow>)> {
+        let now = self.db_now();
+        let mut conn = self.reader().await?;
+        let at: i64 = sqlx::query(&format!("SELECT {now} AS now"))
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get("now")?;
+        let rows = sqlx::query(
+            "SELECT a.finished_at / 60000 AS minute, \
+             CAST(SUM(CASE WHEN a.outcome = $2 THEN 1 ELSE 0 END) AS BIGINT) AS provisioned, \
+             CAST(SUM(CASE WHEN a.outcome = $3 THEN 1 ELSE 0 END) AS BIGINT) AS failed, \
+             CAST(COALESCE(SUM(a.finished_at - i.received_at), 0) AS BIGINT) AS latency_sum, \
+             COUNT(i.received_at) AS latency_n \
+             FROM attempts a LEFT JOIN event_inbox i ON i.event_id = a.event_id \
+             WHERE a.finished_at >= $1 AND a.outcome IN ($2, $3) \
+             GROUP BY a.finished_at / 60000 ORDER BY a.finished_at / 60000",
+        )
+        .bind(at - window_ms)
+        .bind(outcome::PROVISIONED)
+        .bind(outcome::FAILED)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(MinuteRow {
+                minute_ms: r.try_get::<i64, _>("minute")? * 60_000,
+                provisioned: r.try_get("provisioned")?,
+                failed: r.try_get("failed")?,
+                latency_sum_ms: r.try_get("latency_sum")?,
+                latency_n: r.try_get("latency_n")?,
+            });
+        }
+        Ok((at, out))
+    }
+}
+
+/// One minute of finished attempts (see [`Ledger::minute_series`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MinuteRow {
+    /// Start of the minute, epoch milliseconds (database clock).
+    pub minute_ms: i64,
+    pub provisioned: i64,
+    pub failed: i64,
+    /// Sum of event-arrival-to-write-back times of the attempts that came from an event.
+    pub latency_sum_ms: i64,
+    pub latency_n: i64,
 }

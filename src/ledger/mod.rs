@@ -44,6 +44,7 @@ mod cursor;
 mod inbox;
 mod orders;
 
+pub use attempts::MinuteRow;
 pub use audit::{NewStep, OperatorAction, StepRecord};
 pub use controls::{POISON_PAYLOAD_MAX, PausePart, PauseRow, PoisonEntry, PoisonRow};
 pub use cursor::{CursorRow, EARLIEST_REQUEST};

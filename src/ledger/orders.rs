@@ -346,6 +346,40 @@ impl Ledger {
             .collect::<Result<_, _>>()?)
     }
 
+    /// The most recently updated Orders, optionally only those in `state` and those whose error
+    /// code is `code`.
+    pub async fn list_filtered(
+        &self,
+        state: Option<&str>,
+        code: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<OrderRecord>> {
+        let mut sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE 1 = 1");
+        let mut n = 0;
+        if state.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND state = ${n}"));
+        }
+        if code.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND error_code = ${n}"));
+        }
+        sql.push_str(&format!(" ORDER BY updated_at DESC LIMIT ${}", n + 1));
+        let mut q = sqlx::query(&sql);
+        if let Some(s) = state {
+            q = q.bind(s);
+        }
+        if let Some(c) = code {
+            q = q.bind(c);
+        }
+        let mut conn = self.reader().await?;
+        let rows = q.bind(limit).fetch_all(&mut *conn).await?;
+        Ok(rows
+            .iter()
+            .map(OrderRecord::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
     /// Number of Orders per state.
     pub async fn counts_by_state(&self) -> Result<BTreeMap<String, i64>> {
         let mut conn = self.reader().await?;

@@ -548,6 +548,22 @@ async fn dashboard_renders_in_headless_chromium() {
     std::fs::create_dir_all(&dir).expect("dir");
     // The browser posts the login form, follows the redirect and sends the session cookie.
     let url = login_helper(&app.http).await;
+    // Provisioning paused through the action form (another session): the page shows it.
+    let (http, cookie) = signed_in(&app).await;
+    let csrf = csrf_of(&app, &http, &cookie).await;
+    let (status, _) = post_form(
+        &app,
+        &http,
+        &cookie,
+        "/admin/actions/pause",
+        &[
+            ("csrf", &csrf),
+            ("part", "provisioning"),
+            ("reason", "browser check"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
 
     let shot = dir.join("dashboard.png");
     headless(
@@ -620,6 +636,657 @@ async fn dashboard_renders_in_headless_chromium() {
     );
     assert!(dom.contains("MAPPING_PRODUCT_MISSING"));
     assert!(dom.contains("connected"), "subscription state shown");
+    // The charts are inline SVG drawn on the server, the pause and its audit entry are shown.
+    assert_eq!(dom.matches("<svg").count(), 3, "three charts:\n{dom}");
+    assert!(
+        dom.contains("id=\"chart-orders\"") && dom.contains("<polyline"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&format!("{} provisioned · 1 failed", good.len())),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("provisioning (by dashboard: browser check)"),
+        "{dom}"
+    );
+    assert!(dom.contains("data-action=\"pause\""), "{dom}");
+    app.stop().await.expect("stop");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+// ── operator actions ────────────────────────────────────────────────────────────────────────
+
+/// A client that does not follow redirects, and a fresh session cookie (`name=value`).
+async fn signed_in(app: &TestApp) -> (reqwest::Client, String) {
+    let http = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client");
+    let r = http
+        .post(format!("{}/admin/login", app.http))
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let cookie = r
+        .headers()
+        .get(header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("session cookie")
+        .to_owned();
+    (http, cookie)
+}
+
+/// The CSRF token the actions page gives `cookie`'s session.
+async fn csrf_of(app: &TestApp, http: &reqwest::Client, cookie: &str) -> String {
+    let html = get_html(app, http, cookie, "/admin/actions").await;
+    let at = html.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+    let token: String = html[at..].chars().take_while(|c| *c != '"').collect();
+    assert_eq!(token.len(), 64, "{token}");
+    token
+}
+
+async fn get_html(app: &TestApp, http: &reqwest::Client, cookie: &str, path: &str) -> String {
+    let r = http
+        .get(format!("{}{path}", app.http))
+        .header(header::COOKIE, cookie)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::OK, "{path}");
+    r.text().await.expect("html")
+}
+
+async fn post_form(
+    app: &TestApp,
+    http: &reqwest::Client,
+    cookie: &str,
+    path: &str,
+    form: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let r = http
+        .post(format!("{}{path}", app.http))
+        .header(header::COOKIE, cookie)
+        .form(form)
+        .send()
+        .await
+        .expect("request");
+    (r.status(), r.text().await.expect("body"))
+}
+
+async fn sf_events_health(app: &TestApp) -> Value {
+    reqwest::get(format!("{}/health/sf-events", app.http))
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("health json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_need_the_sessions_csrf_token_and_pause_resume_through_the_form() {
+    let mut app = app_with_dashboard(Some(TOKEN)).await;
+    let (http, cookie) = signed_in(&app).await;
+    let csrf = csrf_of(&app, &http, &cookie).await;
+    let (_, other_cookie) = signed_in(&app).await;
+    let other_csrf = csrf_of(&app, &http, &other_cookie).await;
+    assert_ne!(csrf, other_csrf, "the token is bound to the session");
+
+    // Missing, wrong, or another session's token: 403 and nothing changes.
+    let wrong = "0".repeat(64);
+    for token in [None, Some(wrong.as_str()), Some(other_csrf.as_str())] {
+        for path in ["/admin/actions/pause", "/admin/actions/resume"] {
+            let mut form = vec![("part", "both"), ("reason", "forged")];
+            if let Some(t) = token {
+                form.push(("csrf", t));
+            }
+            let (status, _) = post_form(&app, &http, &cookie, path, &form).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path} with {token:?}");
+        }
+        let mut form = vec![("state", "failed")];
+        if let Some(t) = token {
+            form.push(("csrf", t));
+        }
+        let (status, _) = post_form(&app, &http, &cookie, "/admin/actions/redrive", &form).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "redrive with {token:?}");
+    }
+    // Without a session the right token does not help.
+    let r = http
+        .post(format!("{}/admin/actions/pause", app.http))
+        .form(&[("csrf", csrf.as_str()), ("part", "both")])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(app.state.ledger.pauses().await.expect("pauses").is_empty());
+    assert!(
+        app.state
+            .ledger
+            .operator_actions(10)
+            .await
+            .expect("actions")
+            .is_empty()
+    );
+    assert!(sf_events_health(&app).await["paused"]["provisioning"].is_null());
+
+    // Pause provisioning through the form: a ledger row, an audit entry, health and the page.
+    let (status, _) = post_form(
+        &app,
+        &http,
+        &cookie,
+        "/admin/actions/pause",
+        &[
+            ("csrf", &csrf),
+            ("part", "provisioning"),
+            ("reason", "WHMCS upgrade"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let pauses = app.state.ledger.pauses().await.expect("pauses");
+    assert_eq!(pauses.len(), 1, "{pauses:?}");
+    assert_eq!(pauses[0].part, "provisioning");
+    assert_eq!(pauses[0].by, "dashboard");
+    assert_eq!(pauses[0].reason.as_deref(), Some("WHMCS upgrade"));
+    let actions = app
+        .state
+        .ledger
+        .operator_actions(10)
+        .await
+        .expect("actions");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(
+        (
+            actions[0].action.as_str(),
+            actions[0].operator.as_str(),
+            actions[0].count
+        ),
+        ("pause", "dashboard", 1)
+    );
+    assert!(
+        actions[0].filter.contains("provisioning") && actions[0].filter.contains("WHMCS upgrade")
+    );
+    let h = sf_events_health(&app).await;
+    assert_eq!(h["paused"]["provisioning"]["by"], "dashboard", "{h}");
+    assert!(h["paused"]["intake"].is_null(), "{h}");
+    let page = get_html(&app, &http, &cookie, "/admin").await;
+    assert!(
+        page.contains("provisioning (by dashboard: WHMCS upgrade)"),
+        "{page}"
+    );
+    assert!(page.contains("data-action=\"pause\""), "{page}");
+
+    // Resume: the row goes, a second audit entry.
+    let (status, _) = post_form(
+        &app,
+        &http,
+        &cookie,
+        "/admin/actions/resume",
+        &[("csrf", &csrf), ("part", "provisioning")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(app.state.ledger.pauses().await.expect("pauses").is_empty());
+    let actions = app
+        .state
+        .ledger
+        .operator_actions(10)
+        .await
+        .expect("actions");
+    assert_eq!(
+        (
+            actions[0].action.as_str(),
+            actions[0].operator.as_str(),
+            actions[0].count
+        ),
+        ("resume", "dashboard", 1)
+    );
+    assert!(sf_events_health(&app).await["paused"]["provisioning"].is_null());
+    let page = get_html(&app, &http, &cookie, "/admin/actions").await;
+    assert!(page.contains("id=\"paused\">no<"), "{page}");
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_through_the_form_previews_then_reactivates_each_order_once() {
+    let mut app = app_with_dashboard(Some(TOKEN)).await;
+    // WHMCS refuses the product every seeded Order uses: each fails with one business code.
+    app.sim.sim.set_faults(provisioner_sim::Faults {
+        whmcs_reject_products: vec!["1".into()],
+        ..provisioner_sim::Faults::default()
+    });
+    let ids = app.seed_approved(3);
+    app.wait_terminal(&ids, Duration::from_secs(60)).await;
+    wait_until(Duration::from_secs(30), "ledger rows failed", || async {
+        app.state
+            .ledger
+            .find_orders("failed", Some("WHMCS_NO_ITEMS"), None, 100)
+            .await
+            .expect("find")
+            .len()
+            == 3
+    })
+    .await;
+    let (http, cookie) = signed_in(&app).await;
+    let csrf = csrf_of(&app, &http, &cookie).await;
+
+    // The list filters by state and code; each id links to its timeline.
+    let page = get_html(
+        &app,
+        &http,
+        &cookie,
+        "/admin?state=failed&code=WHMCS_NO_ITEMS",
+    )
+    .await;
+    for id in &ids {
+        assert!(
+            page.contains(&format!("href=\"/admin/orders/{id}\"")),
+            "{id} linked: {page}"
+        );
+    }
+    let page = get_html(&app, &http, &cookie, "/admin?state=failed&code=OTHER").await;
+    assert!(ids.iter().all(|id| !page.contains(id.as_str())), "{page}");
+    // The charts are drawn from the ledger: three failures in the last hours.
+    assert_eq!(page.matches("<svg").count(), 3, "{page}");
+    assert!(page.contains("0 provisioned · 3 failed"), "{page}");
+
+    // The preview lists the matching Orders and changes nothing.
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("state", "failed"),
+        ("code", "WHMCS_NO_ITEMS"),
+        ("since", "2h"),
+    ];
+    let (status, html) = post_form(&app, &http, &cookie, "/admin/actions/redrive", &form).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("dry run: nothing changed"), "{html}");
+    assert!(html.contains("id=\"matched\">3<"), "{html}");
+    for id in &ids {
+        assert!(html.contains(id.as_str()), "{id} in the preview");
+    }
+    assert!(html.contains("id=\"redrive-confirm\""), "{html}");
+    // A confirmation without the token is refused.
+    let (status, _) = post_form(
+        &app,
+        &http,
+        &cookie,
+        "/admin/actions/redrive",
+        &[("state", "failed"), ("confirm", "yes")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        ids.iter()
+            .all(|id| app.activation(id).as_deref() == Some("Failed"))
+    );
+    assert!(
+        app.state
+            .ledger
+            .operator_actions(10)
+            .await
+            .expect("actions")
+            .is_empty()
+    );
+
+    // The cause is fixed; the confirmed redrive sets them back to Activating and each is
+    // provisioned once.
+    app.sim.sim.set_faults(provisioner_sim::Faults::default());
+    let mut confirm = form.to_vec();
+    confirm.push(("confirm", "yes"));
+    let (status, html) = post_form(&app, &http, &cookie, "/admin/actions/redrive", &confirm).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("id=\"redriven\">3<"), "{html}");
+    wait_until(Duration::from_secs(90), "orders Activated", || async {
+        ids.iter()
+            .all(|id| app.activation(id).as_deref() == Some("Activated"))
+    })
+    .await;
+    for id in &ids {
+        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
+    }
+    let actions = app
+        .state
+        .ledger
+        .operator_actions(10)
+        .await
+        .expect("actions");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(
+        (
+            actions[0].action.as_str(),
+            actions[0].operator.as_str(),
+            actions[0].count
+        ),
+        ("redrive", "dashboard", 3)
+    );
+    assert!(actions[0].filter.contains("WHMCS_NO_ITEMS"), "{actions:?}");
+    wait_until(
+        Duration::from_secs(30),
+        "charts show the provisioned",
+        || async {
+            let r = http
+                .get(format!("{}/admin", app.http))
+                .header(header::COOKIE, &cookie)
+                .send()
+                .await
+                .expect("request");
+            r.text()
+                .await
+                .expect("html")
+                .contains("3 provisioned · 3 failed")
+        },
+    )
+    .await;
+    app.stop().await.expect("stop");
+}
+
+/// A minimal Chrome DevTools Protocol client over a hand-written WebSocket (text frames, no
+/// fragmentation: what Chromium sends for these small answers), enough to drive forms.
+struct Devtools {
+    stream: tokio::net::TcpStream,
+    next_id: u64,
+    _child: tokio::process::Child,
+    _profile: PathBuf,
+}
+
+impl Devtools {
+    async fn launch(dir: &std::path::Path) -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let profile = dir.join(format!("cdp-{}", uuid::Uuid::new_v4().simple()));
+        let mut child = Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-port=0",
+                "--window-size=1280,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("Chromium starts");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let port = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("stderr line") {
+                if let Some(rest) = line.split("ws://127.0.0.1:").nth(1) {
+                    return rest.split('/').next().expect("port").to_owned();
+                }
+            }
+            panic!("Chromium ended without a DevTools address");
+        })
+        .await
+        .expect("DevTools address within 60 s");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let targets: Value = reqwest::get(format!("http://127.0.0.1:{port}/json/list"))
+            .await
+            .expect("targets")
+            .json()
+            .await
+            .expect("targets json");
+        let ws = targets
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["type"] == "page"))
+            .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+            .expect("a page target")
+            .to_owned();
+        let path = ws.splitn(4, '/').nth(3).expect("ws path");
+        let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+            .await
+            .expect("connect DevTools");
+        let key = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            uuid::Uuid::new_v4().as_bytes(),
+        );
+        stream
+            .write_all(
+                format!(
+                    "GET /{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .expect("handshake");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            stream.read_exact(&mut b).await.expect("handshake answer");
+            head.push(b[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        Self {
+            stream,
+            next_id: 0,
+            _child: child,
+            _profile: profile,
+        }
+    }
+
+    /// Sends one command and returns its `result`.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = serde_json::json!({"id": id, "method": method, "params": params}).to_string();
+        let payload = msg.as_bytes();
+        let mut frame = vec![0x81u8];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        // A zero mask leaves the payload as it is.
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+        frame.extend_from_slice(payload);
+        self.stream.write_all(&frame).await.expect("send");
+        loop {
+            let mut h = [0u8; 2];
+            self.stream.read_exact(&mut h).await.expect("frame");
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    self.stream.read_exact(&mut b).await.expect("len");
+                    u64::from(u16::from_be_bytes(b))
+                }
+                127 => {
+                    let mut b = [0u8; 8];
+                    self.stream.read_exact(&mut b).await.expect("len");
+                    u64::from_be_bytes(b)
+                }
+                n => u64::from(n),
+            };
+            let mut body = vec![0u8; usize::try_from(len).expect("len")];
+            self.stream.read_exact(&mut body).await.expect("payload");
+            if h[0] & 0x0f != 1 {
+                continue;
+            }
+            let v: Value = serde_json::from_slice(&body).expect("CDP json");
+            if v["id"] == id {
+                // An evaluation may race a navigation; its caller polls again.
+                assert!(
+                    v.get("error").is_none() || method == "Runtime.evaluate",
+                    "{method}: {v}"
+                );
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expr` in the page; its value.
+    async fn eval(&mut self, expr: &str) -> Value {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                serde_json::json!({"expression": expr, "returnByValue": true}),
+            )
+            .await;
+        r["result"]["value"].clone()
+    }
+
+    /// Waits until the page at `path` has loaded.
+    async fn loaded(&mut self, path: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = self
+                .eval("location.pathname + ' ' + document.readyState")
+                .await;
+            if v.as_str() == Some(&format!("{path} complete")) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "page {path}: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `expr` evaluates to `want` (the page may still be navigating).
+    async fn wait_for(&mut self, expr: &str, want: Value) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = self.eval(expr).await;
+            if v == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{expr}: {v}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn open(&mut self, url: &str, path: &str) {
+        self.call("Page.navigate", serde_json::json!({"url": url}))
+            .await;
+        self.loaded(path).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_pauses_resumes_and_previews_a_redrive_through_the_forms() {
+    chromium();
+    let mut app = app_with_dashboard(Some(TOKEN)).await;
+    let (_good, bad) = provision(&app, 2).await;
+    let dir = std::env::temp_dir().join(format!("prov-cdp-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut b = Devtools::launch(&dir).await;
+    // Sign in through the login form (the helper page posts it), landing on the dashboard.
+    let login = login_helper(&app.http).await;
+    b.call("Page.navigate", serde_json::json!({"url": login}))
+        .await;
+    b.loaded("/admin").await;
+    b.wait_for("document.querySelectorAll('svg').length", 3.into())
+        .await;
+    assert_eq!(
+        b.eval("document.querySelectorAll('#chart-orders polyline').length")
+            .await,
+        2
+    );
+
+    // Pause provisioning with a reason: the button submits the form.
+    b.open(&format!("{}/admin/actions", app.http), "/admin/actions")
+        .await;
+    b.eval(
+        "document.querySelector('#pause-form select').value = 'provisioning';\
+         document.querySelector('#pause-form input[name=reason]').value = 'from the browser';\
+         document.querySelector('#pause-form button').click(); 1",
+    )
+    .await;
+    wait_until(Duration::from_secs(20), "the pause stored", || async {
+        !app.state.ledger.pauses().await.expect("pauses").is_empty()
+    })
+    .await;
+    b.wait_for(
+        "document.getElementById('paused')?.textContent",
+        "provisioning (by dashboard: from the browser)".into(),
+    )
+    .await;
+    b.wait_for(
+        "document.querySelector('tr.action')?.dataset.action",
+        "pause".into(),
+    )
+    .await;
+    let h = sf_events_health(&app).await;
+    assert_eq!(
+        h["paused"]["provisioning"]["reason"], "from the browser",
+        "{h}"
+    );
+
+    // Resume.
+    b.eval("document.querySelector('#resume-form button').click(); 1")
+        .await;
+    wait_until(Duration::from_secs(20), "the resume stored", || async {
+        app.state.ledger.pauses().await.expect("pauses").is_empty()
+    })
+    .await;
+    b.wait_for(
+        "document.getElementById('paused')?.textContent",
+        "no".into(),
+    )
+    .await;
+    assert!(sf_events_health(&app).await["paused"]["provisioning"].is_null());
+
+    // A redrive preview lists the failed Order and changes nothing.
+    b.eval(
+        "document.querySelector('#redrive-form input[name=code]').value = 'MAPPING_PRODUCT_MISSING';\
+         document.querySelector('#redrive-form button').click(); 1",
+    )
+    .await;
+    b.wait_for(
+        "document.getElementById('matched')?.textContent",
+        "1".into(),
+    )
+    .await;
+    let listed = b
+        .eval("Array.from(document.querySelectorAll('tr.preview code')).map(c => c.textContent).join(' ')")
+        .await;
+    assert!(
+        listed.as_str().is_some_and(|l| l.contains(bad.as_str())),
+        "{listed}"
+    );
+    assert_eq!(app.activation(&bad).as_deref(), Some("Failed"));
+    let actions = app
+        .state
+        .ledger
+        .operator_actions(10)
+        .await
+        .expect("actions");
+    assert_eq!(
+        actions
+            .iter()
+            .map(|a| a.action.as_str())
+            .collect::<Vec<_>>(),
+        ["resume", "pause"]
+    );
+    let shot = b
+        .call(
+            "Page.captureScreenshot",
+            serde_json::json!({"format": "png"}),
+        )
+        .await;
+    assert!(shot["data"].as_str().is_some_and(|d| d.len() > 1000));
+    drop(b);
     app.stop().await.expect("stop");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,11 +1,13 @@
 //! `provisioner pause|resume [--intake] [--provisioning]`: the cluster-wide operator pauses,
 //! stored in the ledger (who, when on the database's clock, why). Every replica follows a change
-//! within the pauses' cache time (`crate::pause`, about a second).
+//! within the pauses' cache time (`crate::pause`, about a second). The change and its
+//! `operator_actions` entry are [`crate::operator`]'s (shared with the dashboard).
 
 use super::*;
 
 use crate::{
     ledger::{PausePart, PauseRow},
+    operator,
     pause::PauseState,
 };
 
@@ -40,23 +42,12 @@ pub struct ResumeArgs {
     /// Resume provisioning.
     #[arg(long)]
     pub provisioning: bool,
+    /// Who resumes.
+    #[arg(long, env = "USER", default_value = "operator", value_name = "NAME")]
+    pub by: String,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-}
-
-/// The parts the flags name; both when neither is given.
-fn parts(intake: bool, provisioning: bool) -> Vec<PausePart> {
-    match (intake, provisioning) {
-        (false, false) => PausePart::ALL.to_vec(),
-        _ => PausePart::ALL
-            .into_iter()
-            .filter(|p| match p {
-                PausePart::Intake => intake,
-                PausePart::Provisioning => provisioning,
-            })
-            .collect(),
-    }
 }
 
 /// One line per part: `intake paused since … by … (reason)` or `intake running`.
@@ -86,33 +77,17 @@ pub(super) fn describe(state: &PauseState) -> String {
 
 impl Tools {
     pub(super) async fn pause(&self, args: PauseArgs) -> anyhow::Result<ExitCode> {
-        let by = args.by.trim();
-        if by.is_empty() {
-            bail!("--by must not be empty");
-        }
-        let reason = args
-            .reason
-            .as_deref()
-            .map(str::trim)
-            .filter(|r| !r.is_empty());
         let ledger = self.ledger().await?;
-        let parts = parts(args.intake, args.provisioning);
-        for part in &parts {
-            ledger.pause(*part, by, reason).await?;
-        }
-        let state = PauseState::from_rows(ledger.pauses().await?);
+        let parts = operator::parts(args.intake, args.provisioning);
+        let state =
+            operator::pause(&ledger, None, &parts, &args.by, args.reason.as_deref()).await?;
         self.report(&parts, &state, args.json, "paused")
     }
 
     pub(super) async fn resume(&self, args: ResumeArgs) -> anyhow::Result<ExitCode> {
         let ledger = self.ledger().await?;
-        let mut changed = Vec::new();
-        for part in parts(args.intake, args.provisioning) {
-            if ledger.resume(part).await? {
-                changed.push(part);
-            }
-        }
-        let state = PauseState::from_rows(ledger.pauses().await?);
+        let parts = operator::parts(args.intake, args.provisioning);
+        let (changed, state) = operator::resume(&ledger, None, &parts, &args.by).await?;
         self.report(&changed, &state, args.json, "resumed")
     }
 
@@ -142,18 +117,5 @@ impl Tools {
             print!("{}", describe(state));
         }
         Ok(ExitCode::SUCCESS)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn no_flag_means_both_parts() {
-        assert_eq!(parts(false, false), PausePart::ALL.to_vec());
-        assert_eq!(parts(true, false), vec![PausePart::Intake]);
-        assert_eq!(parts(false, true), vec![PausePart::Provisioning]);
-        assert_eq!(parts(true, true), PausePart::ALL.to_vec());
     }
 }

@@ -56,12 +56,13 @@ mod orders;
 mod queue_stats;
 mod redrive;
 
+pub use crate::operator::parse_since;
 pub use controls::{PauseArgs, ResumeArgs};
 pub use cursor::{CursorCommand, CursorSet};
 pub use events::EventsCommand;
 pub use orders::OrdersCommand;
 pub use queue_stats::QueueCommand;
-pub use redrive::{RedriveArgs, parse_since};
+pub use redrive::RedriveArgs;
 
 /// Workers whose last heartbeat is at most this old count as alive.
 const LIVE_WORKER_WINDOW: Duration = Duration::from_secs(queue::HEARTBEAT.as_secs() * 3);

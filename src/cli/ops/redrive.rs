@@ -6,7 +6,8 @@
 //! Invariants:
 //! - `--dry-run` only lists the selection: no Salesforce call, no ledger write.
 //! - Without `--yes` it asks `y/N` on the terminal and refuses without one.
-//! - One sObject Collections update per [`COLLECTION_MAX`] Orders (`allOrNone: false`), with one
+//! - The selection and the Salesforce update are [`crate::operator`]'s (shared with the
+//!   dashboard): one sObject Collections update per 200 Orders (`allOrNone: false`), with one
 //!   result per Order; one `operator_actions` row (operator, filter, count of Orders set, per-Order
 //!   failures) per run that called Salesforce.
 //! - A redriven Order is never provisioned twice: the worker's guard, ledger claim and
@@ -14,15 +15,11 @@
 //! - Needs the Salesforce settings (`SF_*`) besides the tools' ones; never WHMCS's.
 
 use super::*;
-use crate::salesforce::{
-    auth::{AuthFlow, TokenProvider},
-    rest::{COLLECTION_MAX, RecordResult, RestClient},
+use crate::{
+    operator::{self, ACTIVATING, REDRIVE_LIMIT_MAX, RedriveFilter},
+    salesforce::auth::{AuthFlow, TokenProvider},
+    salesforce::rest::{RecordResult, RestClient},
 };
-
-/// The value the Orders are set back to.
-const ACTIVATING: &str = "Activating";
-/// Most Orders one redrive may select.
-pub const REDRIVE_LIMIT_MAX: i64 = 10_000;
 
 /// Arguments of `orders redrive`.
 #[derive(Debug, Args)]
@@ -34,7 +31,7 @@ pub struct RedriveArgs {
     #[arg(long)]
     pub code: Option<String>,
     /// Only Orders whose ledger row changed within this long: `90s`, `30m`, `2h`, `7d`.
-    #[arg(long, value_parser = parse_since)]
+    #[arg(long, value_parser = operator::parse_since)]
     pub since: Option<Duration>,
     /// At most this many Orders, most recently updated first.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=REDRIVE_LIMIT_MAX))]
@@ -48,31 +45,6 @@ pub struct RedriveArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-}
-
-/// `90s`, `30m`, `2h`, `7d` (a bare number is seconds).
-pub fn parse_since(raw: &str) -> Result<Duration, String> {
-    let t = raw.trim();
-    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{raw:?} is not a duration like 90s, 30m, 2h or 7d"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{raw:?} is not a duration like 90s, 30m, 2h or 7d")),
-    };
-    if n == 0 {
-        return Err("the window must be longer than 0".into());
-    }
-    n.checked_mul(secs)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{raw:?} is too long"))
 }
 
 /// Who runs the command, as the audit trail records it.
@@ -95,26 +67,9 @@ fn operator() -> String {
 
 impl Tools {
     pub(super) async fn orders_redrive(&self, args: RedriveArgs) -> anyhow::Result<ExitCode> {
-        if !matches!(
-            args.state,
-            OrderState::Failed | OrderState::WritebackRejected
-        ) {
-            bail!(
-                "--state must be failed or writeback_rejected (other Orders are still being worked on or done), got {}",
-                args.state
-            );
-        }
-        let code = args
-            .code
-            .as_deref()
-            .map(str::trim)
-            .filter(|c| !c.is_empty());
-        let filter = json!({
-            "state": args.state.as_str(),
-            "code": code,
-            "since_secs": args.since.map(|d| d.as_secs()),
-            "limit": args.limit,
-        });
+        let selection =
+            RedriveFilter::new(args.state, args.code.as_deref(), args.since, args.limit)?;
+        let filter = selection.to_json();
         // Salesforce settings are checked before anything else (not needed for a dry run).
         let sf = if args.dry_run {
             None
@@ -122,12 +77,7 @@ impl Tools {
             Some(Config::load_for_redrive(self.path.as_deref()).map_err(anyhow::Error::from)?)
         };
         let ledger = self.ledger().await?;
-        let within_ms = args
-            .since
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
-        let orders = ledger
-            .find_orders(args.state.as_str(), code, within_ms, args.limit)
-            .await?;
+        let orders = operator::redrive_preview(&ledger, &selection).await?;
         let listing: Vec<Value> = orders
             .iter()
             .map(|o| {
@@ -213,30 +163,14 @@ impl Tools {
             sf.salesforce.fields.clone(),
         )
         .with_timeout(sf.salesforce.http_timeout);
-        let mut ids = Vec::with_capacity(orders.len());
-        for o in &orders {
-            ids.push(parse_id(&o.sf_order_id)?);
-        }
-        let results: Vec<RecordResult> = rest.set_activation_status(&ids, ACTIVATING).await;
-        let succeeded = results.iter().filter(|r| r.success).count();
+        let report = operator::redrive(&ledger, &rest, &selection, &orders, &operator()).await?;
+        let (action_id, who, results, succeeded) = (
+            report.action_id,
+            report.operator,
+            report.results,
+            report.succeeded,
+        );
         let failed: Vec<&RecordResult> = results.iter().filter(|r| !r.success).collect();
-        let who = operator();
-        let detail = json!({
-            "requested": results.len(),
-            "succeeded": succeeded,
-            "failed": failed,
-            "calls": results.len().div_ceil(COLLECTION_MAX),
-        });
-        let action_id = ledger
-            .record_operator_action(
-                "redrive",
-                &who,
-                &filter.to_string(),
-                i64::try_from(succeeded).unwrap_or(i64::MAX),
-                Some(&detail.to_string()),
-            )
-            .await
-            .context("recording the operator action (the Orders were set)")?;
         if args.json {
             print_json(&json!({
                 "dry_run": false,
@@ -274,22 +208,5 @@ impl Tools {
         } else {
             ExitCode::FAILURE
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn since_takes_seconds_minutes_hours_days() {
-        assert_eq!(parse_since("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_since("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_since("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_since("7d"), Ok(Duration::from_secs(604_800)));
-        assert_eq!(parse_since("45"), Ok(Duration::from_secs(45)));
-        for bad in ["", "h", "2w", "0h", "-1h", "1.5h"] {
-            assert!(parse_since(bad).is_err(), "{bad}");
-        }
     }
 }
