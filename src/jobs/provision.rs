@@ -985,7 +985,14 @@ impl Provisioner {
                     }
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
-                Err(e) => return Err(self.whmcs_fail("AddOrder", &e)),
+                Err(e) => {
+                    if !e.may_still_run() {
+                        // A business or configuration answer: nothing of this AddOrder can
+                        // commit later, so a re-triggered run need not wait for it.
+                        self.ledger.add_concluded(id, owner).await?;
+                    }
+                    return Err(self.whmcs_fail("AddOrder", &e));
+                }
             }
         }
     }

@@ -368,6 +368,17 @@ impl WhmcsClient {
             Some(l) => Some(l.acquire().await),
             None => None,
         };
+        // A call that waited for room while the breaker opened is not sent: WHMCS is known to
+        // be out, and the job waits for it instead (nothing reached WHMCS).
+        if let Some(b) = &self.breaker
+            && b.snapshot().state == crate::deps::BreakerState::Open
+        {
+            return Err(WhmcsError::new(
+                action,
+                WhmcsErrorKind::Connect,
+                "not sent: the WHMCS breaker is open",
+            ));
+        }
         let started = std::time::Instant::now();
         let result = async {
             let response = inner
