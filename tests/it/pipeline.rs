@@ -113,6 +113,9 @@ async fn duplicate_jobs_make_one_whmcs_order_postgres() {
 async fn ambiguous_add_order_is_reconciled_not_repeated_on(db: Db) {
     let mut app = spawn_app(Options {
         db,
+        // Reconciliation is the subject: the breaker stays closed, so every job keeps sending
+        // (an open breaker holds back calls waiting for room, and jobs wait for its probe).
+        extra_env: vec![("BREAKER_FAILURE_THRESHOLD", "1000".into())],
         ..Default::default()
     })
     .await;
