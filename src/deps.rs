@@ -25,6 +25,8 @@
 //!   most one failed login per process.
 //! - State is held in short `std::sync::Mutex` sections, never across an `.await`.
 //! - The fingerprint is a SHA-256 of the credentials; neither they nor it are logged.
+//!
+//! How many calls go out at once is [`limiter`]'s (an adaptive in-flight limit per dependency).
 
 use std::{
     sync::{Arc, Mutex},
@@ -39,6 +41,8 @@ use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
 
 use crate::jobs::retry::Backoff;
+
+pub mod limiter;
 
 /// The dependencies a job needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -82,6 +82,10 @@ pub struct Metrics {
     pub writeback_rejected: Counter,
     /// State of each dependency's breaker: 0 closed, 1 open, 2 half-open, 3 auth failed.
     pub dependency_state: Family<DependencyLabel, Gauge>,
+    /// Each dependency's adaptive in-flight limit (`deps::limiter`).
+    pub dependency_limit: Family<DependencyLabel, Gauge>,
+    /// Calls in flight to each dependency.
+    pub dependency_in_flight: Family<DependencyLabel, Gauge>,
     /// Jobs put back in the queue to wait for a dependency, by reason.
     pub jobs_deferred: Family<ReasonLabel, Counter>,
     /// 1 while an operator pause of the part (`intake`, `provisioning`) is in force, else 0.
@@ -126,6 +130,8 @@ impl Metrics {
             reconciled: Counter::default(),
             writeback_rejected: Counter::default(),
             dependency_state: Family::default(),
+            dependency_limit: Family::default(),
+            dependency_in_flight: Family::default(),
             jobs_deferred: Family::default(),
             paused: Family::default(),
             registry: Registry::default(),
@@ -227,6 +233,16 @@ impl Metrics {
             m.dependency_state.clone(),
         );
         registry.register(
+            "dependency_limit",
+            "Adaptive limit of calls in flight, by dependency",
+            m.dependency_limit.clone(),
+        );
+        registry.register(
+            "dependency_in_flight",
+            "Calls in flight, by dependency",
+            m.dependency_in_flight.clone(),
+        );
+        registry.register(
             "jobs_deferred",
             "Jobs put back in the queue to wait for a dependency, by reason",
             m.jobs_deferred.clone(),
@@ -287,6 +303,17 @@ impl Metrics {
                 dependency: dependency.to_owned(),
             })
             .clone()
+    }
+
+    /// The gauges of one dependency's in-flight limit and calls in flight.
+    pub fn limit_gauges(&self, dependency: &str) -> (Gauge, Gauge) {
+        let label = DependencyLabel {
+            dependency: dependency.to_owned(),
+        };
+        (
+            self.dependency_limit.get_or_create(&label).clone(),
+            self.dependency_in_flight.get_or_create(&label).clone(),
+        )
     }
 
     pub fn poison(&self, reason: &str) {

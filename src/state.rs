@@ -12,7 +12,10 @@ use tokio::sync::broadcast;
 
 use crate::{
     config::Config,
-    deps::{AuthLatch, Breaker, Dependencies, Dependency},
+    deps::{
+        AuthLatch, Breaker, Dependencies, Dependency,
+        limiter::{LimitSettings, Limiter},
+    },
     jobs::provision::{OrderChanged, Provisioner, WorkerSettings},
     ledger::Ledger,
     metrics::Metrics,
@@ -102,7 +105,12 @@ impl AppState {
             &cfg.salesforce.api_version,
             cfg.salesforce.fields.clone(),
         )
-        .with_breaker(deps.salesforce.clone());
+        .with_breaker(deps.salesforce.clone())
+        .with_limiter(limiter(
+            &metrics,
+            Dependency::Salesforce,
+            cfg.limits.salesforce,
+        ));
         let whmcs = WhmcsClient::new(
             net::client(cfg.whmcs.timeout, &cfg.proxy).context("building the HTTP client")?,
             WhmcsConfig {
@@ -113,7 +121,8 @@ impl AppState {
                 timeout: cfg.whmcs.timeout,
             },
         )
-        .with_breaker(deps.whmcs.clone());
+        .with_breaker(deps.whmcs.clone())
+        .with_limiter(limiter(&metrics, Dependency::Whmcs, cfg.limits.whmcs));
         let (changes, _) = broadcast::channel(1024);
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "provisioner".into());
         let instance = format!(
@@ -161,4 +170,10 @@ impl AppState {
             pauses: self.pauses.clone(),
         }
     }
+}
+
+/// The adaptive in-flight limiter of one dependency, reporting into its gauges.
+fn limiter(metrics: &Metrics, dep: Dependency, settings: LimitSettings) -> Arc<Limiter> {
+    let (limit, in_flight) = metrics.limit_gauges(dep.as_str());
+    Arc::new(Limiter::new(settings, limit, in_flight))
 }

@@ -382,6 +382,15 @@ pub struct Config {
     pub admin_token: Option<SecretString>,
     /// Dependency breakers and the WHMCS authentication latch.
     pub breaker: crate::deps::BreakerSettings,
+    /// Adaptive in-flight limits per dependency (`*_MIN_IN_FLIGHT`, `*_MAX_IN_FLIGHT`).
+    pub limits: DependencyLimits,
+}
+
+/// The bounds of each dependency's adaptive in-flight limit (`deps::limiter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DependencyLimits {
+    pub whmcs: crate::deps::limiter::LimitSettings,
+    pub salesforce: crate::deps::limiter::LimitSettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -404,6 +413,7 @@ impl std::fmt::Debug for Config {
             .field("leader_lease_ttl", &self.leader_lease_ttl)
             .field("admin_token", &self.admin_token)
             .field("audit_retention_days", &self.audit_retention_days)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -597,6 +607,38 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn in_flight_limits_default_and_read_their_settings() {
+        use crate::deps::limiter::LimitSettings;
+        let c = with(&[]).expect("valid");
+        assert_eq!(c.queue.concurrency, 128);
+        assert_eq!(
+            c.limits,
+            DependencyLimits {
+                whmcs: LimitSettings {
+                    floor: 4,
+                    ceiling: 32
+                },
+                salesforce: LimitSettings {
+                    floor: 4,
+                    ceiling: 32
+                },
+            }
+        );
+        let c = with(&[
+            ("WHMCS_MAX_IN_FLIGHT", "10"),
+            ("WHMCS_MIN_IN_FLIGHT", "10"),
+            ("SF_MAX_IN_FLIGHT", "64"),
+            ("SF_MIN_IN_FLIGHT", "1"),
+        ])
+        .expect("valid");
+        assert_eq!((c.limits.whmcs.floor, c.limits.whmcs.ceiling), (10, 10));
+        assert_eq!(
+            (c.limits.salesforce.floor, c.limits.salesforce.ceiling),
+            (1, 64)
+        );
+    }
+
     /// SF_LOGIN_URL, SF_PUBSUB_ENDPOINT and WHMCS_API_URL: https://, or http:// to loopback.
     fn plain_http_rule(setting: &str, remote: &str, loopback: &[&str]) {
         let e = with(&[(setting, remote)]).expect_err(remote);
@@ -708,6 +750,15 @@ mod tests {
             ),
             (with(&[("HTTP_ADDR", "not-an-addr")]), "HTTP_ADDR"),
             (with(&[("WORKER_CONCURRENCY", "0")]), "WORKER_CONCURRENCY"),
+            (with(&[("WHMCS_MIN_IN_FLIGHT", "0")]), "WHMCS_MIN_IN_FLIGHT"),
+            (
+                with(&[("WHMCS_MIN_IN_FLIGHT", "40")]),
+                "WHMCS_MAX_IN_FLIGHT",
+            ),
+            (
+                with(&[("SF_MIN_IN_FLIGHT", "8"), ("SF_MAX_IN_FLIGHT", "4")]),
+                "SF_MAX_IN_FLIGHT",
+            ),
             (
                 with(&[("WORKER_CONCURRENCY", "many")]),
                 "WORKER_CONCURRENCY",

@@ -345,6 +345,40 @@ fn breaker_settings(r: &Raw) -> Result<crate::deps::BreakerSettings, ConfigError
     })
 }
 
+/// The adaptive in-flight limits: floors of at least 1, each floor at most its ceiling.
+fn limit_settings(r: &Raw) -> Result<DependencyLimits, ConfigError> {
+    use crate::deps::limiter::LimitSettings;
+    let pair = |min: (&str, usize), max: (&str, usize)| {
+        if min.1 == 0 {
+            return Err(err(min.0, "must be at least 1"));
+        }
+        if max.1 < min.1 {
+            return Err(err(
+                max.0,
+                format!(
+                    "must be at least {} ({})",
+                    min.0.to_ascii_uppercase(),
+                    min.1
+                ),
+            ));
+        }
+        Ok(LimitSettings {
+            floor: min.1,
+            ceiling: max.1,
+        })
+    };
+    Ok(DependencyLimits {
+        whmcs: pair(
+            ("whmcs_min_in_flight", r.whmcs_min_in_flight),
+            ("whmcs_max_in_flight", r.whmcs_max_in_flight),
+        )?,
+        salesforce: pair(
+            ("sf_min_in_flight", r.sf_min_in_flight),
+            ("sf_max_in_flight", r.sf_max_in_flight),
+        )?,
+    })
+}
+
 fn admin_token_setting(v: SecretString) -> Result<Option<SecretString>, ConfigError> {
     use secrecy::ExposeSecret;
     let Some(token) = secret_non_empty(v) else {
@@ -661,6 +695,7 @@ impl Config {
     pub(super) fn validate_all(r: Raw) -> Result<Self, Vec<ConfigError>> {
         let mut p = Problems::default();
         let breaker = p.ok(breaker_settings(&r));
+        let limits = p.ok(limit_settings(&r));
         let queue = p.ok(queue_settings(&r));
         let database = p.ok(database_settings(&r));
         let replay = p.ok(replay_setting(&r.sf_events_replay));
@@ -849,6 +884,7 @@ impl Config {
             Some(customer_errors),
             Some(proxy),
             Some(breaker),
+            Some(limits),
         ) = (
             queue,
             database,
@@ -863,6 +899,7 @@ impl Config {
             customer_errors,
             proxy,
             breaker,
+            limits,
         )
         else {
             return Err(p.0);
@@ -943,6 +980,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(r.shutdown_grace_secs),
             admin_token,
             breaker,
+            limits,
         })
     }
 }

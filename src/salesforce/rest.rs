@@ -477,6 +477,8 @@ pub struct RestClient {
     timeout: Duration,
     /// Told every call's result (see [`crate::deps`]).
     breaker: Option<Arc<crate::deps::Breaker>>,
+    /// How many calls go out at once (see [`crate::deps::limiter`]).
+    limiter: Option<Arc<crate::deps::limiter::Limiter>>,
 }
 
 impl fmt::Debug for RestClient {
@@ -656,6 +658,7 @@ impl RestClient {
             }),
             timeout: REST_TIMEOUT,
             breaker: None,
+            limiter: None,
         }
     }
 
@@ -878,15 +881,28 @@ impl RestClient {
         build: impl Fn(&reqwest::Client, &str) -> RequestBuilder,
         parse: impl FnOnce(&[u8]) -> Result<T, SfError>,
     ) -> Result<T, SfError> {
+        let permit = match &self.limiter {
+            Some(l) => Some(l.acquire().await),
+            None => None,
+        };
         let result = self.send_once(build, parse).await;
+        let told = match &result {
+            Ok(_) => crate::deps::CallResult::Answered,
+            Err(e) => e.breaker_result(),
+        };
+        if let Some(p) = permit {
+            p.finish((&told).into());
+        }
         if let Some(b) = &self.breaker {
-            b.record(match &result {
-                Ok(_) => crate::deps::CallResult::Answered,
-                Err(e) => e.breaker_result(),
-            })
-            .await;
+            b.record(told).await;
         }
         result
+    }
+
+    /// This client with at most `limiter`'s limit of calls in flight.
+    pub fn with_limiter(mut self, limiter: Arc<crate::deps::limiter::Limiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
     }
 
     /// This client with `breaker` told of every call.

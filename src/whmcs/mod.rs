@@ -128,6 +128,8 @@ pub struct WhmcsClient {
     inner: Arc<Inner>,
     /// Told every call's result; refuses calls while our credentials are latched as rejected.
     breaker: Option<Arc<crate::deps::Breaker>>,
+    /// How many calls go out at once (see [`crate::deps::limiter`]).
+    limiter: Option<Arc<crate::deps::limiter::Limiter>>,
 }
 
 impl fmt::Debug for WhmcsClient {
@@ -151,7 +153,14 @@ impl WhmcsClient {
                 version: std::sync::RwLock::new(None),
             }),
             breaker: None,
+            limiter: None,
         }
+    }
+
+    /// This client with at most `limiter`'s limit of calls in flight.
+    pub fn with_limiter(mut self, limiter: Arc<crate::deps::limiter::Limiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
     }
 
     /// This client with `breaker` told of every call (see [`crate::deps`]).
@@ -355,6 +364,21 @@ impl WhmcsClient {
             })?,
             None => None,
         };
+        let permit = match &self.limiter {
+            Some(l) => Some(l.acquire().await),
+            None => None,
+        };
+        // A call that waited for room while the breaker opened is not sent: WHMCS is known to
+        // be out, and the job waits for it instead (nothing reached WHMCS).
+        if let Some(b) = &self.breaker
+            && b.snapshot().state == crate::deps::BreakerState::Open
+        {
+            return Err(WhmcsError::new(
+                action,
+                WhmcsErrorKind::Connect,
+                "not sent: the WHMCS breaker is open",
+            ));
+        }
         let started = std::time::Instant::now();
         let result = async {
             let response = inner
@@ -383,12 +407,15 @@ impl WhmcsClient {
             }
             e
         });
+        let told = match &result {
+            Ok(_) => crate::deps::CallResult::Answered,
+            Err(e) => e.breaker_result(),
+        };
+        if let Some(p) = permit {
+            p.finish((&told).into());
+        }
         if let Some(b) = &self.breaker {
-            b.record(match &result {
-                Ok(_) => crate::deps::CallResult::Answered,
-                Err(e) => e.breaker_result(),
-            })
-            .await;
+            b.record(told).await;
         }
         match result {
             Ok(v) => {

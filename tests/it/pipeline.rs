@@ -113,6 +113,9 @@ async fn duplicate_jobs_make_one_whmcs_order_postgres() {
 async fn ambiguous_add_order_is_reconciled_not_repeated_on(db: Db) {
     let mut app = spawn_app(Options {
         db,
+        // Reconciliation is the subject: the breaker stays closed, so every job keeps sending
+        // (an open breaker holds back calls waiting for room, and jobs wait for its probe).
+        extra_env: vec![("BREAKER_FAILURE_THRESHOLD", "1000".into())],
         ..Default::default()
     })
     .await;
@@ -336,4 +339,66 @@ async fn order_not_activating_gets_no_whmcs_call_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_not_activating_gets_no_whmcs_call_postgres() {
     order_not_activating_gets_no_whmcs_call_on(Db::Postgres).await;
+}
+
+/// The value of `provisioner_<name>{dependency="<dep>"}` in the daemon's metrics.
+fn dependency_gauge(app: &crate::helpers::TestApp, name: &str, dep: &str) -> Option<i64> {
+    let text = app.state.metrics.render();
+    let prefix = format!("provisioner_{name}{{dependency=\"{dep}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// With latency, a burst runs many more than 8 calls at once, but never more WHMCS calls than
+/// `WHMCS_MAX_IN_FLIGHT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whmcs_calls_in_flight_follow_the_limit_not_a_fixed_worker_count_sqlite() {
+    const CEILING: u64 = 12;
+    let mut app = spawn_app(Options {
+        extra_env: vec![
+            ("WHMCS_MAX_IN_FLIGHT", CEILING.to_string()),
+            ("WHMCS_MIN_IN_FLIGHT", "2".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    app.sim.sim.set_faults(Faults {
+        whmcs_latency_ms: 80,
+        whmcs_latency_max_ms: 120,
+        sf_latency_ms: 20,
+        ..Default::default()
+    });
+    assert_eq!(
+        dependency_gauge(&app, "dependency_limit", "whmcs"),
+        Some(2),
+        "the limit starts at the floor"
+    );
+    let ids = app.seed_approved(150);
+    app.wait_terminal(&ids, Duration::from_secs(120)).await;
+    for id in &ids {
+        assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
+        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
+    }
+    let t = app.sim.sim.totals();
+    assert!(
+        t.whmcs_max_in_flight <= CEILING,
+        "at most {CEILING} WHMCS calls at once, saw {}",
+        t.whmcs_max_in_flight
+    );
+    assert!(
+        t.whmcs_max_in_flight > 8,
+        "more than 8 WHMCS calls at once, saw {}",
+        t.whmcs_max_in_flight
+    );
+    let limit = dependency_gauge(&app, "dependency_limit", "whmcs").expect("limit gauge");
+    assert!(limit > 8 && limit <= CEILING as i64, "limit {limit}");
+    wait_until(
+        Duration::from_secs(10),
+        "no WHMCS call in flight",
+        || async { dependency_gauge(&app, "dependency_in_flight", "whmcs") == Some(0) },
+    )
+    .await;
+    assert!(dependency_gauge(&app, "dependency_limit", "salesforce").is_some_and(|l| l >= 4));
+    app.stop().await.expect("clean stop");
 }

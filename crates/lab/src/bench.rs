@@ -1,8 +1,9 @@
 //! `provisioner-lab bench`: the figures users care about, measured end to end on this machine.
 //!
-//! The driver runs the simulator in-process (zero injected latency) and the daemon as a child
-//! process (this very binary, `serve`), so the daemon's CPU seconds (`/proc/<pid>/stat`) and
-//! memory (`/proc/<pid>/status`) are its own. Redis and the ledger database are real. For each
+//! The driver runs the simulator in-process (with the latency `--sf-latency` and
+//! `--whmcs-latency` give every call, fixed or uniform in a range; none by default) and the
+//! daemon as a child process (this very binary, `serve`), so the daemon's CPU seconds
+//! (`/proc/<pid>/stat`) and memory (`/proc/<pid>/status`) are its own. Redis and the ledger database are real. For each
 //! ledger (SQLite, PostgreSQL) it measures:
 //!
 //! - start-up time to a subscribed stream (`/health/sf-events` state `connected`) and idle RSS;
@@ -107,6 +108,72 @@ pub struct BenchArgs {
     /// Extra daemon setting, `KEY=VALUE` (repeatable), e.g. `--daemon-env WORKER_CONCURRENCY=16`.
     #[arg(long = "daemon-env", value_parser = parse_key_value)]
     pub daemon_env: Vec<(String, String)>,
+    /// Latency the simulator adds to every Salesforce call (REST and OAuth): fixed (`100ms`)
+    /// or uniform in a range (`50..200ms`).
+    #[arg(long, default_value = "0ms", value_parser = parse_latency)]
+    pub sf_latency: Latency,
+    /// Latency the simulator adds to every WHMCS call: fixed (`300ms`) or uniform in a range
+    /// (`200..800ms`).
+    #[arg(long, default_value = "0ms", value_parser = parse_latency)]
+    pub whmcs_latency: Latency,
+}
+
+/// A simulated dependency's latency: `min_ms`, or uniform in `min_ms..=max_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Latency {
+    pub min_ms: u64,
+    pub max_ms: u64,
+}
+
+impl std::fmt::Display for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.max_ms > self.min_ms {
+            write!(f, "{}..{}ms", self.min_ms, self.max_ms)
+        } else {
+            write!(f, "{}ms", self.min_ms)
+        }
+    }
+}
+
+/// `100ms`, `1s`, `50..200ms`, `0` (milliseconds when no unit is given).
+pub fn parse_latency(s: &str) -> Result<Latency, String> {
+    let s = s.trim();
+    let (body, factor) = if let Some(b) = s.strip_suffix("ms") {
+        (b, 1)
+    } else if let Some(b) = s.strip_suffix('s') {
+        (b, 1000)
+    } else {
+        (s, 1)
+    };
+    let ms = |v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .map(|v| v * factor)
+            .map_err(|_| format!("expected a latency such as 100ms or 50..200ms, got {s:?}"))
+    };
+    let (min_ms, max_ms) = match body.split_once("..") {
+        Some((a, b)) => (ms(a)?, ms(b)?),
+        None => {
+            let v = ms(body)?;
+            (v, v)
+        }
+    };
+    if max_ms < min_ms {
+        return Err(format!("the range {s:?} ends below its start"));
+    }
+    Ok(Latency { min_ms, max_ms })
+}
+
+/// A simulator with the benchmark's latencies.
+async fn start_sim(args: &BenchArgs) -> anyhow::Result<SimHandle> {
+    let sim = Simulator::start(SimConfig::default()).await?;
+    let mut faults = sim.sim.faults();
+    faults.sf_latency_ms = args.sf_latency.min_ms;
+    faults.sf_latency_max_ms = args.sf_latency.max_ms;
+    faults.whmcs_latency_ms = args.whmcs_latency.min_ms;
+    faults.whmcs_latency_max_ms = args.whmcs_latency.max_ms;
+    sim.sim.set_faults(faults);
+    Ok(sim)
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -151,6 +218,10 @@ async fn run_inner(mut args: BenchArgs) -> anyhow::Result<()> {
         args.db.iter().map(|d| d.name()).collect::<Vec<_>>()
     );
     println!(
+        "simulated latency: Salesforce {}, WHMCS {}",
+        args.sf_latency, args.whmcs_latency
+    );
+    println!(
         "machine: {} cores, {}",
         machine["cores"],
         machine["cpu"].as_str().unwrap_or("?")
@@ -176,6 +247,8 @@ async fn run_inner(mut args: BenchArgs) -> anyhow::Result<()> {
             "api_connections": args.api_connections,
             "catchup_events": args.catchup_events,
             "daemon_log": args.daemon_log,
+            "sf_latency": args.sf_latency.to_string(),
+            "whmcs_latency": args.whmcs_latency.to_string(),
             "daemon_env": args.daemon_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         },
         "results": results,
@@ -195,7 +268,7 @@ async fn bench_db(
     out_dir: &Path,
     db: BenchDb,
 ) -> anyhow::Result<Value> {
-    let sim = Simulator::start(SimConfig::default()).await?;
+    let sim = start_sim(args).await?;
     let mut cleanup = Cleanup::default();
     let result = bench_db_inner(args, exe, out_dir, db, &sim, &mut cleanup).await;
     sim.shutdown().await;
@@ -330,7 +403,7 @@ async fn bench_db_inner(
 
     // Catch-up: a fresh simulator whose topic already retains the events.
     if args.catchup_events > 0 {
-        let csim = Simulator::start(SimConfig::default()).await?;
+        let csim = start_sim(args).await?;
         let r = catchup_run(args, exe, out_dir, db, &csim, cleanup).await;
         csim.shutdown().await;
         let r = r?;
@@ -1283,6 +1356,22 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), 100.0);
         assert_eq!(percentile(&[7.0], 99.0), 7.0);
         assert_eq!(percentile(&[], 99.0), 0.0);
+    }
+
+    #[test]
+    fn latencies_are_fixed_or_uniform_ranges() {
+        let l = |min_ms, max_ms| Ok(Latency { min_ms, max_ms });
+        assert_eq!(parse_latency("100ms"), l(100, 100));
+        assert_eq!(parse_latency("50..200ms"), l(50, 200));
+        assert_eq!(parse_latency("1s"), l(1000, 1000));
+        assert_eq!(parse_latency("0"), l(0, 0));
+        assert_eq!(parse_latency("0..1s"), l(0, 1000));
+        assert!(parse_latency("200..50ms").is_err());
+        assert!(parse_latency("fast").is_err());
+        assert_eq!(
+            parse_latency("50..200ms").map(|l| l.to_string()),
+            Ok("50..200ms".to_owned())
+        );
     }
 
     #[test]

@@ -136,8 +136,21 @@ pub struct Faults {
     /// AcceptOrder and GetOrders.
     #[serde(alias = "whmcsErrorActions")]
     pub whmcs_error_actions: Vec<String>,
+    /// Latency of every WHMCS call, in milliseconds; with `whmcs_latency_max_ms` above it, the
+    /// least of a uniform draw per call.
     #[serde(alias = "whmcsLatencyMs")]
     pub whmcs_latency_ms: u64,
+    /// Most latency of a WHMCS call (uniform between `whmcs_latency_ms` and this); 0 or not
+    /// above `whmcs_latency_ms`: fixed.
+    #[serde(alias = "whmcsLatencyMaxMs")]
+    pub whmcs_latency_max_ms: u64,
+    /// Latency of every Salesforce HTTP call (REST and OAuth), in milliseconds; with
+    /// `sf_latency_max_ms` above it, the least of a uniform draw per call.
+    #[serde(alias = "sfLatencyMs")]
+    pub sf_latency_ms: u64,
+    /// Most latency of a Salesforce call; 0 or not above `sf_latency_ms`: fixed.
+    #[serde(alias = "sfLatencyMaxMs")]
+    pub sf_latency_max_ms: u64,
     /// AddOrder with any of these pids fails with "No items added to cart…".
     #[serde(alias = "whmcsRejectProducts")]
     pub whmcs_reject_products: Vec<String>,
@@ -178,6 +191,18 @@ pub struct Faults {
     pub whmcs_slow_commit_ms: u64,
     /// Seed of the RNG behind `whmcs_error_rate`.
     pub seed: u64,
+}
+
+impl Faults {
+    /// The latency of one call: `min`, or a uniform draw in `min..=max` when `max` is above it.
+    pub(crate) fn draw_latency(rng: &mut StdRng, min: u64, max: u64) -> std::time::Duration {
+        let ms = if max > min {
+            rand::Rng::random_range(rng, min..=max)
+        } else {
+            min
+        };
+        std::time::Duration::from_millis(ms)
+    }
 }
 
 /// One Order to create.
@@ -280,6 +305,10 @@ pub struct Totals {
     pub whmcs_calls: u64,
     /// Every request to the WHMCS API, including rejected and faulted ones.
     pub whmcs_requests: u64,
+    /// WHMCS API requests being served now.
+    pub whmcs_in_flight: u64,
+    /// Most WHMCS API requests ever served at once since the simulator started.
+    pub whmcs_max_in_flight: u64,
 }
 
 /// Subscribe stream statistics.
@@ -1051,7 +1080,12 @@ pub(crate) fn snapshot(rec: &OrderRec) -> SimOrder {
 
 fn router(sim: Simulator) -> axum::Router {
     axum::Router::new()
-        .merge(salesforce::routes())
+        .merge(
+            salesforce::routes().layer(axum::middleware::from_fn_with_state(
+                sim.clone(),
+                salesforce::latency,
+            )),
+        )
         .merge(whmcs::routes())
         .merge(control::routes())
         .fallback(salesforce::not_found)

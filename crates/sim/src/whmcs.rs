@@ -255,6 +255,16 @@ fn honours_qty(version: &str) -> bool {
     (major, minor) >= (8, 12)
 }
 
+/// One WHMCS API request being served (`Totals::whmcs_in_flight`).
+struct InFlight<'a>(&'a Simulator);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.0.lock();
+        st.totals.whmcs_in_flight = st.totals.whmcs_in_flight.saturating_sub(1);
+    }
+}
+
 async fn api(State(sim): State<Simulator>, body: Bytes) -> Response {
     let inner = sim.0.clone();
     let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
@@ -262,8 +272,13 @@ async fn api(State(sim): State<Simulator>, body: Bytes) -> Response {
     let (down, auth_failed) = {
         let mut st = inner.lock();
         st.totals.whmcs_requests += 1;
+        st.totals.whmcs_in_flight += 1;
+        st.totals.whmcs_max_in_flight =
+            st.totals.whmcs_max_in_flight.max(st.totals.whmcs_in_flight);
         (st.faults.whmcs_down, st.faults.whmcs_auth_failed)
     };
+    // Counts this request out when it ends, however it ends (answered or dropped).
+    let _in_flight = InFlight(&sim);
     if down {
         return html(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -307,8 +322,9 @@ async fn api(State(sim): State<Simulator>, body: Bytes) -> Response {
         let mut st = inner.lock();
         st.totals.whmcs_calls += 1;
         attribute(&mut st, action, &p);
+        let (min, max) = (st.faults.whmcs_latency_ms, st.faults.whmcs_latency_max_ms);
+        let latency = crate::Faults::draw_latency(&mut st.rng, min, max);
         let f = &st.faults;
-        let latency = f.whmcs_latency_ms;
         let slow_commit = f.whmcs_slow_commit_ms;
         let rate = f.whmcs_error_rate;
         let kind = f.whmcs_error_kind;
@@ -341,9 +357,9 @@ async fn api(State(sim): State<Simulator>, body: Bytes) -> Response {
             _ = inner.shutdown.cancelled() => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
         };
     }
-    if latency > 0 {
+    if !latency.is_zero() {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(latency)) => {}
+            _ = tokio::time::sleep(latency) => {}
             _ = inner.shutdown.cancelled() => {}
         }
     }

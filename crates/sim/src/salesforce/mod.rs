@@ -52,6 +52,30 @@ pub(super) fn routes() -> Router<Simulator> {
         )
 }
 
+/// Holds every Salesforce request (REST and OAuth) for the configured latency
+/// (`sf_latency_ms`, `sf_latency_max_ms`) before it is served.
+pub(super) async fn latency(
+    axum::extract::State(sim): axum::extract::State<Simulator>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (delay, shutdown) = {
+        let mut st = sim.0.lock();
+        let (min, max) = (st.faults.sf_latency_ms, st.faults.sf_latency_max_ms);
+        (
+            crate::Faults::draw_latency(&mut st.rng, min, max),
+            sim.0.shutdown.clone(),
+        )
+    };
+    if !delay.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    next.run(request).await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Response helpers
 
