@@ -7,6 +7,10 @@
 //! `reconciler_stuck_after_secs`, or never attempted; least recently attempted first); Orders
 //! the ledger saw move within that window (row updated or event received), `writeback_rejected`
 //! ones and ones whose outcome is newer than their last activation request are left alone.
+//! A second, ledger-side pass re-enqueues Orders whose WHMCS order exists but whose attempt
+//! never recorded an outcome (the run died after WHMCS or after the write-back and its job was
+//! lost): Salesforce may already show them `Activated`, so only the ledger knows they are
+//! unfinished; their job records the outcome Salesforce shows.
 //! Enqueuing is always safe: the worker re-reads the Order, claims it and resumes from the
 //! ledger, so a reconciled Order is never provisioned twice. Runs only on the subscriber leader,
 //! and not while an operator pause of intake or provisioning is in force.
@@ -31,6 +35,9 @@ use crate::{
 const MAX_PAGES: usize = 10;
 /// Salesforce's largest `OFFSET`.
 const OFFSET_MAX: u32 = 2000;
+/// How far back the ledger-side pass looks for Orders left between WHMCS and the ledger's last
+/// update (older ones are for an operator: `orders list`).
+const UNFINISHED_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Whether the ledger's row says this stuck-looking Order must not be re-driven: Salesforce
 /// refused its write-back for good, or its recorded outcome is newer than its last activation
@@ -126,6 +133,34 @@ impl Reconciler {
             offset = offset.saturating_add(page.len() as u32);
             if offset >= OFFSET_MAX {
                 break;
+            }
+        }
+        // Orders the ledger left between WHMCS and its last update (their job is gone): the
+        // job reads Salesforce and records the outcome it shows, or finishes the attempt.
+        if jobs.len() < want {
+            let left = self
+                .ledger
+                .unfinished_after_whmcs(
+                    self.cfg.stuck_after,
+                    UNFINISHED_HORIZON,
+                    (want - jobs.len()) as u32,
+                )
+                .await?;
+            for id in left {
+                let event_id = format!("reconcile:{id}:{bucket}");
+                if jobs.iter().any(|j| j.id() == event_id) {
+                    continue;
+                }
+                seen += 1;
+                jobs.push(Job::ProvisionOrderV1(ProvisionOrderV1 {
+                    correlation_id: event_id.clone(),
+                    event_id,
+                    replay_id: None,
+                    order_id: id,
+                    idem_key: None,
+                    event_created_ms: 0,
+                    source: JobSource::Reconciler,
+                }));
             }
         }
         let n = jobs.len() as u64;

@@ -393,6 +393,36 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Orders whose WHMCS order exists but whose attempt never recorded an outcome (its run
+    /// stopped between WHMCS and the ledger's last update, and its job is gone — e.g. Redis lost
+    /// it), idle for `idle` and changed within `horizon` (database clock), with no live lease;
+    /// oldest first, at most `limit`. Salesforce may already show such an Order's outcome, so
+    /// the Salesforce-side sweep does not see it.
+    pub async fn unfinished_after_whmcs(
+        &self,
+        idle: std::time::Duration,
+        horizon: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        let now = self.db_now();
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let mut conn = self.reader().await?;
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT sf_order_id FROM orders \
+             WHERE outcome IS NULL AND state IN ($1, $2) \
+             AND (lease_until IS NULL OR lease_until < {now}) \
+             AND updated_at < {now} - $3 AND updated_at > {now} - $4 \
+             ORDER BY updated_at LIMIT $5"
+        ))
+        .bind(state::WHMCS_ADDED)
+        .bind(state::WHMCS_ACCEPTED)
+        .bind(ms(idle))
+        .bind(ms(horizon))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await?)
+    }
+
     /// The database's current time in epoch milliseconds (the clock every `updated_at` and
     /// lease is written with).
     pub async fn clock_ms(&self) -> Result<i64> {

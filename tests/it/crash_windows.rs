@@ -12,18 +12,13 @@ use serde_json::Value;
 
 use crate::helpers::{Options, spawn_app, wait_until};
 
-/// The process died after the write-back PATCH reached Salesforce and before the ledger
-/// recorded the outcome. The re-run finds the Order no longer `Activating`; it must still
-/// record the outcome Salesforce shows, or the portal reports the Order as `Activating` forever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_between_write_back_and_ledger_is_recorded_by_the_rerun() {
-    let mut app = spawn_app(Options {
-        start: false,
-        ..Default::default()
-    })
-    .await;
+/// Sets up what a run that died after its write-back leaves: WHMCS order created and accepted,
+/// Salesforce `Activated` with its id, the ledger at `whmcs_accepted` with no outcome.
+async fn died_after_write_back(
+    app: &crate::helpers::TestApp,
+    event_id: &str,
+) -> (provisioner::ids::SalesforceId, i64) {
     let id = app.seed(1).remove(0);
-    let event_id = "evt-crashed-after-write-back";
 
     // The dead run: claimed, AddOrder + AcceptOrder done, Salesforce written back, ledger not.
     let ledger = app.state.ledger.clone();
@@ -86,6 +81,23 @@ async fn crash_between_write_back_and_ledger_is_recorded_by_the_rerun() {
     ] {
         app.sim.sim.set_order_field(&id, field, value);
     }
+
+    (id, whmcs_id)
+}
+
+/// The process died after the write-back PATCH reached Salesforce and before the ledger
+/// recorded the outcome. The re-run finds the Order no longer `Activating`; it must still
+/// record the outcome Salesforce shows, or the portal reports the Order as `Activating` forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_write_back_and_ledger_is_recorded_by_the_rerun() {
+    let mut app = spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await;
+    let event_id = "evt-crashed-after-write-back";
+    let (id, whmcs_id) = died_after_write_back(&app, event_id).await;
+    let ledger = app.state.ledger.clone();
 
     // The queue runs the interrupted job again.
     app.state
@@ -215,6 +227,44 @@ async fn crash_between_failed_write_back_and_ledger_is_recorded_by_the_rerun() {
         "{attempts:?}"
     );
     assert!(app.sim.sim.whmcs_orders_for(&id).is_empty());
+    assert_eq!(app.sim.sim.counts(&id).patch, 0);
+    app.stop().await.expect("clean stop");
+}
+
+/// The same window, and the job is gone too (Redis lost it): nothing runs it again, and
+/// Salesforce already shows the Order `Activated`, so the Salesforce-side sweep does not see it.
+/// The reconciler's ledger-side pass must re-enqueue it so the outcome is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_job_after_the_write_back_is_finished_by_the_reconciler() {
+    let mut app = spawn_app(Options {
+        start: false,
+        extra_env: vec![
+            ("RECONCILER_INTERVAL_SECS", "1".into()),
+            ("RECONCILER_STUCK_AFTER_SECS", "1".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let (id, whmcs_id) = died_after_write_back(&app, "evt-lost-after-write-back").await;
+    let ledger = app.state.ledger.clone();
+    app.start();
+    wait_until(
+        Duration::from_secs(60),
+        "the reconciler to have the outcome recorded",
+        || async {
+            ledger
+                .get(&id)
+                .await
+                .expect("ledger")
+                .is_some_and(|r| r.outcome.is_some())
+        },
+    )
+    .await;
+    let row = ledger.get(&id).await.expect("ledger").expect("row");
+    assert_eq!(row.outcome.as_deref(), Some(outcome::PROVISIONED));
+    assert_eq!(row.state, state::DONE);
+    assert_eq!(row.whmcs_order_id, Some(whmcs_id));
+    assert_eq!(app.sim.sim.whmcs_orders_for(&id).len(), 1);
     assert_eq!(app.sim.sim.counts(&id).patch, 0);
     app.stop().await.expect("clean stop");
 }
