@@ -487,6 +487,9 @@ fn exported_metrics() -> BTreeSet<String> {
         })
         .set(1);
     m.dependency_gauge("whmcs").set(1);
+    let (limit, in_flight) = m.limit_gauges("whmcs");
+    limit.set(4);
+    in_flight.set(1);
     m.jobs_deferred
         .get_or_create(&ReasonLabel {
             reason: "whmcs_open".into(),

@@ -37,7 +37,11 @@ async fn leases_hold_on_the_database_clock_when_a_replica_clock_runs_ahead() {
         db: Db::Postgres,
         start: false,
         // Every job of the test in flight at once, so both jobs of an Order run together.
-        extra_env: vec![("WORKER_CONCURRENCY", "200".into())],
+        extra_env: vec![
+            ("WORKER_CONCURRENCY", "200".into()),
+            ("WHMCS_MIN_IN_FLIGHT", "200".into()),
+            ("WHMCS_MAX_IN_FLIGHT", "400".into()),
+        ],
         ..Default::default()
     })
     .await;

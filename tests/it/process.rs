@@ -80,7 +80,13 @@ async fn sigterm_during_work_exits_zero_and_leaves_nothing_half_done() {
         ..Faults::default()
     });
     let ids = app.seed(20);
-    let mut child = daemon(&app);
+    // SIGTERM may cut an AddOrder short (its outcome unknown, never executed by the simulator):
+    // the restart then waits out the in-doubt window before adding again; keep it short.
+    let env = [
+        ("WHMCS_TIMEOUT_SECS", "5".to_owned()),
+        ("WHMCS_EXECUTION_ALLOWANCE_SECS", "5".to_owned()),
+    ];
+    let mut child = crate::helpers::daemon_process(&app, &env);
     for id in &ids {
         app.sim.sim.approve(id);
     }
@@ -96,7 +102,7 @@ async fn sigterm_during_work_exits_zero_and_leaves_nothing_half_done() {
     assert!(status.success(), "exit status {status}");
     // Whatever was started is either finished or resumes cleanly: a second run completes all.
     app.sim.sim.set_faults(Faults::default());
-    let mut child = daemon(&app);
+    let mut child = crate::helpers::daemon_process(&app, &env);
     app.wait_terminal(&ids, Duration::from_secs(120)).await;
     for id in &ids {
         assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
