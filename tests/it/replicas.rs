@@ -72,6 +72,12 @@ async fn three_replicas_one_leader_takeover_loses_and_duplicates_nothing() {
     let app = spawn_app(Options {
         db: Db::Postgres,
         start: false,
+        // A killed replica may leave an AddOrder of unknown outcome: keep the in-doubt wait
+        // short.
+        extra_env: vec![
+            ("WHMCS_TIMEOUT_SECS", "5".into()),
+            ("WHMCS_EXECUTION_ALLOWANCE_SECS", "5".into()),
+        ],
         ..Default::default()
     })
     .await;
