@@ -3,9 +3,9 @@
 //! Before the job starts, the operator pause of provisioning is asked (`crate::pause`, cached), then
 //! the breakers of Salesforce and WHMCS ([`crate::deps`]); a job held by a pause or needing an
 //! unhealthy dependency is not started but put back in the queue with a delay (the half-open
-//! probe is one job let through). A job already past the gate when a pause starts finishes. A job that ends without an outcome — a dependency
-//! outage or configuration problem, the ledger unreachable, the Order busy — is put back the same
-//! way.
+//! probe is one job let through). A job already past the gate when a pause starts finishes. A
+//! job that ends without an outcome — a dependency outage or configuration problem, the ledger
+//! unreachable, the Order busy, an earlier AddOrder still in doubt — is put back the same way.
 //!
 //! Invariants:
 //! - Waiting never spends a give-up budget and never marks an Order Failed: the deferred job is a
@@ -36,10 +36,10 @@ const BUSY_DELAY: Duration = Duration::from_secs(2);
 /// Delay before a job held by an operator pause asks again.
 const PAUSE_DELAY: Duration = Duration::from_secs(2);
 
-/// `delay` plus up to half of it again, at least one second (the queue's resolution).
 /// The deferral reason of a job held by an operator pause.
 const PAUSED: &str = "paused";
 
+/// `delay` plus up to half of it again, at least one second (the queue's resolution).
 fn jittered(delay: Duration) -> Duration {
     let ms = delay.as_millis().max(1000) as u64;
     Duration::from_millis(ms + rand::rng().random_range(0..=ms / 2))
@@ -95,34 +95,29 @@ pub async fn run(
                 Dependency::Salesforce => &p.deps.salesforce,
             };
             (
-                b.settings().probe_interval,
+                jittered(b.settings().probe_interval),
                 format!("{}_unavailable", dependency.as_str()),
             )
         }
         JobError::Salesforce(_) => (
-            p.deps.salesforce.settings().probe_interval,
+            jittered(p.deps.salesforce.settings().probe_interval),
             "salesforce_unavailable".to_owned(),
         ),
         JobError::Ledger(_) => (
-            p.deps.salesforce.settings().probe_interval,
+            jittered(p.deps.salesforce.settings().probe_interval),
             "ledger_unavailable".to_owned(),
         ),
-        JobError::Busy(_) | JobError::LeaseLost(_) => (BUSY_DELAY, "order_busy".to_owned()),
+        JobError::Busy(_) | JobError::LeaseLost(_) => {
+            (jittered(BUSY_DELAY), "order_busy".to_owned())
+        }
         // The wait is exact (the earliest moment a new AddOrder is safe), plus a little jitter
         // so that Orders caught by one WHMCS incident do not all return in the same second.
-        JobError::AddInDoubt { delay, .. } => {
-            let extra = rand::rng().random_range(1000..=3000);
-            return defer(
-                p,
-                queue,
-                job,
-                *delay + Duration::from_millis(extra),
-                "whmcs_add_in_doubt",
-            )
-            .await;
-        }
+        JobError::AddInDoubt { delay, .. } => (
+            *delay + Duration::from_millis(rand::rng().random_range(1000..=3000)),
+            "whmcs_add_in_doubt".to_owned(),
+        ),
     };
-    defer(p, queue, job, jittered(delay), &reason).await
+    defer(p, queue, job, delay, &reason).await
 }
 
 /// Puts the job back in the queue, to run after `delay`.

@@ -153,12 +153,8 @@ impl Ledger {
     /// attempt's end (the write-back) for those that came from an event. Returns the database's
     /// current time with the minutes that had any, oldest first.
     pub async fn minute_series(&self, window_ms: i64) -> Result<(i64, Vec<MinuteRow>)> {
-        let now = self.db_now();
+        let at = self.clock_ms().await?;
         let mut conn = self.reader().await?;
-        let at: i64 = sqlx::query(&format!("SELECT {now} AS now"))
-            .fetch_one(&mut *conn)
-            .await?
-            .try_get("now")?;
         let rows = sqlx::query(
             "SELECT a.finished_at / 60000 AS minute, \
              CAST(SUM(CASE WHEN a.outcome = $2 THEN 1 ELSE 0 END) AS BIGINT) AS provisioned, \

@@ -188,46 +188,6 @@ impl Ledger {
             .map(|r| OperatorAction::from_row(r).map_err(Into::into))
             .collect()
     }
-
-    /// Orders in `state`, optionally with error `code` and updated within the last `within_ms`
-    /// (database clock), most recently updated first.
-    pub async fn find_orders(
-        &self,
-        state: &str,
-        code: Option<&str>,
-        within_ms: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<super::OrderRecord>> {
-        let now = self.db_now();
-        let mut sql = format!(
-            "SELECT {} FROM orders WHERE state = $1",
-            super::ORDER_COLUMNS
-        );
-        let mut n = 1;
-        if code.is_some() {
-            n += 1;
-            sql.push_str(&format!(" AND error_code = ${n}"));
-        }
-        if within_ms.is_some() {
-            n += 1;
-            sql.push_str(&format!(" AND updated_at >= {now} - ${n}"));
-        }
-        n += 1;
-        sql.push_str(&format!(" ORDER BY updated_at DESC LIMIT ${n}"));
-        let mut q = sqlx::query(&sql).bind(state);
-        if let Some(c) = code {
-            q = q.bind(c);
-        }
-        if let Some(w) = within_ms {
-            q = q.bind(w);
-        }
-        q = q.bind(limit);
-        let mut conn = self.reader().await?;
-        let rows = q.fetch_all(&mut *conn).await?;
-        rows.iter()
-            .map(|r| super::OrderRecord::from_row(r).map_err(Into::into))
-            .collect()
-    }
 }
 
 #[cfg(test)]

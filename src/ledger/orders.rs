@@ -322,28 +322,7 @@ impl Ledger {
 
     /// Most recently updated Orders, optionally in one state.
     pub async fn list(&self, state: Option<&str>, limit: i64) -> Result<Vec<OrderRecord>> {
-        let mut conn = self.reader().await?;
-        let rows = match state {
-            Some(s) => {
-                let sql = format!(
-                    "SELECT {ORDER_COLUMNS} FROM orders WHERE state = $1 ORDER BY updated_at DESC LIMIT $2"
-                );
-                sqlx::query(&sql)
-                    .bind(s)
-                    .bind(limit)
-                    .fetch_all(&mut *conn)
-                    .await?
-            }
-            None => {
-                let sql =
-                    format!("SELECT {ORDER_COLUMNS} FROM orders ORDER BY updated_at DESC LIMIT $1");
-                sqlx::query(&sql).bind(limit).fetch_all(&mut *conn).await?
-            }
-        };
-        Ok(rows
-            .iter()
-            .map(OrderRecord::from_row)
-            .collect::<Result<_, _>>()?)
+        self.select_orders(state, None, None, limit).await
     }
 
     /// The most recently updated Orders, optionally only those in `state` and those whose error
@@ -352,6 +331,31 @@ impl Ledger {
         &self,
         state: Option<&str>,
         code: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<OrderRecord>> {
+        self.select_orders(state, code, None, limit).await
+    }
+
+    /// Orders in `state`, optionally with error `code` and updated within the last `within_ms`
+    /// (database clock), most recently updated first.
+    pub async fn find_orders(
+        &self,
+        state: &str,
+        code: Option<&str>,
+        within_ms: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<OrderRecord>> {
+        self.select_orders(Some(state), code, within_ms, limit)
+            .await
+    }
+
+    /// The one Order selection behind [`Ledger::list`], [`Ledger::list_filtered`] and
+    /// [`Ledger::find_orders`]: every filter optional, most recently updated first.
+    async fn select_orders(
+        &self,
+        state: Option<&str>,
+        code: Option<&str>,
+        within_ms: Option<i64>,
         limit: i64,
     ) -> Result<Vec<OrderRecord>> {
         let mut sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE 1 = 1");
@@ -364,6 +368,10 @@ impl Ledger {
             n += 1;
             sql.push_str(&format!(" AND error_code = ${n}"));
         }
+        if within_ms.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND updated_at >= {} - ${n}", self.db_now()));
+        }
         sql.push_str(&format!(" ORDER BY updated_at DESC LIMIT ${}", n + 1));
         let mut q = sqlx::query(&sql);
         if let Some(s) = state {
@@ -371,6 +379,9 @@ impl Ledger {
         }
         if let Some(c) = code {
             q = q.bind(c);
+        }
+        if let Some(w) = within_ms {
+            q = q.bind(w);
         }
         let mut conn = self.reader().await?;
         let rows = q.bind(limit).fetch_all(&mut *conn).await?;

@@ -78,6 +78,21 @@ impl fmt::Display for WhmcsError {
 }
 
 impl WhmcsError {
+    /// Whether WHMCS may still be running the call: the daemon stopped waiting (timeout), the
+    /// connection broke after the request was sent, or a gateway in front of WHMCS answered for
+    /// it (502, 504, Cloudflare's 524). Any other failure is WHMCS's own, final answer, or a
+    /// request that was never sent.
+    pub fn may_still_run(&self) -> bool {
+        matches!(
+            self.kind,
+            WhmcsErrorKind::Timeout
+                | WhmcsErrorKind::ConnectionLost
+                | WhmcsErrorKind::Http {
+                    status: 502 | 504 | 524
+                }
+        )
+    }
+
     pub fn new(action: &str, kind: WhmcsErrorKind, message: impl Into<String>) -> Self {
         Self {
             action: action.to_owned(),
@@ -157,23 +172,6 @@ impl Classify for WhmcsError {
             ConnectionLost => "WHMCS_CONNECTION_LOST",
         }
         .to_owned()
-    }
-}
-
-impl WhmcsError {
-    /// Whether WHMCS may still be running the call: the daemon stopped waiting (timeout), the
-    /// connection broke after the request was sent, or a gateway in front of WHMCS answered for
-    /// it (502, 504, Cloudflare's 524). Any other failure is WHMCS's own, final answer, or a
-    /// request that was never sent.
-    pub fn may_still_run(&self) -> bool {
-        matches!(
-            self.kind,
-            WhmcsErrorKind::Timeout
-                | WhmcsErrorKind::ConnectionLost
-                | WhmcsErrorKind::Http {
-                    status: 502 | 504 | 524
-                }
-        )
     }
 }
 

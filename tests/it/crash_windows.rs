@@ -85,6 +85,29 @@ async fn died_after_write_back(
     (id, whmcs_id)
 }
 
+/// Waits (`what`) until the ledger has an outcome for `id`, and checks it is the provisioned
+/// one, with the WHMCS order `whmcs_id`.
+async fn recorded_as_provisioned(
+    app: &crate::helpers::TestApp,
+    id: &provisioner::ids::SalesforceId,
+    whmcs_id: i64,
+    what: &str,
+) {
+    let ledger = &app.state.ledger;
+    wait_until(Duration::from_secs(60), what, || async {
+        ledger
+            .get(id)
+            .await
+            .expect("ledger")
+            .is_some_and(|r| r.outcome.is_some())
+    })
+    .await;
+    let row = ledger.get(id).await.expect("ledger").expect("row");
+    assert_eq!(row.outcome.as_deref(), Some(outcome::PROVISIONED));
+    assert_eq!(row.state, state::DONE);
+    assert_eq!(row.whmcs_order_id, Some(whmcs_id));
+}
+
 /// The process died after the write-back PATCH reached Salesforce and before the ledger
 /// recorded the outcome. The re-run finds the Order no longer `Activating`; it must still
 /// record the outcome Salesforce shows, or the portal reports the Order as `Activating` forever.
@@ -114,22 +137,7 @@ async fn crash_between_write_back_and_ledger_is_recorded_by_the_rerun() {
         .await
         .expect("push");
     app.start();
-    wait_until(
-        Duration::from_secs(60),
-        "the re-run to record the outcome",
-        || async {
-            ledger
-                .get(&id)
-                .await
-                .expect("ledger")
-                .is_some_and(|r| r.outcome.is_some())
-        },
-    )
-    .await;
-    let row = ledger.get(&id).await.expect("ledger").expect("row");
-    assert_eq!(row.outcome.as_deref(), Some(outcome::PROVISIONED));
-    assert_eq!(row.state, state::DONE);
-    assert_eq!(row.whmcs_order_id, Some(whmcs_id));
+    recorded_as_provisioned(&app, &id, whmcs_id, "the re-run to record the outcome").await;
     let attempts = ledger.attempts(&id).await.expect("attempts");
     assert!(
         attempts.iter().all(|a| a.finished_at.is_some()),
@@ -246,24 +254,14 @@ async fn a_lost_job_after_the_write_back_is_finished_by_the_reconciler() {
     })
     .await;
     let (id, whmcs_id) = died_after_write_back(&app, "evt-lost-after-write-back").await;
-    let ledger = app.state.ledger.clone();
     app.start();
-    wait_until(
-        Duration::from_secs(60),
+    recorded_as_provisioned(
+        &app,
+        &id,
+        whmcs_id,
         "the reconciler to have the outcome recorded",
-        || async {
-            ledger
-                .get(&id)
-                .await
-                .expect("ledger")
-                .is_some_and(|r| r.outcome.is_some())
-        },
     )
     .await;
-    let row = ledger.get(&id).await.expect("ledger").expect("row");
-    assert_eq!(row.outcome.as_deref(), Some(outcome::PROVISIONED));
-    assert_eq!(row.state, state::DONE);
-    assert_eq!(row.whmcs_order_id, Some(whmcs_id));
     assert_eq!(app.sim.sim.whmcs_orders_for(&id).len(), 1);
     assert_eq!(app.sim.sim.counts(&id).patch, 0);
     app.stop().await.expect("clean stop");

@@ -1147,17 +1147,11 @@ impl Devtools {
 
     /// Waits until the page at `path` has loaded.
     async fn loaded(&mut self, path: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let v = self
-                .eval("location.pathname + ' ' + document.readyState")
-                .await;
-            if v.as_str() == Some(&format!("{path} complete")) {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "page {path}: {v}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_for(
+            "location.pathname + ' ' + document.readyState",
+            Value::from(format!("{path} complete")),
+        )
+        .await;
     }
 
     /// Waits until `expr` evaluates to `want` (the page may still be navigating).
