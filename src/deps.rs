@@ -224,6 +224,11 @@ impl Breaker {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the breaker is open (not half-open): calls are not to be sent.
+    pub fn is_open(&self) -> bool {
+        self.lock().state == BreakerState::Open
+    }
+
     pub fn snapshot(&self) -> BreakerSnapshot {
         let i = self.lock();
         BreakerSnapshot {

@@ -370,9 +370,7 @@ impl WhmcsClient {
         };
         // A call that waited for room while the breaker opened is not sent: WHMCS is known to
         // be out, and the job waits for it instead (nothing reached WHMCS).
-        if let Some(b) = &self.breaker
-            && b.snapshot().state == crate::deps::BreakerState::Open
-        {
+        if self.breaker.as_ref().is_some_and(|b| b.is_open()) {
             return Err(WhmcsError::new(
                 action,
                 WhmcsErrorKind::Connect,
