@@ -250,6 +250,20 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
     }
     let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     {
+        // Before anything serves: until the feed is live, nothing caches ledger rows.
+        state.changes.expect_feed();
+        let feed = queue::feed::Feed {
+            client: queue::redis_client(&state.cfg.queue.redis_url, &state.cfg.queue.tls)
+                .context("REDIS_URL")?,
+            publish: state.queue.redis(),
+            channel: queue::feed::channel(&state.cfg.queue.name),
+            origin: state.instance.clone(),
+            changes: state.changes.clone(),
+        };
+        let token = shutdown.clone();
+        parts.spawn(async move { ("change-feed", feed.run(token).await) });
+    }
+    {
         let (s, token) = (state.clone(), shutdown.clone());
         parts.spawn(async move {
             let r = crate::http::serve(listener, s, token).await;

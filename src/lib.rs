@@ -7,6 +7,7 @@
 //! knows. [`salesforce`] and [`whmcs`] are pure clients; [`daemon`] supervises the parts.
 
 pub mod alert;
+pub mod changes;
 pub mod cli;
 pub mod config;
 pub mod daemon;

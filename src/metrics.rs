@@ -90,6 +90,12 @@ pub struct Metrics {
     pub jobs_deferred: Family<ReasonLabel, Counter>,
     /// 1 while an operator pause of the part (`intake`, `provisioning`) is in force, else 0.
     pub paused: Family<PartLabel, Gauge>,
+    /// 1 while this process learns of every Order change of every replica (its cross-replica
+    /// change feed is live, or it needs none), else 0: the order-status view then reads the
+    /// ledger.
+    pub change_feed_live: Gauge,
+    /// Times this process may have missed Order change notifications (feed drops, lags).
+    pub change_feed_losses: Gauge,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -134,6 +140,8 @@ impl Metrics {
             dependency_in_flight: Family::default(),
             jobs_deferred: Family::default(),
             paused: Family::default(),
+            change_feed_live: Gauge::default(),
+            change_feed_losses: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -251,6 +259,16 @@ impl Metrics {
             "paused",
             "1 while an operator pause of the part is in force",
             m.paused.clone(),
+        );
+        registry.register(
+            "change_feed_live",
+            "1 while every replica's Order changes reach this process (order status may be served from memory)",
+            m.change_feed_live.clone(),
+        );
+        registry.register(
+            "change_feed_losses",
+            "Times Order change notifications may have been missed (the cached order status was dropped)",
+            m.change_feed_losses.clone(),
         );
         for part in ["intake", "provisioning"] {
             m.paused

@@ -8,15 +8,15 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::sync::broadcast;
 
 use crate::{
+    changes::Changes,
     config::Config,
     deps::{
         AuthLatch, Breaker, Dependencies, Dependency,
         limiter::{LimitSettings, Limiter},
     },
-    jobs::provision::{OrderChanged, Provisioner, WorkerSettings},
+    jobs::provision::{Provisioner, WorkerSettings},
     ledger::Ledger,
     metrics::Metrics,
     net,
@@ -41,7 +41,8 @@ pub struct AppState {
     pub whmcs: WhmcsClient,
     pub metrics: Arc<Metrics>,
     pub health: Arc<SubscriptionHealth>,
-    pub changes: broadcast::Sender<OrderChanged>,
+    /// Order change notifications (the ledger's, and other replicas' through the feed).
+    pub changes: Changes,
     pub alert: Arc<AlertStatus>,
     /// Unique name of this process (lease owner, worker names).
     pub instance: String,
@@ -123,7 +124,7 @@ impl AppState {
         )
         .with_breaker(deps.whmcs.clone())
         .with_limiter(limiter(&metrics, Dependency::Whmcs, cfg.limits.whmcs));
-        let (changes, _) = broadcast::channel(1024);
+        let changes = ledger.changes().clone();
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "provisioner".into());
         let instance = format!(
             "{host}-{}-{}",
@@ -165,7 +166,6 @@ impl AppState {
                 add_in_doubt_window: self.cfg.whmcs.timeout + self.cfg.whmcs.execution_allowance,
             },
             instance: self.instance.clone(),
-            changes: self.changes.clone(),
             deps: self.deps.clone(),
             pauses: self.pauses.clone(),
         }

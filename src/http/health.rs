@@ -107,6 +107,10 @@ pub(super) async fn sf_events(State(s): State<Http>) -> Response {
 pub(super) async fn metrics(State(s): State<Http>) -> Response {
     // Refreshes the `provisioner_paused` gauges (bounded, cached).
     s.app.pauses.current().await;
+    let m = &s.app.metrics;
+    m.change_feed_live.set(i64::from(s.app.changes.complete()));
+    m.change_feed_losses
+        .set(i64::try_from(s.app.changes.losses()).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

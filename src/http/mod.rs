@@ -2,14 +2,15 @@
 //! Prometheus metrics, the OpenAPI document and the portal's order-status API (JSON and
 //! Server-Sent Events).
 //!
-//! Submodules: [`orders`] (order status, auth, Salesforce lookup cache, SSE), [`health`]
+//! Submodules: [`orders`] (order status, auth, Salesforce lookup cache, SSE), [`view`] (recent
+//! Orders' status in memory, coherent with every replica's ledger), [`health`]
 //! (readiness, subscription health, metrics), [`admin`] (operator dashboard), [`limit`]
 //! (per-client and per-Account rate limits), [`server`] (accept loop with connection cap,
 //! header-read and idle timeouts, and graceful shutdown).
 //!
 //! Invariants:
-//! - Order status is served from the ledger for every Order the service knows: zero Salesforce
-//!   calls. Unknown Orders are looked up in Salesforce once, cached for
+//! - Order status is served from the in-memory view or the ledger for every Order the service
+//!   knows: zero Salesforce calls. Unknown Orders are looked up in Salesforce once, cached for
 //!   `order_lookup_cache_secs` (failures for `order_lookup_error_cache_secs`); concurrent
 //!   lookups of one id share a single call. Lookups stay within a budget (global rate and
 //!   concurrency, per Account, and none while the org's API usage is high); beyond it the
@@ -35,6 +36,7 @@ mod health;
 mod limit;
 mod orders;
 mod server;
+mod view;
 
 use std::{sync::Arc, time::Duration};
 
@@ -76,11 +78,21 @@ pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
 /// Largest request body accepted (the API takes none; this bounds what a client can push).
 const MAX_BODY: usize = 64 * 1024;
 
-/// Shared HTTP state.
+/// Shared HTTP state: one `Arc`, since axum clones the state for every request.
 #[derive(Clone)]
-struct Http {
-    /// Behind an `Arc`: axum clones the state for every request.
+struct Http(Arc<HttpState>);
+
+impl std::ops::Deref for Http {
+    type Target = HttpState;
+    fn deref(&self) -> &HttpState {
+        &self.0
+    }
+}
+
+struct HttpState {
     app: Arc<AppState>,
+    /// Recent Orders' status as served (see [`view`]).
+    view: view::View,
     auth: Option<Arc<orders::Auth>>,
     lookups: Arc<orders::Lookups>,
     sse: Arc<Semaphore>,
@@ -111,7 +123,8 @@ pub fn surface_router(app: AppState, surface: Surface, shutdown: CancellationTok
         http.trusted_proxies.clone(),
     ));
     let cors = cors_layer(&http.cors_allowed_origins);
-    let state = Http {
+    let state = Http(Arc::new(HttpState {
+        view: view::View::new(&app.changes),
         auth: orders::Auth::from_config(&http.auth).map(Arc::new),
         lookups: Arc::new(orders::Lookups::new(http)),
         sse: Arc::new(Semaphore::new(http.sse_max_clients)),
@@ -119,7 +132,7 @@ pub fn surface_router(app: AppState, surface: Surface, shutdown: CancellationTok
         limits,
         shutdown,
         app: Arc::new(app),
-    };
+    }));
     let mut api = Router::new()
         .route("/api/orders/{id}", get(orders::status))
         .route("/api/orders/{id}/events", get(orders::events))

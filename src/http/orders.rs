@@ -17,7 +17,8 @@
 //!   lookup answers 503 with `Retry-After`, is not cached, and makes no call.
 //! - An SSE stream subscribes to changes *before* reading the current status, so no change is
 //!   lost between the two; it sends the current status first, then one event per change of the
-//!   status body, and ends on daemon shutdown or when the token that opened it expires (its
+//!   Order's status (`status`, `activationStatus`, `error`; a ledger write that moves only
+//!   `updatedAt` or `whmcsOrderId` sends none), and ends on daemon shutdown or when the token that opened it expires (its
 //!   `exp`). At most `sse_max_clients` streams are open (then 503), and at most
 //!   `sse_max_per_account` of one Account (then 429).
 //! - A failed Order's `error.message` is the configured customer text for its code; the raw
@@ -47,22 +48,45 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 
-use super::{Http, error, limit, retry_later};
+use super::{Http, error, limit, retry_later, view::Encoded};
 use crate::{
+    changes::Change,
     config::{ApiAuth, CustomerErrors, HttpConfig},
     ids::SalesforceId,
-    jobs::provision::OrderChanged,
     ledger::{OrderRecord, outcome},
 };
 
 /// How a browser should wait before reconnecting a dropped SSE stream.
 const SSE_RETRY: Duration = Duration::from_secs(5);
 
-/// Verifies portal session tokens.
+/// Most verified tokens remembered at once.
+const MAX_TOKENS: u64 = 10_000;
+
+/// Verifies portal session tokens, remembering each verified token until its `exp`.
 pub(super) struct Auth {
     key: DecodingKey,
     validation: Validation,
     claim: String,
+    /// Tokens that passed verification, by their full text, each kept until its `exp` (then
+    /// verified again, with the leeway). Only valid tokens enter, so callers cannot fill it
+    /// with garbage; it is bounded all the same.
+    verified: moka::sync::Cache<Box<str>, Caller>,
+}
+
+/// Keeps a verified token until its `exp`.
+struct UntilExpiry;
+
+impl moka::Expiry<Box<str>, Caller> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _token: &Box<str>,
+        caller: &Caller,
+        _at: Instant,
+    ) -> Option<Duration> {
+        let left_ms =
+            caller.expires_at.saturating_mul(1000) - chrono::Utc::now().timestamp_millis();
+        Some(Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)))
+    }
 }
 
 impl Auth {
@@ -98,6 +122,10 @@ impl Auth {
                     key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
                     validation: v,
                     claim: account_claim.clone(),
+                    verified: moka::sync::Cache::builder()
+                        .max_capacity(MAX_TOKENS)
+                        .expire_after(UntilExpiry)
+                        .build(),
                 })
             }
             ApiAuth::Disabled => None,
@@ -276,24 +304,28 @@ struct OrderView {
 }
 
 impl OrderView {
-    fn visible_to(&self, account: Option<&SalesforceId>) -> bool {
-        let Some(account) = account else {
-            return true; // auth disabled
-        };
-        self.account_id
-            .as_deref()
-            .and_then(|a| SalesforceId::parse(a).ok())
-            .as_ref()
-            == Some(account)
-    }
-
-    /// The JSON body and its ETag.
-    fn encode(&self) -> Option<(Vec<u8>, String)> {
+    /// The body as served, its ETag and the Account it belongs to.
+    fn encode(&self) -> Option<Encoded> {
         let body = serde_json::to_vec(self).ok()?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         body.hash(&mut h);
-        let etag = format!("W/\"{:016x}\"", h.finish());
-        Some((body, etag))
+        let etag = HeaderValue::from_str(&format!("W/\"{:016x}\"", h.finish())).ok()?;
+        let mut shown = std::collections::hash_map::DefaultHasher::new();
+        (
+            &self.status,
+            &self.activation_status,
+            self.error.as_ref().map(Value::to_string),
+        )
+            .hash(&mut shown);
+        Some(Encoded {
+            body: body.into(),
+            etag,
+            shown: shown.finish(),
+            account: self
+                .account_id
+                .as_deref()
+                .and_then(|a| SalesforceId::parse(a).ok()),
+        })
     }
 }
 
@@ -373,9 +405,12 @@ pub(super) fn authorize(s: &Http, headers: &HeaderMap) -> Result<Option<Caller>,
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .ok_or_else(unauthorized)?;
-    let data =
-        jsonwebtoken::decode::<HashMap<String, Value>>(token.trim(), &auth.key, &auth.validation)
-            .map_err(|_| unauthorized())?;
+    let token = token.trim();
+    if let Some(caller) = auth.verified.get(token) {
+        return Ok(Some(caller));
+    }
+    let data = jsonwebtoken::decode::<HashMap<String, Value>>(token, &auth.key, &auth.validation)
+        .map_err(|_| unauthorized())?;
     let account = data
         .claims
         .get(&auth.claim)
@@ -388,10 +423,12 @@ pub(super) fn authorize(s: &Http, headers: &HeaderMap) -> Result<Option<Caller>,
         .get("exp")
         .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f.floor() as i64)))
         .ok_or_else(unauthorized)?;
-    Ok(Some(Caller {
+    let caller = Caller {
         account,
         expires_at,
-    }))
+    };
+    auth.verified.insert(token.into(), caller.clone());
+    Ok(Some(caller))
 }
 
 /// Authorises the caller and validates the id, in that order.
@@ -422,30 +459,45 @@ async fn visible(
     s: &Http,
     id: &SalesforceId,
     account: Option<&SalesforceId>,
-) -> Result<(Vec<u8>, String), Response> {
-    match resolve(s, id, account).await? {
-        Some(v) if v.visible_to(account) => v.encode().ok_or_else(|| {
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        }),
+) -> Result<Arc<Encoded>, Response> {
+    match current(s, id, account).await? {
+        Some(v) if v.visible_to(account) => Ok(v),
         _ => Err(not_found()),
     }
 }
 
-/// The Order as the caller may see it: ledger first, Salesforce for unknown Orders.
-async fn resolve(
+fn internal() -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+}
+
+/// The Order's status as served: from the view, else from the ledger (then cached in the view),
+/// else from a Salesforce lookup for Orders the ledger does not know.
+async fn current(
     s: &Http,
     id: &SalesforceId,
     account: Option<&SalesforceId>,
-) -> Result<Option<OrderView>, Response> {
+) -> Result<Option<Arc<Encoded>>, Response> {
+    let mark = match s.view.get(id) {
+        Ok(hit) => return Ok(Some(hit)),
+        Err(mark) => mark,
+    };
     match s.app.ledger.get(id).await {
         Ok(Some(r)) if r.account_id.is_some() => {
-            Ok(Some(from_ledger(&r, &s.app.cfg.http.customer_errors)))
+            let view = from_ledger(&r, &s.app.cfg.http.customer_errors);
+            let encoded = Arc::new(view.encode().ok_or_else(internal)?);
+            if let Some(mark) = mark {
+                s.view.insert(id.clone(), mark, encoded.clone());
+            }
+            Ok(Some(encoded))
         }
-        Ok(_) => lookup(s, id, account).await,
+        Ok(_) => match lookup(s, id, account).await? {
+            Some(v) => Ok(Some(Arc::new(v.encode().ok_or_else(internal)?))),
+            None => Ok(None),
+        },
         Err(e) => {
             tracing::error!(error.message = %e, "ledger read failed");
             Err(unavailable())
@@ -465,23 +517,30 @@ pub(super) async fn status(
         Err(r) => return r,
     };
     let account = caller.map(|c| c.account);
-    let (body, etag) = match visible(&s, &id, account.as_ref()).await {
+    let order = match visible(&s, &id, account.as_ref()).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let etag = order.etag.as_bytes();
+    let matches = headers.get(header::IF_NONE_MATCH).is_some_and(|v| {
+        v.as_bytes().split(|b| *b == b',').any(|t| {
+            let t = t.trim_ascii();
+            t == etag || t == b"*"
+        })
+    });
     let mut resp = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        let mut r = axum::body::Body::from(order.body.clone()).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
     };
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        resp.headers_mut().insert(header::ETAG, v);
-    }
-    resp.headers_mut().insert(
+    let h = resp.headers_mut();
+    h.insert(header::ETAG, order.etag.clone());
+    h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-cache"),
     );
@@ -493,8 +552,9 @@ struct Watch {
     s: Http,
     id: SalesforceId,
     account: Option<SalesforceId>,
-    changes: broadcast::Receiver<OrderChanged>,
-    last_etag: String,
+    changes: broadcast::Receiver<Change>,
+    /// What the last event showed ([`Encoded::shown`]).
+    last_shown: u64,
     first: Option<Event>,
     /// When the token that opened the stream expires; the stream ends then.
     expires: Option<tokio::time::Instant>,
@@ -516,11 +576,11 @@ fn expiry_instant(exp: i64) -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))
 }
 
-fn status_event(body: &[u8], etag: &str) -> Event {
+fn status_event(order: &Encoded) -> Event {
     Event::default()
         .event("status")
-        .id(etag)
-        .data(String::from_utf8_lossy(body))
+        .id(order.etag.to_str().unwrap_or_default())
+        .data(String::from_utf8_lossy(&order.body))
 }
 
 impl Watch {
@@ -534,7 +594,7 @@ impl Watch {
                 () = self.s.shutdown.cancelled() => return None,
                 () = until(self.expires) => return None,
                 r = self.changes.recv() => match r {
-                    Ok(c) => c.order_id == self.id.as_str(),
+                    Ok(c) => c.concerns(self.id.as_str()),
                     // Missed some notifications: ours may be among them.
                     Err(broadcast::error::RecvError::Lagged(_)) => true,
                     Err(broadcast::error::RecvError::Closed) => return None,
@@ -543,17 +603,14 @@ impl Watch {
             if !relevant {
                 continue;
             }
-            let view = match resolve(&self.s, &self.id, self.account.as_ref()).await {
+            let order = match current(&self.s, &self.id, self.account.as_ref()).await {
                 Ok(Some(v)) if v.visible_to(self.account.as_ref()) => v,
                 Ok(_) => return None,
-                Err(_) => continue, // logged by `resolve`; the next change reads again
+                Err(_) => continue, // logged by `current`; the next change reads again
             };
-            let Some((body, etag)) = view.encode() else {
-                continue;
-            };
-            if etag != self.last_etag {
-                let ev = status_event(&body, &etag);
-                self.last_etag = etag;
+            if order.shown != self.last_shown {
+                let ev = status_event(&order);
+                self.last_shown = order.shown;
                 return Some((Ok(ev), self));
             }
         }
@@ -600,14 +657,14 @@ pub(super) async fn events(
     };
     // Subscribe before reading, so a change between the read and the first event is not lost.
     let changes = s.app.changes.subscribe();
-    let (body, etag) = match visible(&s, &id, account.as_ref()).await {
+    let order = match visible(&s, &id, account.as_ref()).await {
         Ok(v) => v,
         Err(r) => return r,
     };
     let keepalive = s.app.cfg.http.sse_keepalive;
     let watch = Watch {
-        first: Some(status_event(&body, &etag).retry(SSE_RETRY)),
-        last_etag: etag,
+        first: Some(status_event(&order).retry(SSE_RETRY)),
+        last_shown: order.shown,
         s,
         id,
         account,
@@ -702,12 +759,27 @@ mod tests {
     #[test]
     fn visibility_compares_15_and_18_character_account_ids() {
         let acct = SalesforceId::synthesize("001", 42);
-        assert!(view(Some(acct.short())).visible_to(Some(&acct)));
-        assert!(view(Some(acct.as_str())).visible_to(Some(&acct)));
+        assert!(
+            view(Some(acct.short()))
+                .encode()
+                .expect("encode")
+                .visible_to(Some(&acct))
+        );
+        assert!(
+            view(Some(acct.as_str()))
+                .encode()
+                .expect("encode")
+                .visible_to(Some(&acct))
+        );
         let other = SalesforceId::synthesize("001", 43);
-        assert!(!view(Some(acct.as_str())).visible_to(Some(&other)));
-        assert!(!view(None).visible_to(Some(&acct)));
-        assert!(view(None).visible_to(None));
+        assert!(
+            !view(Some(acct.as_str()))
+                .encode()
+                .expect("encode")
+                .visible_to(Some(&other))
+        );
+        assert!(!view(None).encode().expect("encode").visible_to(Some(&acct)));
+        assert!(view(None).encode().expect("encode").visible_to(None));
     }
 
     #[test]
@@ -771,10 +843,10 @@ mod tests {
     fn etag_changes_with_the_body_and_is_stable_otherwise() {
         let a = view(None).encode().expect("encode");
         let b = view(None).encode().expect("encode");
-        assert_eq!(a.1, b.1);
+        assert_eq!(a.etag, b.etag);
         let mut changed = view(None);
         changed.status = "Provisioned".into();
-        assert_ne!(changed.encode().expect("encode").1, a.1);
-        assert!(a.1.starts_with("W/\""));
+        assert_ne!(changed.encode().expect("encode").etag, a.etag);
+        assert!(a.etag.as_bytes().starts_with(b"W/\""));
     }
 }

@@ -37,7 +37,6 @@
 
 use std::{fmt::Display, sync::Arc, time::Duration};
 
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -78,12 +77,6 @@ pub enum Outcome {
     Skipped(&'static str),
 }
 
-/// A status change, broadcast to order-status listeners (SSE).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrderChanged {
-    pub order_id: String,
-}
-
 /// Tunables of the job.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -106,7 +99,6 @@ pub struct Provisioner {
     pub settings: WorkerSettings,
     /// Lease owner name of this process.
     pub instance: String,
-    pub changes: broadcast::Sender<OrderChanged>,
     /// Breakers of WHMCS and Salesforce (the job gate asks them before a job starts).
     pub deps: crate::deps::Dependencies,
     /// The operator pauses (the job gate holds jobs while provisioning is paused).
@@ -401,9 +393,6 @@ impl Provisioner {
                 warn!(error.message = %e, "lease release failed; it expires by itself");
             }
         }
-        let _ = self.changes.send(OrderChanged {
-            order_id: id.to_string(),
-        });
         result
     }
 
@@ -471,9 +460,6 @@ impl Provisioner {
         if let Err(e) = self.ledger.release(id, &owner).await {
             warn!(error.message = %e, "lease release failed; it expires by itself");
         }
-        let _ = self.changes.send(OrderChanged {
-            order_id: id.to_string(),
-        });
         result
     }
 

@@ -39,6 +39,7 @@ impl Ledger {
             return Ok(None);
         }
         tx.commit().await?;
+        self.changes.changed(order.as_str());
         Ok(Some(attempt))
     }
 
@@ -62,6 +63,7 @@ impl Ledger {
         }
         Self::finish_attempt_on(&mut tx, attempt_id, outcome, error).await?;
         tx.commit().await?;
+        self.changes.changed(order.as_str());
         Ok(true)
     }
 

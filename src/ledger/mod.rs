@@ -23,6 +23,9 @@
 //!   an fsync to every commit, 27–48× the time of a write transaction on the measured disk
 //!   (`sqlite_commit_cost`, README "Performance"). PostgreSQL keeps its own settings.
 //! - The inbox row and the cursor are written in one transaction, after the job is in Redis.
+//! - Every committed change of an `orders` row (claim, state change, outcome) is announced on
+//!   [`Ledger::changes`] after its commit; lease renewals and releases, which the portal cannot
+//!   see, are not.
 //! - SQL is portable (TEXT and BIGINT only, `$n` placeholders) so one code path serves both
 //!   databases; migrations differ only where the dialects do (`migrations/{sqlite,postgres}`).
 
@@ -35,7 +38,7 @@ use sqlx::{
     pool::PoolConnection,
 };
 
-use crate::config::DatabaseConfig;
+use crate::{changes::Changes, config::DatabaseConfig};
 
 mod attempts;
 mod audit;
@@ -254,6 +257,8 @@ pub struct Ledger {
     /// Set by [`Ledger::close`]: held connections refuse work like a closed pool.
     closed: Arc<std::sync::atomic::AtomicBool>,
     backend: Backend,
+    /// Told of every committed change of an `orders` row the portal can see.
+    changes: Changes,
 }
 
 /// The connection a statement runs on: held (SQLite) or pooled.
@@ -354,6 +359,7 @@ impl Ledger {
             next_reader: Arc::default(),
             closed: Arc::default(),
             backend,
+            changes: Changes::new(),
         })
     }
 
@@ -416,6 +422,11 @@ impl Ledger {
             ledger.migrate().await?;
         }
         Ok(ledger)
+    }
+
+    /// The notifications of this ledger's committed Order changes (see [`crate::changes`]).
+    pub fn changes(&self) -> &Changes {
+        &self.changes
     }
 
     /// The connection pool (operator tools and tests).

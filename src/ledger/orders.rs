@@ -49,6 +49,10 @@ impl Ledger {
             .bind(lease_ms(lease))
             .fetch_optional(&mut *conn)
             .await?;
+        drop(conn);
+        if row.is_some() {
+            self.changes.changed(order.as_str());
+        }
         Ok(row.as_ref().map(OrderRecord::from_row).transpose()?)
     }
 
@@ -135,6 +139,8 @@ impl Ledger {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        drop(conn);
+        self.changes.changed(order.as_str());
         Ok(true)
     }
 
@@ -197,7 +203,12 @@ impl Ledger {
     pub async fn update(&self, order: &SalesforceId, owner: &str, c: &Change<'_>) -> Result<bool> {
         let now = self.db_now();
         let mut conn = self.writer().await?;
-        Self::update_on(&mut conn, now, order, owner, c).await
+        let changed = Self::update_on(&mut conn, now, order, owner, c).await?;
+        drop(conn);
+        if changed {
+            self.changes.changed(order.as_str());
+        }
+        Ok(changed)
     }
 
     /// [`Ledger::update`] on a given connection; `now` is [`Ledger::db_now`].

@@ -35,6 +35,8 @@
 //! - Deferral entries (`<event id>~w<random>`) are deleted as soon as they ran
 //!   ([`Queue::cleanup_deferrals`], housekeeping): repeated deferrals do not grow Redis.
 
+pub mod feed;
+
 use std::{
     sync::Arc,
     task::{Context, Poll},

@@ -23,6 +23,7 @@ mod proxy;
 mod queue;
 mod redrive;
 mod replicas;
+mod status_view;
 mod subscriber;
 mod tls;
 mod whmcs_compat;
