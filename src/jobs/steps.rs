@@ -6,18 +6,17 @@
 //! Invariants:
 //! - The job's identity travels in a task-local scope ([`scope`], opened around one job run), so
 //!   the provisioning code marks a call with one wrapper ([`record`]) and nothing else; calls made outside a job (order-status lookups, `check`) are not recorded.
-//! - Recording never slows or fails the job: the one `INSERT` runs on its own task, and a
-//!   failed insert is logged, never returned.
+//! - Recording never slows or fails the job: the step is queued to the ledger's audit writer
+//!   ([`Ledger::queue_step`], which batches concurrent jobs' steps into one `INSERT`); a full
+//!   queue or a failed insert is logged, never returned.
 //! - Only what the clients already put in their errors is stored (their texts are redacted);
 //!   request bodies are never recorded.
 
 use std::{cell::Cell, future::Future, time::Instant};
 
-use tracing::{Instrument, warn};
-
 use crate::{
     error::{Classify, ErrorClass},
-    ledger::{Ledger, NewStep},
+    ledger::{Ledger, StepRow},
     queue::ProvisionOrderV1,
     salesforce::rest::SfOrder,
     whmcs::{AddOrderResult, WhmcsOrder},
@@ -187,27 +186,18 @@ where
         .order
         .or(found_order)
         .and_then(|v| i64::try_from(v).ok());
-    let ledger = ledger.clone();
-    tokio::spawn(
-        async move {
-            let row = NewStep {
-                order: &order,
-                job_id: Some(&job_id),
-                attempt_id,
-                step: step.as_str(),
-                started,
-                duration_ms,
-                outcome: outcome_name(class),
-                error_code: code.as_deref(),
-                error_message: message.as_deref(),
-                whmcs_client_id: whmcs_client_id.as_deref(),
-                whmcs_order_id,
-            };
-            if let Err(e) = ledger.record_step(&row).await {
-                warn!(step = step.as_str(), error.message = %e, "cannot record the step in the audit trail");
-            }
-        }
-        .in_current_span(),
-    );
+    ledger.queue_step(StepRow {
+        order,
+        job_id: Some(job_id),
+        attempt_id,
+        step: step.as_str(),
+        started,
+        duration_ms,
+        outcome: outcome_name(class),
+        error_code: code,
+        error_message: message,
+        whmcs_client_id,
+        whmcs_order_id,
+    });
     result
 }

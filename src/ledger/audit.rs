@@ -2,7 +2,12 @@
 //! the retention) and `operator_actions` (one row per bulk operator command).
 //!
 //! Invariants:
-//! - One `INSERT` per step; a step's start time is the database's clock at the insert less the
+//! - Steps of running jobs are queued ([`Ledger::queue_step`], never waiting) to one writer task
+//!   per ledger, which inserts whatever has queued up in one multi-row `INSERT` (one trip to
+//!   the database per batch, at most [`STEP_BATCH`] rows): when the ledger is idle a step is
+//!   written at once, under load many share a statement. At most [`STEP_QUEUE`] steps wait;
+//!   beyond that a step is dropped and counted, never the job slowed.
+//! - A step's start time is the database's clock at the insert less the
 //!   time since the step started (measured once the connection is in hand), so every replica's
 //!   rows share one clock and pruning compares like with like.
 //! - Error texts are stored as the clients produced them (already redacted), cut to
@@ -18,6 +23,52 @@ use crate::ids::SalesforceId;
 pub const ERROR_TEXT_MAX: usize = 1000;
 /// Rows deleted per pruning statement.
 pub const PRUNE_BATCH: i64 = 5000;
+/// Most steps inserted by one statement.
+pub const STEP_BATCH: usize = 100;
+/// Most steps waiting for the writer.
+pub const STEP_QUEUE: usize = 10_000;
+
+/// A step of a running job, queued for the writer ([`Ledger::queue_step`]).
+#[derive(Debug, Clone)]
+pub struct StepRow {
+    pub order: String,
+    pub job_id: Option<String>,
+    pub attempt_id: Option<i64>,
+    pub step: &'static str,
+    /// When the step started (this process's monotonic clock).
+    pub started: std::time::Instant,
+    pub duration_ms: i64,
+    pub outcome: &'static str,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub whmcs_client_id: Option<String>,
+    pub whmcs_order_id: Option<i64>,
+}
+
+impl StepRow {
+    fn borrowed(&self) -> NewStep<'_> {
+        NewStep {
+            order: &self.order,
+            job_id: self.job_id.as_deref(),
+            attempt_id: self.attempt_id,
+            step: self.step,
+            started: self.started,
+            duration_ms: self.duration_ms,
+            outcome: self.outcome,
+            error_code: self.error_code.as_deref(),
+            error_message: self.error_message.as_deref(),
+            whmcs_client_id: self.whmcs_client_id.as_deref(),
+            whmcs_order_id: self.whmcs_order_id,
+        }
+    }
+}
+
+/// The queue of steps waiting for a ledger's writer task.
+#[derive(Debug, Default)]
+pub(super) struct StepQueue {
+    tx: std::sync::OnceLock<tokio::sync::mpsc::Sender<StepRow>>,
+    dropped: std::sync::atomic::AtomicU64,
+}
 
 /// One external step of a provisioning job, as recorded.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, FromRow)]
@@ -77,31 +128,86 @@ fn cut(s: &str, max: usize) -> &str {
 }
 
 impl Ledger {
-    /// Records one step (one `INSERT`).
+    /// Records one step now (one `INSERT`).
     pub async fn record_step(&self, s: &NewStep<'_>) -> Result<()> {
+        self.record_steps(std::slice::from_ref(s)).await
+    }
+
+    /// Records steps in one multi-row `INSERT`.
+    pub async fn record_steps(&self, steps: &[NewStep<'_>]) -> Result<()> {
+        if steps.is_empty() {
+            return Ok(());
+        }
         let now = self.db_now();
+        let mut values = Vec::with_capacity(steps.len());
+        for i in 0..steps.len() {
+            let p = |k: usize| format!("${}", i * 11 + k);
+            values.push(format!(
+                "({}, {}, {}, {}, {now} - {}, {}, {}, {}, {}, {}, {})",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5),
+                p(6),
+                p(7),
+                p(8),
+                p(9),
+                p(10),
+                p(11)
+            ));
+        }
         let sql = format!(
             "INSERT INTO order_steps (sf_order_id, job_id, attempt_id, step, started_at, \
              duration_ms, outcome, error_code, error_message, whmcs_client_id, whmcs_order_id) \
-             VALUES ($1, $2, $3, $4, {now} - $5, $6, $7, $8, $9, $10, $11)"
+             VALUES {}",
+            values.join(", ")
         );
         let mut conn = self.writer().await?;
-        let ago = i64::try_from(s.started.elapsed().as_millis()).unwrap_or(i64::MAX / 2);
-        sqlx::query(&sql)
-            .bind(s.order)
-            .bind(s.job_id)
-            .bind(s.attempt_id)
-            .bind(s.step)
-            .bind(ago)
-            .bind(s.duration_ms.max(0))
-            .bind(s.outcome)
-            .bind(s.error_code)
-            .bind(s.error_message.map(|m| cut(m, ERROR_TEXT_MAX)))
-            .bind(s.whmcs_client_id)
-            .bind(s.whmcs_order_id)
-            .execute(&mut *conn)
-            .await?;
+        let mut q = sqlx::query(&sql);
+        for s in steps {
+            let ago = i64::try_from(s.started.elapsed().as_millis()).unwrap_or(i64::MAX / 2);
+            q = q
+                .bind(s.order)
+                .bind(s.job_id)
+                .bind(s.attempt_id)
+                .bind(s.step)
+                .bind(ago)
+                .bind(s.duration_ms.max(0))
+                .bind(s.outcome)
+                .bind(s.error_code)
+                .bind(s.error_message.map(|m| cut(m, ERROR_TEXT_MAX)))
+                .bind(s.whmcs_client_id)
+                .bind(s.whmcs_order_id);
+        }
+        q.execute(&mut *conn).await?;
         Ok(())
+    }
+
+    /// Queues a step of a running job for this ledger's writer task (started on first use);
+    /// never waits. `false` when the queue was full and the step was dropped.
+    pub fn queue_step(&self, row: StepRow) -> bool {
+        let tx = self.steps.tx.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(STEP_QUEUE);
+            tokio::spawn(write_steps(self.clone(), rx));
+            tx
+        });
+        match tx.try_send(row) {
+            Ok(()) => true,
+            Err(_) => {
+                let n = self
+                    .steps
+                    .dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        dropped = n + 1,
+                        "audit trail queue full: steps dropped (the ledger is not keeping up)"
+                    );
+                }
+                false
+            }
+        }
     }
 
     /// An Order's steps, oldest first.
@@ -190,6 +296,20 @@ impl Ledger {
     }
 }
 
+/// The writer task of a ledger's step queue: inserts whatever has queued up, until every
+/// sender is gone.
+async fn write_steps(ledger: Ledger, mut rx: tokio::sync::mpsc::Receiver<StepRow>) {
+    let mut batch = Vec::with_capacity(STEP_BATCH);
+    while rx.recv_many(&mut batch, STEP_BATCH).await > 0 {
+        let rows: Vec<NewStep<'_>> = batch.iter().map(StepRow::borrowed).collect();
+        if let Err(e) = ledger.record_steps(&rows).await {
+            tracing::warn!(steps = rows.len(), error.message = %e, "cannot record steps in the audit trail");
+        }
+        drop(rows);
+        batch.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +363,53 @@ mod tests {
             .expect("age");
         assert_eq!(l.prune_steps(1).await.expect("prune"), 1);
         assert_eq!(l.steps(&id).await.expect("steps").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn queued_steps_are_all_written_in_batches() {
+        let l = Ledger::open(&DatabaseConfig {
+            url: "sqlite::memory:".into(),
+            auto_migrate: true,
+            max_connections: 1,
+        })
+        .await
+        .expect("ledger");
+        let id = SalesforceId::synthesize("801", 4);
+        // More than one statement's worth, queued at once.
+        for n in 0..(STEP_BATCH * 2 + 17) {
+            assert!(l.queue_step(StepRow {
+                order: id.as_str().to_owned(),
+                job_id: Some(format!("job-{n}")),
+                attempt_id: Some(1),
+                step: "add_order",
+                started: std::time::Instant::now(),
+                duration_ms: 1,
+                outcome: "ok",
+                error_code: None,
+                error_message: None,
+                whmcs_client_id: Some("7".into()),
+                whmcs_order_id: Some(i64::try_from(n).expect("n")),
+            }));
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let steps = l.steps(&id).await.expect("steps");
+            if steps.len() == STEP_BATCH * 2 + 17 {
+                let mut ids: Vec<i64> = steps.iter().filter_map(|s| s.whmcs_order_id).collect();
+                ids.sort_unstable();
+                assert_eq!(
+                    ids,
+                    (0..i64::try_from(STEP_BATCH * 2 + 17).expect("n")).collect::<Vec<_>>()
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of the queued steps written",
+                steps.len()
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 }

@@ -48,7 +48,7 @@ mod inbox;
 mod orders;
 
 pub use attempts::MinuteRow;
-pub use audit::{NewStep, OperatorAction, StepRecord};
+pub use audit::{NewStep, OperatorAction, StepRecord, StepRow};
 pub use controls::{POISON_PAYLOAD_MAX, PausePart, PauseRow, PoisonEntry, PoisonRow};
 pub use cursor::{CursorRow, EARLIEST_REQUEST};
 pub use inbox::{InboxEntry, InboxRow};
@@ -259,6 +259,8 @@ pub struct Ledger {
     backend: Backend,
     /// Told of every committed change of an `orders` row the portal can see.
     changes: Changes,
+    /// Audit steps waiting for the writer task.
+    steps: Arc<audit::StepQueue>,
 }
 
 /// The connection a statement runs on: held (SQLite) or pooled.
@@ -360,6 +362,7 @@ impl Ledger {
             closed: Arc::default(),
             backend,
             changes: Changes::new(),
+            steps: Arc::default(),
         })
     }
 
