@@ -602,12 +602,15 @@ impl Provisioner {
         };
         // Keep the failure's code before the write-back, so a run that dies right after it can
         // still tell the ledger why (see `adopt_written_back`).
+        // The lease check of the write-back: a failure's update renews the lease; a success's
+        // last change (`drive`'s `whmcs_accepted`) did.
         if let Outcome::Failed { code, message } = &outcome {
             self.update(
                 id,
                 owner,
                 &Change {
                     error: Some(Some((code.as_str(), message.as_str()))),
+                    renew: Some(LEASE),
                     ..Default::default()
                 },
             )
@@ -616,7 +619,6 @@ impl Provisioner {
 
         // Write back (one PATCH). If Salesforce stays unreachable, the job runs again later and
         // resumes here: the ledger already holds the WHMCS state.
-        self.ensure_lease(id, owner).await?;
         let rejected = self.write_back(id, &update).await?;
         let (mut state, outcome_label, mut err) = match &outcome {
             Outcome::Provisioned { .. } => {
@@ -745,7 +747,9 @@ impl Provisioner {
             });
         let mut whmcs_order_id = known;
         *whmcs_order = known;
-        let mut accepted = row.state == ledger::state::WHMCS_ACCEPTED
+        // Set right after a change that renewed the lease.
+        let mut lease_fresh = false;
+        let accepted = row.state == ledger::state::WHMCS_ACCEPTED
             || (known.is_some()
                 && (row.state == ledger::state::DONE
                     || (row.state == ledger::state::WRITEBACK_REJECTED
@@ -797,7 +801,12 @@ impl Provisioner {
                         .into());
                     }
                 }
-                if !self.ledger.mark_adding(id, owner, &client_id).await? {
+                // Checks and renews the lease: the AddOrder right after needs no other check.
+                if !self
+                    .ledger
+                    .mark_adding(id, owner, &client_id, LEASE)
+                    .await?
+                {
                     return Err(JobError::LeaseLost(id.to_string()).into());
                 }
                 let request = AddOrderRequest {
@@ -811,9 +820,13 @@ impl Provisioner {
                     clients: vec![client_id.clone()],
                     not_before: search.not_before,
                 };
-                let created = self.add_order_once(id, owner, &current, &request).await?;
+                let created = self
+                    .add_order_once(id, owner, &current, &request, true)
+                    .await?;
                 *whmcs_order = Some(created.0);
+                // Renews the lease: AcceptOrder right after needs no other check.
                 self.record_added(id, owner, &created.0, &created.1).await?;
+                lease_fresh = true;
                 whmcs_order_id = Some(created.0);
             }
         }
@@ -821,7 +834,9 @@ impl Provisioner {
             whmcs_order_id.ok_or_else(|| Fail::new("INTERNAL", "no WHMCS order id"))?;
 
         if !accepted {
-            self.ensure_lease(id, owner).await?;
+            if !lease_fresh {
+                self.ensure_lease(id, owner).await?;
+            }
             match self.accept_once(id, owner, whmcs_order_id).await? {
                 Ok(()) => {}
                 Err(e) if e.kind == crate::whmcs::WhmcsErrorKind::NotPending => {
@@ -861,19 +876,19 @@ impl Provisioner {
                 }
                 Err(e) => return Err(self.whmcs_fail("AcceptOrder", &e)),
             }
-            accepted = true;
         }
-        if accepted {
-            self.update(
-                id,
-                owner,
-                &Change {
-                    state: Some(ledger::state::WHMCS_ACCEPTED),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        }
+        // Always the last change of a successful drive, and it renews the lease: the write-back
+        // that follows relies on it as its lease check.
+        self.update(
+            id,
+            owner,
+            &Change {
+                state: Some(ledger::state::WHMCS_ACCEPTED),
+                renew: Some(LEASE),
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(whmcs_order_id)
     }
 
@@ -896,6 +911,7 @@ impl Provisioner {
                 state: Some(ledger::state::WHMCS_ADDED),
                 whmcs_order_id: Some(i64::try_from(*order_id).unwrap_or(i64::MAX)),
                 whmcs_service_ids: Some(&services),
+                renew: Some(LEASE),
                 ..Default::default()
             },
         )
@@ -910,10 +926,15 @@ impl Provisioner {
         owner: &str,
         search: &Search,
         request: &AddOrderRequest,
+        lease_fresh: bool,
     ) -> Result<(u64, Vec<u64>), StepError> {
         let mut attempt = 0;
+        // The caller's last change renewed the lease: the first try needs no other check.
+        let mut checked = lease_fresh;
         loop {
-            self.ensure_lease(id, owner).await?;
+            if !std::mem::take(&mut checked) {
+                self.ensure_lease(id, owner).await?;
+            }
             match steps::record(
                 &self.ledger,
                 Step::AddOrder,

@@ -239,6 +239,10 @@ pub struct Change<'a> {
     pub correlation_id: Option<&'a str>,
     /// Give the lease back in the same statement (the job's last change).
     pub release: bool,
+    /// Apply the change only while the lease is live on the database's clock, and extend it by
+    /// this much from now in the same statement: the change then also answers
+    /// [`Ledger::still_holds`] for an external step that follows it at once.
+    pub renew: Option<std::time::Duration>,
 }
 
 /// Handle to the ledger database; cheap to clone.
@@ -559,6 +563,48 @@ mod tests {
             .expect("expire");
         assert!(!l.still_holds(&id, "a", lease).await.expect("holds"));
         assert!(l.claim(&id, "b", lease).await.expect("claim").is_some());
+    }
+
+    /// A change that renews the lease applies only while it is live, and extends it.
+    #[tokio::test]
+    async fn a_renewing_change_needs_a_live_lease_and_extends_it() {
+        let l = ledger("sqlite::memory:".into()).await;
+        let id = SalesforceId::synthesize("801", 8);
+        let lease = Duration::from_secs(30);
+        assert!(l.claim(&id, "a", lease).await.expect("claim").is_some());
+        let renewing = Change {
+            state: Some(state::WHMCS_ACCEPTED),
+            renew: Some(Duration::from_secs(600)),
+            ..Default::default()
+        };
+        assert!(l.update(&id, "a", &renewing).await.expect("update"));
+        let (_, until) = l.lease_of(&id).await.expect("lease").expect("row");
+        let now = l.clock_ms().await.expect("clock");
+        assert!(until.expect("held") > now + 500_000, "extended to 600 s");
+        assert!(
+            !l.update(&id, "b", &renewing).await.expect("update"),
+            "not b's"
+        );
+        sqlx::query("UPDATE orders SET lease_until = 0")
+            .execute(l.pool())
+            .await
+            .expect("expire");
+        assert!(
+            !l.update(&id, "a", &renewing).await.expect("update"),
+            "an expired lease is not renewed by a change"
+        );
+        assert!(
+            !l.mark_adding(&id, "a", "1", lease).await.expect("adding"),
+            "nor by the adding intent"
+        );
+        let plain = Change {
+            sf_status: Some("Activated"),
+            ..Default::default()
+        };
+        assert!(
+            l.update(&id, "a", &plain).await.expect("update"),
+            "a change that does not renew needs only the owner"
+        );
     }
 
     /// Fencing tokens come from the ledger, above every stored cursor token; every cursor write

@@ -102,13 +102,15 @@ impl Ledger {
     }
 
     /// Commits the intent to call `AddOrder` under `client_id` (`state = adding`) and adds the
-    /// client id to the Order's history, in one transaction, while `owner` holds the lease;
-    /// `false` (nothing written) when the lease was lost.
+    /// client id to the Order's history, in one transaction, while `owner` holds a live lease,
+    /// which it extends by `lease` (so the `AddOrder` that follows needs no separate check);
+    /// `false` (nothing written) when the lease was lost or expired.
     pub async fn mark_adding(
         &self,
         order: &SalesforceId,
         owner: &str,
         client_id: &str,
+        lease: Duration,
     ) -> Result<bool> {
         use sqlx::Connection;
         let mut conn = self.writer().await?;
@@ -116,6 +118,7 @@ impl Ledger {
         let change = Change {
             state: Some(state::ADDING),
             whmcs_client_id: Some(client_id),
+            renew: Some(lease),
             ..Default::default()
         };
         let now = self.db_now();
@@ -259,9 +262,20 @@ impl Ledger {
         }
         if c.release {
             sets.push("lease_owner = NULL, lease_until = NULL".into());
+        } else if c.renew.is_some() {
+            next("lease_until", &mut sets);
+            // `lease_until = now + $n`: the bind below is the lease's length.
+            if let Some(last) = sets.last_mut() {
+                *last = format!("lease_until = {now} + ${n}");
+            }
         }
+        let live = if c.renew.is_some() && !c.release {
+            format!(" AND lease_until >= {now}")
+        } else {
+            String::new()
+        };
         let sql = format!(
-            "UPDATE orders SET {} WHERE sf_order_id = $1 AND lease_owner = $2",
+            "UPDATE orders SET {} WHERE sf_order_id = $1 AND lease_owner = $2{live}",
             sets.join(", ")
         );
         let mut q = sqlx::query(&sql).bind(order.as_str()).bind(owner);
@@ -294,6 +308,9 @@ impl Ledger {
         }
         if let Some(v) = c.correlation_id {
             q = q.bind(v);
+        }
+        if let (Some(lease), false) = (c.renew, c.release) {
+            q = q.bind(lease_ms(lease));
         }
         Ok(q.execute(&mut *conn).await?.rows_affected() > 0)
     }

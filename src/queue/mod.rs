@@ -6,6 +6,7 @@
 //! `:data` HASH (id → job JSON), `:meta:<id>` HASH, `:done` / `:dead` SETs, `:workers` ZSET;
 //! and ours: `:runs:<id>` counter (how many times a worker started the job, [`Queue::mark_run`]),
 //! `:deferrals` ZSET (the entries of jobs put back to wait, [`Queue::push_after`]).
+//! The pub/sub channel `:order-changes` carries the cross-replica change feed ([`feed`]).
 //!
 //! Invariants and workarounds:
 //! - Job ids are the event's EventUuid (or a reconciler/operator id), so pushing the same event

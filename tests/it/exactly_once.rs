@@ -194,7 +194,12 @@ async fn long_client_history_costs_at_most_two_get_orders_calls() {
         .await
         .expect("claim")
         .expect("free");
-    assert!(ledger.mark_adding(&id, dead, "1").await.expect("adding"));
+    assert!(
+        ledger
+            .mark_adding(&id, dead, "1", Duration::from_millis(200))
+            .await
+            .expect("adding")
+    );
     sqlx::query("UPDATE orders SET adding_at = adding_at - 3600000")
         .execute(ledger.pool())
         .await
