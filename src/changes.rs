@@ -112,11 +112,14 @@ impl Changes {
     }
 
     /// Records whether the feed is subscribed and proven live. Going down announces
-    /// [`Change::Lost`].
+    /// [`Change::Lost`] (and counts a loss); coming back announces it again, so readers look
+    /// once more at what changed while it was down.
     pub fn feed_live(&self, live: bool) {
         let was = self.state.live.swap(live, Ordering::SeqCst);
         if was && !live {
             self.lost();
+        } else if !was && live {
+            let _ = self.tx.send(Change::Lost);
         }
     }
 
@@ -147,6 +150,15 @@ mod tests {
         c.feed_live(false);
         assert!(!c.complete());
         assert_eq!(rx.try_recv().expect("lost"), Change::Lost);
+        assert_eq!(c.losses(), 1);
+        c.feed_live(true);
+        assert_eq!(
+            rx.try_recv().expect("back"),
+            Change::Lost,
+            "readers look again"
+        );
+        c.feed_live(true);
+        assert!(rx.try_recv().is_err(), "only on a change of state");
         assert_eq!(c.losses(), 1);
     }
 
