@@ -3,7 +3,8 @@
 //! Server-Sent Events).
 //!
 //! Submodules: [`orders`] (order status, auth, Salesforce lookup cache, SSE), [`view`] (recent
-//! Orders' status in memory, coherent with every replica's ledger), [`health`]
+//! Orders' status in memory, coherent with every replica's ledger), [`watchers`] (SSE streams'
+//! subscriptions by Order), [`health`]
 //! (readiness, subscription health, metrics), [`admin`] (operator dashboard), [`limit`]
 //! (per-client and per-Account rate limits), [`server`] (accept loop with connection cap,
 //! header-read and idle timeouts, and graceful shutdown).
@@ -37,6 +38,7 @@ mod limit;
 mod orders;
 mod server;
 mod view;
+mod watchers;
 
 use std::{sync::Arc, time::Duration};
 
@@ -93,6 +95,8 @@ struct HttpState {
     app: Arc<AppState>,
     /// Recent Orders' status as served (see [`view`]).
     view: view::View,
+    /// The SSE streams' subscriptions to their Orders' changes (see [`watchers`]).
+    watchers: watchers::Watchers,
     auth: Option<Arc<orders::Auth>>,
     lookups: Arc<orders::Lookups>,
     sse: Arc<Semaphore>,
@@ -125,6 +129,7 @@ pub fn surface_router(app: AppState, surface: Surface, shutdown: CancellationTok
     let cors = cors_layer(&http.cors_allowed_origins);
     let state = Http(Arc::new(HttpState {
         view: view::View::new(&app.changes),
+        watchers: watchers::Watchers::new(&app.changes),
         auth: orders::Auth::from_config(&http.auth).map(Arc::new),
         lookups: Arc::new(orders::Lookups::new(http)),
         sse: Arc::new(Semaphore::new(http.sse_max_clients)),

@@ -15,11 +15,12 @@
 //!   `sf_lookup_max_concurrent` in flight; `sf_lookup_per_account_per_min` per Account (charged
 //!   to the caller whose request misses the cache); `sf_lookup_rate_per_sec` overall. A refused
 //!   lookup answers 503 with `Retry-After`, is not cached, and makes no call.
-//! - An SSE stream subscribes to changes *before* reading the current status, so no change is
-//!   lost between the two; it sends the current status first, then one event per change of the
-//!   Order's status (`status`, `activationStatus`, `error`; a ledger write that moves only
-//!   `updatedAt` or `whmcsOrderId` sends none), and ends on daemon shutdown or when the token that opened it expires (its
-//!   `exp`). At most `sse_max_clients` streams are open (then 503), and at most
+//! - An SSE stream registers for its Order's changes (`watchers`) *before* reading the current
+//!   status, so no change is lost between the two; it sends the current status first, then one
+//!   event per change of the Order's status (`status`, `activationStatus`, `error`; a ledger
+//!   write that moves only `updatedAt` or `whmcsOrderId` sends none), and ends on daemon
+//!   shutdown or when the token that opened it expires (its `exp`). At most `sse_max_clients`
+//!   streams are open (then 503), and at most
 //!   `sse_max_per_account` of one Account (then 429).
 //! - A failed Order's `error.message` is the configured customer text for its code; the raw
 //!   message (which may name WHMCS internals) is never served here.
@@ -46,11 +47,10 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{Http, error, limit, retry_later, view::Encoded};
+use super::{Http, error, limit, retry_later, view::Encoded, watchers::Watching};
 use crate::{
-    changes::Change,
     config::{ApiAuth, CustomerErrors, HttpConfig},
     ids::SalesforceId,
     ledger::{OrderRecord, outcome},
@@ -552,7 +552,8 @@ struct Watch {
     s: Http,
     id: SalesforceId,
     account: Option<SalesforceId>,
-    changes: broadcast::Receiver<Change>,
+    /// Wakes the stream when its Order may have changed.
+    watching: Watching,
     /// What the last event showed ([`Encoded::shown`]).
     last_shown: u64,
     first: Option<Event>,
@@ -590,18 +591,10 @@ impl Watch {
             return Some((Ok(ev), self));
         }
         loop {
-            let relevant = tokio::select! {
+            tokio::select! {
                 () = self.s.shutdown.cancelled() => return None,
                 () = until(self.expires) => return None,
-                r = self.changes.recv() => match r {
-                    Ok(c) => c.concerns(self.id.as_str()),
-                    // Missed some notifications: ours may be among them.
-                    Err(broadcast::error::RecvError::Lagged(_)) => true,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
-            };
-            if !relevant {
-                continue;
+                () = self.watching.changed() => {}
             }
             let order = match current(&self.s, &self.id, self.account.as_ref()).await {
                 Ok(Some(v)) if v.visible_to(self.account.as_ref()) => v,
@@ -656,7 +649,7 @@ pub(super) async fn events(
         );
     };
     // Subscribe before reading, so a change between the read and the first event is not lost.
-    let changes = s.app.changes.subscribe();
+    let watching = s.watchers.watch(&id);
     let order = match visible(&s, &id, account.as_ref()).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -668,7 +661,7 @@ pub(super) async fn events(
         s,
         id,
         account,
-        changes,
+        watching,
         expires,
         _permit: permit,
         _slot: slot,
