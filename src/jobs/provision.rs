@@ -435,20 +435,25 @@ impl Provisioner {
                     ),
                 )
             });
-            self.update(
-                id,
-                &owner,
-                &Change {
-                    state: Some(state),
-                    outcome: Some(Some(label)),
-                    error: Some(err),
-                    ..Default::default()
-                },
-            )
-            .await?;
+            let change = Change {
+                state: Some(state),
+                outcome: Some(Some(label)),
+                error: Some(err),
+                ..Default::default()
+            };
+            // The outcome and the interrupted attempt's close in one transaction: nobody sees
+            // the one without the other.
             let attempts = self.ledger.attempts(id).await?;
-            if let Some(open) = attempts.iter().rev().find(|a| a.finished_at.is_none()) {
-                self.ledger.finish_attempt(open.id, label, err).await?;
+            let held = match attempts.iter().rev().find(|a| a.finished_at.is_none()) {
+                Some(open) => {
+                    self.ledger
+                        .end_attempt(id, &owner, &change, open.id, label, err)
+                        .await?
+                }
+                None => self.ledger.update(id, &owner, &change).await?,
+            };
+            if !held {
+                return Err(JobError::LeaseLost(id.to_string()));
             }
             info!(
                 outcome = label,
@@ -533,6 +538,7 @@ impl Provisioner {
                     outcome: Some(None),
                     ..Default::default()
                 },
+                row.attempts <= 1,
             )
             .await?
             .ok_or_else(|| JobError::LeaseLost(id.to_string()))?;

@@ -8,30 +8,35 @@ use crate::ids::SalesforceId;
 
 impl Ledger {
     /// Opens an attempt and applies `c` (while `owner` holds the lease) in one transaction: both
-    /// or neither. `None` when the lease was lost (nothing written).
+    /// or neither. `None` when the lease was lost (nothing written). `first_claim`: the lease
+    /// was the Order's first ever (its row's `attempts` is 1), so no earlier attempt can be
+    /// open and none is looked for.
     pub async fn begin_attempt(
         &self,
         order: &SalesforceId,
         owner: &str,
         event_id: Option<&str>,
         c: &Change<'_>,
+        first_claim: bool,
     ) -> Result<Option<i64>> {
         let now_sql = self.db_now();
         let mut conn = self.writer().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         // An attempt still open belongs to a run that no longer holds the lease (we do): its
         // process stopped, or it lost the lease and stops before its next side effect.
-        sqlx::query(
-            "UPDATE attempts SET finished_at = $2, outcome = $3, error_code = $4, \
+        if !first_claim {
+            sqlx::query(
+                "UPDATE attempts SET finished_at = $2, outcome = $3, error_code = $4, \
              error_message = $5 WHERE sf_order_id = $1 AND finished_at IS NULL",
-        )
-        .bind(order.as_str())
-        .bind(now_ms())
-        .bind(outcome::ABANDONED)
-        .bind("ABANDONED")
-        .bind("the run stopped without finishing (its process ended, or its lease expired)")
-        .execute(&mut *tx)
-        .await?;
+            )
+            .bind(order.as_str())
+            .bind(now_ms())
+            .bind(outcome::ABANDONED)
+            .bind("ABANDONED")
+            .bind("the run stopped without finishing (its process ended, or its lease expired)")
+            .execute(&mut *tx)
+            .await?;
+        }
         let attempt = Self::start_attempt_on(&mut tx, order, event_id).await?;
         if !Self::update_on(&mut tx, now_sql, order, owner, c).await? {
             // Lease lost: no attempt is recorded either.

@@ -23,8 +23,9 @@ use crate::ids::SalesforceId;
 pub const ERROR_TEXT_MAX: usize = 1000;
 /// Rows deleted per pruning statement.
 pub const PRUNE_BATCH: i64 = 5000;
-/// Most steps inserted by one statement.
-pub const STEP_BATCH: usize = 100;
+/// Most steps inserted by one statement (SQLite looks parameter names up linearly, so a
+/// statement's binding cost grows with the square of its parameters: 20 rows is 220).
+pub const STEP_BATCH: usize = 20;
 /// Most steps waiting for the writer.
 pub const STEP_QUEUE: usize = 10_000;
 

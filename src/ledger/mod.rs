@@ -243,6 +243,8 @@ pub struct Change<'a> {
     /// this much from now in the same statement: the change then also answers
     /// [`Ledger::still_holds`] for an external step that follows it at once.
     pub renew: Option<std::time::Duration>,
+    /// Set `adding_at` to the database's now (the `adding` intent).
+    pub adding_now: bool,
 }
 
 /// Handle to the ledger database; cheap to clone.
@@ -521,7 +523,7 @@ mod tests {
             "a held lease is not taken"
         );
         let attempt = l
-            .begin_attempt(&id, "a", Some("ev-1"), &Change::default())
+            .begin_attempt(&id, "a", Some("ev-1"), &Change::default(), true)
             .await
             .expect("begin")
             .expect("lease held");

@@ -119,6 +119,7 @@ impl Ledger {
             state: Some(state::ADDING),
             whmcs_client_id: Some(client_id),
             renew: Some(lease),
+            adding_now: true,
             ..Default::default()
         };
         let now = self.db_now();
@@ -126,12 +127,6 @@ impl Ledger {
             tx.rollback().await?;
             return Ok(false);
         }
-        sqlx::query(&format!(
-            "UPDATE orders SET adding_at = {now} WHERE sf_order_id = $1"
-        ))
-        .bind(order.as_str())
-        .execute(&mut *tx)
-        .await?;
         sqlx::query(
             "INSERT INTO order_clients (sf_order_id, whmcs_client_id, first_seen_at) \
              VALUES ($1, $2, $3) ON CONFLICT (sf_order_id, whmcs_client_id) DO NOTHING",
@@ -223,6 +218,9 @@ impl Ledger {
         c: &Change<'_>,
     ) -> Result<bool> {
         let mut sets: Vec<String> = vec![format!("updated_at = {now}")];
+        if c.adding_now {
+            sets.push(format!("adding_at = {now}"));
+        }
         let mut n = 2;
         let mut next = |col: &str, sets: &mut Vec<String>| {
             n += 1;
