@@ -753,8 +753,6 @@ impl Provisioner {
             });
         let mut whmcs_order_id = known;
         *whmcs_order = known;
-        // Set right after a change that renewed the lease.
-        let mut lease_fresh = false;
         let accepted = row.state == ledger::state::WHMCS_ACCEPTED
             || (known.is_some()
                 && (row.state == ledger::state::DONE
@@ -830,9 +828,10 @@ impl Provisioner {
                     .add_order_once(id, owner, &current, &request, true)
                     .await?;
                 *whmcs_order = Some(created.0);
-                // Renews the lease: AcceptOrder right after needs no other check.
+                // Recorded while this run owns the Order, even if its lease lapsed during the
+                // call (the next run then needs no search): so this change does not renew, and
+                // AcceptOrder checks the lease itself.
                 self.record_added(id, owner, &created.0, &created.1).await?;
-                lease_fresh = true;
                 whmcs_order_id = Some(created.0);
             }
         }
@@ -840,9 +839,7 @@ impl Provisioner {
             whmcs_order_id.ok_or_else(|| Fail::new("INTERNAL", "no WHMCS order id"))?;
 
         if !accepted {
-            if !lease_fresh {
-                self.ensure_lease(id, owner).await?;
-            }
+            self.ensure_lease(id, owner).await?;
             match self.accept_once(id, owner, whmcs_order_id).await? {
                 Ok(()) => {}
                 Err(e) if e.kind == crate::whmcs::WhmcsErrorKind::NotPending => {
@@ -917,7 +914,6 @@ impl Provisioner {
                 state: Some(ledger::state::WHMCS_ADDED),
                 whmcs_order_id: Some(i64::try_from(*order_id).unwrap_or(i64::MAX)),
                 whmcs_service_ids: Some(&services),
-                renew: Some(LEASE),
                 ..Default::default()
             },
         )
