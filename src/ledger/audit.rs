@@ -7,9 +7,10 @@
 //!   the database per batch, at most [`STEP_BATCH`] rows): when the ledger is idle a step is
 //!   written at once, under load many share a statement. At most [`STEP_QUEUE`] steps wait;
 //!   beyond that a step is dropped and counted, never the job slowed.
-//! - A step's start time is the database's clock at the insert less the
-//!   time since the step started (measured once the connection is in hand), so every replica's
-//!   rows share one clock and pruning compares like with like.
+//! - A step's start time is on the database's clock: one reading of it (refreshed every
+//!   [`STEP_CLOCK_REFRESH`]) paired with this process's monotonic clock dates every step, so
+//!   every replica's rows share one clock, pruning compares like with like, and a job's
+//!   sequential steps never appear out of order by rounding.
 //! - Error texts are stored as the clients produced them (already redacted), cut to
 //!   [`ERROR_TEXT_MAX`] characters; no request body is ever stored.
 //! - Pruning deletes in batches of [`PRUNE_BATCH`] rows, so it never holds the writer for long.
@@ -64,11 +65,30 @@ impl StepRow {
     }
 }
 
+/// How long one reading of the database's clock dates steps.
+pub const STEP_CLOCK_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The queue of steps waiting for a ledger's writer task.
 #[derive(Debug, Default)]
 pub(super) struct StepQueue {
     tx: std::sync::OnceLock<tokio::sync::mpsc::Sender<StepRow>>,
     dropped: std::sync::atomic::AtomicU64,
+    /// The last reading of the database's clock ([`Ledger::step_clock`]).
+    clock: std::sync::Mutex<Option<(std::time::Instant, i64)>>,
+}
+
+/// `started` on the database's clock, given that the database read `anchor_ms` at `anchor`.
+/// One reading dates every step it covers, so a job's sequential steps keep their order.
+fn on_database_clock(
+    anchor: std::time::Instant,
+    anchor_ms: i64,
+    started: std::time::Instant,
+) -> i64 {
+    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2);
+    match started.checked_duration_since(anchor) {
+        Some(after) => anchor_ms.saturating_add(ms(after)),
+        None => anchor_ms.saturating_sub(ms(anchor.duration_since(started))),
+    }
 }
 
 /// One external step of a provisioning job, as recorded.
@@ -139,12 +159,12 @@ impl Ledger {
         if steps.is_empty() {
             return Ok(());
         }
-        let now = self.db_now();
+        let (anchor, anchor_ms) = self.step_clock().await?;
         let mut values = Vec::with_capacity(steps.len());
         for i in 0..steps.len() {
             let p = |k: usize| format!("${}", i * 11 + k);
             values.push(format!(
-                "({}, {}, {}, {}, {now} - {}, {}, {}, {}, {}, {}, {})",
+                "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
                 p(1),
                 p(2),
                 p(3),
@@ -167,13 +187,12 @@ impl Ledger {
         let mut conn = self.writer().await?;
         let mut q = sqlx::query(&sql);
         for s in steps {
-            let ago = i64::try_from(s.started.elapsed().as_millis()).unwrap_or(i64::MAX / 2);
             q = q
                 .bind(s.order)
                 .bind(s.job_id)
                 .bind(s.attempt_id)
                 .bind(s.step)
-                .bind(ago)
+                .bind(on_database_clock(anchor, anchor_ms, s.started))
                 .bind(s.duration_ms.max(0))
                 .bind(s.outcome)
                 .bind(s.error_code)
@@ -183,6 +202,23 @@ impl Ledger {
         }
         q.execute(&mut *conn).await?;
         Ok(())
+    }
+
+    /// An instant of this process and the database's clock at that instant, read again once
+    /// [`STEP_CLOCK_REFRESH`] has passed.
+    async fn step_clock(&self) -> Result<(std::time::Instant, i64)> {
+        let cached = *self.steps.clock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, ms)) = cached {
+            if at.elapsed() < STEP_CLOCK_REFRESH {
+                return Ok((at, ms));
+            }
+        }
+        let before = std::time::Instant::now();
+        let ms = self.clock_ms().await?;
+        // The database read its clock somewhere during the round trip: take its middle.
+        let at = before + before.elapsed() / 2;
+        *self.steps.clock.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, ms));
+        Ok((at, ms))
     }
 
     /// Queues a step of a running job for this ledger's writer task (started on first use);
@@ -315,6 +351,28 @@ async fn write_steps(ledger: Ledger, mut rx: tokio::sync::mpsc::Receiver<StepRow
 mod tests {
     use super::*;
     use crate::config::DatabaseConfig;
+
+    #[test]
+    fn one_clock_reading_keeps_sequential_steps_in_order() {
+        let anchor = std::time::Instant::now();
+        let at = |us: i64| {
+            if us >= 0 {
+                anchor + std::time::Duration::from_micros(us.unsigned_abs())
+            } else {
+                anchor - std::time::Duration::from_micros(us.unsigned_abs())
+            }
+        };
+        assert_eq!(on_database_clock(anchor, 1_000_000, anchor), 1_000_000);
+        assert_eq!(on_database_clock(anchor, 1_000_000, at(-2_500)), 999_998);
+        assert_eq!(on_database_clock(anchor, 1_000_000, at(2_500)), 1_000_002);
+        // Steps a fraction of a millisecond apart, on both sides of the reading.
+        let mut last = i64::MIN;
+        for us in (-5_000..5_000).step_by(137) {
+            let t = on_database_clock(anchor, 1_000_000, at(us));
+            assert!(t >= last, "{us} µs: {t} < {last}");
+            last = t;
+        }
+    }
 
     #[test]
     fn cut_keeps_whole_characters() {
