@@ -9,12 +9,7 @@ use serde_json::Value;
 
 use crate::helpers::{Db, Options, daemon_process, spawn_app, wait_until};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
+use crate::helpers::free_port;
 
 async fn health_of(http: &reqwest::Client, port: u16) -> Option<Value> {
     let r = http

@@ -183,12 +183,7 @@ async fn salesforce_request_limit_pauses_orders_without_failing_them() {
     app.stop().await.expect("stop");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
+use crate::helpers::free_port;
 
 async fn metric(http: &reqwest::Client, port: u16, prefix: &str) -> f64 {
     let Ok(r) = http

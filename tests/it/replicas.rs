@@ -49,12 +49,7 @@ fn replica(app: &TestApp, port: u16) -> Child {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
+use crate::helpers::free_port;
 
 async fn state_of(http: &reqwest::Client, port: u16) -> Option<String> {
     let r = http

@@ -11,12 +11,7 @@ use crate::{
     http::{SseReader, account_of, http_up, token},
 };
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
+use crate::helpers::free_port;
 
 /// The order's `status` as `base` serves it (`None` unless 200).
 async fn status_at(http: &reqwest::Client, base: &str, id: &str, token: &str) -> Option<String> {
