@@ -759,6 +759,9 @@ impl Provisioner {
                     || (row.state == ledger::state::WRITEBACK_REJECTED
                         && row.outcome.as_deref() == Some(ledger::outcome::PROVISIONED))));
 
+        // Whether this drive's last ledger change renewed a live lease (then the next
+        // external step needs no other check).
+        let mut lease_fresh = false;
         if whmcs_order_id.is_none() {
             let lines = self.fit_quantities(order_lines(order)?).await?;
             // A row this run created has no client history (it is written with the `adding`
@@ -787,6 +790,7 @@ impl Provisioner {
                     *whmcs_order = Some(found.id);
                     self.record_added(id, owner, &found.id, &found.service_ids)
                         .await?;
+                    lease_fresh = true;
                 }
             }
             if whmcs_order_id.is_none() {
@@ -829,9 +833,10 @@ impl Provisioner {
                     .await?;
                 *whmcs_order = Some(created.0);
                 // Recorded while this run owns the Order, even if its lease lapsed during the
-                // call (the next run then needs no search): so this change does not renew, and
-                // AcceptOrder checks the lease itself.
+                // call (the next run then needs no search); the same statement renews a live
+                // lease, which is AcceptOrder's lease check.
                 self.record_added(id, owner, &created.0, &created.1).await?;
+                lease_fresh = true;
                 whmcs_order_id = Some(created.0);
             }
         }
@@ -839,7 +844,9 @@ impl Provisioner {
             whmcs_order_id.ok_or_else(|| Fail::new("INTERNAL", "no WHMCS order id"))?;
 
         if !accepted {
-            self.ensure_lease(id, owner).await?;
+            if !lease_fresh {
+                self.ensure_lease(id, owner).await?;
+            }
             match self.accept_once(id, owner, whmcs_order_id).await? {
                 Ok(()) => {}
                 Err(e) if e.kind == crate::whmcs::WhmcsErrorKind::NotPending => {
@@ -895,6 +902,9 @@ impl Provisioner {
         Ok(whmcs_order_id)
     }
 
+    /// Records the WHMCS order (`whmcs_added`) while this run owns the Order, even if its lease
+    /// lapsed during the call; `Ok` only when the lease was live and is now renewed, so the
+    /// `AcceptOrder` that follows needs no other check.
     async fn record_added(
         &self,
         id: &SalesforceId,
@@ -907,17 +917,26 @@ impl Provisioner {
             .map(u64::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        self.update(
-            id,
-            owner,
-            &Change {
-                state: Some(ledger::state::WHMCS_ADDED),
-                whmcs_order_id: Some(i64::try_from(*order_id).unwrap_or(i64::MAX)),
-                whmcs_service_ids: Some(&services),
-                ..Default::default()
-            },
-        )
-        .await
+        let change = Change {
+            state: Some(ledger::state::WHMCS_ADDED),
+            whmcs_order_id: Some(i64::try_from(*order_id).unwrap_or(i64::MAX)),
+            whmcs_service_ids: Some(&services),
+            ..Default::default()
+        };
+        match self
+            .ledger
+            .update_keeping_lease(id, owner, &change, LEASE)
+            .await?
+        {
+            ledger::LeaseAfter::Live => Ok(()),
+            ledger::LeaseAfter::Lapsed => {
+                warn!(
+                    "lease on the order expired during the WHMCS call; the order id is recorded, stopping before the next side effect"
+                );
+                Err(JobError::LeaseLost(id.to_string()))
+            }
+            ledger::LeaseAfter::Lost => Err(JobError::LeaseLost(id.to_string())),
+        }
     }
 
     /// `AddOrder` with reconciliation: any failure that may have reached WHMCS is followed by a

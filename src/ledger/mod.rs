@@ -247,6 +247,18 @@ pub struct Change<'a> {
     pub adding_now: bool,
 }
 
+/// The lease after a change made with [`Ledger::update_keeping_lease`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseAfter {
+    /// Another run holds the Order: nothing was written.
+    Lost,
+    /// Written (the run still owns the Order), but its lease had expired on the database's
+    /// clock: not renewed; the run must stop before its next external side effect.
+    Lapsed,
+    /// Written, and the lease was live and is now extended.
+    Live,
+}
+
 /// Handle to the ledger database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Ledger {
@@ -607,6 +619,70 @@ mod tests {
             l.update(&id, "a", &plain).await.expect("update"),
             "a change that does not renew needs only the owner"
         );
+    }
+
+    /// A record kept through a lapsed lease: written for the owner either way, renewing the
+    /// lease only while it is live, and saying which it was; nothing for another run.
+    async fn kept_record(l: &Ledger) {
+        let id = SalesforceId::synthesize("801", 9);
+        let lease = Duration::from_secs(30);
+        assert!(l.claim(&id, "a", lease).await.expect("claim").is_some());
+        let added = |order| Change {
+            state: Some(state::WHMCS_ADDED),
+            whmcs_order_id: Some(order),
+            ..Default::default()
+        };
+        let long = Duration::from_secs(600);
+        let change = added(41);
+        let kept = l.update_keeping_lease(&id, "a", &change, long);
+        assert_eq!(kept.await.expect("keep"), LeaseAfter::Live);
+        let (_, until) = l.lease_of(&id).await.expect("lease").expect("row");
+        let now = l.clock_ms().await.expect("clock");
+        assert!(until.expect("held") > now + 500_000, "extended to 600 s");
+        let change = added(40);
+        let other = l.update_keeping_lease(&id, "b", &change, long);
+        assert_eq!(other.await.expect("keep"), LeaseAfter::Lost);
+        sqlx::query("UPDATE orders SET lease_until = 0")
+            .execute(l.pool())
+            .await
+            .expect("expire");
+        let change = added(42);
+        let lapsed = l.update_keeping_lease(&id, "a", &change, long);
+        assert_eq!(lapsed.await.expect("keep"), LeaseAfter::Lapsed);
+        let row = l.get(&id).await.expect("get").expect("row");
+        assert_eq!(
+            row.whmcs_order_id,
+            Some(42),
+            "recorded though the lease lapsed"
+        );
+        let (_, until) = l.lease_of(&id).await.expect("lease").expect("row");
+        assert_eq!(until, Some(0), "a lapsed lease is not renewed");
+        assert!(!l.still_holds(&id, "a", lease).await.expect("holds"));
+    }
+
+    #[tokio::test]
+    async fn a_kept_record_renews_only_a_live_lease_on_sqlite() {
+        kept_record(&ledger("sqlite::memory:".into()).await).await;
+    }
+
+    #[tokio::test]
+    async fn a_kept_record_renews_only_a_live_lease_on_postgres() {
+        use sqlx::Connection;
+        let base = std::env::var("TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".into());
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        sqlx::any::install_default_drivers();
+        let mut admin = AnyConnection::connect(&base).await.expect("PostgreSQL");
+        sqlx::Executor::execute(&mut admin, format!("CREATE SCHEMA {schema}").as_str())
+            .await
+            .expect("schema");
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let l = ledger(format!("{base}{sep}options=-c%20search_path%3D{schema}")).await;
+        kept_record(&l).await;
+        l.close().await;
+        sqlx::Executor::execute(&mut admin, format!("DROP SCHEMA {schema} CASCADE").as_str())
+            .await
+            .expect("drop");
     }
 
     /// Fencing tokens come from the ledger, above every stored cursor token; every cursor write

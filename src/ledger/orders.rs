@@ -209,6 +209,27 @@ impl Ledger {
         Ok(changed)
     }
 
+    /// Applies `c` while `owner` owns the Order, even if its lease expired, and in the same
+    /// statement extends the lease by `lease` if it is still live on the database's clock: a
+    /// record that must not be lost (the WHMCS order id) that also answers the lease check of
+    /// the external step right after it.
+    pub async fn update_keeping_lease(
+        &self,
+        order: &SalesforceId,
+        owner: &str,
+        c: &Change<'_>,
+        lease: Duration,
+    ) -> Result<super::LeaseAfter> {
+        let now = self.db_now();
+        let mut conn = self.writer().await?;
+        let after = Self::write_on(&mut conn, now, order, owner, c, Some(lease)).await?;
+        drop(conn);
+        if after != super::LeaseAfter::Lost {
+            self.changes.changed(order.as_str());
+        }
+        Ok(after)
+    }
+
     /// [`Ledger::update`] on a given connection; `now` is [`Ledger::db_now`].
     pub(super) async fn update_on(
         conn: &mut AnyConnection,
@@ -217,6 +238,20 @@ impl Ledger {
         owner: &str,
         c: &Change<'_>,
     ) -> Result<bool> {
+        Ok(Self::write_on(conn, now, order, owner, c, None).await? != super::LeaseAfter::Lost)
+    }
+
+    /// The one `UPDATE` of an Order row behind every change. `keep`: renew the lease by this
+    /// much if it is live, and say whether it was (without it, `Live` means only "applied").
+    async fn write_on(
+        conn: &mut AnyConnection,
+        now: &str,
+        order: &SalesforceId,
+        owner: &str,
+        c: &Change<'_>,
+        keep: Option<Duration>,
+    ) -> Result<super::LeaseAfter> {
+        use super::LeaseAfter;
         let mut sets: Vec<String> = vec![format!("updated_at = {now}")];
         if c.adding_now {
             sets.push(format!("adding_at = {now}"));
@@ -266,14 +301,33 @@ impl Ledger {
             if let Some(last) = sets.last_mut() {
                 *last = format!("lease_until = {now} + ${n}");
             }
+        } else if keep.is_some() {
+            next("lease_until", &mut sets);
+            if let Some(last) = sets.last_mut() {
+                *last = format!(
+                    "lease_until = CASE WHEN lease_until >= {now} THEN {now} + ${n} \
+                     ELSE lease_until END"
+                );
+            }
         }
         let live = if c.renew.is_some() && !c.release {
             format!(" AND lease_until >= {now}")
         } else {
             String::new()
         };
+        // Whether the lease is live after the change: extended (live) or left as it was
+        // (expired). The database's "now" is one reading per statement on SQLite; on
+        // PostgreSQL a later reading only makes an expired lease look more expired.
+        let returning = if keep.is_some() && !c.release && c.renew.is_none() {
+            format!(
+                " RETURNING CAST(CASE WHEN lease_until >= {now} THEN 1 ELSE 0 END AS BIGINT) \
+                 AS live"
+            )
+        } else {
+            String::new()
+        };
         let sql = format!(
-            "UPDATE orders SET {} WHERE sf_order_id = $1 AND lease_owner = $2{live}",
+            "UPDATE orders SET {} WHERE sf_order_id = $1 AND lease_owner = $2{live}{returning}",
             sets.join(", ")
         );
         let mut q = sqlx::query(&sql).bind(order.as_str()).bind(owner);
@@ -307,10 +361,21 @@ impl Ledger {
         if let Some(v) = c.correlation_id {
             q = q.bind(v);
         }
-        if let (Some(lease), false) = (c.renew, c.release) {
+        if let (Some(lease), false) = (c.renew.or(keep), c.release) {
             q = q.bind(lease_ms(lease));
         }
-        Ok(q.execute(&mut *conn).await?.rows_affected() > 0)
+        if returning.is_empty() {
+            return Ok(if q.execute(&mut *conn).await?.rows_affected() > 0 {
+                LeaseAfter::Live
+            } else {
+                LeaseAfter::Lost
+            });
+        }
+        Ok(match q.fetch_optional(&mut *conn).await? {
+            None => LeaseAfter::Lost,
+            Some(row) if row.try_get::<i64, _>("live")? == 1 => LeaseAfter::Live,
+            Some(_) => LeaseAfter::Lapsed,
+        })
     }
 
     /// The Order's row, if the ledger knows it.
