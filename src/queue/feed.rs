@@ -34,6 +34,10 @@ pub const SILENCE: Duration = Duration::from_secs(4);
 pub const MAX_PENDING: usize = 10_000;
 /// Most ids in one message.
 const BATCH: usize = 500;
+/// How long a change waits for others to share its message: at most this much is added to the
+/// time another replica takes to see it, and a process publishes at most one message of
+/// changes per window, whatever its rate of changes.
+pub const COALESCE: Duration = Duration::from_millis(20);
 /// How long connecting the subscription may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -83,7 +87,9 @@ fn decode(message: &str) -> Option<(&str, Body<'_>)> {
 /// Local changes not yet published.
 #[derive(Default)]
 struct Pending {
+    /// Each changed Order once, in the order of its first change.
     ids: Vec<std::sync::Arc<str>>,
+    seen: std::collections::HashSet<std::sync::Arc<str>>,
     /// Some were not kept: publish `*`.
     overflow: bool,
 }
@@ -91,7 +97,11 @@ struct Pending {
 impl Pending {
     fn take(&mut self, change: Result<Change, RecvError>) {
         match change {
-            Ok(Change::Local(id)) if self.ids.len() < MAX_PENDING => self.ids.push(id),
+            Ok(Change::Local(id)) if self.seen.contains(&id) => {}
+            Ok(Change::Local(id)) if self.ids.len() < MAX_PENDING => {
+                self.seen.insert(id.clone());
+                self.ids.push(id);
+            }
             Ok(Change::Local(_)) | Err(RecvError::Lagged(_)) => self.overflow = true,
             Ok(_) | Err(RecvError::Closed) => {}
         }
@@ -121,6 +131,12 @@ impl Feed {
                         return;
                     }
                     pending.take(r);
+                    // Gather what else changes meanwhile into the same message: one publish
+                    // (and one wake-up of every replica) per window, not per change.
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(COALESCE) => {}
+                    }
                     false
                 }
                 _ = tick.tick() => true,
@@ -263,5 +279,69 @@ mod tests {
             p.ids.is_empty(),
             "other replicas' changes are not published again"
         );
+    }
+
+    #[test]
+    fn an_order_changed_several_times_is_published_once() {
+        let mut p = Pending::default();
+        for id in ["a", "b", "a", "c", "b", "a"] {
+            p.take(Ok(Change::Local(id.into())));
+        }
+        let ids: Vec<&str> = p.ids.iter().map(|id| &**id).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert!(!p.overflow);
+    }
+
+    /// Changes a few milliseconds apart share messages (real Redis): without the window, each
+    /// would be published on its own as soon as it is announced.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_close_together_share_one_message() {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let client = redis::Client::open(url.as_str()).expect("client");
+        let channel = channel(&format!("test-feed-{}", uuid::Uuid::new_v4().simple()));
+        let mut sub = client.get_async_pubsub().await.expect("Redis reachable");
+        sub.subscribe(&channel).await.expect("subscribe");
+        let changes = Changes::new();
+        let feed = Feed {
+            client: client.clone(),
+            publish: ConnectionManager::new(client.clone()).await.expect("conn"),
+            channel: channel.clone(),
+            origin: "p".into(),
+            changes: changes.clone(),
+        };
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(feed.run(stop.clone()));
+        // The feed's own subscription is up once its heartbeat came back.
+        let mut messages = sub.on_message();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let next = |m: redis::Msg| m.get_payload::<String>().expect("payload");
+        let first = tokio::time::timeout_at(deadline, messages.next())
+            .await
+            .expect("a heartbeat within 10 s")
+            .map(next);
+        assert_eq!(first.as_deref(), Some("p\nhb"));
+        // Further apart than a publish takes, closer than the window.
+        const N: usize = 40;
+        let mut every = tokio::time::interval(Duration::from_millis(5));
+        for i in 0..N {
+            every.tick().await;
+            changes.changed(&format!("o{i}"));
+        }
+        let (mut seen, mut bodies) = (std::collections::HashSet::new(), 0);
+        while seen.len() < N {
+            let body = tokio::time::timeout_at(deadline, messages.next())
+                .await
+                .expect("every change published within 10 s")
+                .map(next)
+                .expect("message");
+            let Some((_, Body::Orders(ids))) = decode(&body) else {
+                continue;
+            };
+            bodies += 1;
+            seen.extend(ids.into_iter().map(str::to_owned));
+        }
+        assert!(bodies < N / 2, "{N} changes took {bodies} messages");
+        stop.cancel();
+        running.await.expect("feed task").expect("feed");
     }
 }
