@@ -386,6 +386,8 @@ pub async fn run_with_state(state: AppState, shutdown: CancellationToken) -> any
         failure = Some(e.context(format!("{name} stopped")));
         shutdown.cancel();
     }
+    // The last jobs' audit steps, still gathering for a batch.
+    state.ledger.flush_steps().await;
     match failure {
         Some(e) => Err(e),
         None => {

@@ -37,7 +37,6 @@
 
 use std::{fmt::Display, sync::Arc, time::Duration};
 
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{
@@ -344,36 +343,23 @@ impl Provisioner {
             }
             return Ok(Outcome::Skipped("finished_meanwhile"));
         }
-        let lease_lost = CancellationToken::new();
-        let renewer = {
-            let (ledger, id, owner, lost) = (
-                self.ledger.clone(),
-                id.clone(),
-                owner.clone(),
-                lease_lost.clone(),
-            );
-            tokio::spawn(
-                async move {
-                    loop {
-                        tokio::time::sleep(LEASE / 3).await;
-                        match ledger.renew(&id, &owner, LEASE).await {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                lost.cancel();
-                                return;
-                            }
-                            Err(e) => warn!(error.message = %e, "lease renewal failed"),
-                        }
-                    }
+        // Renews the lease while the run goes on, in the run's own task; ends only when the
+        // lease is lost, which ends the run.
+        let renewing = async {
+            loop {
+                tokio::time::sleep(LEASE / 3).await;
+                match self.ledger.renew(&id, &owner, LEASE).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => warn!(error.message = %e, "lease renewal failed"),
                 }
-                .in_current_span(),
-            )
+            }
         };
         // The attempt the claimed run opened (0: none yet), to close if the run is cut off.
         let started = std::sync::atomic::AtomicI64::new(0);
         let result = tokio::select! {
             r = self.provision_claimed(job, execution, &id, &order, row, &owner, &started) => r,
-            () = lease_lost.cancelled() => {
+            () = renewing => {
                 let e = JobError::LeaseLost(id.to_string());
                 let attempt = started.load(std::sync::atomic::Ordering::Relaxed);
                 if attempt != 0 {
@@ -382,7 +368,6 @@ impl Provisioner {
                 Err(e)
             }
         };
-        renewer.abort();
         // A finished attempt gave the lease back with its last change.
         let released = matches!(
             result,

@@ -3,10 +3,12 @@
 //!
 //! Invariants:
 //! - Steps of running jobs are queued ([`Ledger::queue_step`], never waiting) to one writer task
-//!   per ledger, which inserts whatever has queued up in one multi-row `INSERT` (one trip to
-//!   the database per batch, at most [`STEP_BATCH`] rows): when the ledger is idle a step is
-//!   written at once, under load many share a statement. At most [`STEP_QUEUE`] steps wait;
-//!   beyond that a step is dropped and counted, never the job slowed.
+//!   per ledger, which inserts them in multi-row `INSERT`s (one trip to the database per batch,
+//!   at most [`STEP_BATCH`] rows): after the first step of a batch it gathers others for up to
+//!   [`STEP_GATHER`], so jobs running side by side share statements even when their calls are
+//!   slow. At most [`STEP_QUEUE`] steps wait; beyond that a step is dropped and counted, never
+//!   the job slowed. [`Ledger::flush_steps`] writes what is queued at once (before the daemon
+//!   exits).
 //! - A step's start time is on the database's clock: one reading of it (refreshed every
 //!   [`STEP_CLOCK_REFRESH`]) paired with this process's monotonic clock dates every step, so
 //!   every replica's rows share one clock, pruning compares like with like, and a job's
@@ -29,6 +31,19 @@ pub const PRUNE_BATCH: i64 = 5000;
 pub const STEP_BATCH: usize = 20;
 /// Most steps waiting for the writer.
 pub const STEP_QUEUE: usize = 10_000;
+/// How long the writer waits for more steps to share a statement with the first one it got
+/// (unless a full batch is already there, or a flush is asked for).
+pub const STEP_GATHER: std::time::Duration = std::time::Duration::from_millis(50);
+/// Longest [`Ledger::flush_steps`] waits for the writer.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What the writer task receives.
+#[derive(Debug)]
+enum StepMsg {
+    Row(StepRow),
+    /// Write what is queued now, then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
 
 /// A step of a running job, queued for the writer ([`Ledger::queue_step`]).
 #[derive(Debug, Clone)]
@@ -71,7 +86,7 @@ pub const STEP_CLOCK_REFRESH: std::time::Duration = std::time::Duration::from_se
 /// The queue of steps waiting for a ledger's writer task.
 #[derive(Debug, Default)]
 pub(super) struct StepQueue {
-    tx: std::sync::OnceLock<tokio::sync::mpsc::Sender<StepRow>>,
+    tx: std::sync::OnceLock<tokio::sync::mpsc::Sender<StepMsg>>,
     dropped: std::sync::atomic::AtomicU64,
     /// The last reading of the database's clock ([`Ledger::step_clock`]).
     clock: std::sync::Mutex<Option<(std::time::Instant, i64)>>,
@@ -229,7 +244,7 @@ impl Ledger {
             tokio::spawn(write_steps(self.clone(), rx));
             tx
         });
-        match tx.try_send(row) {
+        match tx.try_send(StepMsg::Row(row)) {
             Ok(()) => true,
             Err(_) => {
                 let n = self
@@ -244,6 +259,21 @@ impl Ledger {
                 }
                 false
             }
+        }
+    }
+
+    /// Waits (at most 5 s) until every step queued so far is written; at once when no step was
+    /// ever queued. Called before the daemon exits, so the last jobs' steps are kept.
+    pub async fn flush_steps(&self) {
+        let Some(tx) = self.steps.tx.get() else {
+            return;
+        };
+        let (done, written) = tokio::sync::oneshot::channel();
+        let sent = tokio::time::timeout(FLUSH_TIMEOUT, async {
+            tx.send(StepMsg::Flush(done)).await.is_ok() && written.await.is_ok()
+        });
+        if !matches!(sent.await, Ok(true)) {
+            tracing::warn!("audit trail: queued steps not all written before stopping");
         }
     }
 
@@ -333,17 +363,39 @@ impl Ledger {
     }
 }
 
-/// The writer task of a ledger's step queue: inserts whatever has queued up, until every
-/// sender is gone.
-async fn write_steps(ledger: Ledger, mut rx: tokio::sync::mpsc::Receiver<StepRow>) {
+/// The writer task of a ledger's step queue: inserts whatever has queued up (gathering for up
+/// to [`STEP_GATHER`] after the first step), until every sender is gone.
+async fn write_steps(ledger: Ledger, mut rx: tokio::sync::mpsc::Receiver<StepMsg>) {
+    let flush = |m: &StepMsg| matches!(m, StepMsg::Flush(_));
     let mut batch = Vec::with_capacity(STEP_BATCH);
     while rx.recv_many(&mut batch, STEP_BATCH).await > 0 {
-        let rows: Vec<NewStep<'_>> = batch.iter().map(StepRow::borrowed).collect();
-        if let Err(e) = ledger.record_steps(&rows).await {
-            tracing::warn!(steps = rows.len(), error.message = %e, "cannot record steps in the audit trail");
+        let until = tokio::time::Instant::now() + STEP_GATHER;
+        while batch.len() < STEP_BATCH && !batch.iter().any(flush) {
+            let room = STEP_BATCH - batch.len();
+            let more = rx.recv_many(&mut batch, room);
+            match tokio::time::timeout_at(until, more).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        let rows: Vec<NewStep<'_>> = batch
+            .iter()
+            .filter_map(|m| match m {
+                StepMsg::Row(r) => Some(r.borrowed()),
+                StepMsg::Flush(_) => None,
+            })
+            .collect();
+        if !rows.is_empty() {
+            if let Err(e) = ledger.record_steps(&rows).await {
+                tracing::warn!(steps = rows.len(), error.message = %e, "cannot record steps in the audit trail");
+            }
         }
         drop(rows);
-        batch.clear();
+        for m in batch.drain(..) {
+            if let StepMsg::Flush(done) = m {
+                let _ = done.send(());
+            }
+        }
     }
 }
 
@@ -470,5 +522,37 @@ mod tests {
             tokio::task::yield_now().await;
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    /// A flush writes what is queued at once (the writer would otherwise gather for
+    /// `STEP_GATHER` first), so steps queued before a shutdown are kept.
+    #[tokio::test]
+    async fn a_flush_writes_queued_steps_without_waiting_for_more() {
+        let l = Ledger::open(&DatabaseConfig {
+            url: "sqlite::memory:".into(),
+            auto_migrate: true,
+            max_connections: 1,
+        })
+        .await
+        .expect("ledger");
+        l.flush_steps().await;
+        let id = SalesforceId::synthesize("801", 5);
+        for step in ["read_order", "add_order", "accept_order"] {
+            assert!(l.queue_step(StepRow {
+                order: id.as_str().to_owned(),
+                job_id: Some("j".into()),
+                attempt_id: Some(1),
+                step,
+                started: std::time::Instant::now(),
+                duration_ms: 1,
+                outcome: "ok",
+                error_code: None,
+                error_message: None,
+                whmcs_client_id: None,
+                whmcs_order_id: None,
+            }));
+        }
+        l.flush_steps().await;
+        assert_eq!(l.steps(&id).await.expect("steps").len(), 3);
     }
 }
