@@ -483,8 +483,9 @@ impl Provisioner {
     }
 
     /// Stops the job unless it still holds the Order's lease, live on the database's clock;
-    /// asked right before every external side effect (AddOrder, AcceptOrder, the write-back),
-    /// so a job whose renewals failed or whose lease expired never acts after another took over.
+    /// asked right before every external side effect (AddOrder, AcceptOrder, the write-back)
+    /// unless the ledger change just before it already checked and renewed the lease, so a job
+    /// whose renewals failed or whose lease expired never acts after another took over.
     async fn ensure_lease(&self, id: &SalesforceId, owner: &str) -> Result<(), JobError> {
         if self.ledger.still_holds(id, owner, LEASE).await? {
             Ok(())

@@ -11,6 +11,9 @@
 //!   own heartbeat through Redis, which proves the whole publish → subscribe path; it is
 //!   declared down (readers get `Lost`) when the subscription drops or nothing (not even the
 //!   heartbeat published every [`HEARTBEAT`]) arrives for [`SILENCE`].
+//! - A change is published at most [`COALESCE`] after it was announced, with whatever else
+//!   changed meanwhile (each Order once per message): one message per window, whatever the
+//!   rate of changes.
 //! - Changes that could not be published stay pending (at most [`MAX_PENDING`] ids; beyond
 //!   that, and when this process's own notifications lagged, the next message is `*`), and are
 //!   published once Redis answers again.
