@@ -92,6 +92,11 @@ pub(super) struct Limits {
 }
 
 impl Limits {
+    /// Whether any limit is on.
+    pub(super) fn any(&self) -> bool {
+        self.per_client.is_some() || self.per_account.is_some()
+    }
+
     pub(super) fn new(
         per_client: Option<RateLimit>,
         per_account: Option<RateLimit>,

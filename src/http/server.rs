@@ -25,7 +25,10 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -44,7 +47,7 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, watch},
+    sync::Semaphore,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
@@ -153,37 +156,64 @@ struct Limits {
     idle: Duration,
 }
 
-/// Counts a connection's requests in flight; a request stays in flight until its response body
-/// is finished or dropped.
-#[derive(Clone)]
-struct InFlight(Arc<watch::Sender<usize>>);
+/// The requests in flight on one connection, and when it last had none. Updated with two
+/// atomic operations per request and read only by the connection's idle timer, so a request
+/// wakes nobody and arms no timer.
+struct InFlight {
+    count: AtomicUsize,
+    /// When the connection started.
+    since: tokio::time::Instant,
+    /// When the last request ended, in milliseconds after `since` (0: none yet).
+    idle_at_ms: AtomicU64,
+}
 
 /// One request in flight; dropping it ends it.
-struct InFlightGuard(Arc<watch::Sender<usize>>);
+struct InFlightGuard(Arc<InFlight>);
 
 impl InFlight {
-    fn begin(&self) -> InFlightGuard {
-        self.0.send_modify(|n| *n += 1);
-        InFlightGuard(self.0.clone())
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            count: AtomicUsize::new(0),
+            since: tokio::time::Instant::now(),
+            idle_at_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self.clone())
+    }
+
+    /// Since when the connection has had no request in flight; `None` while one is.
+    fn idle_since(&self) -> Option<tokio::time::Instant> {
+        if self.count.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.since + Duration::from_millis(self.idle_at_ms.load(Ordering::Acquire)))
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        let f = &self.0;
+        // The end time first: whoever then sees the count at zero sees this time or a later one.
+        let ms = u64::try_from(f.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        f.idle_at_ms.fetch_max(ms, Ordering::AcqRel);
+        f.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// Resolves once the connection has had no request in flight for `timeout`.
-async fn idle_for(mut in_flight: watch::Receiver<usize>, timeout: Duration) {
+/// Resolves once the connection has had no request in flight for `timeout`. One timer, re-armed
+/// when it fires early (a request came or is still running), not one per request.
+async fn idle_for(in_flight: Arc<InFlight>, timeout: Duration) {
+    let mut deadline = in_flight.since + timeout;
     loop {
-        if in_flight.wait_for(|n| *n == 0).await.is_err() {
-            return std::future::pending().await;
-        }
-        match tokio::time::timeout(timeout, in_flight.changed()).await {
-            Err(_) => return,
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return std::future::pending().await,
+        tokio::time::sleep_until(deadline).await;
+        let now = tokio::time::Instant::now();
+        match in_flight.idle_since() {
+            Some(idle) if idle + timeout <= now => return,
+            Some(idle) => deadline = idle + timeout,
+            None => deadline = now + timeout,
         }
     }
 }
@@ -244,8 +274,8 @@ async fn connection(
         pos: 0,
         inner: stream,
     });
-    let (in_flight, in_flight_rx) = watch::channel(0usize);
-    let in_flight = InFlight(Arc::new(in_flight));
+    let in_flight = InFlight::new();
+    let idle = idle_for(in_flight.clone(), limits.idle);
     let service = TowerToHyperService::new(tower::service_fn(
         move |mut req: axum::http::Request<Incoming>| {
             let guard = in_flight.begin();
@@ -262,7 +292,6 @@ async fn connection(
             }
         },
     ));
-    let idle = idle_for(in_flight_rx, limits.idle);
     tokio::pin!(idle);
     let result = if h2 {
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
