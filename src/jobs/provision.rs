@@ -795,6 +795,11 @@ impl Provisioner {
                         .into());
                     }
                 }
+                // Room for the AddOrder before its intent is committed: a job that waits for
+                // WHMCS capacity, or is stopped while waiting, leaves no intent behind (an
+                // intent without a call would hold the Order back for the in-doubt window).
+                // Without room (breaker open, credentials latched) the call below reports why.
+                let room = self.whmcs.room("AddOrder").await.ok();
                 // Checks and renews the lease: the AddOrder right after needs no other check.
                 if !self
                     .ledger
@@ -815,7 +820,7 @@ impl Provisioner {
                     not_before: search.not_before,
                 };
                 let created = self
-                    .add_order_once(id, owner, &current, &request, true)
+                    .add_order_once(id, owner, &current, &request, room)
                     .await?;
                 *whmcs_order = Some(created.0);
                 // Recorded while this run owns the Order, even if its lease lapsed during the
@@ -933,20 +938,27 @@ impl Provisioner {
         owner: &str,
         search: &Search,
         request: &AddOrderRequest,
-        lease_fresh: bool,
+        mut room: Option<crate::whmcs::Room<'_>>,
     ) -> Result<(u64, Vec<u64>), StepError> {
         let mut attempt = 0;
-        // The caller's last change renewed the lease: the first try needs no other check.
-        let mut checked = lease_fresh;
+        // The caller's last change (the `adding` intent) renewed the lease: the first try
+        // needs no other check.
+        let mut checked = true;
         loop {
             if !std::mem::take(&mut checked) {
                 self.ensure_lease(id, owner).await?;
             }
+            let call = async {
+                match room.take() {
+                    Some(room) => self.whmcs.add_order_in(room, request).await,
+                    None => self.whmcs.add_order(request).await,
+                }
+            };
             match steps::record(
                 &self.ledger,
                 Step::AddOrder,
                 Ids::client(&request.client_id),
-                self.whmcs.add_order(request),
+                call,
             )
             .await
             {

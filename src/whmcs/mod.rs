@@ -346,11 +346,28 @@ impl WhmcsClient {
         form.finish()
     }
 
-    /// Posts one action and decodes the envelope. Transport failures are classified by whether
-    /// the request may have reached WHMCS.
-    async fn call(&self, action: &str, body: String) -> Result<Value, WhmcsError> {
-        let inner = &*self.inner;
-        let _serial = match &self.breaker {
+    /// [`Self::add_order`] in room taken beforehand with [`Self::room`].
+    pub async fn add_order_in(
+        &self,
+        room: Room<'_>,
+        req: &AddOrderRequest,
+    ) -> Result<AddOrderResult, WhmcsError> {
+        const ACTION: &str = "AddOrder";
+        let v = self.call_in(room, ACTION, self.add_order_form(req)).await?;
+        decode_add_order(&v).ok_or_else(|| {
+            WhmcsError::new(
+                ACTION,
+                WhmcsErrorKind::BadResponse,
+                "success without an orderid",
+            )
+        })
+    }
+
+    /// Waits until a call may go out (the breaker lets it, and the in-flight limit has room)
+    /// and holds that room for one call: a caller that must commit something before sending
+    /// (the `adding` intent) takes it first, so it never commits and then waits.
+    pub async fn room(&self, action: &str) -> Result<Room<'_>, WhmcsError> {
+        let serial = match &self.breaker {
             Some(b) => b.before_call().await.map_err(|s| {
                 WhmcsError::new(
                     action,
@@ -377,6 +394,28 @@ impl WhmcsClient {
                 "not sent: the WHMCS breaker is open",
             ));
         }
+        Ok(Room {
+            _serial: serial,
+            permit,
+        })
+    }
+
+    /// Posts one action and decodes the envelope. Transport failures are classified by whether
+    /// the request may have reached WHMCS.
+    async fn call(&self, action: &str, body: String) -> Result<Value, WhmcsError> {
+        let room = self.room(action).await?;
+        self.call_in(room, action, body).await
+    }
+
+    /// [`Self::call`] in room already taken.
+    async fn call_in(
+        &self,
+        room: Room<'_>,
+        action: &str,
+        body: String,
+    ) -> Result<Value, WhmcsError> {
+        let inner = &*self.inner;
+        let Room { _serial, permit } = room;
         let started = std::time::Instant::now();
         let result = async {
             let response = inner
@@ -435,6 +474,13 @@ impl WhmcsClient {
             }
         }
     }
+}
+
+/// Room for one WHMCS call ([`WhmcsClient::room`]): the breaker's admission and an in-flight
+/// permit, given back when the call ends or the room is dropped unused.
+pub struct Room<'a> {
+    _serial: Option<tokio::sync::MutexGuard<'a, ()>>,
+    permit: Option<crate::deps::limiter::Permit<'a>>,
 }
 
 fn transport_error(action: &str, e: &reqwest::Error) -> WhmcsError {

@@ -218,3 +218,58 @@ async fn demo_runs_end_to_end() {
     assert!(text.contains("WHMCS orders duplicated   0"), "{text}");
     assert!(text.contains("result: OK"), "{text}");
 }
+
+/// A job waiting for room under WHMCS's in-flight limit has committed no `adding` intent, so a
+/// shutdown while jobs wait leaves only the AddOrders actually sent in doubt (an intent without
+/// a call would hold its Order back for the whole in-doubt window after the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_stopped_while_waiting_for_whmcs_leave_no_adding_intent() {
+    let app = spawn_app(Options {
+        start: false,
+        ..Default::default()
+    })
+    .await;
+    app.sim.sim.set_faults(Faults {
+        whmcs_latency_ms: 1500,
+        ..Faults::default()
+    });
+    let ids = app.seed(8);
+    let env = [
+        ("WHMCS_MIN_IN_FLIGHT", "1".to_owned()),
+        ("WHMCS_MAX_IN_FLIGHT", "1".to_owned()),
+    ];
+    let mut child = crate::helpers::daemon_process(&app, &env);
+    for id in &ids {
+        app.sim.sim.approve(id);
+    }
+    // Every job has opened its attempt (what follows before AddOrder needs no I/O), and one
+    // AddOrder holds WHMCS's only slot: the others wait for it.
+    wait_until(
+        Duration::from_secs(60),
+        "every job to open its attempt",
+        || async {
+            let mut open = 0;
+            for id in &ids {
+                let attempts = app.state.ledger.attempts(id).await.expect("attempts");
+                open += usize::from(attempts.iter().any(|a| a.finished_at.is_none()));
+            }
+            open == ids.len() && app.sim.sim.totals().add_order >= 1
+        },
+    )
+    .await;
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success(), "exit status {status}");
+    for id in &ids {
+        let row = app.state.ledger.get(id).await.expect("get").expect("row");
+        if row.state == "adding" {
+            assert!(
+                app.sim.sim.counts(id).add_order >= 1,
+                "{id} was left with an adding intent although its AddOrder was never sent"
+            );
+        }
+    }
+}
