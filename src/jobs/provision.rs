@@ -799,7 +799,7 @@ impl Provisioner {
                 // WHMCS capacity, or is stopped while waiting, leaves no intent behind (an
                 // intent without a call would hold the Order back for the in-doubt window).
                 // Without room (breaker open, credentials latched) the call below reports why.
-                let room = self.whmcs.room("AddOrder").await.ok();
+                let room = self.whmcs.room(crate::whmcs::ADD_ORDER).await.ok();
                 // Checks and renews the lease: the AddOrder right after needs no other check.
                 if !self
                     .ledger

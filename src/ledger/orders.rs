@@ -252,6 +252,8 @@ impl Ledger {
         keep: Option<Duration>,
     ) -> Result<super::LeaseAfter> {
         use super::LeaseAfter;
+        // A change that renews or releases the lease decides it already.
+        let keep = keep.filter(|_| c.renew.is_none() && !c.release);
         let mut sets: Vec<String> = vec![format!("updated_at = {now}")];
         if c.adding_now {
             sets.push(format!("adding_at = {now}"));
@@ -318,7 +320,7 @@ impl Ledger {
         // Whether the lease is live after the change: extended (live) or left as it was
         // (expired). The database's "now" is one reading per statement on SQLite; on
         // PostgreSQL a later reading only makes an expired lease look more expired.
-        let returning = if keep.is_some() && !c.release && c.renew.is_none() {
+        let returning = if keep.is_some() {
             format!(
                 " RETURNING CAST(CASE WHEN lease_until >= {now} THEN 1 ELSE 0 END AS BIGINT) \
                  AS live"

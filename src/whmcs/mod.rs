@@ -174,15 +174,8 @@ impl WhmcsClient {
     /// An error with [`WhmcsError::is_ambiguous`] means the order may exist: reconcile with
     /// [`Self::find_order_by_notes`] before calling this again.
     pub async fn add_order(&self, req: &AddOrderRequest) -> Result<AddOrderResult, WhmcsError> {
-        const ACTION: &str = "AddOrder";
-        let v = self.call(ACTION, self.add_order_form(req)).await?;
-        decode_add_order(&v).ok_or_else(|| {
-            WhmcsError::new(
-                ACTION,
-                WhmcsErrorKind::BadResponse,
-                "success without an orderid",
-            )
-        })
+        let room = self.room(ADD_ORDER).await?;
+        self.add_order_in(room, req).await
     }
 
     /// Accepts a Pending order and runs its module create (`autosetup=1`). An order that is not
@@ -352,11 +345,12 @@ impl WhmcsClient {
         room: Room<'_>,
         req: &AddOrderRequest,
     ) -> Result<AddOrderResult, WhmcsError> {
-        const ACTION: &str = "AddOrder";
-        let v = self.call_in(room, ACTION, self.add_order_form(req)).await?;
+        let v = self
+            .call_in(room, ADD_ORDER, self.add_order_form(req))
+            .await?;
         decode_add_order(&v).ok_or_else(|| {
             WhmcsError::new(
-                ACTION,
+                ADD_ORDER,
                 WhmcsErrorKind::BadResponse,
                 "success without an orderid",
             )
@@ -475,6 +469,9 @@ impl WhmcsClient {
         }
     }
 }
+
+/// The action name of `AddOrder` (also the name its room is taken under).
+pub const ADD_ORDER: &str = "AddOrder";
 
 /// Room for one WHMCS call ([`WhmcsClient::room`]): the breaker's admission and an in-flight
 /// permit, given back when the call ends or the room is dropped unused.
