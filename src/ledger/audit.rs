@@ -404,6 +404,23 @@ mod tests {
     use super::*;
     use crate::config::DatabaseConfig;
 
+    /// A successful step of job `j`, attempt 1, started now.
+    fn queued(order: &SalesforceId, step: &'static str) -> StepRow {
+        StepRow {
+            order: order.as_str().to_owned(),
+            job_id: Some("j".into()),
+            attempt_id: Some(1),
+            step,
+            started: std::time::Instant::now(),
+            duration_ms: 1,
+            outcome: "ok",
+            error_code: None,
+            error_message: None,
+            whmcs_client_id: None,
+            whmcs_order_id: None,
+        }
+    }
+
     #[test]
     fn one_clock_reading_keeps_sequential_steps_in_order() {
         let anchor = std::time::Instant::now();
@@ -489,17 +506,10 @@ mod tests {
         // More than one statement's worth, queued at once.
         for n in 0..(STEP_BATCH * 2 + 17) {
             assert!(l.queue_step(StepRow {
-                order: id.as_str().to_owned(),
                 job_id: Some(format!("job-{n}")),
-                attempt_id: Some(1),
-                step: "add_order",
-                started: std::time::Instant::now(),
-                duration_ms: 1,
-                outcome: "ok",
-                error_code: None,
-                error_message: None,
                 whmcs_client_id: Some("7".into()),
                 whmcs_order_id: Some(i64::try_from(n).expect("n")),
+                ..queued(&id, "add_order")
             }));
         }
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -538,19 +548,7 @@ mod tests {
         l.flush_steps().await;
         let id = SalesforceId::synthesize("801", 5);
         for step in ["read_order", "add_order", "accept_order"] {
-            assert!(l.queue_step(StepRow {
-                order: id.as_str().to_owned(),
-                job_id: Some("j".into()),
-                attempt_id: Some(1),
-                step,
-                started: std::time::Instant::now(),
-                duration_ms: 1,
-                outcome: "ok",
-                error_code: None,
-                error_message: None,
-                whmcs_client_id: None,
-                whmcs_order_id: None,
-            }));
+            assert!(l.queue_step(queued(&id, step)));
         }
         l.flush_steps().await;
         assert_eq!(l.steps(&id).await.expect("steps").len(), 3);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use provisioner_sim::Faults;
 use serde_json::Value;
 
-use crate::helpers::{Db, Options, daemon_process, spawn_app, wait_until};
+use crate::helpers::{Db, Options, daemon_process, fresh_database, spawn_app, wait_until};
 
 use crate::helpers::free_port;
 
@@ -606,4 +606,66 @@ async fn a_fenced_leader_stands_down_and_returns_with_a_newer_token() {
     let reconnects = app.state.health.snapshot().reconnects - reconnects_before;
     assert!(reconnects <= 3, "resubscribe loop: {reconnects} reconnects");
     app.stop().await.expect("stop");
+}
+
+/// The record of a WHMCS order id (`Ledger::update_keeping_lease`) is written for the run that
+/// owns the Order whether or not its lease is still live, renews the lease only while it is,
+/// and says which it was; another run's record writes nothing.
+async fn a_kept_record_renews_only_a_live_lease(db: Db) {
+    use provisioner::ledger::{Change, LeaseAfter, Ledger, state};
+    let dir = std::env::temp_dir().join(format!("kept-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let l = Ledger::open(&provisioner::config::DatabaseConfig {
+        url: fresh_database(db, &dir).await,
+        auto_migrate: true,
+        max_connections: 2,
+    })
+    .await
+    .expect("ledger");
+    let id = crate::helpers::sf_id("801000000000009AAA");
+    let lease = Duration::from_secs(30);
+    assert!(l.claim(&id, "a", lease).await.expect("claim").is_some());
+    let added = |order| Change {
+        state: Some(state::WHMCS_ADDED),
+        whmcs_order_id: Some(order),
+        ..Default::default()
+    };
+    let long = Duration::from_secs(600);
+    let change = added(41);
+    let kept = l.update_keeping_lease(&id, "a", &change, long);
+    assert_eq!(kept.await.expect("keep"), LeaseAfter::Live);
+    let (_, until) = l.lease_of(&id).await.expect("lease").expect("row");
+    let now = l.clock_ms().await.expect("clock");
+    assert!(until.expect("held") > now + 500_000, "extended to 600 s");
+    let change = added(40);
+    let other = l.update_keeping_lease(&id, "b", &change, long);
+    assert_eq!(other.await.expect("keep"), LeaseAfter::Lost);
+    sqlx::query("UPDATE orders SET lease_until = 0")
+        .execute(l.pool())
+        .await
+        .expect("expire");
+    let change = added(42);
+    let lapsed = l.update_keeping_lease(&id, "a", &change, long);
+    assert_eq!(lapsed.await.expect("keep"), LeaseAfter::Lapsed);
+    let row = l.get(&id).await.expect("get").expect("row");
+    assert_eq!(
+        row.whmcs_order_id,
+        Some(42),
+        "recorded though the lease lapsed"
+    );
+    let (_, until) = l.lease_of(&id).await.expect("lease").expect("row");
+    assert_eq!(until, Some(0), "a lapsed lease is not renewed");
+    assert!(!l.still_holds(&id, "a", lease).await.expect("holds"));
+    l.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_kept_record_renews_only_a_live_lease_sqlite() {
+    a_kept_record_renews_only_a_live_lease(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_kept_record_renews_only_a_live_lease_postgres() {
+    a_kept_record_renews_only_a_live_lease(Db::Postgres).await;
 }

@@ -21,6 +21,16 @@ fn sigterm(child: &Child) {
     assert!(ok.success());
 }
 
+/// SIGTERM, then the process must exit with status 0 within `within`.
+async fn stop_cleanly(child: &mut Child, within: Duration) {
+    sigterm(child);
+    let status = tokio::time::timeout(within, child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success(), "exit status {status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_add_order_is_reconciled_on_restart() {
     let app = spawn_app(Options {
@@ -60,12 +70,7 @@ async fn sigkill_after_add_order_is_reconciled_on_restart() {
         1,
         "AddOrder is never sent twice"
     );
-    sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits")
-        .expect("status");
-    assert!(status.success(), "{status}");
+    stop_cleanly(&mut child, Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,12 +99,7 @@ async fn sigterm_during_work_exits_zero_and_leaves_nothing_half_done() {
         app.sim.sim.totals().add_order >= 1
     })
     .await;
-    sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits")
-        .expect("status");
-    assert!(status.success(), "exit status {status}");
+    stop_cleanly(&mut child, Duration::from_secs(30)).await;
     // Whatever was started is either finished or resumes cleanly: a second run completes all.
     app.sim.sim.set_faults(Faults::default());
     let mut child = crate::helpers::daemon_process(&app, &env);
@@ -108,12 +108,7 @@ async fn sigterm_during_work_exits_zero_and_leaves_nothing_half_done() {
         assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
         assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
     }
-    sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits")
-        .expect("status");
-    assert!(status.success());
+    stop_cleanly(&mut child, Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
@@ -257,12 +252,7 @@ async fn jobs_stopped_while_waiting_for_whmcs_leave_no_adding_intent() {
         },
     )
     .await;
-    sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("exits")
-        .expect("status");
-    assert!(status.success(), "exit status {status}");
+    stop_cleanly(&mut child, Duration::from_secs(60)).await;
     for id in &ids {
         let row = app.state.ledger.get(id).await.expect("get").expect("row");
         if row.state == "adding" {
