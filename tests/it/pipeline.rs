@@ -402,3 +402,42 @@ async fn whmcs_calls_in_flight_follow_the_limit_not_a_fixed_worker_count_sqlite(
     assert!(dependency_gauge(&app, "dependency_limit", "salesforce").is_some_and(|l| l >= 4));
     app.stop().await.expect("clean stop");
 }
+
+/// Until WHMCS has answered a call, this process sends its calls one at a time (a wrong secret
+/// then costs one rejected call, not a burst). The jobs that queued behind the first call go out
+/// together once it answered: a backlog waiting at startup is not sent one call at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_queued_before_whmcs_first_answered_go_out_together_sqlite() {
+    const ORDERS: usize = 16;
+    let mut app = spawn_app(Options {
+        start: false,
+        extra_env: vec![
+            ("WHMCS_MIN_IN_FLIGHT", ORDERS.to_string()),
+            ("WHMCS_MAX_IN_FLIGHT", ORDERS.to_string()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // Slow enough that every job reaches WHMCS while the daemon's first call (its version
+    // check) is still waiting for an answer.
+    app.sim.sim.set_faults(Faults {
+        whmcs_latency_ms: 1500,
+        ..Default::default()
+    });
+    let ids = app.seed_approved(ORDERS);
+    app.start();
+    app.wait_terminal(&ids, Duration::from_secs(120)).await;
+    for id in &ids {
+        assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
+        assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
+    }
+    // One at a time, AddOrder after AddOrder, never has more than two calls in flight (an
+    // AddOrder and the AcceptOrder of the one before).
+    let t = app.sim.sim.totals();
+    assert!(
+        t.whmcs_max_in_flight >= ORDERS as u64 / 2,
+        "the queued calls went out together, saw at most {} at once",
+        t.whmcs_max_in_flight
+    );
+    app.stop().await.expect("clean stop");
+}
