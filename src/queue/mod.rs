@@ -14,6 +14,11 @@
 //! - The connection manager has a 10 s response timeout (the 500 ms default kills workers).
 //! - Each worker gets a unique name per process and per restart; the orphan timeout is
 //!   heartbeat × missed heartbeats, set explicitly (10 s × 3).
+//! - Workers fetch one job at a time (`batch_size` 1). apalis 1.0 heartbeats and drains its
+//!   acknowledgements only while its prefetch buffer is empty: with a larger batch, a worker
+//!   whose slots are all busy in slow calls holds the rest of its batch, stops heartbeating
+//!   and is declared dead (by the watchdog, and by other replicas that re-enqueue its running
+//!   jobs). One job per fetch also leaves waiting jobs to replicas with free slots.
 //! - Workers poll every 200 ms for jobs pushed elsewhere (other replicas, re-enqueued orphans)
 //!   and are woken at once when this process pushes jobs ([`Queue::wake_strategy`]); tasks run
 //!   on their own tokio task.
@@ -288,7 +293,11 @@ impl Queue {
         let conn = connect_redis(&cfg.redis_url, &cfg.tls).await?;
         let qcfg = RedisQueueConfig::default()
             .queue(&cfg.name)
-            .batch_size(cfg.concurrency.clamp(1, 50))
+            // One job per fetch: a prefetched job waits in the worker's buffer while every slot
+            // is busy, and apalis neither heartbeats nor acknowledges while its buffer is
+            // non-empty (so the watchdog stops the process and other replicas re-enqueue its
+            // running jobs as orphans); it also keeps the job from an idle replica.
+            .batch_size(1)
             .heartbeat_interval(HEARTBEAT)
             .missed_heartbeats(MISSED_HEARTBEATS)
             .emit_events(false)

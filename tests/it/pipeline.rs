@@ -441,3 +441,108 @@ async fn calls_queued_before_whmcs_first_answered_go_out_together_sqlite() {
     );
     app.stop().await.expect("clean stop");
 }
+
+/// A worker whose job slots are all busy in slow calls takes no job it cannot start: the jobs
+/// waiting stay in the queue for a replica with a free slot, and the worker keeps heartbeating.
+/// (apalis heartbeats only while it holds no prefetched job: a worker holding one behind busy
+/// slots went silent, was stopped by the watchdog, and other replicas re-enqueued its running
+/// jobs as orphans.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_every_slot_busy_takes_no_more_jobs_and_keeps_heartbeating() {
+    let app = spawn_app(Options {
+        extra_env: vec![
+            ("WORKER_CONCURRENCY", "2".into()),
+            ("WHMCS_MIN_IN_FLIGHT", "4".into()),
+            ("WHMCS_TIMEOUT_SECS", "300".into()),
+            // Jobs are pushed by the test, several in one push.
+            ("SF_EVENTS_ENABLED", "false".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let in_flight = |n: u64| {
+        let sim = app.sim.sim.clone();
+        async move { sim.totals().whmcs_in_flight == n }
+    };
+    // The daemon's first call (its version check) has been answered; every AddOrder from now
+    // on outlasts the test.
+    wait_until(Duration::from_secs(30), "the version check", || async {
+        app.sim.sim.totals().whmcs_calls > 0 && in_flight(0).await
+    })
+    .await;
+    app.sim.sim.set_faults(Faults {
+        whmcs_latency_ms: 120_000,
+        ..Default::default()
+    });
+    let ids = app.seed_approved(4);
+    let push = |ids: &[SalesforceId]| {
+        let jobs = ids
+            .iter()
+            .map(|id| job_for(id, &format!("slot-{id}")))
+            .collect();
+        app.state.queue.push(jobs)
+    };
+    push(&ids[..1]).await.expect("push");
+    wait_until(Duration::from_secs(30), "the first AddOrder", || {
+        in_flight(1)
+    })
+    .await;
+    // One slot left: one more job starts, and the other two must stay queued.
+    push(&ids[1..]).await.expect("push");
+    wait_until(Duration::from_secs(30), "the second AddOrder", || {
+        in_flight(2)
+    })
+    .await;
+
+    let cfg = app.state.queue.config();
+    let worker = format!("{}-w0", app.state.instance);
+    let mut redis = app.state.queue.redis();
+    let held: u64 = redis::cmd("SCARD")
+        .arg(format!("{}:{worker}", cfg.inflight_jobs_set()))
+        .query_async(&mut redis)
+        .await
+        .expect("SCARD");
+    assert_eq!(held, 2, "the worker holds only the jobs it runs");
+    let queued = || {
+        let mut redis = redis.clone();
+        let (active, scheduled) = (cfg.active_jobs_list(), cfg.scheduled_jobs_set());
+        async move {
+            let (a, s): (u64, u64) = redis::pipe()
+                .llen(active)
+                .zcard(scheduled)
+                .query_async(&mut redis)
+                .await
+                .expect("queue lengths");
+            a + s
+        }
+    };
+    assert_eq!(queued().await, 2, "the other jobs wait in the queue");
+
+    // Heartbeats go on while both slots stay busy (every 10 s; scores are in seconds).
+    let beat = || {
+        let mut redis = redis.clone();
+        let (set, worker) = (cfg.workers_set(), worker.clone());
+        async move {
+            redis::cmd("ZSCORE")
+                .arg(set)
+                .arg(worker)
+                .query_async::<Option<f64>>(&mut redis)
+                .await
+                .expect("ZSCORE")
+                .expect("the worker is registered")
+        }
+    };
+    let first = beat().await;
+    wait_until(
+        Duration::from_secs(25),
+        "a heartbeat with every slot busy",
+        || async { beat().await > first },
+    )
+    .await;
+    assert_eq!(
+        app.sim.sim.totals().whmcs_in_flight,
+        2,
+        "both slots stayed busy"
+    );
+    assert_eq!(queued().await, 2, "the waiting jobs were not taken");
+}
