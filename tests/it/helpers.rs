@@ -215,6 +215,22 @@ where
     }
 }
 
+/// Where a daemon process's log goes: a file of its own under `TEST_LOG_DIR`, the test's stderr
+/// with `TEST_LOG`, or nowhere.
+fn daemon_log() -> std::process::Stdio {
+    if let Ok(dir) = std::env::var("TEST_LOG_DIR") {
+        let path = std::path::Path::new(&dir).join(format!("daemon-{}.log", uuid::Uuid::new_v4()));
+        if let Ok(f) = std::fs::File::create(path) {
+            return f.into();
+        }
+    }
+    if std::env::var("TEST_LOG").is_ok() {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    }
+}
+
 /// The daemon binary as a child process with the app's environment plus `extra`.
 pub fn daemon_process(app: &TestApp, extra: &[(&str, String)]) -> tokio::process::Child {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_provisioner"));
@@ -222,14 +238,13 @@ pub fn daemon_process(app: &TestApp, extra: &[(&str, String)]) -> tokio::process
         .env_clear()
         .envs(app.env.iter().cloned())
         .envs(extra.iter().map(|(k, v)| (*k, v.clone())))
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(if std::env::var("TEST_LOG").is_ok() {
-            std::process::Stdio::inherit()
-        } else {
-            std::process::Stdio::null()
-        })
+        .stderr(daemon_log())
         .kill_on_drop(true);
     cmd.spawn().expect("spawn provisioner")
 }
