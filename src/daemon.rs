@@ -438,19 +438,34 @@ async fn lead(
     a.and(b)
 }
 
-/// Cancels `token` on SIGTERM or SIGINT.
-pub async fn on_signal(token: CancellationToken) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = term => info!("SIGTERM received; shutting down"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received; shutting down"),
+/// Cancels `token` on SIGTERM or SIGINT. The handlers are in place when this returns (before
+/// the caller starts anything), so a signal that arrives early stops the process gracefully
+/// instead of killing it; if they cannot be installed, the signal's default action remains.
+pub fn on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (term, int) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    if let Err(e) = &term {
+        warn!(error.message = %e, "cannot handle SIGTERM");
     }
-    token.cancel();
+    if let Err(e) = &int {
+        warn!(error.message = %e, "cannot handle SIGINT");
+    }
+    tokio::spawn(async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = wait(term) => info!("SIGTERM received; shutting down"),
+            () = wait(int) => info!("SIGINT received; shutting down"),
+        }
+        token.cancel();
+    });
 }

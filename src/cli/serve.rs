@@ -17,7 +17,7 @@ pub async fn run(config: Option<&Path>) -> ExitCode {
     };
     telemetry::init(cfg.log_format);
     let token = CancellationToken::new();
-    tokio::spawn(daemon::on_signal(token.clone()));
+    daemon::on_signal(token.clone());
     match daemon::run(cfg, token).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail("provisioner stopped with an error", &e),

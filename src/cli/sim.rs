@@ -21,7 +21,7 @@ pub async fn run(
         ..Default::default()
     };
     let token = CancellationToken::new();
-    tokio::spawn(daemon::on_signal(token.clone()));
+    daemon::on_signal(token.clone());
     match sim(cfg, env_file, token).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail("simulator failed", &e),
