@@ -21,8 +21,29 @@ fn sigterm(child: &Child) {
     assert!(ok.success());
 }
 
-/// SIGTERM, then the process must exit with status 0 within `within`.
-async fn stop_cleanly(child: &mut Child, within: Duration) {
+/// Waits until the daemon started with the app's environment answers HTTP: it has installed
+/// its signal handlers (a SIGTERM before that is the signal's default action, as for any
+/// process that has not started yet).
+async fn wait_up(app: &TestApp) {
+    let addr = app
+        .env
+        .iter()
+        .find_map(|(k, v)| (k == "HTTP_ADDR").then_some(v.clone()))
+        .expect("HTTP_ADDR");
+    let http = reqwest::Client::new();
+    wait_until(Duration::from_secs(60), "the daemon to answer", || {
+        let r = http
+            .get(format!("http://{addr}/health/live"))
+            .timeout(Duration::from_secs(2))
+            .send();
+        async move { r.await.is_ok() }
+    })
+    .await;
+}
+
+/// Once the daemon is up, SIGTERM; then it must exit with status 0 within `within`.
+async fn stop_cleanly(app: &TestApp, child: &mut Child, within: Duration) {
+    wait_up(app).await;
     sigterm(child);
     let status = tokio::time::timeout(within, child.wait())
         .await
@@ -70,7 +91,7 @@ async fn sigkill_after_add_order_is_reconciled_on_restart() {
         1,
         "AddOrder is never sent twice"
     );
-    stop_cleanly(&mut child, Duration::from_secs(30)).await;
+    stop_cleanly(&app, &mut child, Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,15 +102,18 @@ async fn sigterm_during_work_exits_zero_and_leaves_nothing_half_done() {
     })
     .await;
     app.sim.sim.set_faults(Faults {
-        whmcs_latency_ms: 300,
+        whmcs_latency_ms: 1000,
         ..Faults::default()
     });
     let ids = app.seed(20);
     // SIGTERM may cut an AddOrder short (its outcome unknown, never executed by the simulator):
     // the restart then waits out the in-doubt window before adding again; keep it short.
+    // Two WHMCS calls at a time: most jobs are still waiting when SIGTERM comes.
     let env = [
         ("WHMCS_TIMEOUT_SECS", "5".to_owned()),
         ("WHMCS_EXECUTION_ALLOWANCE_SECS", "5".to_owned()),
+        ("WHMCS_MIN_IN_FLIGHT", "2".to_owned()),
+        ("WHMCS_MAX_IN_FLIGHT", "2".to_owned()),
     ];
     let mut child = crate::helpers::daemon_process(&app, &env);
     for id in &ids {
@@ -99,7 +123,11 @@ async fn sigterm_during_work_exits_zero_and_leaves_nothing_half_done() {
         app.sim.sim.totals().add_order >= 1
     })
     .await;
-    stop_cleanly(&mut child, Duration::from_secs(30)).await;
+    stop_cleanly(&app, &mut child, Duration::from_secs(30)).await;
+    assert!(
+        app.sim.sim.totals().add_order < ids.len() as u64,
+        "work was left for the restart"
+    );
     // Whatever was started is either finished or resumes cleanly: a second run completes all.
     app.sim.sim.set_faults(Faults::default());
     let mut child = crate::helpers::daemon_process(&app, &env);
@@ -108,7 +136,7 @@ async fn sigterm_during_work_exits_zero_and_leaves_nothing_half_done() {
         assert_eq!(app.activation(id).as_deref(), Some("Activated"), "{id}");
         assert_eq!(app.sim.sim.whmcs_orders_for(id).len(), 1, "{id}");
     }
-    stop_cleanly(&mut child, Duration::from_secs(30)).await;
+    stop_cleanly(&app, &mut child, Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
@@ -252,7 +280,7 @@ async fn jobs_stopped_while_waiting_for_whmcs_leave_no_adding_intent() {
         },
     )
     .await;
-    stop_cleanly(&mut child, Duration::from_secs(60)).await;
+    stop_cleanly(&app, &mut child, Duration::from_secs(60)).await;
     for id in &ids {
         let row = app.state.ledger.get(id).await.expect("get").expect("row");
         if row.state == "adding" {
