@@ -251,6 +251,14 @@ impl Provisioner {
                     self.metrics.skip(reason);
                     info!(reason, "order skipped");
                 }
+                // Waiting for another job's lease or for an earlier AddOrder is routine
+                // (duplicate events, replicas): no error for an operator to chase.
+                Err(e @ (JobError::Busy(_) | JobError::AddInDoubt { .. })) => {
+                    info!(reason = %e, "job waits; it will run again");
+                }
+                Err(e @ JobError::LeaseLost(_)) => {
+                    warn!(error.message = %e, "job stopped; it will run again");
+                }
                 Err(e) => error!(error.message = %e, "job did not finish; it will run again"),
             }
             if let Some(api) = self.rest.api_usage() {
