@@ -21,29 +21,11 @@ fn sigterm(child: &Child) {
     assert!(ok.success());
 }
 
-/// Waits until the daemon started with the app's environment answers HTTP: it has installed
-/// its signal handlers (a SIGTERM before that is the signal's default action, as for any
-/// process that has not started yet).
-async fn wait_up(app: &TestApp) {
-    let addr = app
-        .env
-        .iter()
-        .find_map(|(k, v)| (k == "HTTP_ADDR").then_some(v.clone()))
-        .expect("HTTP_ADDR");
-    let http = reqwest::Client::new();
-    wait_until(Duration::from_secs(60), "the daemon to answer", || {
-        let r = http
-            .get(format!("http://{addr}/health/live"))
-            .timeout(Duration::from_secs(2))
-            .send();
-        async move { r.await.is_ok() }
-    })
-    .await;
-}
-
-/// Once the daemon is up, SIGTERM; then it must exit with status 0 within `within`.
+/// Once the daemon answers HTTP (its signal handlers are installed by then: a SIGTERM before
+/// that gets the signal's default action, as any process that has not started yet), SIGTERM;
+/// then it must exit with status 0 within `within`.
 async fn stop_cleanly(app: &TestApp, child: &mut Child, within: Duration) {
-    wait_up(app).await;
+    crate::http::http_up(&app.http).await;
     sigterm(child);
     let status = tokio::time::timeout(within, child.wait())
         .await
