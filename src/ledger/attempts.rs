@@ -3,7 +3,7 @@
 
 use sqlx::{AnyConnection, FromRow, Row};
 
-use super::{AttemptRecord, Change, Ledger, Result, now_ms, outcome};
+use super::{Arg, AttemptRecord, Change, Ledger, Result, now_ms, outcome};
 use crate::ids::SalesforceId;
 
 impl Ledger {
@@ -20,6 +20,52 @@ impl Ledger {
         first_claim: bool,
     ) -> Result<Option<i64>> {
         let now_sql = self.db_now();
+        const ABANDONED_MESSAGE: &str =
+            "the run stopped without finishing (its process ended, or its lease expired)";
+        if self.scripts() {
+            // One trip. Statements cannot wait for each other's answers, so each carries its
+            // own condition: open attempts are closed only for the lease's owner, and the new
+            // attempt is inserted only if the change (the statement just before) applied.
+            let u = Self::order_update(now_sql, order, owner, c, None);
+            let n = u.args.len();
+            let mut args = u.args;
+            let mut sql = String::new();
+            if !first_claim {
+                sql = format!(
+                    "UPDATE attempts SET finished_at = ${}, outcome = ${}, error_code = ${}, \
+                     error_message = ${} WHERE sf_order_id = $1 AND finished_at IS NULL \
+                     AND EXISTS (SELECT 1 FROM orders WHERE sf_order_id = $1 \
+                     AND lease_owner = $2); ",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4
+                );
+                args.extend([
+                    Arg::Int(now_ms()),
+                    Arg::Text(outcome::ABANDONED),
+                    Arg::Text("ABANDONED"),
+                    Arg::Text(ABANDONED_MESSAGE),
+                ]);
+            }
+            let k = args.len();
+            sql.push_str(&format!(
+                "{}; INSERT INTO attempts (sf_order_id, event_id, started_at) \
+                 SELECT $1, ${}, ${} WHERE changes() > 0 RETURNING id",
+                u.sql,
+                k + 1,
+                k + 2
+            ));
+            args.extend([Arg::OptText(event_id), Arg::Int(now_ms())]);
+            let rows = self.script(&sql, &args).await?;
+            let Some(row) = rows.first() else {
+                // Lease lost: no attempt is recorded either.
+                return Ok(None);
+            };
+            let attempt: i64 = row.try_get("id")?;
+            self.changes.changed(order.as_str());
+            return Ok(Some(attempt));
+        }
         let mut conn = self.writer().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         // An attempt still open belongs to a run that no longer holds the lease (we do): its
@@ -33,7 +79,7 @@ impl Ledger {
             .bind(now_ms())
             .bind(outcome::ABANDONED)
             .bind("ABANDONED")
-            .bind("the run stopped without finishing (its process ended, or its lease expired)")
+            .bind(ABANDONED_MESSAGE)
             .execute(&mut *tx)
             .await?;
         }
@@ -60,6 +106,36 @@ impl Ledger {
         error: Option<(&str, &str)>,
     ) -> Result<bool> {
         let now_sql = self.db_now();
+        if self.scripts() {
+            // One trip: the attempt is closed only if the change applied (`changes()`); the
+            // change's `RETURNING` says whether it did.
+            let u = Self::order_update(now_sql, order, owner, c, None);
+            let n = u.args.len();
+            let sql = format!(
+                "{} RETURNING 1 AS applied; UPDATE attempts SET finished_at = ${}, \
+                 outcome = ${}, error_code = ${}, error_message = ${} \
+                 WHERE id = ${} AND changes() > 0",
+                u.sql,
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5
+            );
+            let mut args = u.args;
+            args.extend([
+                Arg::Int(now_ms()),
+                Arg::Text(outcome),
+                Arg::OptText(error.map(|e| e.0)),
+                Arg::OptText(error.map(|e| e.1)),
+                Arg::Int(attempt_id),
+            ]);
+            if self.script(&sql, &args).await?.is_empty() {
+                return Ok(false);
+            }
+            self.changes.changed(order.as_str());
+            return Ok(true);
+        }
         let mut conn = self.writer().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         if !Self::update_on(&mut tx, now_sql, order, owner, c).await? {

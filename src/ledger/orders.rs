@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use sqlx::{AnyConnection, FromRow, Row};
 
-use super::{Change, Ledger, ORDER_COLUMNS, OrderRecord, Result, state};
+use super::{Arg, Change, Ledger, ORDER_COLUMNS, OrderRecord, OrderUpdate, Result, state};
 use crate::ids::SalesforceId;
 
 /// A lease's length in milliseconds, as bound next to the database's "now".
@@ -113,8 +113,6 @@ impl Ledger {
         lease: Duration,
     ) -> Result<bool> {
         use sqlx::Connection;
-        let mut conn = self.writer().await?;
-        let mut tx = conn.begin().await?;
         let change = Change {
             state: Some(state::ADDING),
             whmcs_client_id: Some(client_id),
@@ -123,14 +121,38 @@ impl Ledger {
             ..Default::default()
         };
         let now = self.db_now();
+        const INSERT_CLIENT: &str =
+            "INSERT INTO order_clients (sf_order_id, whmcs_client_id, first_seen_at)";
+        if self.scripts() {
+            // One trip: the history row only if the intent was written (`changes()`); the
+            // intent's `RETURNING` says whether it was.
+            let u = Self::order_update(now, order, owner, &change, None);
+            let n = u.args.len();
+            let sql = format!(
+                "{} RETURNING 1 AS applied; {INSERT_CLIENT} SELECT $1, ${}, ${} \
+                 WHERE changes() > 0 ON CONFLICT (sf_order_id, whmcs_client_id) DO NOTHING",
+                u.sql,
+                n + 1,
+                n + 2
+            );
+            let mut args = u.args;
+            args.extend([Arg::Text(client_id), Arg::Int(super::now_ms())]);
+            if self.script(&sql, &args).await?.is_empty() {
+                return Ok(false);
+            }
+            self.changes.changed(order.as_str());
+            return Ok(true);
+        }
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         if !Self::update_on(&mut tx, now, order, owner, &change).await? {
             tx.rollback().await?;
             return Ok(false);
         }
-        sqlx::query(
-            "INSERT INTO order_clients (sf_order_id, whmcs_client_id, first_seen_at) \
-             VALUES ($1, $2, $3) ON CONFLICT (sf_order_id, whmcs_client_id) DO NOTHING",
-        )
+        sqlx::query(&format!(
+            "{INSERT_CLIENT} VALUES ($1, $2, $3) \
+             ON CONFLICT (sf_order_id, whmcs_client_id) DO NOTHING"
+        ))
         .bind(order.as_str())
         .bind(client_id)
         .bind(super::now_ms())
@@ -252,63 +274,97 @@ impl Ledger {
         keep: Option<Duration>,
     ) -> Result<super::LeaseAfter> {
         use super::LeaseAfter;
+        let u = Self::order_update(now, order, owner, c, keep);
+        let q = Arg::bind_all(sqlx::query(&u.sql), &u.args);
+        if !u.returns_live {
+            return Ok(if q.execute(&mut *conn).await?.rows_affected() > 0 {
+                LeaseAfter::Live
+            } else {
+                LeaseAfter::Lost
+            });
+        }
+        Ok(match q.fetch_optional(&mut *conn).await? {
+            None => LeaseAfter::Lost,
+            Some(row) if row.try_get::<i64, _>("live")? == 1 => LeaseAfter::Live,
+            Some(_) => LeaseAfter::Lapsed,
+        })
+    }
+
+    /// The `UPDATE` statement of [`Ledger::write_on`] and its arguments: `$1` is the Order,
+    /// `$2` the owner, then one per changed column (`args.len()` in all), so statements that
+    /// follow it in one SQLite script number theirs from `args.len() + 1`.
+    pub(super) fn order_update<'a>(
+        now: &str,
+        order: &'a SalesforceId,
+        owner: &'a str,
+        c: &Change<'a>,
+        keep: Option<Duration>,
+    ) -> OrderUpdate<'a> {
         // A change that renews or releases the lease decides it already.
         let keep = keep.filter(|_| c.renew.is_none() && !c.release);
         let mut sets: Vec<String> = vec![format!("updated_at = {now}")];
         if c.adding_now {
             sets.push(format!("adding_at = {now}"));
         }
-        let mut n = 2;
-        let mut next = |col: &str, sets: &mut Vec<String>| {
-            n += 1;
-            sets.push(format!("{col} = ${n}"));
+        let mut args = vec![Arg::Text(order.as_str()), Arg::Text(owner)];
+        let mut set = |col: &str, arg: Arg<'a>, sets: &mut Vec<String>| {
+            args.push(arg);
+            sets.push(format!("{col} = ${}", args.len()));
         };
-        // The bind order below must follow the column order pushed here.
-        if c.state.is_some() {
-            next("state", &mut sets);
+        if let Some(v) = c.state {
+            set("state", Arg::Text(v), &mut sets);
         }
-        if c.outcome.is_some() {
-            next("outcome", &mut sets);
+        if let Some(v) = c.outcome {
+            set("outcome", Arg::OptText(v), &mut sets);
         }
-        if c.account_id.is_some() {
-            next("account_id", &mut sets);
+        if let Some(v) = c.account_id {
+            set("account_id", Arg::Text(v), &mut sets);
         }
-        if c.whmcs_client_id.is_some() {
-            next("whmcs_client_id", &mut sets);
+        if let Some(v) = c.whmcs_client_id {
+            set("whmcs_client_id", Arg::Text(v), &mut sets);
         }
-        if c.whmcs_order_id.is_some() {
-            next("whmcs_order_id", &mut sets);
+        if let Some(v) = c.whmcs_order_id {
+            set("whmcs_order_id", Arg::Int(v), &mut sets);
         }
-        if c.whmcs_service_ids.is_some() {
-            next("whmcs_service_ids", &mut sets);
+        if let Some(v) = c.whmcs_service_ids {
+            set("whmcs_service_ids", Arg::Text(v), &mut sets);
         }
-        if c.error.is_some() {
-            next("error_code", &mut sets);
-            next("error_message", &mut sets);
+        if let Some(v) = c.error {
+            set(
+                "error_code",
+                Arg::OptText(v.map(|(code, _)| code)),
+                &mut sets,
+            );
+            set(
+                "error_message",
+                Arg::OptText(v.map(|(_, msg)| msg)),
+                &mut sets,
+            );
         }
-        if c.sf_status.is_some() {
-            next("sf_status", &mut sets);
+        if let Some(v) = c.sf_status {
+            set("sf_status", Arg::Text(v), &mut sets);
         }
-        if c.last_event_id.is_some() {
-            next("last_event_id", &mut sets);
+        if let Some(v) = c.last_event_id {
+            set("last_event_id", Arg::Text(v), &mut sets);
         }
-        if c.correlation_id.is_some() {
-            next("correlation_id", &mut sets);
+        if let Some(v) = c.correlation_id {
+            set("correlation_id", Arg::Text(v), &mut sets);
         }
         if c.release {
             sets.push("lease_owner = NULL, lease_until = NULL".into());
-        } else if c.renew.is_some() {
-            next("lease_until", &mut sets);
-            // `lease_until = now + $n`: the bind below is the lease's length.
+        } else if let Some(lease) = c.renew {
+            // `lease_until = now + $n`: the argument is the lease's length.
+            set("lease_until", Arg::Int(lease_ms(lease)), &mut sets);
             if let Some(last) = sets.last_mut() {
-                *last = format!("lease_until = {now} + ${n}");
+                *last = format!("lease_until = {now} + ${}", args.len());
             }
-        } else if keep.is_some() {
-            next("lease_until", &mut sets);
+        } else if let Some(lease) = keep {
+            set("lease_until", Arg::Int(lease_ms(lease)), &mut sets);
             if let Some(last) = sets.last_mut() {
                 *last = format!(
-                    "lease_until = CASE WHEN lease_until >= {now} THEN {now} + ${n} \
-                     ELSE lease_until END"
+                    "lease_until = CASE WHEN lease_until >= {now} THEN {now} + ${} \
+                     ELSE lease_until END",
+                    args.len()
                 );
             }
         }
@@ -328,56 +384,14 @@ impl Ledger {
         } else {
             String::new()
         };
-        let sql = format!(
-            "UPDATE orders SET {} WHERE sf_order_id = $1 AND lease_owner = $2{live}{returning}",
-            sets.join(", ")
-        );
-        let mut q = sqlx::query(&sql).bind(order.as_str()).bind(owner);
-        if let Some(v) = c.state {
-            q = q.bind(v);
+        OrderUpdate {
+            sql: format!(
+                "UPDATE orders SET {} WHERE sf_order_id = $1 AND lease_owner = $2{live}{returning}",
+                sets.join(", ")
+            ),
+            args,
+            returns_live: keep.is_some(),
         }
-        if let Some(v) = c.outcome {
-            q = q.bind(v);
-        }
-        if let Some(v) = c.account_id {
-            q = q.bind(v);
-        }
-        if let Some(v) = c.whmcs_client_id {
-            q = q.bind(v);
-        }
-        if let Some(v) = c.whmcs_order_id {
-            q = q.bind(v);
-        }
-        if let Some(v) = c.whmcs_service_ids {
-            q = q.bind(v);
-        }
-        if let Some(v) = c.error {
-            q = q.bind(v.map(|(code, _)| code)).bind(v.map(|(_, msg)| msg));
-        }
-        if let Some(v) = c.sf_status {
-            q = q.bind(v);
-        }
-        if let Some(v) = c.last_event_id {
-            q = q.bind(v);
-        }
-        if let Some(v) = c.correlation_id {
-            q = q.bind(v);
-        }
-        if let (Some(lease), false) = (c.renew.or(keep), c.release) {
-            q = q.bind(lease_ms(lease));
-        }
-        if returning.is_empty() {
-            return Ok(if q.execute(&mut *conn).await?.rows_affected() > 0 {
-                LeaseAfter::Live
-            } else {
-                LeaseAfter::Lost
-            });
-        }
-        Ok(match q.fetch_optional(&mut *conn).await? {
-            None => LeaseAfter::Lost,
-            Some(row) if row.try_get::<i64, _>("live")? == 1 => LeaseAfter::Live,
-            Some(_) => LeaseAfter::Lapsed,
-        })
     }
 
     /// The Order's row, if the ledger knows it.
