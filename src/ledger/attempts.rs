@@ -3,7 +3,7 @@
 
 use sqlx::{AnyConnection, FromRow, Row};
 
-use super::{Arg, AttemptRecord, Change, Ledger, Result, now_ms, outcome};
+use super::{Arg, AttemptRecord, Backend, Change, Ledger, Result, now_ms, outcome};
 use crate::ids::SalesforceId;
 
 impl Ledger {
@@ -19,77 +19,68 @@ impl Ledger {
         c: &Change<'_>,
         first_claim: bool,
     ) -> Result<Option<i64>> {
-        let now_sql = self.db_now();
-        const ABANDONED_MESSAGE: &str =
-            "the run stopped without finishing (its process ended, or its lease expired)";
-        if self.scripts() {
-            // One trip. Statements cannot wait for each other's answers, so each carries its
-            // own condition: open attempts are closed only for the lease's owner, and the new
-            // attempt is inserted only if the change (the statement just before) applied.
-            let u = Self::order_update(now_sql, order, owner, c, None);
-            let n = u.args.len();
-            let mut args = u.args;
-            let mut sql = String::new();
-            if !first_claim {
-                sql = format!(
-                    "UPDATE attempts SET finished_at = ${}, outcome = ${}, error_code = ${}, \
-                     error_message = ${} WHERE sf_order_id = $1 AND finished_at IS NULL \
-                     AND EXISTS (SELECT 1 FROM orders WHERE sf_order_id = $1 \
-                     AND lease_owner = $2); ",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4
-                );
-                args.extend([
-                    Arg::Int(now_ms()),
-                    Arg::Text(outcome::ABANDONED),
-                    Arg::Text("ABANDONED"),
-                    Arg::Text(ABANDONED_MESSAGE),
-                ]);
-            }
-            let k = args.len();
-            sql.push_str(&format!(
-                "{}; INSERT INTO attempts (sf_order_id, event_id, started_at) \
-                 SELECT $1, ${}, ${} WHERE changes() > 0 RETURNING id",
-                u.sql,
-                k + 1,
-                k + 2
-            ));
-            args.extend([Arg::OptText(event_id), Arg::Int(now_ms())]);
-            let rows = self.script(&sql, &args).await?;
-            let Some(row) = rows.first() else {
-                // Lease lost: no attempt is recorded either.
-                return Ok(None);
-            };
-            let attempt: i64 = row.try_get("id")?;
-            self.changes.changed(order.as_str());
-            return Ok(Some(attempt));
-        }
-        let mut conn = self.writer().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let u = Self::order_update(self.db_now(), order, owner, c, None);
+        let n = u.args.len();
+        let mut args = u.args;
+        // The attempt is inserted only if the change applied.
+        let insert = format!(
+            "INSERT INTO attempts (sf_order_id, event_id, started_at) SELECT $1, ${}, ${}",
+            n + 1,
+            n + 2
+        );
+        args.extend([Arg::OptText(event_id), Arg::Int(now_ms())]);
         // An attempt still open belongs to a run that no longer holds the lease (we do): its
         // process stopped, or it lost the lease and stops before its next side effect.
-        if !first_claim {
-            sqlx::query(
-                "UPDATE attempts SET finished_at = $2, outcome = $3, error_code = $4, \
-             error_message = $5 WHERE sf_order_id = $1 AND finished_at IS NULL",
+        let abandon = (!first_claim).then(|| {
+            args.extend([
+                Arg::Int(now_ms()),
+                Arg::Text(outcome::ABANDONED),
+                Arg::Text("ABANDONED"),
+                Arg::Text(
+                    "the run stopped without finishing (its process ended, or its lease expired)",
+                ),
+            ]);
+            format!(
+                "UPDATE attempts SET finished_at = ${}, outcome = ${}, error_code = ${}, \
+                 error_message = ${} WHERE sf_order_id = $1 AND finished_at IS NULL",
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6
             )
-            .bind(order.as_str())
-            .bind(now_ms())
-            .bind(outcome::ABANDONED)
-            .bind("ABANDONED")
-            .bind(ABANDONED_MESSAGE)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let attempt = Self::start_attempt_on(&mut tx, order, event_id).await?;
-        if !Self::update_on(&mut tx, now_sql, order, owner, c).await? {
+        });
+        let sql = match self.backend {
+            // Open attempts are closed first, for the lease's owner only, so that `changes()`
+            // before the insert is the change's.
+            Backend::Sqlite => {
+                let mut sql = abandon
+                    .map(|a| {
+                        format!(
+                            "{a} AND EXISTS (SELECT 1 FROM orders WHERE sf_order_id = $1 \
+                             AND lease_owner = $2); "
+                        )
+                    })
+                    .unwrap_or_default();
+                sql.push_str(&format!(
+                    "{}; {insert} WHERE changes() > 0 RETURNING id",
+                    u.sql
+                ));
+                sql
+            }
+            Backend::Postgres => format!(
+                "WITH u AS ({} RETURNING 1){} {insert} WHERE EXISTS (SELECT 1 FROM u) RETURNING id",
+                u.sql,
+                abandon
+                    .map(|a| format!(", a AS ({a} AND EXISTS (SELECT 1 FROM u))"))
+                    .unwrap_or_default()
+            ),
+        };
+        let rows = self.one_trip(&sql, &args).await?;
+        let Some(row) = rows.first() else {
             // Lease lost: no attempt is recorded either.
-            tx.rollback().await?;
             return Ok(None);
-        }
-        tx.commit().await?;
+        };
+        let attempt: i64 = row.try_get("id")?;
         self.changes.changed(order.as_str());
         Ok(Some(attempt))
     }
@@ -105,45 +96,41 @@ impl Ledger {
         outcome: &str,
         error: Option<(&str, &str)>,
     ) -> Result<bool> {
-        let now_sql = self.db_now();
-        if self.scripts() {
-            // One trip: the attempt is closed only if the change applied (`changes()`); the
-            // change's `RETURNING` says whether it did.
-            let u = Self::order_update(now_sql, order, owner, c, None);
-            let n = u.args.len();
-            let sql = format!(
-                "{} RETURNING 1 AS applied; UPDATE attempts SET finished_at = ${}, \
-                 outcome = ${}, error_code = ${}, error_message = ${} \
-                 WHERE id = ${} AND changes() > 0",
-                u.sql,
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5
-            );
-            let mut args = u.args;
-            args.extend([
-                Arg::Int(now_ms()),
-                Arg::Text(outcome),
-                Arg::OptText(error.map(|e| e.0)),
-                Arg::OptText(error.map(|e| e.1)),
-                Arg::Int(attempt_id),
-            ]);
-            if self.script(&sql, &args).await?.is_empty() {
-                return Ok(false);
-            }
-            self.changes.changed(order.as_str());
-            return Ok(true);
-        }
-        let mut conn = self.writer().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        if !Self::update_on(&mut tx, now_sql, order, owner, c).await? {
-            tx.rollback().await?;
+        let u = Self::order_update(self.db_now(), order, owner, c, None);
+        let n = u.args.len();
+        // The attempt is closed only if the change applied; the change's `RETURNING` says
+        // whether it did.
+        let close = format!(
+            "UPDATE attempts SET finished_at = ${}, outcome = ${}, error_code = ${}, \
+             error_message = ${} WHERE id = ${}",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5
+        );
+        let sql = match self.backend {
+            Backend::Sqlite => format!(
+                "{} RETURNING 1 AS applied; {close} AND changes() > 0",
+                u.sql
+            ),
+            Backend::Postgres => format!(
+                "WITH u AS ({} RETURNING 1 AS applied), \
+                 f AS ({close} AND EXISTS (SELECT 1 FROM u)) SELECT applied FROM u",
+                u.sql
+            ),
+        };
+        let mut args = u.args;
+        args.extend([
+            Arg::Int(now_ms()),
+            Arg::Text(outcome),
+            Arg::OptText(error.map(|e| e.0)),
+            Arg::OptText(error.map(|e| e.1)),
+            Arg::Int(attempt_id),
+        ]);
+        if self.one_trip(&sql, &args).await?.is_empty() {
             return Ok(false);
         }
-        Self::finish_attempt_on(&mut tx, attempt_id, outcome, error).await?;
-        tx.commit().await?;
         self.changes.changed(order.as_str());
         Ok(true)
     }

@@ -28,11 +28,11 @@
 //!   see, are not.
 //! - SQL is portable (TEXT and BIGINT only, `$n` placeholders) so one code path serves both
 //!   databases; migrations differ only where the dialects do (`migrations/{sqlite,postgres}`).
-//!   One exception, for speed: on a SQLite file the job's three multi-statement transactions
-//!   (attempt opened, `adding` intent, attempt closed) run as one script each
-//!   ([`Ledger::script`]: one trip to SQLite's thread instead of four or five), with the
-//!   same statements, each conditioned on the lease change before it (`changes()`).
-//!   PostgreSQL, which takes one statement per prepared query, runs them as transactions.
+//!   One exception, for speed: the job's three transactions of several statements (attempt
+//!   opened, `adding` intent, attempt closed) each go to the database in one trip
+//!   ([`Ledger::one_trip`]), every statement conditioned on the lease change before it. On
+//!   SQLite that is a script (`changes()`), on PostgreSQL one statement of data-modifying
+//!   `WITH` clauses, since it takes one statement per prepared query.
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -313,9 +313,9 @@ pub struct Ledger {
     next_reader: Arc<std::sync::atomic::AtomicUsize>,
     /// Set by [`Ledger::close`]: held connections refuse work like a closed pool.
     closed: Arc<std::sync::atomic::AtomicBool>,
-    /// SQLite: a script ([`Ledger::script`]) was sent on the writer and not seen to its end
+    /// SQLite: a script ([`Ledger::one_trip`]) was sent on the writer and not seen to its end
     /// (its caller was cancelled): the writer may be inside its transaction. Read and cleared
-    /// under the writer's lock, by the next writer, which rolls that transaction back first.
+    /// while holding that connection, by its next user, which rolls the transaction back first.
     script_open: Arc<std::sync::atomic::AtomicBool>,
     backend: Backend,
     /// Told of every committed change of an `orders` row the portal can see.
@@ -436,7 +436,10 @@ impl Ledger {
         }
         let n = self.readers.len();
         if n == 0 {
-            return Ok(LedgerConn::Pooled(self.read.acquire().await?));
+            // An in-memory SQLite ledger reads on its one connection, the writer's.
+            let mut conn = LedgerConn::Pooled(self.read.acquire().await?);
+            self.settle(&mut conn).await;
+            return Ok(conn);
         }
         let start = self
             .next_reader
@@ -454,46 +457,50 @@ impl Ledger {
         if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(sqlx::Error::PoolClosed.into());
         }
-        Ok(match &self.writer {
-            Some(w) => {
-                let mut conn = w.lock().await;
-                if self.script_open.load(std::sync::atomic::Ordering::Acquire) {
-                    // A cancelled script may have left its transaction open: end it before
-                    // anything else runs on this connection (an error only means none was open).
-                    use sqlx::Executor;
-                    let _ = conn.execute("ROLLBACK").await;
-                    self.script_open
-                        .store(false, std::sync::atomic::Ordering::Release);
-                }
-                LedgerConn::Shared(conn)
-            }
+        let mut conn = match &self.writer {
+            Some(w) => LedgerConn::Shared(w.lock().await),
             None => LedgerConn::Pooled(self.pool.acquire().await?),
-        })
+        };
+        self.settle(&mut conn).await;
+        Ok(conn)
     }
 
-    /// Whether this ledger runs transactions as SQLite scripts ([`Ledger::script`]): a file
-    /// SQLite ledger, whose writes go through the one held writer connection.
-    fn scripts(&self) -> bool {
-        self.writer.is_some()
+    /// SQLite: ends the transaction a cancelled script ([`Ledger::one_trip`]) may have left open
+    /// on `conn`, the connection it ran on (the writer; for an in-memory ledger its only one),
+    /// before anything else runs there. An error only means none was open.
+    async fn settle(&self, conn: &mut AnyConnection) {
+        use std::sync::atomic::Ordering;
+        if self.backend == Backend::Sqlite && self.script_open.load(Ordering::Acquire) {
+            use sqlx::Executor;
+            let _ = conn.execute("ROLLBACK").await;
+            self.script_open.store(false, Ordering::Release);
+        }
     }
 
-    /// Runs `sql` — several statements that end in `COMMIT`, after `BEGIN IMMEDIATE` — on
-    /// SQLite's writer as one command: one trip to SQLite's thread for a whole transaction,
-    /// instead of one per statement plus `BEGIN` and `COMMIT`. Returns the rows the statements
-    /// returned: a script says what it did through `RETURNING`, since the rows-changed count
-    /// that SQLite reports for `BEGIN` and `COMMIT` is the previous statement's.
+    /// Runs one transaction of several statements in one trip to the database, and returns
+    /// the rows its statements returned (a transaction says what it did through `RETURNING`).
     ///
-    /// Each statement must carry its own conditions (`changes()`, subqueries on the lease),
-    /// since nothing can be decided between them. A statement that fails stops the script, and
-    /// its transaction is rolled back here; a caller cancelled mid-script leaves
-    /// `script_open` set, so the next writer rolls back first. Either way a script commits
-    /// whole or not at all.
-    async fn script(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<AnyRow>> {
+    /// - **SQLite:** `sql` is a script of statements separated by `;`, run as
+    ///   `BEGIN IMMEDIATE; sql; COMMIT` in one command to SQLite's thread (instead of one per
+    ///   statement plus `BEGIN` and `COMMIT`). Nothing can be decided between its statements,
+    ///   so each carries its own condition (`changes()`: the statement before it changed a row).
+    ///   A failed statement stops the script and it is rolled back here; a caller cancelled
+    ///   mid-script leaves `script_open` set, and the next use of the connection rolls back
+    ///   first ([`Ledger::settle`]). Either way it commits whole or not at all. Rows-changed
+    ///   counts are not used: SQLite reports the previous statement's for `BEGIN` and `COMMIT`.
+    /// - **PostgreSQL:** `sql` is one statement (data-modifying `WITH` clauses, each
+    ///   conditioned on the one before), atomic by itself.
+    async fn one_trip(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<AnyRow>> {
         use futures::TryStreamExt;
         use sqlx::Executor;
         use std::sync::atomic::Ordering;
-        let script = format!("BEGIN IMMEDIATE; {sql}; COMMIT");
         let mut conn = self.writer().await?;
+        if self.backend == Backend::Postgres {
+            return Ok(Arg::bind_all(sqlx::query(sql), args)
+                .fetch_all(&mut *conn)
+                .await?);
+        }
+        let script = format!("BEGIN IMMEDIATE; {sql}; COMMIT");
         self.script_open.store(true, Ordering::Release);
         let query = Arg::bind_all(sqlx::query(&script), args);
         let ran: std::result::Result<Vec<_>, sqlx::Error> =
@@ -768,7 +775,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// The three multi-statement writes (attempt opened, `adding` intent, attempt closed) write
+    /// The three one-trip transactions (attempt opened, `adding` intent, attempt closed) write
     /// everything or nothing: with the lease held they apply whole, without it nothing at all.
     async fn transactions_whole_or_nothing(l: &Ledger) {
         let id = SalesforceId::synthesize("801", 2);
@@ -851,12 +858,32 @@ mod tests {
     async fn multi_statement_writes_apply_whole_or_not_at_all() {
         let dir = std::env::temp_dir().join(format!("ledger-{}", uuid::Uuid::new_v4().simple()));
         let file = ledger(format!("sqlite://{}/l.db", dir.display())).await;
-        assert!(file.scripts(), "a file ledger writes through scripts");
         transactions_whole_or_nothing(&file).await;
         let mem = ledger("sqlite::memory:".into()).await;
-        assert!(!mem.scripts());
         transactions_whole_or_nothing(&mem).await;
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn multi_statement_writes_apply_whole_or_not_at_all_postgres() {
+        let base = std::env::var("TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".into());
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        sqlx::any::install_default_drivers();
+        let mut admin = <AnyConnection as sqlx::Connection>::connect(&base)
+            .await
+            .expect("PostgreSQL reachable at TEST_POSTGRES_URL (scripts/services.sh starts it)");
+        sqlx::Executor::execute(&mut admin, format!("CREATE SCHEMA {schema}").as_str())
+            .await
+            .expect("create schema");
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let pg = ledger(format!("{base}{sep}options=-c%20search_path%3D{schema}")).await;
+        assert_eq!(pg.backend(), Backend::Postgres);
+        transactions_whole_or_nothing(&pg).await;
+        pg.close().await;
+        let _ =
+            sqlx::Executor::execute(&mut admin, format!("DROP SCHEMA {schema} CASCADE").as_str())
+                .await;
     }
 
     /// A script whose caller was cancelled may leave its transaction open on the writer: the

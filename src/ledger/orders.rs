@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use sqlx::{AnyConnection, FromRow, Row};
 
-use super::{Arg, Change, Ledger, ORDER_COLUMNS, OrderRecord, OrderUpdate, Result, state};
+use super::{Arg, Backend, Change, Ledger, ORDER_COLUMNS, OrderRecord, OrderUpdate, Result, state};
 use crate::ids::SalesforceId;
 
 /// A lease's length in milliseconds, as bound next to the database's "now".
@@ -112,7 +112,6 @@ impl Ledger {
         client_id: &str,
         lease: Duration,
     ) -> Result<bool> {
-        use sqlx::Connection;
         let change = Change {
             state: Some(state::ADDING),
             whmcs_client_id: Some(client_id),
@@ -120,46 +119,33 @@ impl Ledger {
             adding_now: true,
             ..Default::default()
         };
-        let now = self.db_now();
-        const INSERT_CLIENT: &str =
-            "INSERT INTO order_clients (sf_order_id, whmcs_client_id, first_seen_at)";
-        if self.scripts() {
-            // One trip: the history row only if the intent was written (`changes()`); the
-            // intent's `RETURNING` says whether it was.
-            let u = Self::order_update(now, order, owner, &change, None);
-            let n = u.args.len();
-            let sql = format!(
-                "{} RETURNING 1 AS applied; {INSERT_CLIENT} SELECT $1, ${}, ${} \
-                 WHERE changes() > 0 ON CONFLICT (sf_order_id, whmcs_client_id) DO NOTHING",
-                u.sql,
-                n + 1,
-                n + 2
-            );
-            let mut args = u.args;
-            args.extend([Arg::Text(client_id), Arg::Int(super::now_ms())]);
-            if self.script(&sql, &args).await?.is_empty() {
-                return Ok(false);
-            }
-            self.changes.changed(order.as_str());
-            return Ok(true);
-        }
-        let mut conn = self.writer().await?;
-        let mut tx = conn.begin().await?;
-        if !Self::update_on(&mut tx, now, order, owner, &change).await? {
-            tx.rollback().await?;
+        let u = Self::order_update(self.db_now(), order, owner, &change, None);
+        let n = u.args.len();
+        // The history row only if the intent was written; the intent's `RETURNING` says
+        // whether it was.
+        let insert = format!(
+            "INSERT INTO order_clients (sf_order_id, whmcs_client_id, first_seen_at) \
+             SELECT $1, ${}, ${}",
+            n + 1,
+            n + 2
+        );
+        const KEEP: &str = "ON CONFLICT (sf_order_id, whmcs_client_id) DO NOTHING";
+        let sql = match self.backend {
+            Backend::Sqlite => format!(
+                "{} RETURNING 1 AS applied; {insert} WHERE changes() > 0 {KEEP}",
+                u.sql
+            ),
+            Backend::Postgres => format!(
+                "WITH u AS ({} RETURNING 1 AS applied), \
+                 i AS ({insert} WHERE EXISTS (SELECT 1 FROM u) {KEEP}) SELECT applied FROM u",
+                u.sql
+            ),
+        };
+        let mut args = u.args;
+        args.extend([Arg::Text(client_id), Arg::Int(super::now_ms())]);
+        if self.one_trip(&sql, &args).await?.is_empty() {
             return Ok(false);
         }
-        sqlx::query(&format!(
-            "{INSERT_CLIENT} VALUES ($1, $2, $3) \
-             ON CONFLICT (sf_order_id, whmcs_client_id) DO NOTHING"
-        ))
-        .bind(order.as_str())
-        .bind(client_id)
-        .bind(super::now_ms())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        drop(conn);
         self.changes.changed(order.as_str());
         Ok(true)
     }
