@@ -109,17 +109,7 @@ impl Ledger {
             n + 4,
             n + 5
         );
-        let sql = match self.backend {
-            Backend::Sqlite => format!(
-                "{} RETURNING 1 AS applied; {close} AND changes() > 0",
-                u.sql
-            ),
-            Backend::Postgres => format!(
-                "WITH u AS ({} RETURNING 1 AS applied), \
-                 f AS ({close} AND EXISTS (SELECT 1 FROM u)) SELECT applied FROM u",
-                u.sql
-            ),
-        };
+        let sql = self.change_then(&u.sql, |applied| format!("{close} AND {applied}"));
         let mut args = u.args;
         args.extend([
             Arg::Int(now_ms()),

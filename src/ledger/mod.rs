@@ -477,6 +477,23 @@ impl Ledger {
         }
     }
 
+    /// The SQL of a [`Ledger::one_trip`] made of an Order change (`update`, from
+    /// `order_update`) and one statement that must run only if the change applied:
+    /// `follow(applied)`, where `applied` is this dialect's condition for that. The change
+    /// returns one row (`applied`) when it applied, none when the lease was lost.
+    fn change_then(&self, update: &str, follow: impl Fn(&str) -> String) -> String {
+        match self.backend {
+            Backend::Sqlite => format!(
+                "{update} RETURNING 1 AS applied; {}",
+                follow("changes() > 0")
+            ),
+            Backend::Postgres => format!(
+                "WITH u AS ({update} RETURNING 1 AS applied), f AS ({}) SELECT applied FROM u",
+                follow("EXISTS (SELECT 1 FROM u)")
+            ),
+        }
+    }
+
     /// Runs one transaction of several statements in one trip to the database, and returns
     /// the rows its statements returned (a transaction says what it did through `RETURNING`).
     ///

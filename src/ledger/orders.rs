@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use sqlx::{AnyConnection, FromRow, Row};
 
-use super::{Arg, Backend, Change, Ledger, ORDER_COLUMNS, OrderRecord, OrderUpdate, Result, state};
+use super::{Arg, Change, Ledger, ORDER_COLUMNS, OrderRecord, OrderUpdate, Result, state};
 use crate::ids::SalesforceId;
 
 /// A lease's length in milliseconds, as bound next to the database's "now".
@@ -129,18 +129,11 @@ impl Ledger {
             n + 1,
             n + 2
         );
-        const KEEP: &str = "ON CONFLICT (sf_order_id, whmcs_client_id) DO NOTHING";
-        let sql = match self.backend {
-            Backend::Sqlite => format!(
-                "{} RETURNING 1 AS applied; {insert} WHERE changes() > 0 {KEEP}",
-                u.sql
-            ),
-            Backend::Postgres => format!(
-                "WITH u AS ({} RETURNING 1 AS applied), \
-                 i AS ({insert} WHERE EXISTS (SELECT 1 FROM u) {KEEP}) SELECT applied FROM u",
-                u.sql
-            ),
-        };
+        let sql = self.change_then(&u.sql, |applied| {
+            format!(
+                "{insert} WHERE {applied} ON CONFLICT (sf_order_id, whmcs_client_id) DO NOTHING"
+            )
+        });
         let mut args = u.args;
         args.extend([Arg::Text(client_id), Arg::Int(super::now_ms())]);
         if self.one_trip(&sql, &args).await?.is_empty() {
