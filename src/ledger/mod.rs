@@ -522,16 +522,11 @@ impl Ledger {
         let query = Arg::bind_all(sqlx::query(&script), args);
         let ran: std::result::Result<Vec<_>, sqlx::Error> =
             conn.fetch_many(query).try_collect().await;
-        let parts = match ran {
-            Ok(parts) => parts,
-            Err(e) => {
-                let _ = conn.execute("ROLLBACK").await;
-                self.script_open.store(false, Ordering::Release);
-                return Err(e.into());
-            }
-        };
+        if ran.is_err() {
+            let _ = conn.execute("ROLLBACK").await;
+        }
         self.script_open.store(false, Ordering::Release);
-        Ok(parts
+        Ok(ran?
             .into_iter()
             .filter_map(|part| match part {
                 sqlx::Either::Left(_) => None,
@@ -790,117 +785,6 @@ mod tests {
         assert!(mem.writer.is_none());
         claim_write_read(&mem).await;
         let _ = std::fs::remove_dir_all(dir);
-    }
-
-    /// The three one-trip transactions (attempt opened, `adding` intent, attempt closed) write
-    /// everything or nothing: with the lease held they apply whole, without it nothing at all.
-    async fn transactions_whole_or_nothing(l: &Ledger) {
-        let id = SalesforceId::synthesize("801", 2);
-        let lease = Duration::from_secs(30);
-        assert!(l.claim(&id, "a", lease).await.expect("claim").is_some());
-        let start = Change {
-            last_event_id: Some("ev-1"),
-            ..Default::default()
-        };
-        assert_eq!(
-            l.begin_attempt(&id, "b", Some("ev-1"), &start, true)
-                .await
-                .expect("begin"),
-            None,
-            "not b's lease"
-        );
-        assert!(l.attempts(&id).await.expect("attempts").is_empty());
-        let first = l
-            .begin_attempt(&id, "a", Some("ev-1"), &start, true)
-            .await
-            .expect("begin")
-            .expect("a's lease");
-        assert!(!l.mark_adding(&id, "b", "77", lease).await.expect("adding"));
-        let row = l.get(&id).await.expect("get").expect("row");
-        assert_eq!(
-            (row.state.as_str(), row.whmcs_client_id),
-            (state::NEW, None)
-        );
-        assert!(l.client_ids(&id).await.expect("clients").is_empty());
-        assert!(l.mark_adding(&id, "a", "77", lease).await.expect("adding"));
-        let row = l.get(&id).await.expect("get").expect("row");
-        assert_eq!(row.state, state::ADDING);
-        assert_eq!(row.last_event_id.as_deref(), Some("ev-1"));
-        let clients = l.client_ids(&id).await.expect("clients");
-        assert_eq!(clients.len(), 1);
-        assert_eq!(clients[0].0, "77");
-        // A later run of the same owner closes the attempt left open as abandoned.
-        let second = l
-            .begin_attempt(&id, "a", Some("ev-2"), &Change::default(), false)
-            .await
-            .expect("begin")
-            .expect("a's lease");
-        let attempts = l.attempts(&id).await.expect("attempts");
-        assert_eq!(attempts.len(), 2);
-        assert_eq!(attempts[0].id, first);
-        assert_eq!(attempts[0].outcome.as_deref(), Some(outcome::ABANDONED));
-        assert_eq!((attempts[1].id, attempts[1].finished_at), (second, None));
-        let failed = Change {
-            state: Some(state::FAILED),
-            outcome: Some(Some(outcome::FAILED)),
-            error: Some(Some(("X", "why"))),
-            release: true,
-            ..Default::default()
-        };
-        let err = Some(("X", "why"));
-        assert!(
-            !l.end_attempt(&id, "b", &failed, second, outcome::FAILED, err)
-                .await
-                .expect("end"),
-            "not b's lease"
-        );
-        let attempts = l.attempts(&id).await.expect("attempts");
-        assert_eq!(attempts[1].finished_at, None, "nothing written for b");
-        assert_eq!(l.get(&id).await.expect("get").expect("row").outcome, None);
-        assert!(
-            l.end_attempt(&id, "a", &failed, second, outcome::FAILED, err)
-                .await
-                .expect("end")
-        );
-        let attempts = l.attempts(&id).await.expect("attempts");
-        assert_eq!(attempts[1].outcome.as_deref(), Some(outcome::FAILED));
-        assert_eq!(attempts[1].error_message.as_deref(), Some("why"));
-        let row = l.get(&id).await.expect("get").expect("row");
-        assert_eq!(row.outcome.as_deref(), Some(outcome::FAILED));
-        // The last change gave the lease back.
-        assert!(l.claim(&id, "b", lease).await.expect("claim").is_some());
-    }
-
-    #[tokio::test]
-    async fn multi_statement_writes_apply_whole_or_not_at_all() {
-        let dir = std::env::temp_dir().join(format!("ledger-{}", uuid::Uuid::new_v4().simple()));
-        let file = ledger(format!("sqlite://{}/l.db", dir.display())).await;
-        transactions_whole_or_nothing(&file).await;
-        let mem = ledger("sqlite::memory:".into()).await;
-        transactions_whole_or_nothing(&mem).await;
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[tokio::test]
-    async fn multi_statement_writes_apply_whole_or_not_at_all_postgres() {
-        let base = std::env::var("TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".into());
-        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-        sqlx::any::install_default_drivers();
-        let mut admin = <AnyConnection as sqlx::Connection>::connect(&base)
-            .await
-            .expect("PostgreSQL reachable at TEST_POSTGRES_URL (scripts/services.sh starts it)");
-        sqlx::Executor::execute(&mut admin, format!("CREATE SCHEMA {schema}").as_str())
-            .await
-            .expect("create schema");
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let pg = ledger(format!("{base}{sep}options=-c%20search_path%3D{schema}")).await;
-        assert_eq!(pg.backend(), Backend::Postgres);
-        transactions_whole_or_nothing(&pg).await;
-        pg.close().await;
-        let _ =
-            sqlx::Executor::execute(&mut admin, format!("DROP SCHEMA {schema} CASCADE").as_str())
-                .await;
     }
 
     /// A script whose caller was cancelled may leave its transaction open on the writer: the

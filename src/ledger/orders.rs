@@ -286,66 +286,40 @@ impl Ledger {
             sets.push(format!("adding_at = {now}"));
         }
         let mut args = vec![Arg::Text(order.as_str()), Arg::Text(owner)];
-        let mut set = |col: &str, arg: Arg<'a>, sets: &mut Vec<String>| {
-            args.push(arg);
-            sets.push(format!("{col} = ${}", args.len()));
-        };
-        if let Some(v) = c.state {
-            set("state", Arg::Text(v), &mut sets);
-        }
-        if let Some(v) = c.outcome {
-            set("outcome", Arg::OptText(v), &mut sets);
-        }
-        if let Some(v) = c.account_id {
-            set("account_id", Arg::Text(v), &mut sets);
-        }
-        if let Some(v) = c.whmcs_client_id {
-            set("whmcs_client_id", Arg::Text(v), &mut sets);
-        }
-        if let Some(v) = c.whmcs_order_id {
-            set("whmcs_order_id", Arg::Int(v), &mut sets);
-        }
-        if let Some(v) = c.whmcs_service_ids {
-            set("whmcs_service_ids", Arg::Text(v), &mut sets);
-        }
-        if let Some(v) = c.error {
-            set(
-                "error_code",
-                Arg::OptText(v.map(|(code, _)| code)),
-                &mut sets,
-            );
-            set(
-                "error_message",
-                Arg::OptText(v.map(|(_, msg)| msg)),
-                &mut sets,
-            );
-        }
-        if let Some(v) = c.sf_status {
-            set("sf_status", Arg::Text(v), &mut sets);
-        }
-        if let Some(v) = c.last_event_id {
-            set("last_event_id", Arg::Text(v), &mut sets);
-        }
-        if let Some(v) = c.correlation_id {
-            set("correlation_id", Arg::Text(v), &mut sets);
+        let error =
+            |part: fn((&'a str, &'a str)) -> &'a str| c.error.map(|e| Arg::OptText(e.map(part)));
+        let columns = [
+            ("state", c.state.map(Arg::Text)),
+            ("outcome", c.outcome.map(Arg::OptText)),
+            ("account_id", c.account_id.map(Arg::Text)),
+            ("whmcs_client_id", c.whmcs_client_id.map(Arg::Text)),
+            ("whmcs_order_id", c.whmcs_order_id.map(Arg::Int)),
+            ("whmcs_service_ids", c.whmcs_service_ids.map(Arg::Text)),
+            ("error_code", error(|(code, _)| code)),
+            ("error_message", error(|(_, message)| message)),
+            ("sf_status", c.sf_status.map(Arg::Text)),
+            ("last_event_id", c.last_event_id.map(Arg::Text)),
+            ("correlation_id", c.correlation_id.map(Arg::Text)),
+        ];
+        for (column, arg) in columns {
+            if let Some(arg) = arg {
+                args.push(arg);
+                sets.push(format!("{column} = ${}", args.len()));
+            }
         }
         if c.release {
             sets.push("lease_owner = NULL, lease_until = NULL".into());
         } else if let Some(lease) = c.renew {
             // `lease_until = now + $n`: the argument is the lease's length.
-            set("lease_until", Arg::Int(lease_ms(lease)), &mut sets);
-            if let Some(last) = sets.last_mut() {
-                *last = format!("lease_until = {now} + ${}", args.len());
-            }
+            args.push(Arg::Int(lease_ms(lease)));
+            sets.push(format!("lease_until = {now} + ${}", args.len()));
         } else if let Some(lease) = keep {
-            set("lease_until", Arg::Int(lease_ms(lease)), &mut sets);
-            if let Some(last) = sets.last_mut() {
-                *last = format!(
-                    "lease_until = CASE WHEN lease_until >= {now} THEN {now} + ${} \
-                     ELSE lease_until END",
-                    args.len()
-                );
-            }
+            args.push(Arg::Int(lease_ms(lease)));
+            sets.push(format!(
+                "lease_until = CASE WHEN lease_until >= {now} THEN {now} + ${} \
+                 ELSE lease_until END",
+                args.len()
+            ));
         }
         let live = if c.renew.is_some() && !c.release {
             format!(" AND lease_until >= {now}")

@@ -608,20 +608,34 @@ async fn a_fenced_leader_stands_down_and_returns_with_a_newer_token() {
     app.stop().await.expect("stop");
 }
 
-/// The record of a WHMCS order id (`Ledger::update_keeping_lease`) is written for the run that
-/// owns the Order whether or not its lease is still live, renews the lease only while it is,
-/// and says which it was; another run's record writes nothing.
-async fn a_kept_record_renews_only_a_live_lease(db: Db) {
-    use provisioner::ledger::{Change, LeaseAfter, Ledger, state};
-    let dir = std::env::temp_dir().join(format!("kept-{}", uuid::Uuid::new_v4().simple()));
+/// A migrated ledger on a fresh database of `db` (or on `url`, e.g. in-memory SQLite), and the
+/// temporary directory to remove afterwards.
+async fn test_ledger(
+    db: Db,
+    url: Option<&str>,
+) -> (provisioner::ledger::Ledger, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("ledger-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("tmp dir");
-    let l = Ledger::open(&provisioner::config::DatabaseConfig {
-        url: fresh_database(db, &dir).await,
+    let url = match url {
+        Some(u) => u.to_owned(),
+        None => fresh_database(db, &dir).await,
+    };
+    let l = provisioner::ledger::Ledger::open(&provisioner::config::DatabaseConfig {
+        url,
         auto_migrate: true,
         max_connections: 2,
     })
     .await
     .expect("ledger");
+    (l, dir)
+}
+
+/// The record of a WHMCS order id (`Ledger::update_keeping_lease`) is written for the run that
+/// owns the Order whether or not its lease is still live, renews the lease only while it is,
+/// and says which it was; another run's record writes nothing.
+async fn a_kept_record_renews_only_a_live_lease(db: Db) {
+    use provisioner::ledger::{Change, LeaseAfter, state};
+    let (l, dir) = test_ledger(db, None).await;
     let id = crate::helpers::sf_id("801000000000009AAA");
     let lease = Duration::from_secs(30);
     assert!(l.claim(&id, "a", lease).await.expect("claim").is_some());
@@ -668,4 +682,104 @@ async fn a_kept_record_renews_only_a_live_lease_sqlite() {
 #[tokio::test]
 async fn a_kept_record_renews_only_a_live_lease_postgres() {
     a_kept_record_renews_only_a_live_lease(Db::Postgres).await;
+}
+
+/// The job's three one-trip transactions (attempt opened, `adding` intent, attempt closed; one
+/// SQLite script or one PostgreSQL statement each) write everything or nothing: with the lease
+/// held they apply whole, without it nothing at all. `url`: `None` for a fresh database of
+/// `db`, or a given one (in-memory SQLite).
+async fn one_trip_transactions_apply_whole_or_not_at_all(db: Db, url: Option<&str>) {
+    use provisioner::ledger::{Change, outcome, state};
+    let (l, dir) = test_ledger(db, url).await;
+    let id = crate::helpers::sf_id("801000000000010AAA");
+    let lease = Duration::from_secs(30);
+    assert!(l.claim(&id, "a", lease).await.expect("claim").is_some());
+    let start = Change {
+        last_event_id: Some("ev-1"),
+        ..Default::default()
+    };
+    assert_eq!(
+        l.begin_attempt(&id, "b", Some("ev-1"), &start, true)
+            .await
+            .expect("begin"),
+        None,
+        "not b's lease"
+    );
+    assert!(l.attempts(&id).await.expect("attempts").is_empty());
+    let first = l
+        .begin_attempt(&id, "a", Some("ev-1"), &start, true)
+        .await
+        .expect("begin")
+        .expect("a's lease");
+    assert!(!l.mark_adding(&id, "b", "77", lease).await.expect("adding"));
+    let row = l.get(&id).await.expect("get").expect("row");
+    assert_eq!(
+        (row.state.as_str(), row.whmcs_client_id),
+        (state::NEW, None)
+    );
+    assert!(l.client_ids(&id).await.expect("clients").is_empty());
+    assert!(l.mark_adding(&id, "a", "77", lease).await.expect("adding"));
+    let row = l.get(&id).await.expect("get").expect("row");
+    assert_eq!(row.state, state::ADDING);
+    assert_eq!(row.last_event_id.as_deref(), Some("ev-1"));
+    let clients = l.client_ids(&id).await.expect("clients");
+    assert_eq!(clients.len(), 1);
+    assert_eq!(clients[0].0, "77");
+    // A later run of the same owner closes the attempt left open as abandoned.
+    let second = l
+        .begin_attempt(&id, "a", Some("ev-2"), &Change::default(), false)
+        .await
+        .expect("begin")
+        .expect("a's lease");
+    let attempts = l.attempts(&id).await.expect("attempts");
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].id, first);
+    assert_eq!(attempts[0].outcome.as_deref(), Some(outcome::ABANDONED));
+    assert_eq!((attempts[1].id, attempts[1].finished_at), (second, None));
+    let failed = Change {
+        state: Some(state::FAILED),
+        outcome: Some(Some(outcome::FAILED)),
+        error: Some(Some(("X", "why"))),
+        release: true,
+        ..Default::default()
+    };
+    let err = Some(("X", "why"));
+    assert!(
+        !l.end_attempt(&id, "b", &failed, second, outcome::FAILED, err)
+            .await
+            .expect("end"),
+        "not b's lease"
+    );
+    let attempts = l.attempts(&id).await.expect("attempts");
+    assert_eq!(attempts[1].finished_at, None, "nothing written for b");
+    assert_eq!(l.get(&id).await.expect("get").expect("row").outcome, None);
+    assert!(
+        l.end_attempt(&id, "a", &failed, second, outcome::FAILED, err)
+            .await
+            .expect("end")
+    );
+    let attempts = l.attempts(&id).await.expect("attempts");
+    assert_eq!(attempts[1].outcome.as_deref(), Some(outcome::FAILED));
+    assert_eq!(attempts[1].error_message.as_deref(), Some("why"));
+    let row = l.get(&id).await.expect("get").expect("row");
+    assert_eq!(row.outcome.as_deref(), Some(outcome::FAILED));
+    // The last change gave the lease back.
+    assert!(l.claim(&id, "b", lease).await.expect("claim").is_some());
+    l.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn one_trip_transactions_apply_whole_or_not_at_all_sqlite() {
+    one_trip_transactions_apply_whole_or_not_at_all(Db::Sqlite, None).await;
+}
+
+#[tokio::test]
+async fn one_trip_transactions_apply_whole_or_not_at_all_sqlite_in_memory() {
+    one_trip_transactions_apply_whole_or_not_at_all(Db::Sqlite, Some("sqlite::memory:")).await;
+}
+
+#[tokio::test]
+async fn one_trip_transactions_apply_whole_or_not_at_all_postgres() {
+    one_trip_transactions_apply_whole_or_not_at_all(Db::Postgres, None).await;
 }
