@@ -237,8 +237,7 @@ pub async fn run(alerter: Alerter, shutdown: CancellationToken) -> anyhow::Resul
                 }
             }
         }
-        let since = ledger::now_ms() - cfg.window.as_millis() as i64;
-        let (failed, total) = match ledger.outcome_counts_since(since).await {
+        let (failed, total) = match ledger.outcome_counts_within(cfg.window).await {
             Ok(v) => v,
             Err(e) => {
                 warn!(error.message = %e, "cannot read attempt outcomes for the failure-rate alert");

@@ -108,18 +108,63 @@ async fn run_workers(
 /// prunes too.
 const AUDIT_PRUNE_EVERY: u64 = 720;
 
+/// Housekeeping ticks between two measurements of the clock skew (one minute); the first tick
+/// measures too.
+const CLOCK_CHECK_EVERY: u64 = 12;
+
+/// How far this process's clock may be off the database's before it is reported. Leases never
+/// depend on it; the queue's orphan detection (`HEARTBEAT` × `MISSED_HEARTBEATS`, judged by
+/// each replica on its own clock) and the delays of deferred jobs do.
+const CLOCK_SKEW_WARN: Duration = Duration::from_secs(2);
+
+/// Measures this process's clock against the database's: exported as
+/// `provisioner_clock_skew_milliseconds`, logged at warn while beyond [`CLOCK_SKEW_WARN`] and
+/// once at info when it is back within. `skewed`: whether the last measurement was beyond.
+async fn check_clock(state: &AppState, skewed: &mut bool) {
+    let skew_ms = match state.ledger.clock_skew_ms().await {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(error.message = %e, "cannot read the database's clock");
+            return;
+        }
+    };
+    state.metrics.clock_skew_ms.set(skew_ms);
+    let beyond = skew_ms.unsigned_abs() > CLOCK_SKEW_WARN.as_millis() as u64;
+    if beyond {
+        warn!(
+            clock.skew_ms = skew_ms,
+            "this process's clock is {:.1} s {} the ledger database's; leases are unaffected, \
+             but replicas judge each other's queue heartbeats and job delays on their own clocks: \
+             synchronise this host's clock (NTP)",
+            skew_ms.unsigned_abs() as f64 / 1000.0,
+            if skew_ms > 0 { "behind" } else { "ahead of" }
+        );
+    } else if *skewed {
+        info!(
+            clock.skew_ms = skew_ms,
+            "this process's clock agrees with the database's again"
+        );
+    }
+    *skewed = beyond;
+}
+
 /// Exports queue depth to metrics, cleans up finished jobs (the entries of deferred jobs every
-/// tick, others after 24 h) and prunes the audit trail past
-/// `AUDIT_RETENTION_DAYS` (database clock; every replica may prune, deleting is idempotent).
+/// tick, others after 24 h), prunes the audit trail past `AUDIT_RETENTION_DAYS` (database
+/// clock; every replica may prune, deleting is idempotent) and checks this process's clock
+/// against the database's ([`check_clock`]).
 async fn housekeeping(state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut n: u64 = 0;
+    let mut skewed = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
         n += 1;
+        if n % CLOCK_CHECK_EVERY == 1 {
+            check_clock(&state, &mut skewed).await;
+        }
         match state.queue.stats().await {
             Ok(s) => {
                 state.queue_depth.record(s.pending + s.delayed);

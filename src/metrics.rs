@@ -96,6 +96,9 @@ pub struct Metrics {
     pub change_feed_live: Gauge,
     /// Times this process may have missed Order change notifications (feed drops, lags).
     pub change_feed_losses: Gauge,
+    /// The database's clock minus this process's, in milliseconds, as housekeeping last
+    /// measured it.
+    pub clock_skew_ms: Gauge,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -142,6 +145,7 @@ impl Metrics {
             paused: Family::default(),
             change_feed_live: Gauge::default(),
             change_feed_losses: Gauge::default(),
+            clock_skew_ms: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -254,6 +258,12 @@ impl Metrics {
             "jobs_deferred",
             "Jobs put back in the queue to wait for a dependency, by reason",
             m.jobs_deferred.clone(),
+        );
+        registry.register(
+            "clock_skew_milliseconds",
+            "The ledger database's clock minus this process's (leases use the database's; the \
+             queue's orphan detection and delays use each process's own)",
+            m.clock_skew_ms.clone(),
         );
         registry.register(
             "paused",

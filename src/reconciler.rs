@@ -90,7 +90,6 @@ impl Reconciler {
             return Ok(0);
         }
         let stuck_after = chrono::Duration::from_std(self.cfg.stuck_after).unwrap_or_default();
-        let since_ms = (now - stuck_after).timestamp_millis();
         let want = self.cfg.batch_limit as usize;
         let bucket = now.timestamp() / 60;
         let mut jobs: Vec<Job> = Vec::new();
@@ -103,7 +102,10 @@ impl Reconciler {
                 .await?;
             seen += page.len();
             let ids: Vec<SalesforceId> = page.iter().map(|s| s.id.clone()).collect();
-            let active = self.ledger.recently_active(&ids, since_ms).await?;
+            let active = self
+                .ledger
+                .recently_active(&ids, self.cfg.stuck_after)
+                .await?;
             let rows = self.ledger.get_many(&ids).await?;
             for s in &page {
                 if jobs.len() >= want {

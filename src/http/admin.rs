@@ -588,11 +588,10 @@ pub async fn summary(app: &AppState, state_filter: Option<&str>, code: Option<&s
         .await
         .flatten()
         .map(|c| c.replay_id);
-    let since = crate::ledger::now_ms() - app.cfg.alert.window.as_millis() as i64;
     let failure_rate = read(
         "failure rate",
         &mut errors,
-        app.ledger.outcome_counts_since(since),
+        app.ledger.outcome_counts_within(app.cfg.alert.window),
     )
     .await
     .map(|(failed, finished)| FailureRate::judge(&app.cfg.alert, failed, finished));

@@ -1,9 +1,9 @@
 //! The `attempts` table: the history of every attempt on an Order, for operators and for the
 //! failure-rate alert.
 
-use sqlx::{AnyConnection, FromRow, Row};
+use sqlx::{FromRow, Row};
 
-use super::{Arg, AttemptRecord, Backend, Change, Ledger, Result, now_ms, outcome};
+use super::{Arg, AttemptRecord, Backend, Change, Ledger, Result, outcome};
 use crate::ids::SalesforceId;
 
 impl Ledger {
@@ -19,21 +19,20 @@ impl Ledger {
         c: &Change<'_>,
         first_claim: bool,
     ) -> Result<Option<i64>> {
-        let u = Self::order_update(self.db_now(), order, owner, c, None);
+        let now = self.db_now();
+        let u = Self::order_update(now, order, owner, c, None);
         let n = u.args.len();
         let mut args = u.args;
         // The attempt is inserted only if the change applied.
         let insert = format!(
-            "INSERT INTO attempts (sf_order_id, event_id, started_at) SELECT $1, ${}, ${}",
-            n + 1,
-            n + 2
+            "INSERT INTO attempts (sf_order_id, event_id, started_at) SELECT $1, ${}, {now}",
+            n + 1
         );
-        args.extend([Arg::OptText(event_id), Arg::Int(now_ms())]);
+        args.push(Arg::OptText(event_id));
         // An attempt still open belongs to a run that no longer holds the lease (we do): its
         // process stopped, or it lost the lease and stops before its next side effect.
         let abandon = (!first_claim).then(|| {
             args.extend([
-                Arg::Int(now_ms()),
                 Arg::Text(outcome::ABANDONED),
                 Arg::Text("ABANDONED"),
                 Arg::Text(
@@ -41,12 +40,11 @@ impl Ledger {
                 ),
             ]);
             format!(
-                "UPDATE attempts SET finished_at = ${}, outcome = ${}, error_code = ${}, \
+                "UPDATE attempts SET finished_at = {now}, outcome = ${}, error_code = ${}, \
                  error_message = ${} WHERE sf_order_id = $1 AND finished_at IS NULL",
+                n + 2,
                 n + 3,
-                n + 4,
-                n + 5,
-                n + 6
+                n + 4
             )
         });
         let sql = match self.backend {
@@ -96,23 +94,22 @@ impl Ledger {
         outcome: &str,
         error: Option<(&str, &str)>,
     ) -> Result<bool> {
-        let u = Self::order_update(self.db_now(), order, owner, c, None);
+        let now = self.db_now();
+        let u = Self::order_update(now, order, owner, c, None);
         let n = u.args.len();
         // The attempt is closed only if the change applied; the change's `RETURNING` says
         // whether it did.
         let close = format!(
-            "UPDATE attempts SET finished_at = ${}, outcome = ${}, error_code = ${}, \
+            "UPDATE attempts SET finished_at = {now}, outcome = ${}, error_code = ${}, \
              error_message = ${} WHERE id = ${}",
             n + 1,
             n + 2,
             n + 3,
-            n + 4,
-            n + 5
+            n + 4
         );
         let sql = self.change_then(&u.sql, |applied| format!("{close} AND {applied}"));
         let mut args = u.args;
         args.extend([
-            Arg::Int(now_ms()),
             Arg::Text(outcome),
             Arg::OptText(error.map(|e| e.0)),
             Arg::OptText(error.map(|e| e.1)),
@@ -128,20 +125,13 @@ impl Ledger {
     /// Opens an attempt in the Order's history.
     pub async fn start_attempt(&self, order: &SalesforceId, event_id: Option<&str>) -> Result<i64> {
         let mut conn = self.writer().await?;
-        Self::start_attempt_on(&mut conn, order, event_id).await
-    }
-
-    async fn start_attempt_on(
-        conn: &mut AnyConnection,
-        order: &SalesforceId,
-        event_id: Option<&str>,
-    ) -> Result<i64> {
-        let row = sqlx::query(
-            "INSERT INTO attempts (sf_order_id, event_id, started_at) VALUES ($1, $2, $3) RETURNING id",
-        )
+        let row = sqlx::query(&format!(
+            "INSERT INTO attempts (sf_order_id, event_id, started_at) VALUES ($1, $2, {}) \
+             RETURNING id",
+            self.db_now()
+        ))
         .bind(order.as_str())
         .bind(event_id)
-        .bind(now_ms())
         .fetch_one(&mut *conn)
         .await?;
         Ok(row.try_get("id")?)
@@ -155,21 +145,12 @@ impl Ledger {
         error: Option<(&str, &str)>,
     ) -> Result<()> {
         let mut conn = self.writer().await?;
-        Self::finish_attempt_on(&mut conn, attempt_id, outcome, error).await
-    }
-
-    async fn finish_attempt_on(
-        conn: &mut AnyConnection,
-        attempt_id: i64,
-        outcome: &str,
-        error: Option<(&str, &str)>,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE attempts SET finished_at = $2, outcome = $3, error_code = $4, error_message = $5 \
-             WHERE id = $1",
-        )
+        sqlx::query(&format!(
+            "UPDATE attempts SET finished_at = {}, outcome = $2, error_code = $3, \
+             error_message = $4 WHERE id = $1",
+            self.db_now()
+        ))
         .bind(attempt_id)
-        .bind(now_ms())
         .bind(outcome)
         .bind(error.map(|e| e.0))
         .bind(error.map(|e| e.1))
@@ -193,14 +174,16 @@ impl Ledger {
             .collect()
     }
 
-    /// Finished attempts since `since_ms`, split into (failed, total), for the alert window.
-    pub async fn outcome_counts_since(&self, since_ms: i64) -> Result<(i64, i64)> {
+    /// Attempts finished in the last `window` (database clock), split into (failed, total), for
+    /// the failure-rate alert.
+    pub async fn outcome_counts_within(&self, window: std::time::Duration) -> Result<(i64, i64)> {
         let mut conn = self.reader().await?;
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "SELECT COALESCE(SUM(CASE WHEN outcome = $2 THEN 1 ELSE 0 END), 0) AS failed, \
-             COUNT(*) AS total FROM attempts WHERE finished_at >= $1 AND outcome IN ($2, $3)",
-        )
-        .bind(since_ms)
+             COUNT(*) AS total FROM attempts WHERE finished_at >= {} - $1 AND outcome IN ($2, $3)",
+            self.db_now()
+        ))
+        .bind(i64::try_from(window.as_millis()).unwrap_or(i64::MAX))
         .bind(outcome::FAILED)
         .bind(outcome::PROVISIONED)
         .fetch_one(&mut *conn)

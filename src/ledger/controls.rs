@@ -13,7 +13,7 @@
 
 use sqlx::{Connection, Row};
 
-use super::{Ledger, Result, now_ms};
+use super::{Ledger, Result};
 
 /// Bytes of a poison event's payload kept as evidence.
 pub const POISON_PAYLOAD_MAX: usize = 64 * 1024;
@@ -200,14 +200,13 @@ impl Ledger {
         event_id: &str,
         sf_order_id: &str,
     ) -> Result<bool> {
-        let now = now_ms();
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
-        let n = sqlx::query(
-            "UPDATE poison_events SET replayed_at = $1, sf_order_id = $2 \
-             WHERE replay_id = $3 AND replayed_at IS NULL",
-        )
-        .bind(now)
+        let n = sqlx::query(&format!(
+            "UPDATE poison_events SET replayed_at = {}, sf_order_id = $1 \
+             WHERE replay_id = $2 AND replayed_at IS NULL",
+            self.db_now()
+        ))
         .bind(sf_order_id)
         .bind(replay_id)
         .execute(&mut *tx)
@@ -246,15 +245,15 @@ pub(super) async fn insert_poison(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     channel: &str,
     poison: &[PoisonEntry<'_>],
-    now: i64,
+    now: &str,
 ) -> Result<()> {
     for p in poison {
         let kept = &p.payload[..p.payload.len().min(POISON_PAYLOAD_MAX)];
-        sqlx::query(
+        sqlx::query(&format!(
             "INSERT INTO poison_events (replay_id, channel, event_id, schema_id, reason, detail, \
              payload, payload_size, truncated, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (replay_id) DO NOTHING",
-        )
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {now}) ON CONFLICT (replay_id) DO NOTHING",
+        ))
         .bind(hex::encode(p.replay_id))
         .bind(channel)
         .bind(p.event_id)
@@ -264,7 +263,6 @@ pub(super) async fn insert_poison(
         .bind(hex::encode(kept))
         .bind(i64::try_from(p.payload.len()).unwrap_or(i64::MAX))
         .bind(i64::from(kept.len() < p.payload.len()))
-        .bind(now)
         .execute(&mut **tx)
         .await?;
     }

@@ -11,7 +11,7 @@
 
 use sqlx::Row;
 
-use super::{Ledger, LedgerError, Result, now_ms};
+use super::{Ledger, LedgerError, Result};
 use crate::config::ReplayStart;
 
 /// What an operator stores as the cursor to ask for a replay from the earliest retained event.
@@ -52,16 +52,16 @@ impl Ledger {
         fencing_token: i64,
     ) -> Result<()> {
         let mut conn = self.writer().await?;
-        let n = sqlx::query(
-            "INSERT INTO cursors (channel, replay_id, fencing_token, updated_at) VALUES ($1, $2, $3, $4) \
+        let n = sqlx::query(&format!(
+            "INSERT INTO cursors (channel, replay_id, fencing_token, updated_at) VALUES ($1, $2, $3, {}) \
              ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id, \
              fencing_token = excluded.fencing_token, updated_at = excluded.updated_at \
              WHERE cursors.fencing_token <= excluded.fencing_token",
-        )
+            self.db_now()
+        ))
         .bind(channel)
         .bind(hex::encode(replay_id))
         .bind(fencing_token)
-        .bind(now_ms())
         .execute(&mut *conn)
         .await?
         .rows_affected();
@@ -75,15 +75,15 @@ impl Ledger {
     /// fenced like every cursor write: the row stays, with an empty replay id and this token.
     pub async fn clear_cursor(&self, channel: &str, fencing_token: i64) -> Result<()> {
         let mut conn = self.writer().await?;
-        let n = sqlx::query(
-            "INSERT INTO cursors (channel, replay_id, fencing_token, updated_at) VALUES ($1, '', $2, $3) \
+        let n = sqlx::query(&format!(
+            "INSERT INTO cursors (channel, replay_id, fencing_token, updated_at) VALUES ($1, '', $2, {}) \
              ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id, \
              fencing_token = excluded.fencing_token, updated_at = excluded.updated_at \
              WHERE cursors.fencing_token <= excluded.fencing_token",
-        )
+            self.db_now()
+        ))
         .bind(channel)
         .bind(fencing_token)
-        .bind(now_ms())
         .execute(&mut *conn)
         .await?
         .rows_affected();
@@ -153,14 +153,14 @@ impl Ledger {
     /// fencing token.
     pub async fn store_operator_cursor(&self, channel: &str, value: &str) -> Result<()> {
         let mut conn = self.writer().await?;
-        sqlx::query(
-            "INSERT INTO cursors (channel, replay_id, fencing_token, updated_at) VALUES ($1, $2, 0, $3) \
+        sqlx::query(&format!(
+            "INSERT INTO cursors (channel, replay_id, fencing_token, updated_at) VALUES ($1, $2, 0, {}) \
              ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id, \
              updated_at = excluded.updated_at",
-        )
+            self.db_now()
+        ))
         .bind(channel)
         .bind(value)
-        .bind(now_ms())
         .execute(&mut *conn)
         .await?;
         Ok(())

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use sqlx::{Connection, Row};
 
-use super::{Ledger, LedgerError, PoisonEntry, Result, now_ms};
+use super::{Ledger, LedgerError, PoisonEntry, Result};
 use crate::ids::SalesforceId;
 
 impl Ledger {
@@ -56,7 +56,8 @@ impl Ledger {
         cursor: &[u8],
         fencing_token: i64,
     ) -> Result<()> {
-        let now = now_ms();
+        // Times are the database's, like every time the ledger keeps.
+        let now = self.db_now();
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
         // One multi-row INSERT per chunk, not one statement per event.
@@ -67,17 +68,16 @@ impl Ledger {
                  VALUES ",
             );
             for i in 0..chunk.len() {
-                let b = i * 5;
+                let b = i * 4;
                 if i > 0 {
                     sql.push_str(", ");
                 }
                 sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${})",
+                    "(${}, ${}, ${}, ${}, {now})",
                     b + 1,
                     b + 2,
                     b + 3,
-                    b + 4,
-                    b + 5
+                    b + 4
                 ));
             }
             sql.push_str(" ON CONFLICT (event_id) DO NOTHING");
@@ -87,22 +87,20 @@ impl Ledger {
                     .bind(e.event_id)
                     .bind(hex::encode(e.replay_id))
                     .bind(e.sf_order_id)
-                    .bind(e.status)
-                    .bind(now);
+                    .bind(e.status);
             }
             q.execute(&mut *tx).await?;
         }
         super::controls::insert_poison(&mut tx, channel, poison, now).await?;
-        let written = sqlx::query(
-            "INSERT INTO cursors (channel, replay_id, fencing_token, updated_at) VALUES ($1, $2, $3, $4) \
+        let written = sqlx::query(&format!(
+            "INSERT INTO cursors (channel, replay_id, fencing_token, updated_at) VALUES ($1, $2, $3, {now}) \
              ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id, \
              fencing_token = excluded.fencing_token, updated_at = excluded.updated_at \
              WHERE cursors.fencing_token <= excluded.fencing_token",
-        )
+        ))
         .bind(channel)
         .bind(hex::encode(cursor))
         .bind(fencing_token)
-        .bind(now)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -115,12 +113,12 @@ impl Ledger {
         Ok(())
     }
 
-    /// Of these Orders, those the ledger saw move since `since_ms`: an order row updated, or an
-    /// event received for it (the reconciler leaves them alone).
+    /// Of these Orders, those the ledger saw move in the last `window` (database clock): an
+    /// order row updated, or an event received for it (the reconciler leaves them alone).
     pub async fn recently_active(
         &self,
         orders: &[SalesforceId],
-        since_ms: i64,
+        window: std::time::Duration,
     ) -> Result<Vec<String>> {
         if orders.is_empty() {
             return Ok(Vec::new());
@@ -128,10 +126,12 @@ impl Ledger {
         let list: Vec<String> = (0..orders.len()).map(|i| format!("${}", i + 2)).collect();
         let list = list.join(", ");
         let sql = format!(
-            "SELECT sf_order_id FROM orders WHERE updated_at >= $1 AND sf_order_id IN ({list}) \
-             UNION SELECT sf_order_id FROM event_inbox WHERE received_at >= $1 AND sf_order_id IN ({list})"
+            "SELECT sf_order_id FROM orders WHERE updated_at >= {now} - $1 AND sf_order_id IN ({list}) \
+             UNION SELECT sf_order_id FROM event_inbox WHERE received_at >= {now} - $1 \
+             AND sf_order_id IN ({list})",
+            now = self.db_now()
         );
-        let mut q = sqlx::query(&sql).bind(since_ms);
+        let mut q = sqlx::query(&sql).bind(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
         for id in orders {
             q = q.bind(id.as_str());
         }

@@ -22,6 +22,12 @@
 //!   the queue and reconciles with WHMCS before adding (see `jobs::provision`). `FULL` would add
 //!   an fsync to every commit, 27–48× the time of a write transaction on the measured disk
 //!   (`sqlite_commit_cost`, README "Performance"). PostgreSQL keeps its own settings.
+//! - One clock: every time the ledger stores (lease expiries, `updated_at`, attempts' start and
+//!   end, inbox and dead-letter arrival, cursor writes, audit steps) is the database's
+//!   ([`db_now_sql`], written in the statement itself), and every window over them ("the last
+//!   hour", "since the lease") is measured back from the database's now. Replicas with skewed
+//!   clocks therefore agree on leases, on the failure-rate alert and on what the reconciler
+//!   treats as recently active.
 //! - The inbox row and the cursor are written in one transaction, after the job is in Redis.
 //! - Every committed change of an `orders` row (claim, state change, outcome) is announced on
 //!   [`Ledger::changes`] after its commit; lease renewals and releases, which the portal cannot
@@ -210,9 +216,9 @@ pub fn set_test_clock_offset(offset_secs: i64) {
     );
 }
 
-/// Milliseconds since the Unix epoch on this process's clock (plus the test-only skew). Used for
-/// timestamps that are only shown or compared within one process; lease decisions use the
-/// database's clock instead (see [`Ledger::claim`]).
+/// Milliseconds since the Unix epoch on this process's clock (plus the test-only skew). Used only
+/// for figures within one process (e.g. an event's lag behind its `CreatedDate`); nothing the
+/// ledger stores or compares comes from it (see [`db_now_sql`]).
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
         + CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed)

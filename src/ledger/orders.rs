@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use sqlx::{AnyConnection, FromRow, Row};
 
-use super::{Arg, Change, Ledger, ORDER_COLUMNS, OrderRecord, OrderUpdate, Result, state};
+use super::{Arg, Change, Ledger, ORDER_COLUMNS, OrderRecord, OrderUpdate, Result, now_ms, state};
 use crate::ids::SalesforceId;
 
 /// A lease's length in milliseconds, as bound next to the database's "now".
@@ -119,15 +119,15 @@ impl Ledger {
             adding_now: true,
             ..Default::default()
         };
-        let u = Self::order_update(self.db_now(), order, owner, &change, None);
+        let now = self.db_now();
+        let u = Self::order_update(now, order, owner, &change, None);
         let n = u.args.len();
         // The history row only if the intent was written; the intent's `RETURNING` says
         // whether it was.
         let insert = format!(
             "INSERT INTO order_clients (sf_order_id, whmcs_client_id, first_seen_at) \
-             SELECT $1, ${}, ${}",
-            n + 1,
-            n + 2
+             SELECT $1, ${}, {now}",
+            n + 1
         );
         let sql = self.change_then(&u.sql, |applied| {
             format!(
@@ -135,7 +135,7 @@ impl Ledger {
             )
         });
         let mut args = u.args;
-        args.extend([Arg::Text(client_id), Arg::Int(super::now_ms())]);
+        args.push(Arg::Text(client_id));
         if self.one_trip(&sql, &args).await?.is_empty() {
             return Ok(false);
         }
@@ -501,6 +501,15 @@ impl Ledger {
         Ok(sqlx::query_scalar(&format!("SELECT {}", self.db_now()))
             .fetch_one(&mut *conn)
             .await?)
+    }
+
+    /// How far the database's clock is ahead of this process's (negative: behind), in
+    /// milliseconds, measured against the midpoint of the round trip.
+    pub async fn clock_skew_ms(&self) -> Result<i64> {
+        let sent = now_ms();
+        let db = self.clock_ms().await?;
+        let received = now_ms();
+        Ok(db - (sent + (received - sent) / 2))
     }
 
     /// Orders in `state` whose row changed at or after `since_ms` (database clock).

@@ -783,3 +783,115 @@ async fn one_trip_transactions_apply_whole_or_not_at_all_sqlite_in_memory() {
 async fn one_trip_transactions_apply_whole_or_not_at_all_postgres() {
     one_trip_transactions_apply_whole_or_not_at_all(Db::Postgres, None).await;
 }
+
+/// A replica whose own clock runs an hour behind provisions one Order and fails another (a
+/// product WHMCS refuses). Every time the ledger kept for them — attempts' start and end, the
+/// WHMCS client history, the inbox's arrival, the cursor's write — is the database's, and the
+/// failure-rate window, measured back from the database's now, counts both attempts. (On the
+/// replica's clock they would all lie an hour in the past: outside every window of the others.)
+/// The replica reports how far its clock is off (`provisioner_clock_skew_milliseconds`).
+async fn stored_times_come_from_the_database_clock(db: Db) {
+    use provisioner_sim::{ItemSeed, OrderSeed};
+    let app = spawn_app(Options {
+        db,
+        start: false,
+        ..Default::default()
+    })
+    .await;
+    let ledger = &app.state.ledger;
+    let before = ledger.clock_ms().await.expect("database clock");
+    let mut behind = daemon_process(&app, &[("TEST_CLOCK_OFFSET_SECS", "-3600".into())]);
+    app.sim.sim.set_faults(Faults {
+        whmcs_reject_products: vec!["99".into()],
+        ..Faults::default()
+    });
+    let good = app.seed_approved(1).remove(0);
+    let bad = crate::helpers::sf_id(app.sim.sim.seed_order(OrderSeed {
+        items: vec![ItemSeed {
+            product_id: Some("99".into()),
+            ..ItemSeed::default()
+        }],
+        ..OrderSeed::default()
+    }));
+    app.sim.sim.approve(&bad);
+    app.wait_terminal(&[good.clone(), bad.clone()], Duration::from_secs(60))
+        .await;
+    assert_eq!(app.activation(&good).as_deref(), Some("Activated"));
+    assert_eq!(app.activation(&bad).as_deref(), Some("Failed"));
+    wait_until(
+        Duration::from_secs(30),
+        "every attempt to close",
+        || async {
+            let mut closed = true;
+            for id in [&good, &bad] {
+                let attempts = ledger.attempts(id).await.unwrap_or_default();
+                closed &= !attempts.is_empty() && attempts.iter().all(|a| a.finished_at.is_some());
+            }
+            closed
+        },
+    )
+    .await;
+    // Everything kept, then the database's now: the subscriber may write the cursor again
+    // meanwhile, never later than that now.
+    let mut kept: Vec<(&str, i64)> = Vec::new();
+    for id in [&good, &bad] {
+        let attempts = ledger.attempts(id).await.expect("attempts");
+        assert!(!attempts.is_empty(), "{id}: no attempt");
+        for a in &attempts {
+            kept.push(("attempt start", a.started_at));
+            kept.push(("attempt end", a.finished_at.expect("finished")));
+        }
+        let inbox = ledger.inbox_for(id).await.expect("inbox");
+        assert!(!inbox.is_empty(), "{id}: no inbox row");
+        kept.extend(inbox.iter().map(|row| ("inbox arrival", row.received_at)));
+    }
+    let clients = ledger.client_ids(&good).await.expect("client history");
+    assert!(!clients.is_empty(), "no client history");
+    kept.extend(clients.iter().map(|(_, t)| ("client first seen", *t)));
+    let cursor = ledger
+        .cursor_row(&app.state.cfg.events.channel)
+        .await
+        .expect("cursor")
+        .expect("a stored cursor");
+    kept.push(("cursor write", cursor.updated_at));
+    let after = ledger.clock_ms().await.expect("database clock");
+    for (what, t) in kept {
+        assert!(
+            (before..=after).contains(&t),
+            "{what} at {t}, outside [{before}, {after}] on the database's clock"
+        );
+    }
+    assert_eq!(
+        ledger
+            .outcome_counts_within(Duration::from_secs(600))
+            .await
+            .expect("outcome counts"),
+        (1, 2),
+        "failed and finished attempts of the last 10 minutes"
+    );
+    // The replica reports its skew, about an hour (the database's clock minus its own).
+    let http = reqwest::Client::new();
+    let metrics = format!("{}/metrics", app.http);
+    wait_until(Duration::from_secs(30), "the clock skew metric", || async {
+        let Ok(r) = http.get(&metrics).send().await else {
+            return false;
+        };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("provisioner_clock_skew_milliseconds "))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .is_some_and(|ms| (3_590_000..=3_610_000).contains(&ms))
+    })
+    .await;
+    let _ = behind.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_times_come_from_the_database_clock_sqlite() {
+    stored_times_come_from_the_database_clock(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_times_come_from_the_database_clock_postgres() {
+    stored_times_come_from_the_database_clock(Db::Postgres).await;
+}

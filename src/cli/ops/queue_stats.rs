@@ -24,7 +24,7 @@ impl Tools {
         let by_state = ledger.counts_by_state().await?;
         let inbox = ledger.inbox_counts().await?;
         let (failed, total) = ledger
-            .outcome_counts_since(ledger::now_ms() - 3_600_000)
+            .outcome_counts_within(std::time::Duration::from_secs(3600))
             .await?;
         let paused = crate::pause::PauseState::from_rows(ledger.pauses().await?);
         let (poison_kept, poison_pending) = ledger.poison_counts().await?;
