@@ -160,8 +160,9 @@ pub async fn run(alerter: Alerter, shutdown: CancellationToken) -> anyhow::Resul
     let mut tick = tokio::time::interval(cfg.check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Write-backs Salesforce refused since this point are announced once each check. The rows'
-    // `updated_at` is on the database's clock, so this point is too.
-    let mut rejected_since = ledger.clock_ms().await.unwrap_or_else(|_| ledger::now_ms());
+    // `updated_at` is on the database's clock, so this point is too: now, or (the database not
+    // answering yet) the first check's time.
+    let mut rejected_since = ledger.clock_ms().await.ok();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -175,12 +176,15 @@ pub async fn run(alerter: Alerter, shutdown: CancellationToken) -> anyhow::Resul
             }
         };
         match ledger
-            .count_in_state_since(ledger::state::WRITEBACK_REJECTED, rejected_since)
+            .count_in_state_since(
+                ledger::state::WRITEBACK_REJECTED,
+                *rejected_since.get_or_insert(checked_at),
+            )
             .await
         {
-            Ok(0) => rejected_since = checked_at + 1,
+            Ok(0) => rejected_since = Some(checked_at + 1),
             Ok(n) => {
-                rejected_since = checked_at + 1;
+                rejected_since = Some(checked_at + 1);
                 let text = format!(
                     "provisioner: Salesforce refused the write-back of {n} Order(s) for good \
                      (validation rule, locked record or picklist); they stay `writeback_rejected` \

@@ -183,7 +183,7 @@ impl Ledger {
              COUNT(*) AS total FROM attempts WHERE finished_at >= {} - $1 AND outcome IN ($2, $3)",
             self.db_now()
         ))
-        .bind(i64::try_from(window.as_millis()).unwrap_or(i64::MAX))
+        .bind(super::millis(window))
         .bind(outcome::FAILED)
         .bind(outcome::PROVISIONED)
         .fetch_one(&mut *conn)

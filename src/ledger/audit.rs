@@ -99,10 +99,9 @@ fn on_database_clock(
     anchor_ms: i64,
     started: std::time::Instant,
 ) -> i64 {
-    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2);
     match started.checked_duration_since(anchor) {
-        Some(after) => anchor_ms.saturating_add(ms(after)),
-        None => anchor_ms.saturating_sub(ms(anchor.duration_since(started))),
+        Some(after) => anchor_ms.saturating_add(super::millis(after)),
+        None => anchor_ms.saturating_sub(super::millis(anchor.duration_since(started))),
     }
 }
 

@@ -131,7 +131,7 @@ impl Ledger {
              AND sf_order_id IN ({list})",
             now = self.db_now()
         );
-        let mut q = sqlx::query(&sql).bind(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+        let mut q = sqlx::query(&sql).bind(super::millis(window));
         for id in orders {
             q = q.bind(id.as_str());
         }

@@ -228,6 +228,12 @@ const ORDER_COLUMNS: &str = "sf_order_id, state, outcome, account_id, whmcs_clie
     whmcs_order_id, whmcs_service_ids, error_code, error_message, sf_status, last_event_id, \
     correlation_id, attempts, created_at, updated_at";
 
+/// A duration in milliseconds, as bound next to the database's "now" (a lease's end, a window's
+/// start): saturates at half of `i64`'s range, so `now ± it` never overflows in SQL.
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).map_or(i64::MAX / 2, |ms| ms.min(i64::MAX / 2))
+}
+
 /// SQL for the database's current time in epoch milliseconds.
 pub(crate) const fn db_now_sql(backend: Backend) -> &'static str {
     match backend {

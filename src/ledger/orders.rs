@@ -11,13 +11,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use sqlx::{AnyConnection, FromRow, Row};
 
-use super::{Arg, Change, Ledger, ORDER_COLUMNS, OrderRecord, OrderUpdate, Result, now_ms, state};
+use super::{
+    Arg, Change, Ledger, ORDER_COLUMNS, OrderRecord, OrderUpdate, Result, millis, now_ms, state,
+};
 use crate::ids::SalesforceId;
-
-/// A lease's length in milliseconds, as bound next to the database's "now".
-fn lease_ms(lease: Duration) -> i64 {
-    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
-}
 
 impl Ledger {
     /// Takes the Order's lease for `owner` if nobody holds a live one. Returns the row when
@@ -46,7 +43,7 @@ impl Ledger {
             .bind(order.as_str())
             .bind(state::NEW)
             .bind(owner)
-            .bind(lease_ms(lease))
+            .bind(millis(lease))
             .fetch_optional(&mut *conn)
             .await?;
         drop(conn);
@@ -68,7 +65,7 @@ impl Ledger {
         ))
         .bind(order.as_str())
         .bind(owner)
-        .bind(lease_ms(lease))
+        .bind(millis(lease))
         .execute(&mut *conn)
         .await?
         .rows_affected();
@@ -158,7 +155,7 @@ impl Ledger {
              WHERE sf_order_id = $1 AND adding_at IS NOT NULL AND whmcs_order_id IS NULL"
         ))
         .bind(order.as_str())
-        .bind(i64::try_from(window.as_millis()).unwrap_or(i64::MAX))
+        .bind(millis(window))
         .fetch_optional(&mut *conn)
         .await?;
         Ok(left
@@ -311,10 +308,10 @@ impl Ledger {
             sets.push("lease_owner = NULL, lease_until = NULL".into());
         } else if let Some(lease) = c.renew {
             // `lease_until = now + $n`: the argument is the lease's length.
-            args.push(Arg::Int(lease_ms(lease)));
+            args.push(Arg::Int(millis(lease)));
             sets.push(format!("lease_until = {now} + ${}", args.len()));
         } else if let Some(lease) = keep {
-            args.push(Arg::Int(lease_ms(lease)));
+            args.push(Arg::Int(millis(lease)));
             sets.push(format!(
                 "lease_until = CASE WHEN lease_until >= {now} THEN {now} + ${} \
                  ELSE lease_until END",
@@ -476,7 +473,6 @@ impl Ledger {
         limit: u32,
     ) -> Result<Vec<String>> {
         let now = self.db_now();
-        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let mut conn = self.reader().await?;
         Ok(sqlx::query_scalar(&format!(
             "SELECT sf_order_id FROM orders \
@@ -487,8 +483,8 @@ impl Ledger {
         ))
         .bind(state::WHMCS_ADDED)
         .bind(state::WHMCS_ACCEPTED)
-        .bind(ms(idle))
-        .bind(ms(horizon))
+        .bind(millis(idle))
+        .bind(millis(horizon))
         .bind(i64::from(limit))
         .fetch_all(&mut *conn)
         .await?)
