@@ -171,6 +171,15 @@ pub enum JobError {
     },
 }
 
+/// Salesforce refused the Order's write-back for good after this job's event: only a newer
+/// activation request (an operator's re-trigger publishes a newer event) or an operator's requeue
+/// drives it again, not a redelivery, a duplicate or the reconciler.
+fn writeback_rejected_before(job: &ProvisionOrderV1, row: &OrderRecord) -> bool {
+    row.state == ledger::state::WRITEBACK_REJECTED
+        && job.source != JobSource::Operator
+        && job.event_created_ms <= row.updated_at
+}
+
 fn tag(order: &SalesforceId) -> String {
     format!("sf-order:{}", order.as_str())
 }
@@ -286,46 +295,13 @@ impl Provisioner {
             {
                 return Ok(Outcome::Skipped("duplicate_event"));
             }
-            // Salesforce refused this Order's write-back for good: only a new activation request
-            // (an operator re-trigger publishes a newer event) or an operator's requeue drives
-            // it again — not a redelivery, not the reconciler.
-            if row.state == ledger::state::WRITEBACK_REJECTED
-                && job.source != JobSource::Operator
-                && job.event_created_ms <= row.updated_at
-            {
+            if writeback_rejected_before(job, row) {
                 return Ok(Outcome::Skipped("writeback_rejected"));
             }
         }
-        let order = match self
-            .retry("read_order", || {
-                steps::record(
-                    &self.ledger,
-                    Step::ReadOrder,
-                    Ids::none(),
-                    self.rest.get_order(&id),
-                )
-            })
-            .await
-        {
-            Ok(Some(o)) => o,
-            Ok(None) => return Ok(Outcome::Skipped("order_not_found")),
-            Err(e) => {
-                self.metrics
-                    .salesforce_errors
-                    .get_or_create(&crate::metrics::ReasonLabel { reason: e.code() })
-                    .inc();
-                if e.class() == ErrorClass::Permanent {
-                    error!(error.code = %e.code(), error.message = %e, "cannot read the order");
-                    return Ok(Outcome::Skipped("order_unreadable"));
-                }
-                // Transient, or a configuration problem (credentials, permissions, field names)
-                // an operator must fix: the job runs again later rather than being dropped, and
-                // the reconciler re-enqueues the Order if the queue gives up on it.
-                if e.class() == ErrorClass::Config {
-                    error!(error.code = %e.code(), error.message = %e, "cannot read the order: Salesforce configuration problem");
-                }
-                return Err(JobError::Salesforce(e.to_string()));
-            }
+        let order = match self.read_order(&id).await? {
+            Ok(order) => order,
+            Err(skipped) => return Ok(skipped),
         };
         if order.activation_status.as_deref() != Some(ACTIVATING) {
             self.adopt_written_back(&id, &order).await?;
@@ -345,12 +321,28 @@ impl Provisioner {
                 None => row.attempts > 1,
                 Some(b) => row.attempts > b.attempts + 1 || b.outcome.is_none(),
             };
-        if finished_meanwhile {
-            if let Err(e) = self.ledger.release(&id, &owner).await {
-                warn!(error.message = %e, "lease release failed; it expires by itself");
+        // That job wrote its outcome back to Salesforce before recording it here, so Salesforce
+        // shows it now, unless an operator re-triggered the Order after that write-back: then
+        // this job is the re-trigger's and goes on, with the Order as it is now (the operator
+        // may have fixed its mapping). One more read, only in this race.
+        let order = if finished_meanwhile {
+            let now = if writeback_rejected_before(job, &row) {
+                Ok(Err(Outcome::Skipped("writeback_rejected")))
+            } else {
+                self.read_order(&id).await
+            };
+            match now {
+                Ok(Ok(now)) if now.activation_status.as_deref() == Some(ACTIVATING) => now,
+                now => {
+                    if let Err(e) = self.ledger.release(&id, &owner).await {
+                        warn!(error.message = %e, "lease release failed; it expires by itself");
+                    }
+                    return now.map(|r| r.err().unwrap_or(Outcome::Skipped("finished_meanwhile")));
+                }
             }
-            return Ok(Outcome::Skipped("finished_meanwhile"));
-        }
+        } else {
+            order
+        };
         // Renews the lease while the run goes on, in the run's own task; ends only when the
         // lease is lost, which ends the run.
         let renewing = async {
@@ -459,6 +451,43 @@ impl Provisioner {
             warn!(error.message = %e, "lease release failed; it expires by itself");
         }
         result
+    }
+
+    /// Reads the Order (retrying transient failures). `Ok(Err(outcome))`: there is nothing to
+    /// provision (the Order is gone, or Salesforce refuses it for good); `Err`: Salesforce
+    /// cannot answer now and the job runs again later.
+    async fn read_order(&self, id: &SalesforceId) -> Result<Result<SfOrder, Outcome>, JobError> {
+        match self
+            .retry("read_order", || {
+                steps::record(
+                    &self.ledger,
+                    Step::ReadOrder,
+                    Ids::none(),
+                    self.rest.get_order(id),
+                )
+            })
+            .await
+        {
+            Ok(Some(o)) => Ok(Ok(o)),
+            Ok(None) => Ok(Err(Outcome::Skipped("order_not_found"))),
+            Err(e) => {
+                self.metrics
+                    .salesforce_errors
+                    .get_or_create(&crate::metrics::ReasonLabel { reason: e.code() })
+                    .inc();
+                if e.class() == ErrorClass::Permanent {
+                    error!(error.code = %e.code(), error.message = %e, "cannot read the order");
+                    return Ok(Err(Outcome::Skipped("order_unreadable")));
+                }
+                // Transient, or a configuration problem (credentials, permissions, field names)
+                // an operator must fix: the job runs again later rather than being dropped, and
+                // the reconciler re-enqueues the Order if the queue gives up on it.
+                if e.class() == ErrorClass::Config {
+                    error!(error.code = %e.code(), error.message = %e, "cannot read the order: Salesforce configuration problem");
+                }
+                Err(JobError::Salesforce(e.to_string()))
+            }
+        }
     }
 
     /// Waits for the Order's lease; another job holding it finishes or its lease expires.

@@ -192,6 +192,81 @@ async fn business_error_fails_then_retrigger_after_fix_succeeds_once_on(db: Db) 
     app.stop().await.expect("stop");
 }
 
+/// The re-trigger's job reads the ledger while the failed attempt is still open (its write-back
+/// is applied in Salesforce but not yet answered), then Salesforce, which shows the re-trigger.
+/// When the failed attempt closes and the re-trigger's job gets the lease, it must not take the
+/// failed attempt for its own work: the Order is provisioned, once, without the reconciler.
+async fn retrigger_read_while_the_failed_attempt_closes_is_provisioned_on(db: Db) {
+    let mut app = spawn_app(Options {
+        db,
+        extra_env: vec![("RECONCILER_INTERVAL_SECS", "0".into())],
+        ..Default::default()
+    })
+    .await;
+    let id = sf_id(app.sim.sim.seed_order(OrderSeed {
+        items: vec![ItemSeed {
+            product_id: Some("99".into()),
+            ..ItemSeed::default()
+        }],
+        ..OrderSeed::default()
+    }));
+    let held = Faults {
+        whmcs_reject_products: vec!["99".into()],
+        sf_hold_patch_answers: true,
+        ..Faults::default()
+    };
+    app.sim.sim.set_faults(held);
+    app.sim.sim.approve(&id);
+    wait_until(
+        Duration::from_secs(60),
+        "the failure written back (its answer held)",
+        || async { app.activation(&id).as_deref() == Some("Failed") },
+    )
+    .await;
+    app.sim.sim.set_item_product(&id, 0, Some("1".into()));
+    app.sim.sim.approve(&id);
+    let reads = || async {
+        app.state
+            .ledger
+            .steps(&id)
+            .await
+            .expect("steps")
+            .iter()
+            .filter(|s| s.step == "read_order")
+            .count()
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the re-trigger's job to read the Order",
+        || async { reads().await >= 2 },
+    )
+    .await;
+    assert!(
+        app.state
+            .ledger
+            .attempts(&id)
+            .await
+            .expect("attempts")
+            .iter()
+            .any(|a| a.finished_at.is_none()),
+        "the failed attempt is still open when the re-trigger is read"
+    );
+    app.sim.sim.set_faults(Faults::default());
+    wait_until(
+        Duration::from_secs(60),
+        "the re-triggered order to activate",
+        || async { app.activation(&id).as_deref() == Some("Activated") },
+    )
+    .await;
+    assert_eq!(app.sim.sim.whmcs_orders_for(&id).len(), 1);
+    assert_eq!(
+        app.sim.sim.counts(&id).add_order,
+        2,
+        "one refused, one added"
+    );
+    app.stop().await.expect("stop");
+}
+
 async fn missing_mapping_is_a_precise_failure_on(db: Db) {
     let mut app = spawn_app(Options {
         db,
@@ -309,6 +384,16 @@ async fn business_error_fails_then_retrigger_after_fix_succeeds_once_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn business_error_fails_then_retrigger_after_fix_succeeds_once_postgres() {
     business_error_fails_then_retrigger_after_fix_succeeds_once_on(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrigger_read_while_the_failed_attempt_closes_is_provisioned_sqlite() {
+    retrigger_read_while_the_failed_attempt_closes_is_provisioned_on(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrigger_read_while_the_failed_attempt_closes_is_provisioned_postgres() {
+    retrigger_read_while_the_failed_attempt_closes_is_provisioned_on(Db::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,6 +189,11 @@ pub struct Faults {
     /// timeout); the answer follows the commit. 0: no delay.
     #[serde(alias = "whmcsSlowCommitMs")]
     pub whmcs_slow_commit_ms: u64,
+    /// Salesforce applies every PATCH of a single Order at once but answers it only once this is
+    /// cleared: the caller learns late that its write-back succeeded (a slow way back), while
+    /// others already read the new values.
+    #[serde(alias = "sfHoldPatchAnswers")]
+    pub sf_hold_patch_answers: bool,
     /// Seed of the RNG behind `whmcs_error_rate`.
     pub seed: u64,
 }
