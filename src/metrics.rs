@@ -99,6 +99,9 @@ pub struct Metrics {
     /// The database's clock minus this process's, in milliseconds, as housekeeping last
     /// measured it.
     pub clock_skew_ms: Gauge,
+    /// Jobs of this process waiting for another run's lease on their Order (a duplicate event,
+    /// another replica's or the reconciler's job); they call no dependency while they wait.
+    pub jobs_waiting_for_lease: Gauge,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -146,6 +149,7 @@ impl Metrics {
             change_feed_live: Gauge::default(),
             change_feed_losses: Gauge::default(),
             clock_skew_ms: Gauge::default(),
+            jobs_waiting_for_lease: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -264,6 +268,11 @@ impl Metrics {
             "The ledger database's clock minus this process's (leases use the database's; the \
              queue's orphan detection and delays use each process's own)",
             m.clock_skew_ms.clone(),
+        );
+        registry.register(
+            "jobs_waiting_for_lease",
+            "Jobs waiting for another run's lease on their Order (no dependency is called meanwhile)",
+            m.jobs_waiting_for_lease.clone(),
         );
         registry.register(
             "paused",

@@ -19,7 +19,9 @@
 //!   re-triggers a Failed Order.
 //! - The WHMCS order id is never lost: a `Failed` write-back for an Order whose WHMCS order exists
 //!   (e.g. `AcceptOrder` failed) carries `WHMCS_Order_ID__c`.
-//! - Only one job works on an Order at a time (ledger lease, renewed while the job runs).
+//! - Only one job works on an Order at a time (ledger lease, renewed while the job runs). A job
+//!   whose Order another run holds waits for it before reading Salesforce, so a duplicate event
+//!   costs one read, after that run's outcome, and waiting costs no API call.
 //! - Transient failures are retried inside the job with capped, jittered exponential backoff,
 //!   `job_max_attempts` times; then the job waits for its dependency
 //!   ([`JobError::Unavailable`]: put back in the queue, see `jobs::gate`). Only a
@@ -180,6 +182,22 @@ fn writeback_rejected_before(job: &ProvisionOrderV1, row: &OrderRecord) -> bool 
         && job.event_created_ms <= row.updated_at
 }
 
+/// Counts one waiting job in a gauge while it lives.
+struct Waiting<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Waiting<'a> {
+    fn on(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn tag(order: &SalesforceId) -> String {
     format!("sf-order:{}", order.as_str())
 }
@@ -288,8 +306,19 @@ impl Provisioner {
         let Ok(id) = SalesforceId::parse(&job.order_id) else {
             return Ok(Outcome::Skipped("invalid_order_id"));
         };
+        // While another run holds the Order's lease (a duplicate event, another replica's or the
+        // reconciler's job), wait for it before reading Salesforce: the read then shows what
+        // that run did, and a job that waits in vain (`Busy`, it runs again later) costs no API
+        // call.
+        let before = self
+            .while_leased(&id, || async {
+                Ok(match self.ledger.get_with_lease(&id).await? {
+                    Some((_, true)) => None,
+                    row => Some(row.map(|(row, _)| row)),
+                })
+            })
+            .await?;
         // A redelivered job whose attempt already finished: nothing to do, no Salesforce call.
-        let before = self.ledger.get(&id).await?;
         if let Some(row) = &before {
             if row.last_event_id.as_deref() == Some(job.event_id.as_str()) && row.outcome.is_some()
             {
@@ -492,15 +521,35 @@ impl Provisioner {
 
     /// Waits for the Order's lease; another job holding it finishes or its lease expires.
     async fn claim(&self, id: &SalesforceId, owner: &str) -> Result<OrderRecord, JobError> {
+        self.while_leased(id, || async {
+            Ok(self.ledger.claim(id, owner, LEASE).await?)
+        })
+        .await
+    }
+
+    /// Asks `try_once` until it answers (`None`: another run holds the Order's lease), waiting
+    /// in between until that run finishes or its lease expires; `Busy` after twice the lease's
+    /// length. Counted in `jobs_waiting_for_lease` while it waits.
+    async fn while_leased<T, F, Fut>(
+        &self,
+        id: &SalesforceId,
+        mut try_once: F,
+    ) -> Result<T, JobError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, JobError>>,
+    {
         let deadline = tokio::time::Instant::now() + LEASE * 2;
         let mut wait = Duration::from_millis(20);
+        let mut waiting = None;
         loop {
-            if let Some(row) = self.ledger.claim(id, owner, LEASE).await? {
-                return Ok(row);
+            if let Some(v) = try_once().await? {
+                return Ok(v);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(JobError::Busy(id.to_string()));
             }
+            waiting.get_or_insert_with(|| Waiting::on(&self.metrics.jobs_waiting_for_lease));
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(1));
         }

@@ -355,6 +355,29 @@ impl Ledger {
         Ok(row.as_ref().map(OrderRecord::from_row).transpose()?)
     }
 
+    /// The Order's row, and whether a run holds a live lease on it (live on the database's
+    /// clock), in one read.
+    pub async fn get_with_lease(
+        &self,
+        order: &SalesforceId,
+    ) -> Result<Option<(OrderRecord, bool)>> {
+        let now = self.db_now();
+        let sql = format!(
+            "SELECT {ORDER_COLUMNS}, CAST(CASE WHEN lease_owner IS NOT NULL AND lease_until >= \
+             {now} THEN 1 ELSE 0 END AS BIGINT) AS leased FROM orders WHERE sf_order_id = $1"
+        );
+        let mut conn = self.reader().await?;
+        let row = sqlx::query(&sql)
+            .bind(order.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let leased = sqlx::Row::try_get::<i64, _>(&row, "leased")? != 0;
+        Ok(Some((OrderRecord::from_row(&row)?, leased)))
+    }
+
     /// The rows of these Orders the ledger knows (any order; unknown ids are left out).
     pub async fn get_many(&self, orders: &[SalesforceId]) -> Result<Vec<OrderRecord>> {
         let mut out = Vec::with_capacity(orders.len());

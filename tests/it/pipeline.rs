@@ -192,11 +192,12 @@ async fn business_error_fails_then_retrigger_after_fix_succeeds_once_on(db: Db) 
     app.stop().await.expect("stop");
 }
 
-/// The re-trigger's job reads the ledger while the failed attempt is still open (its write-back
-/// is applied in Salesforce but not yet answered), then Salesforce, which shows the re-trigger.
-/// When the failed attempt closes and the re-trigger's job gets the lease, it must not take the
-/// failed attempt for its own work: the Order is provisioned, once, without the reconciler.
-async fn retrigger_read_while_the_failed_attempt_closes_is_provisioned_on(db: Db) {
+/// Two events for one Order (the Flow fired twice) both read Salesforce; one job claims the
+/// Order and fails it, the other waits for the lease. An operator fixes the mapping and sets the
+/// Order back to `Activating` after that failure's write-back but before its ledger record (the
+/// re-trigger's own event is not in yet). The waiting job must not take the failure for its own
+/// work: it reads the Order again and provisions it, once, without the reconciler.
+async fn retrigger_seen_by_a_job_waiting_on_the_failed_attempt_is_provisioned_on(db: Db) {
     let mut app = spawn_app(Options {
         db,
         extra_env: vec![("RECONCILER_INTERVAL_SECS", "0".into())],
@@ -210,47 +211,34 @@ async fn retrigger_read_while_the_failed_attempt_closes_is_provisioned_on(db: Db
         }],
         ..OrderSeed::default()
     }));
-    let held = Faults {
+    // Salesforce's latency keeps both jobs' ledger reads ahead of either's claim.
+    app.sim.sim.set_faults(Faults {
         whmcs_reject_products: vec!["99".into()],
         sf_hold_patch_answers: true,
+        sf_latency_ms: 300,
         ..Faults::default()
-    };
-    app.sim.sim.set_faults(held);
+    });
     app.sim.sim.approve(&id);
+    app.sim.sim.publish(provisioner_sim::EventPayload {
+        created_date_ms: chrono::Utc::now().timestamp_millis(),
+        created_by_id: "005000000000001AAA".into(),
+        order_id: Some(id.to_string()),
+        ..Default::default()
+    });
     wait_until(
         Duration::from_secs(60),
-        "the failure written back (its answer held)",
-        || async { app.activation(&id).as_deref() == Some("Failed") },
+        "one job's failure written back (its answer held), the other job waiting after its read",
+        || async {
+            app.activation(&id).as_deref() == Some("Failed")
+                && app.sim.sim.counts(&id).soql == 2
+                && app.state.metrics.jobs_waiting_for_lease.get() == 1
+        },
     )
     .await;
     app.sim.sim.set_item_product(&id, 0, Some("1".into()));
-    app.sim.sim.approve(&id);
-    let reads = || async {
-        app.state
-            .ledger
-            .steps(&id)
-            .await
-            .expect("steps")
-            .iter()
-            .filter(|s| s.step == "read_order")
-            .count()
-    };
-    wait_until(
-        Duration::from_secs(60),
-        "the re-trigger's job to read the Order",
-        || async { reads().await >= 2 },
-    )
-    .await;
-    assert!(
-        app.state
-            .ledger
-            .attempts(&id)
-            .await
-            .expect("attempts")
-            .iter()
-            .any(|a| a.finished_at.is_none()),
-        "the failed attempt is still open when the re-trigger is read"
-    );
+    app.sim
+        .sim
+        .set_order_field(&id, "Activation_Status__c", "Activating".into());
     app.sim.sim.set_faults(Faults::default());
     wait_until(
         Duration::from_secs(60),
@@ -259,10 +247,72 @@ async fn retrigger_read_while_the_failed_attempt_closes_is_provisioned_on(db: Db
     )
     .await;
     assert_eq!(app.sim.sim.whmcs_orders_for(&id).len(), 1);
+    let c = app.sim.sim.counts(&id);
+    assert_eq!(c.add_order, 2, "one refused, one added");
+    assert_eq!(c.soql, 3, "the waiting job read the Order once more");
+    app.stop().await.expect("stop");
+}
+
+/// A second event for an Order another job is working on (the Flow fired twice) waits for that
+/// job's lease without calling Salesforce, then reads the Order once and finds it done.
+async fn a_duplicate_waits_for_the_lease_without_calling_salesforce_on(db: Db) {
+    let mut app = spawn_app(Options {
+        db,
+        extra_env: vec![("RECONCILER_INTERVAL_SECS", "0".into())],
+        ..Default::default()
+    })
+    .await;
+    let id = app.seed(1).remove(0);
+    app.sim.sim.set_faults(Faults {
+        sf_hold_patch_answers: true,
+        ..Faults::default()
+    });
+    app.sim.sim.approve(&id);
+    wait_until(
+        Duration::from_secs(60),
+        "the write-back applied (its answer held)",
+        || async { app.activation(&id).as_deref() == Some("Activated") },
+    )
+    .await;
+    app.sim.sim.publish(provisioner_sim::EventPayload {
+        created_date_ms: chrono::Utc::now().timestamp_millis(),
+        created_by_id: "005000000000001AAA".into(),
+        order_id: Some(id.to_string()),
+        ..Default::default()
+    });
+    wait_until(
+        Duration::from_secs(60),
+        "the second job to wait for the lease",
+        || async { app.state.metrics.jobs_waiting_for_lease.get() == 1 },
+    )
+    .await;
     assert_eq!(
-        app.sim.sim.counts(&id).add_order,
-        2,
-        "one refused, one added"
+        app.sim.sim.counts(&id).soql,
+        1,
+        "no Salesforce read while the lease is held"
+    );
+    app.sim.sim.set_faults(Faults::default());
+    wait_until(Duration::from_secs(60), "both jobs to finish", || async {
+        app.state
+            .queue
+            .stats()
+            .await
+            .map(|s| s.done >= 2)
+            .unwrap_or(false)
+    })
+    .await;
+    assert_eq!(app.state.metrics.jobs_waiting_for_lease.get(), 0);
+    let c = app.sim.sim.counts(&id);
+    assert_eq!(
+        (c.soql, c.add_order, c.patch),
+        (2, 1, 1),
+        "the second job read the Order once, after the lease, and did nothing more"
+    );
+    assert!(
+        app.state
+            .metrics
+            .render()
+            .contains("reason=\"not_activating\"")
     );
     app.stop().await.expect("stop");
 }
@@ -387,13 +437,23 @@ async fn business_error_fails_then_retrigger_after_fix_succeeds_once_postgres() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retrigger_read_while_the_failed_attempt_closes_is_provisioned_sqlite() {
-    retrigger_read_while_the_failed_attempt_closes_is_provisioned_on(Db::Sqlite).await;
+async fn retrigger_seen_by_a_job_waiting_on_the_failed_attempt_is_provisioned_sqlite() {
+    retrigger_seen_by_a_job_waiting_on_the_failed_attempt_is_provisioned_on(Db::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retrigger_read_while_the_failed_attempt_closes_is_provisioned_postgres() {
-    retrigger_read_while_the_failed_attempt_closes_is_provisioned_on(Db::Postgres).await;
+async fn retrigger_seen_by_a_job_waiting_on_the_failed_attempt_is_provisioned_postgres() {
+    retrigger_seen_by_a_job_waiting_on_the_failed_attempt_is_provisioned_on(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_waits_for_the_lease_without_calling_salesforce_sqlite() {
+    a_duplicate_waits_for_the_lease_without_calling_salesforce_on(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_waits_for_the_lease_without_calling_salesforce_postgres() {
+    a_duplicate_waits_for_the_lease_without_calling_salesforce_on(Db::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
