@@ -8,7 +8,7 @@ use provisioner::{
 };
 use provisioner_sim::{Faults, ItemSeed, OrderSeed, WhmcsFaultKind};
 
-use crate::helpers::{Db, Options, sf_id, spawn_app, wait_until};
+use crate::helpers::{Db, Options, TestApp, sf_id, spawn_app, wait_until};
 
 async fn approve_all_and_check(db: Db, n: usize) {
     let mut app = spawn_app(Options {
@@ -145,19 +145,34 @@ async fn ambiguous_add_order_is_reconciled_not_repeated_on(db: Db) {
     app.stop().await.expect("stop");
 }
 
+/// One more activation event for the Order, as a Flow firing again (or late) would publish it.
+fn publish_again(app: &TestApp, id: &SalesforceId) {
+    app.sim.sim.publish(provisioner_sim::EventPayload {
+        created_date_ms: chrono::Utc::now().timestamp_millis(),
+        created_by_id: "005000000000001AAA".into(),
+        order_id: Some(id.to_string()),
+        ..Default::default()
+    });
+}
+
+/// An Order (not approved) of one item mapped to the WHMCS product `pid`.
+fn seed_with_product(app: &TestApp, pid: &str) -> SalesforceId {
+    sf_id(app.sim.sim.seed_order(OrderSeed {
+        items: vec![ItemSeed {
+            product_id: Some(pid.into()),
+            ..ItemSeed::default()
+        }],
+        ..OrderSeed::default()
+    }))
+}
+
 async fn business_error_fails_then_retrigger_after_fix_succeeds_once_on(db: Db) {
     let mut app = spawn_app(Options {
         db,
         ..Default::default()
     })
     .await;
-    let id = sf_id(app.sim.sim.seed_order(OrderSeed {
-        items: vec![ItemSeed {
-            product_id: Some("99".into()),
-            ..ItemSeed::default()
-        }],
-        ..OrderSeed::default()
-    }));
+    let id = seed_with_product(&app, "99");
     app.sim.sim.set_faults(Faults {
         whmcs_reject_products: vec!["99".into()],
         ..Faults::default()
@@ -204,13 +219,7 @@ async fn retrigger_seen_by_a_job_waiting_on_the_failed_attempt_is_provisioned_on
         ..Default::default()
     })
     .await;
-    let id = sf_id(app.sim.sim.seed_order(OrderSeed {
-        items: vec![ItemSeed {
-            product_id: Some("99".into()),
-            ..ItemSeed::default()
-        }],
-        ..OrderSeed::default()
-    }));
+    let id = seed_with_product(&app, "99");
     // Salesforce's latency keeps both jobs' ledger reads ahead of either's claim.
     app.sim.sim.set_faults(Faults {
         whmcs_reject_products: vec!["99".into()],
@@ -219,12 +228,7 @@ async fn retrigger_seen_by_a_job_waiting_on_the_failed_attempt_is_provisioned_on
         ..Faults::default()
     });
     app.sim.sim.approve(&id);
-    app.sim.sim.publish(provisioner_sim::EventPayload {
-        created_date_ms: chrono::Utc::now().timestamp_millis(),
-        created_by_id: "005000000000001AAA".into(),
-        order_id: Some(id.to_string()),
-        ..Default::default()
-    });
+    publish_again(&app, &id);
     wait_until(
         Duration::from_secs(60),
         "one job's failure written back (its answer held), the other job waiting after its read",
@@ -274,12 +278,7 @@ async fn a_duplicate_waits_for_the_lease_without_calling_salesforce_on(db: Db) {
         || async { app.activation(&id).as_deref() == Some("Activated") },
     )
     .await;
-    app.sim.sim.publish(provisioner_sim::EventPayload {
-        created_date_ms: chrono::Utc::now().timestamp_millis(),
-        created_by_id: "005000000000001AAA".into(),
-        order_id: Some(id.to_string()),
-        ..Default::default()
-    });
+    publish_again(&app, &id);
     wait_until(
         Duration::from_secs(60),
         "the second job to wait for the lease",
@@ -380,12 +379,7 @@ async fn order_not_activating_gets_no_whmcs_call_on(db: Db) {
     let id = app.seed(1).remove(0);
     // An event for an Order that is not (or no longer) Activating, e.g. pulled back by an
     // operator before the worker read it.
-    app.sim.sim.publish(provisioner_sim::EventPayload {
-        created_date_ms: chrono::Utc::now().timestamp_millis(),
-        created_by_id: "005000000000001AAA".into(),
-        order_id: Some(id.to_string()),
-        ..Default::default()
-    });
+    publish_again(&app, &id);
     let control = app.seed(1).remove(0);
     app.sim.sim.approve(&control);
     app.wait_terminal(std::slice::from_ref(&control), Duration::from_secs(60))
