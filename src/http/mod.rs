@@ -27,6 +27,8 @@
 //!   listener ([`Surface::Internal`]) and the public one serves `/api` and the OpenAPI
 //!   document; without it one listener serves everything.
 //! - Every response carries `X-Content-Type-Options: nosniff`.
+//! - A 5xx is logged as a failed response, except a 503 from `/health/…` (the answer probes poll
+//!   for during start-up and outages; the daemon logs the cause itself, not once per probe).
 //! - A failed Order's `error.message` is the customer-safe text configured for its code,
 //!   never the raw WHMCS or Salesforce message.
 //! - No handler logs or returns a secret or token. The served OpenAPI document is
@@ -53,6 +55,10 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_http::{
+    classify::{
+        ClassifiedResponse, ClassifyResponse, MakeClassifier, NeverClassifyEos,
+        ServerErrorsAsFailures, ServerErrorsFailureClass,
+    },
     cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     set_header::SetResponseHeaderLayer,
@@ -176,7 +182,7 @@ pub fn surface_router(app: AppState, surface: Surface, shutdown: CancellationTok
         ))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            TraceLayer::new(HealthAnswers).make_span_with(|req: &axum::http::Request<_>| {
                 let rid = req
                     .headers()
                     .get("x-request-id")
@@ -206,6 +212,50 @@ impl MakeRequestId for RandomRequestId {
         HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
             .ok()
             .map(RequestId::new)
+    }
+}
+
+/// What the request log counts as a failed response (logged at error level): a 5xx, except a
+/// 503 from `/health/…`, which is the answer "not ready / not connected" that probes poll for
+/// during start-up and outages (the daemon logs the cause itself, once, not once per probe).
+#[derive(Clone, Copy)]
+struct HealthAnswers;
+
+impl MakeClassifier for HealthAnswers {
+    type Classifier = FailedResponses;
+    type FailureClass = ServerErrorsFailureClass;
+    type ClassifyEos = NeverClassifyEos<ServerErrorsFailureClass>;
+
+    fn make_classifier<B>(&self, req: &axum::http::Request<B>) -> FailedResponses {
+        FailedResponses {
+            health: req.uri().path().starts_with("/health/"),
+        }
+    }
+}
+
+/// [`HealthAnswers`]' verdict on one response.
+#[derive(Clone, Copy)]
+struct FailedResponses {
+    health: bool,
+}
+
+impl ClassifyResponse for FailedResponses {
+    type FailureClass = ServerErrorsFailureClass;
+    type ClassifyEos = NeverClassifyEos<ServerErrorsFailureClass>;
+
+    fn classify_response<B>(
+        self,
+        res: &Response<B>,
+    ) -> ClassifiedResponse<Self::FailureClass, Self::ClassifyEos> {
+        if self.health && res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            ClassifiedResponse::Ready(Ok(()))
+        } else {
+            ServerErrorsAsFailures::new().classify_response(res)
+        }
+    }
+
+    fn classify_error<E: std::fmt::Display + 'static>(self, error: &E) -> Self::FailureClass {
+        ServerErrorsAsFailures::new().classify_error(error)
     }
 }
 
@@ -308,6 +358,29 @@ mod tests {
         ] {
             assert!(doc["paths"][path]["get"].is_object(), "{path} undocumented");
         }
+    }
+
+    #[test]
+    fn health_probes_answered_503_are_not_logged_as_failures() {
+        let verdict = |path: &str, status: StatusCode| {
+            let req = axum::http::Request::get(path).body(()).expect("request");
+            let res = axum::http::Response::builder()
+                .status(status)
+                .body(())
+                .expect("response");
+            match HealthAnswers.make_classifier(&req).classify_response(&res) {
+                ClassifiedResponse::Ready(r) => r.is_ok(),
+                ClassifiedResponse::RequiresEos(_) => unreachable!("never waits for the end"),
+            }
+        };
+        for path in ["/health/ready", "/health/sf-events"] {
+            assert!(verdict(path, StatusCode::SERVICE_UNAVAILABLE), "{path}");
+            assert!(!verdict(path, StatusCode::INTERNAL_SERVER_ERROR), "{path}");
+        }
+        assert!(!verdict("/api/orders/x", StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!verdict("/metrics", StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!verdict("/healthz/ready", StatusCode::SERVICE_UNAVAILABLE));
+        assert!(verdict("/api/orders/x", StatusCode::NOT_FOUND));
     }
 
     #[test]

@@ -560,6 +560,74 @@ async fn a_failed_webhook_delivery_is_retried_once_not_duplicated() {
 
 // ─── Logs of the real binary ────────────────────────────────────────────────────────────────
 
+/// Probes polling `/health/sf-events` while the subscription is down get their 503, and the
+/// request log records each at debug level, not as a failed response at error level: the
+/// daemon logs the cause itself, not once per probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_answered_503_are_not_logged_as_errors() {
+    let app = spawn_app(Options {
+        start: false,
+        extra_env: vec![("SF_PUBSUB_ENDPOINT", "http://127.0.0.1:9".into())],
+        ..Default::default()
+    })
+    .await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .arg("serve")
+        .env_clear()
+        .envs(app.env.iter().cloned())
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn,tower_http=debug,provisioner::http=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn provisioner");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let _ = stderr.read_to_end(&mut out).await;
+        out
+    });
+    http_up(&app.http).await;
+    for _ in 0..3 {
+        let r = reqwest::get(format!("{}/health/sf-events", app.http))
+            .await
+            .expect("probe");
+        assert_eq!(r.status(), 503);
+    }
+    let pid = child.id().expect("running");
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    let logs = String::from_utf8(reader.await.expect("reader")).expect("utf-8 logs");
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let probes = |message: &str| {
+        lines
+            .iter()
+            .filter(|l| l["message"] == message && l["span"]["path"] == "/health/sf-events")
+            .count()
+    };
+    assert!(
+        probes("finished processing request") >= 3,
+        "each probe is in the request log:\n{logs}"
+    );
+    assert_eq!(
+        probes("response failed"),
+        0,
+        "no error line per probe:\n{logs}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_logs_carry_ids_and_never_a_secret() {
     let unique = uuid::Uuid::new_v4().simple().to_string();
