@@ -231,6 +231,16 @@ fn daemon_log() -> std::process::Stdio {
     }
 }
 
+/// Sends SIGTERM to a running child process.
+pub fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("running");
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
 /// The daemon binary as a child process with the app's environment plus `extra`.
 pub fn daemon_process(app: &TestApp, extra: &[(&str, String)]) -> tokio::process::Child {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_provisioner"));

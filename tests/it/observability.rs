@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::{io::AsyncReadExt, process::Command};
 
 use crate::{
-    helpers::{Db, Options, TestApp, sf_id, spawn_app, wait_until},
+    helpers::{Db, Options, TestApp, sf_id, sigterm, spawn_app, wait_until},
     http::{SseReader, account_of, http_up, token, token_with},
 };
 
@@ -560,6 +560,53 @@ async fn a_failed_webhook_delivery_is_retried_once_not_duplicated() {
 
 // ─── Logs of the real binary ────────────────────────────────────────────────────────────────
 
+/// The daemon binary with the app's environment, logging JSON lines at `RUST_LOG` level; its
+/// stderr is read while it runs (a full pipe would block it).
+struct LoggedDaemon {
+    /// `PROVISIONER_TEST_BIN`: a private copy of the binary, for machines where several
+    /// checkouts share one target directory (and so one `target/debug/provisioner`).
+    bin: String,
+    child: tokio::process::Child,
+    stderr: tokio::task::JoinHandle<Vec<u8>>,
+}
+
+impl LoggedDaemon {
+    fn start(app: &TestApp, rust_log: &str) -> Self {
+        let bin = std::env::var("PROVISIONER_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_provisioner").to_owned());
+        let mut child = Command::new(&bin)
+            .arg("serve")
+            .env_clear()
+            .envs(app.env.iter().cloned())
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn provisioner");
+        let mut pipe = child.stderr.take().expect("stderr");
+        let stderr = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out).await;
+            out
+        });
+        Self { bin, child, stderr }
+    }
+
+    /// SIGTERM, then the exit status (within 30 s) and everything it logged.
+    async fn stop(mut self) -> (std::process::ExitStatus, String) {
+        sigterm(&self.child);
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits")
+            .expect("status");
+        let logs = String::from_utf8(self.stderr.await.expect("reader")).expect("utf-8 logs");
+        (status, logs)
+    }
+}
+
 /// Probes polling `/health/sf-events` while the subscription is down get their 503, and the
 /// request log records each at debug level, not as a failed response at error level: the
 /// daemon logs the cause itself, not once per probe.
@@ -571,24 +618,7 @@ async fn health_probes_answered_503_are_not_logged_as_errors() {
         ..Default::default()
     })
     .await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
-        .arg("serve")
-        .env_clear()
-        .envs(app.env.iter().cloned())
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn,tower_http=debug,provisioner::http=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn provisioner");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let reader = tokio::spawn(async move {
-        let mut out = Vec::new();
-        let _ = stderr.read_to_end(&mut out).await;
-        out
-    });
+    let daemon = LoggedDaemon::start(&app, "warn,tower_http=debug,provisioner::http=info");
     http_up(&app.http).await;
     for _ in 0..3 {
         let r = reqwest::get(format!("{}/health/sf-events", app.http))
@@ -596,17 +626,7 @@ async fn health_probes_answered_503_are_not_logged_as_errors() {
             .expect("probe");
         assert_eq!(r.status(), 503);
     }
-    let pid = child.id().expect("running");
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
-    tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits")
-        .expect("status");
-    let logs = String::from_utf8(reader.await.expect("reader")).expect("utf-8 logs");
+    let (_, logs) = daemon.stop().await;
     let lines: Vec<Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -657,30 +677,8 @@ async fn daemon_logs_carry_ids_and_never_a_secret() {
         ..Default::default()
     })
     .await;
-    // PROVISIONER_TEST_BIN: a private copy of the binary, for machines where several checkouts
-    // share one target directory (and so one `target/debug/provisioner`).
-    let bin = std::env::var("PROVISIONER_TEST_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_provisioner").to_owned());
-    let bin_shown = bin.clone();
-    let mut child = Command::new(bin)
-        .arg("serve")
-        .env_clear()
-        .envs(app.env.iter().cloned())
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn provisioner");
-    // Drain stderr while the daemon runs (a full pipe would block it).
-    let mut stderr = child.stderr.take().expect("stderr");
-    let reader = tokio::spawn(async move {
-        let mut out = Vec::new();
-        let _ = stderr.read_to_end(&mut out).await;
-        out
-    });
+    let daemon = LoggedDaemon::start(&app, "debug");
+    let bin_shown = daemon.bin.clone();
     http_up(&app.http).await;
     let probe = reqwest::get(format!("{}/openapi.json", app.http))
         .await
@@ -758,18 +756,8 @@ async fn daemon_logs_carry_ids_and_never_a_secret() {
         .expect("status");
 
     // Graceful stop with the stream open.
-    let pid = child.id().expect("running");
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits")
-        .expect("status");
+    let (status, logs) = daemon.stop().await;
     assert!(status.success(), "{status}");
-    let logs = String::from_utf8(reader.await.expect("reader")).expect("utf-8 logs");
     drop(sse);
 
     // No secret, token or webhook path in any form.

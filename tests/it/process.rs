@@ -6,19 +6,10 @@ use std::time::Duration;
 use provisioner_sim::Faults;
 use tokio::process::{Child, Command};
 
-use crate::helpers::{Options, TestApp, spawn_app, wait_until};
+use crate::helpers::{Options, TestApp, sigterm, spawn_app, wait_until};
 
 fn daemon(app: &TestApp) -> Child {
     crate::helpers::daemon_process(app, &[])
-}
-
-fn sigterm(child: &Child) {
-    let pid = child.id().expect("running");
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
 }
 
 /// Once the daemon answers HTTP (its signal handlers are installed by then: a SIGTERM before
