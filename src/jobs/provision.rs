@@ -362,11 +362,15 @@ impl Provisioner {
             };
             match now {
                 Ok(Ok(now)) if now.activation_status.as_deref() == Some(ACTIVATING) => now,
-                now => {
+                other => {
                     if let Err(e) = self.ledger.release(&id, &owner).await {
                         warn!(error.message = %e, "lease release failed; it expires by itself");
                     }
-                    return now.map(|r| r.err().unwrap_or(Outcome::Skipped("finished_meanwhile")));
+                    return match other {
+                        Ok(Ok(_)) => Ok(Outcome::Skipped("finished_meanwhile")),
+                        Ok(Err(skipped)) => Ok(skipped),
+                        Err(e) => Err(e),
+                    };
                 }
             }
         } else {

@@ -346,13 +346,7 @@ impl Ledger {
 
     /// The Order's row, if the ledger knows it.
     pub async fn get(&self, order: &SalesforceId) -> Result<Option<OrderRecord>> {
-        let mut conn = self.reader().await?;
-        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE sf_order_id = $1");
-        let row = sqlx::query(&sql)
-            .bind(order.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-        Ok(row.as_ref().map(OrderRecord::from_row).transpose()?)
+        Ok(self.get_with_lease(order).await?.map(|(row, _)| row))
     }
 
     /// The Order's row, and whether a run holds a live lease on it (live on the database's
@@ -374,7 +368,7 @@ impl Ledger {
         let Some(row) = row else {
             return Ok(None);
         };
-        let leased = sqlx::Row::try_get::<i64, _>(&row, "leased")? != 0;
+        let leased = row.try_get::<i64, _>("leased")? != 0;
         Ok(Some((OrderRecord::from_row(&row)?, leased)))
     }
 

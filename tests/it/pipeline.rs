@@ -220,15 +220,24 @@ async fn retrigger_seen_by_a_job_waiting_on_the_failed_attempt_is_provisioned_on
     })
     .await;
     let id = seed_with_product(&app, "99");
-    // Salesforce's latency keeps both jobs' ledger reads ahead of either's claim.
-    app.sim.sim.set_faults(Faults {
+    let rejecting = Faults {
         whmcs_reject_products: vec!["99".into()],
         sf_hold_patch_answers: true,
-        sf_latency_ms: 300,
         ..Faults::default()
+    };
+    // Both jobs' Salesforce reads are held until both have been made: both read the ledger
+    // before either claims the Order.
+    app.sim.sim.set_faults(Faults {
+        sf_hold_query_answers: true,
+        ..rejecting.clone()
     });
     app.sim.sim.approve(&id);
     publish_again(&app, &id);
+    wait_until(Duration::from_secs(60), "both jobs' reads", || async {
+        app.sim.sim.counts(&id).soql == 2
+    })
+    .await;
+    app.sim.sim.set_faults(rejecting);
     wait_until(
         Duration::from_secs(60),
         "one job's failure written back (its answer held), the other job waiting after its read",

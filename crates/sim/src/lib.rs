@@ -194,6 +194,10 @@ pub struct Faults {
     /// others already read the new values.
     #[serde(alias = "sfHoldPatchAnswers")]
     pub sf_hold_patch_answers: bool,
+    /// Salesforce runs every SOQL query at once (it is counted) but answers it only once this is
+    /// cleared.
+    #[serde(alias = "sfHoldQueryAnswers")]
+    pub sf_hold_query_answers: bool,
     /// Seed of the RNG behind `whmcs_error_rate`.
     pub seed: u64,
 }
@@ -1086,10 +1090,15 @@ pub(crate) fn snapshot(rec: &OrderRec) -> SimOrder {
 fn router(sim: Simulator) -> axum::Router {
     axum::Router::new()
         .merge(
-            salesforce::routes().layer(axum::middleware::from_fn_with_state(
-                sim.clone(),
-                salesforce::latency,
-            )),
+            salesforce::routes()
+                .layer(axum::middleware::from_fn_with_state(
+                    sim.clone(),
+                    salesforce::hold,
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    sim.clone(),
+                    salesforce::latency,
+                )),
         )
         .merge(whmcs::routes())
         .merge(control::routes())

@@ -76,6 +76,37 @@ pub(super) async fn latency(
     next.run(request).await
 }
 
+/// Serves the request, then holds a successful answer while its kind is held: a single
+/// Order's PATCH (`sf_hold_patch_answers`) or a SOQL query (`sf_hold_query_answers`). Its effects
+/// are applied and counted at once; the caller learns of them when the fault is cleared (every
+/// fault change wakes the wait) or the simulator shuts down.
+pub(super) async fn hold(
+    axum::extract::State(sim): axum::extract::State<Simulator>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    let held: fn(&crate::Faults) -> bool = match *request.method() {
+        axum::http::Method::PATCH if path.contains("/sobjects/") => |f| f.sf_hold_patch_answers,
+        axum::http::Method::GET if path.trim_end_matches('/').ends_with("/query") => {
+            |f| f.sf_hold_query_answers
+        }
+        _ => return next.run(request).await,
+    };
+    let response = next.run(request).await;
+    if response.status().is_success() {
+        let inner = &sim.0;
+        let mut changes = inner.wake.subscribe();
+        while held(&inner.lock().faults) {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                () = inner.shutdown.cancelled() => break,
+            }
+        }
+    }
+    response
+}
+
 // ---------------------------------------------------------------------------------------------
 // Response helpers
 

@@ -262,30 +262,14 @@ pub(super) async fn patch_record(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let response = patch_now(&sim, &version, &object, &id, &headers, &body);
-    // 204: the writes were applied.
-    if response.status() == StatusCode::NO_CONTENT {
-        hold_answer(&sim.0).await;
-    }
-    response
-}
-
-fn patch_now(
-    sim: &Simulator,
-    version: &str,
-    object: &str,
-    id: &str,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Response {
     let inner = &sim.0;
     let mut st = inner.lock();
-    let usage = match rest_auth(&mut st, headers) {
+    let usage = match rest_auth(&mut st, &headers) {
         Ok(u) => u,
         Err(r) => return r,
     };
-    let id = match RecordId::parse(id) {
-        Ok(id) if valid_version(version) && object == "Order" && st.orders.contains_key(&id) => id,
+    let id = match RecordId::parse(&id) {
+        Ok(id) if valid_version(&version) && object == "Order" && st.orders.contains_key(&id) => id,
         _ => {
             if let Some(r) = rest_fault(&mut st, usage) {
                 return r;
@@ -300,7 +284,7 @@ fn patch_now(
     if let Some(r) = rest_fault(&mut st, usage) {
         return r;
     }
-    let fields: Map<String, Value> = match serde_json::from_slice(body) {
+    let fields: Map<String, Value> = match serde_json::from_slice(&body) {
         Ok(Value::Object(m)) => m,
         _ => {
             return rest_error(
@@ -344,22 +328,6 @@ fn patch_now(
         sim.activation_requested(&id);
     }
     with_usage(StatusCode::NO_CONTENT.into_response(), usage)
-}
-
-/// Waits while `sf_hold_patch_answers` is set (every fault change wakes it) or the simulator
-/// shuts down.
-async fn hold_answer(inner: &crate::Inner) {
-    let mut changes = inner.wake.subscribe();
-    loop {
-        let held = inner.lock().faults.sf_hold_patch_answers;
-        if !held {
-            return;
-        }
-        tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
-            () = inner.shutdown.cancelled() => return,
-        }
-    }
 }
 
 /// Writes validated fields onto an Order; `true` when the write set `Activation_Status__c` to
