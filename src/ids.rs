@@ -7,10 +7,11 @@
 
 use std::fmt;
 
-/// A validated Salesforce record id, normalised to 18 characters.
+/// A validated Salesforce record id, normalised to 18 characters and held inline (ASCII
+/// alphanumerics only), so copying one never allocates.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct SalesforceId(String);
+pub struct SalesforceId([u8; 18]);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a 15- or 18-character Salesforce Id")]
@@ -44,19 +45,20 @@ impl SalesforceId {
             return Err(InvalidId);
         }
         // Keep the case of the first 15, canonical suffix.
-        let mut full = String::with_capacity(18);
-        full.push_str(&s[..15]);
-        full.extend(sum.iter().map(|&c| c as char));
+        let mut full = [0u8; 18];
+        full[..15].copy_from_slice(&b[..15]);
+        full[15..].copy_from_slice(&sum);
         Ok(Self(full))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ASCII alphanumerics are ever stored (`parse`), so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// The case-sensitive 15-character form.
     pub fn short(&self) -> &str {
-        &self.0[..15]
+        &self.as_str()[..15]
     }
 
     /// Builds a valid 18-character id from a 3-character key prefix and a number
@@ -64,25 +66,33 @@ impl SalesforceId {
     pub fn synthesize(prefix: &str, n: u64) -> Self {
         let body = format!("{prefix:0<3.3}{n:0>12}");
         let body = &body[..15];
-        Self::parse(body).unwrap_or_else(|_| Self(format!("{body}AAA")))
+        Self::parse(body).unwrap_or_else(|_| {
+            let mut full = *b"AAAAAAAAAAAAAAAAAA";
+            for (to, from) in full.iter_mut().zip(body.bytes()) {
+                if from.is_ascii_alphanumeric() {
+                    *to = from;
+                }
+            }
+            Self(full)
+        })
     }
 }
 
 impl AsRef<str> for SalesforceId {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl fmt::Display for SalesforceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for SalesforceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SalesforceId({})", self.0)
+        write!(f, "SalesforceId({})", self.as_str())
     }
 }
 
@@ -95,7 +105,7 @@ impl TryFrom<String> for SalesforceId {
 
 impl From<SalesforceId> for String {
     fn from(id: SalesforceId) -> Self {
-        id.0
+        id.as_str().to_owned()
     }
 }
 

@@ -510,9 +510,11 @@ pub(super) async fn status(
     State(s): State<Http>,
     caller: Option<Extension<Verified>>,
     path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    // The request itself rather than a `HeaderMap`, whose extractor copies every header.
+    req: axum::extract::Request,
 ) -> Response {
-    let (caller, id) = match admit(&s, caller, &headers, path) {
+    let headers = req.headers();
+    let (caller, id) = match admit(&s, caller, headers, path) {
         Ok(v) => v,
         Err(r) => return r,
     };
