@@ -112,17 +112,8 @@ struct HttpState {
     shutdown: CancellationToken,
 }
 
-/// Builds the router with all routes and layers (SSE streams end only with the process).
-pub fn router(app: AppState) -> Router {
-    router_with_shutdown(app, CancellationToken::new())
-}
-
-/// Builds the router of the public listener; SSE streams end when `shutdown` is cancelled.
-pub fn router_with_shutdown(app: AppState, shutdown: CancellationToken) -> Router {
-    surface_router(app, Surface::Public, shutdown)
-}
-
-/// Builds the router of one listener; SSE streams end when `shutdown` is cancelled.
+/// Builds the routes of one listener with their state, without the layers every request passes
+/// through ([`layered`] adds those); SSE streams end when `shutdown` is cancelled.
 pub fn surface_router(app: AppState, surface: Surface, shutdown: CancellationToken) -> Router {
     let http = &app.cfg.http;
     let split = http.internal_addr.is_some();
@@ -173,16 +164,42 @@ pub fn surface_router(app: AppState, surface: Surface, shutdown: CancellationTok
         (Surface::Public, true) => public,
         (Surface::Internal, _) => internal,
     };
-    routes
-        .with_state(state)
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
+    routes.with_state(state)
+}
+
+/// `router` wrapped in the layers every request passes through, outermost first: the
+/// `nosniff` header, the request id (a client's unusable one dropped, a missing one generated),
+/// the request's span and log, the request id echoed, the body limit, the 30 s timeout.
+///
+/// They wrap the router once, around it, rather than through `Router::layer`, which wraps
+/// every route: axum then clones a boxed copy of the whole stack for each request and boxes the
+/// response body again at each layer.
+pub fn layered<B>(
+    router: Router,
+) -> impl tower::Service<
+    axum::http::Request<B>,
+    Response = axum::http::Response<
+        impl http_body::Body<Data = axum::body::Bytes, Error = axum::Error> + Send + Unpin + 'static,
+    >,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ Sync
++ 'static
+where
+    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    tower::ServiceBuilder::new()
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
         ))
-        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(tower::util::MapRequestLayer::new(drop_unusable_request_id))
+        .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
         .layer(
-            TraceLayer::new(HealthAnswers).make_span_with(|req: &axum::http::Request<_>| {
+            TraceLayer::new(HealthAnswers).make_span_with(|req: &axum::http::Request<B>| {
                 let rid = req
                     .headers()
                     .get("x-request-id")
@@ -191,12 +208,13 @@ pub fn surface_router(app: AppState, surface: Surface, shutdown: CancellationTok
                 tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request.id = %rid)
             }),
         )
-        .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
-        .layer(tower::util::MapRequestLayer::new(drop_unusable_request_id))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
         ))
+        .service(router)
 }
 
 /// Request ids for requests that bring none: random UUIDs (v4) drawn from the thread's

@@ -34,7 +34,6 @@ use std::{
 };
 
 use axum::{
-    Router,
     body::{Body, Bytes},
     extract::ConnectInfo,
 };
@@ -82,7 +81,7 @@ pub async fn serve_surface(
         idle: state.cfg.http.idle_timeout,
     };
     let slots = Arc::new(Semaphore::new(state.cfg.http.max_connections));
-    let router = super::surface_router(state, surface, shutdown.clone());
+    let router = super::layered(super::surface_router(state, surface, shutdown.clone()));
     let connections = TaskTracker::new();
     loop {
         let slot = match slots.clone().try_acquire_owned() {
@@ -219,12 +218,15 @@ async fn idle_for(in_flight: Arc<InFlight>, timeout: Duration) {
 }
 
 /// A response body that ends its request's [`InFlightGuard`] when finished or dropped.
-struct Tracked {
-    inner: Body,
+struct Tracked<B> {
+    inner: B,
     guard: Option<InFlightGuard>,
 }
 
-impl http_body::Body for Tracked {
+impl<B> http_body::Body for Tracked<B>
+where
+    B: http_body::Body<Data = Bytes, Error = axum::Error> + Unpin,
+{
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -249,13 +251,23 @@ impl http_body::Body for Tracked {
     }
 }
 
-async fn connection(
+async fn connection<S, B>(
     mut stream: TcpStream,
     peer: SocketAddr,
-    router: Router,
+    router: S,
     limits: Limits,
     shutdown: CancellationToken,
-) {
+) where
+    S: tower::Service<
+            axum::http::Request<Incoming>,
+            Response = axum::http::Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static,
+    B: http_body::Body<Data = Bytes, Error = axum::Error> + Send + Unpin + 'static,
+{
     let header_timeout = limits.header_read;
     let mut prefix = Vec::with_capacity(H2_PREFACE.len());
     let h2 = match tokio::time::timeout(header_timeout, sniff(&mut stream, &mut prefix)).await {
