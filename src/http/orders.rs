@@ -481,10 +481,23 @@ async fn current(
     id: &SalesforceId,
     account: Option<&SalesforceId>,
 ) -> Result<Option<Arc<Encoded>>, Response> {
-    let mark = match s.view.get(id) {
-        Ok(hit) => return Ok(Some(hit)),
-        Err(mark) => mark,
-    };
+    match s.view.get(id) {
+        Ok(hit) => Ok(Some(hit)),
+        // Boxed: the ledger's and the lookup's futures are large, and inline they would make
+        // the future of every request (allocated and moved for each one) as large, hits
+        // included.
+        Err(mark) => Box::pin(not_in_view(s, id, account, mark)).await,
+    }
+}
+
+/// [`current`] for an Order the view does not hold: from the ledger (then cached in the view
+/// if `mark` allows), else from a Salesforce lookup.
+async fn not_in_view(
+    s: &Http,
+    id: &SalesforceId,
+    account: Option<&SalesforceId>,
+    mark: Option<super::view::ReadMark>,
+) -> Result<Option<Arc<Encoded>>, Response> {
     match s.app.ledger.get(id).await {
         Ok(Some(r)) if r.account_id.is_some() => {
             let view = from_ledger(&r, &s.app.cfg.http.customer_errors);
