@@ -45,10 +45,15 @@ impl SalesforceId {
             return Err(InvalidId);
         }
         // Keep the case of the first 15, canonical suffix.
+        Ok(Self::with_checksum(&b[..15]))
+    }
+
+    /// The id whose first 15 characters are `id15` (15 ASCII alphanumerics), with its checksum.
+    fn with_checksum(id15: &[u8]) -> Self {
         let mut full = [0u8; 18];
-        full[..15].copy_from_slice(&b[..15]);
-        full[15..].copy_from_slice(&sum);
-        Ok(Self(full))
+        full[..15].copy_from_slice(id15);
+        full[15..].copy_from_slice(&checksum(id15));
+        Self(full)
     }
 
     pub fn as_str(&self) -> &str {
@@ -64,17 +69,17 @@ impl SalesforceId {
     /// Builds a valid 18-character id from a 3-character key prefix and a number
     /// (used by the simulator and tests to mint record ids).
     pub fn synthesize(prefix: &str, n: u64) -> Self {
-        let body = format!("{prefix:0<3.3}{n:0>12}");
-        let body = &body[..15];
-        Self::parse(body).unwrap_or_else(|_| {
-            let mut full = *b"AAAAAAAAAAAAAAAAAA";
-            for (to, from) in full.iter_mut().zip(body.bytes()) {
-                if from.is_ascii_alphanumeric() {
-                    *to = from;
-                }
+        // Anything but an ASCII alphanumeric in the prefix becomes `0`.
+        let mut id15 = [b'0'; 15];
+        for (to, from) in id15
+            .iter_mut()
+            .zip(format!("{prefix:0<3.3}{n:0>12}").bytes())
+        {
+            if from.is_ascii_alphanumeric() {
+                *to = from;
             }
-            Self(full)
-        })
+        }
+        Self::with_checksum(&id15)
     }
 }
 

@@ -174,10 +174,10 @@ pub fn surface_router(app: AppState, surface: Surface, shutdown: CancellationTok
 /// They wrap the router once, around it, rather than through `Router::layer`, which wraps
 /// every route: axum then clones a boxed copy of the whole stack for each request and boxes the
 /// response body again at each layer.
-pub fn layered<B>(
+pub fn layered(
     router: Router,
 ) -> impl tower::Service<
-    axum::http::Request<B>,
+    axum::http::Request<hyper::body::Incoming>,
     Response = axum::http::Response<
         impl http_body::Body<Data = axum::body::Bytes, Error = axum::Error> + Send + Unpin + 'static,
     >,
@@ -185,12 +185,7 @@ pub fn layered<B>(
     Future: Send + 'static,
 > + Clone
 + Send
-+ Sync
-+ 'static
-where
-    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
++ 'static {
     tower::ServiceBuilder::new()
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -199,7 +194,7 @@ where
         .layer(tower::util::MapRequestLayer::new(drop_unusable_request_id))
         .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
         .layer(
-            TraceLayer::new(HealthAnswers).make_span_with(|req: &axum::http::Request<B>| {
+            TraceLayer::new(HealthAnswers).make_span_with(|req: &axum::http::Request<_>| {
                 let rid = req
                     .headers()
                     .get("x-request-id")

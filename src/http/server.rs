@@ -9,7 +9,8 @@
 //!   its first byte, and again for every later request on a kept-alive connection; a slower
 //!   ("slowloris") or silent client is disconnected. The protocol sniff at the start of a
 //!   connection (at most 24 bytes) has a deadline of the same length.
-//! - Request heads are bounded (64 KiB, 100 headers → 431), bodies by the router (64 KiB → 413).
+//! - Request heads are bounded (64 KiB, 100 headers → 431), bodies by the layers around the
+//!   router (64 KiB → 413).
 //! - At most `http_max_connections` connections are open: at the cap the loop stops accepting,
 //!   so further clients wait in the kernel's listen backlog until a connection closes.
 //! - A connection with no request in flight (a response whose body is still streaming, e.g.
@@ -81,7 +82,7 @@ pub async fn serve_surface(
         idle: state.cfg.http.idle_timeout,
     };
     let slots = Arc::new(Semaphore::new(state.cfg.http.max_connections));
-    let router = super::layered(super::surface_router(state, surface, shutdown.clone()));
+    let app = super::layered(super::surface_router(state, surface, shutdown.clone()));
     let connections = TaskTracker::new();
     loop {
         let slot = match slots.clone().try_acquire_owned() {
@@ -110,7 +111,7 @@ pub async fn serve_surface(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = connection(stream, peer, router.clone(), limits, shutdown.clone());
+        let conn = connection(stream, peer, app.clone(), limits, shutdown.clone());
         connections.spawn(async move {
             conn.await;
             drop(slot);
@@ -254,7 +255,7 @@ where
 async fn connection<S, B>(
     mut stream: TcpStream,
     peer: SocketAddr,
-    router: S,
+    app: S,
     limits: Limits,
     shutdown: CancellationToken,
 ) where
@@ -292,9 +293,9 @@ async fn connection<S, B>(
         move |mut req: axum::http::Request<Incoming>| {
             let guard = in_flight.begin();
             req.extensions_mut().insert(ConnectInfo(peer));
-            let router = router.clone();
+            let app = app.clone();
             async move {
-                let Ok(resp) = router.oneshot(req).await;
+                let Ok(resp) = app.oneshot(req).await;
                 Ok::<_, Infallible>(resp.map(|inner| {
                     Body::new(Tracked {
                         inner,
