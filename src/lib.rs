@@ -25,6 +25,7 @@ pub mod operator;
 pub mod pause;
 pub mod queue;
 pub mod reconciler;
+pub mod runtime;
 pub mod salesforce;
 pub mod state;
 pub mod status;

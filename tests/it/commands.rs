@@ -1,6 +1,7 @@
 //! The operator commands as the real binary runs them: `check` reports every configuration
 //! problem at once and still checks what it can reach, `migrate` needs only `DATABASE_URL`, and
-//! `sim --env-file` writes the settings that point the daemon at the simulator.
+//! `sim --env-file` writes the settings that point the daemon at the simulator; a bad
+//! `TOKIO_WORKER_THREADS` stops any command with one line naming it.
 
 use std::{collections::BTreeMap, path::PathBuf, process::Output, time::Duration};
 
@@ -104,6 +105,36 @@ async fn migrate_runs_with_only_database_url() {
         String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL"),
         "{out:?}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_runtime_thread_count_is_checked_and_honoured() {
+    let dir = scratch_dir();
+    let db = format!("sqlite://{}/ledger.db", dir.display());
+    // A bad value stops the command before it does anything, with one line naming it.
+    for bad in ["0", "many"] {
+        let env = pairs(&[("DATABASE_URL", &db), ("TOKIO_WORKER_THREADS", bad)]);
+        let out = provisioner(&["migrate"], &env).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("provisioner: TOKIO_WORKER_THREADS: "),
+            "{stderr}"
+        );
+        assert!(!dir.join("ledger.db").exists(), "{bad}: nothing ran");
+    }
+    // One thread (the default) and several both run a command to the end.
+    for threads in [None, Some("3")] {
+        let mut env = pairs(&[("DATABASE_URL", &db)]);
+        if let Some(n) = threads {
+            env.push(("TOKIO_WORKER_THREADS".to_owned(), n.to_owned()));
+        }
+        let out = provisioner(&["migrate"], &env).await;
+        assert!(out.status.success(), "{threads:?}: {out:?}");
+    }
+    assert!(dir.join("ledger.db").is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
