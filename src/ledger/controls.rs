@@ -200,7 +200,7 @@ impl Ledger {
         event_id: &str,
         sf_order_id: &str,
     ) -> Result<bool> {
-        let mut conn = self.writer().await?;
+        let mut conn = self.writer_for_transaction().await?;
         let mut tx = conn.begin().await?;
         let n = sqlx::query(&format!(
             "UPDATE poison_events SET replayed_at = {}, sf_order_id = $1 \

@@ -58,7 +58,7 @@ impl Ledger {
     ) -> Result<()> {
         // Times are the database's, like every time the ledger keeps.
         let now = self.db_now();
-        let mut conn = self.writer().await?;
+        let mut conn = self.writer_for_transaction().await?;
         let mut tx = conn.begin().await?;
         // One multi-row INSERT per chunk, not one statement per event.
         for chunk in events.chunks(INBOX_ROWS_PER_INSERT) {

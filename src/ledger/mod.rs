@@ -56,6 +56,7 @@ mod attempts;
 mod audit;
 mod controls;
 mod cursor;
+mod held;
 mod inbox;
 mod orders;
 
@@ -77,13 +78,21 @@ pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("ledger migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("ledger setup: {0}")]
     Setup(String),
     #[error("cursor write refused: a newer subscriber leader holds the lease")]
     Fenced,
+}
+
+impl From<sqlx::Error> for LedgerError {
+    fn from(e: sqlx::Error) -> Self {
+        // A broken connection shows here first: held connections check themselves once.
+        held::note_error(&e);
+        LedgerError::Db(e)
+    }
 }
 
 /// Which SQL engine backs the ledger.
@@ -323,6 +332,9 @@ pub struct Ledger {
     /// SQLite: query-only connections for reads, held outside the pool for the same reason.
     readers: Arc<Vec<tokio::sync::Mutex<AnyConnection>>>,
     next_reader: Arc<std::sync::atomic::AtomicUsize>,
+    /// PostgreSQL: the connections single statements run on, held outside the pool
+    /// ([`held`]); transactions take pooled ones.
+    held: Option<Arc<held::Held>>,
     /// Set by [`Ledger::close`]: held connections refuse work like a closed pool.
     closed: Arc<std::sync::atomic::AtomicBool>,
     /// SQLite: a script ([`Ledger::one_trip`]) was sent on the writer and not seen to its end
@@ -336,10 +348,12 @@ pub struct Ledger {
     steps: Arc<audit::StepQueue>,
 }
 
-/// The connection a statement runs on: held (SQLite) or pooled.
+/// The connection a statement runs on: held (SQLite's, PostgreSQL's for single statements) or
+/// pooled.
 enum LedgerConn<'a> {
     Pooled(PoolConnection<Any>),
     Shared(tokio::sync::MutexGuard<'a, AnyConnection>),
+    Held(held::HeldConn<'a>),
 }
 
 impl std::ops::Deref for LedgerConn<'_> {
@@ -348,6 +362,7 @@ impl std::ops::Deref for LedgerConn<'_> {
         match self {
             LedgerConn::Pooled(c) => c,
             LedgerConn::Shared(g) => g,
+            LedgerConn::Held(h) => &h.conn,
         }
     }
 }
@@ -357,6 +372,7 @@ impl std::ops::DerefMut for LedgerConn<'_> {
         match self {
             LedgerConn::Pooled(c) => c,
             LedgerConn::Shared(g) => g,
+            LedgerConn::Held(h) => &mut h.conn,
         }
     }
 }
@@ -411,6 +427,14 @@ impl Ledger {
         };
         let pool = Self::pool_with(&opts, writers, backend).await?;
         let read = pool.clone();
+        // PostgreSQL: all but two of the pool's connections (one of two, none of one) may be
+        // held for single statements; the rest serve transactions, migrations and tools.
+        let held = match (backend, cfg.max_connections) {
+            (Backend::Postgres, n) if n >= 2 => Some(Arc::new(held::Held::new(
+                usize::try_from(n.saturating_sub(2).max(1)).unwrap_or(1),
+            ))),
+            _ => None,
+        };
         let (writer, readers) = if backend == Backend::Sqlite && !in_memory {
             use sqlx::{ConnectOptions, Executor};
             let mut conn = opts.connect().await?;
@@ -432,6 +456,7 @@ impl Ledger {
             writer,
             readers: Arc::new(readers),
             next_reader: Arc::default(),
+            held,
             closed: Arc::default(),
             script_open: Arc::default(),
             backend,
@@ -445,6 +470,9 @@ impl Ledger {
     async fn reader(&self) -> Result<LedgerConn<'_>> {
         if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(sqlx::Error::PoolClosed.into());
+        }
+        if let Some(held) = &self.held {
+            return Ok(LedgerConn::Held(held.take(&self.pool).await?));
         }
         let n = self.readers.len();
         if n == 0 {
@@ -464,8 +492,22 @@ impl Ledger {
         Ok(LedgerConn::Shared(self.readers[start % n].lock().await))
     }
 
-    /// The connection for a write: SQLite's single writer, or one from the pool.
+    /// The connection for a single write statement (or a SQLite script, [`Ledger::one_trip`]):
+    /// SQLite's single writer, a held PostgreSQL connection, or one from the pool.
     async fn writer(&self) -> Result<LedgerConn<'_>> {
+        if let Some(held) = &self.held {
+            if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(sqlx::Error::PoolClosed.into());
+            }
+            return Ok(LedgerConn::Held(held.take(&self.pool).await?));
+        }
+        self.writer_for_transaction().await
+    }
+
+    /// The connection for a transaction of several statements: SQLite's single writer, or one
+    /// from the pool (never a held PostgreSQL connection: returning a pooled one rolls back a
+    /// transaction its cancelled caller left open).
+    async fn writer_for_transaction(&self) -> Result<LedgerConn<'_>> {
         if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(sqlx::Error::PoolClosed.into());
         }
@@ -590,6 +632,9 @@ impl Ledger {
     pub async fn close(&self) {
         self.closed
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(held) = &self.held {
+            held.release_all().await;
+        }
         self.pool.close().await;
         self.read.close().await;
     }

@@ -784,6 +784,91 @@ async fn one_trip_transactions_apply_whole_or_not_at_all_postgres() {
     one_trip_transactions_apply_whole_or_not_at_all(Db::Postgres, None).await;
 }
 
+/// PostgreSQL: the ledger holds its connections for single statements outside sqlx's pool
+/// (which pings each one it gets back). When the server drops every one of them (a restart, a
+/// failover, an administrator), the next statement may fail, but the ledger then checks its
+/// connections and takes fresh ones: a few failures at most, then every statement works, and
+/// transactions (pooled connections) too.
+#[tokio::test]
+async fn held_postgres_connections_recover_when_the_server_drops_them() {
+    let dir = std::env::temp_dir().join(format!("ledger-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let app_name = format!("ledger_{}", uuid::Uuid::new_v4().simple());
+    let url = format!(
+        "{}&application_name={app_name}",
+        fresh_database(Db::Postgres, &dir).await
+    );
+    let l = provisioner::ledger::Ledger::open(&provisioner::config::DatabaseConfig {
+        url: url.clone(),
+        auto_migrate: true,
+        max_connections: 5,
+    })
+    .await
+    .expect("ledger");
+    let id = crate::helpers::sf_id("801000000000011AAA");
+    let lease = Duration::from_secs(30);
+    assert!(l.claim(&id, "a", lease).await.expect("claim").is_some());
+    // Every connection held (three slots) and pooled is in use once.
+    let reads = futures::future::join_all((0..6).map(|_| l.get(&id))).await;
+    assert!(reads.iter().all(Result::is_ok), "{reads:?}");
+
+    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("admin connection");
+    let killed: i64 = sqlx::Row::get(
+        &sqlx::query(&format!(
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+             WHERE application_name = '{app_name}' AND pid <> pg_backend_pid()"
+        ))
+        .fetch_one(&mut admin)
+        .await
+        .expect("terminate"),
+        "n",
+    );
+    assert!(
+        killed >= 2,
+        "the ledger's connections were dropped ({killed})"
+    );
+
+    let mut failures = 0;
+    let mut in_a_row = 0;
+    for _ in 0..200 {
+        match l.still_holds(&id, "a", lease).await {
+            Ok(holds) => {
+                assert!(holds, "the lease survives the connections");
+                in_a_row += 1;
+                if in_a_row == 20 {
+                    break;
+                }
+            }
+            Err(_) => {
+                failures += 1;
+                in_a_row = 0;
+            }
+        }
+    }
+    assert_eq!(in_a_row, 20, "statements work again ({failures} failures)");
+    assert!(
+        failures <= 3,
+        "{failures} failed statements before recovery"
+    );
+    // A transaction of several statements (the cursor and inbox) runs on a pooled connection.
+    let cursor = [1_u8, 2, 3];
+    let mut committed = false;
+    for _ in 0..4 {
+        if l.record_events_with_poison("/event/T__e", &[], &[], &cursor, 1)
+            .await
+            .is_ok()
+        {
+            committed = true;
+            break;
+        }
+    }
+    assert!(committed, "a transaction commits after the drop");
+    l.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A replica whose own clock runs an hour behind provisions one Order and fails another (a
 /// product WHMCS refuses). Every time the ledger kept for them — attempts' start and end, the
 /// WHMCS client history, the inbox's arrival, the cursor's write — is the database's, and the
