@@ -45,14 +45,15 @@ impl SalesforceId {
             return Err(InvalidId);
         }
         // Keep the case of the first 15, canonical suffix.
-        Ok(Self::with_checksum(&b[..15]))
+        Ok(Self::assemble(&b[..15], sum))
     }
 
-    /// The id whose first 15 characters are `id15` (15 ASCII alphanumerics), with its checksum.
-    fn with_checksum(id15: &[u8]) -> Self {
+    /// The id whose first 15 characters are `id15` (15 ASCII alphanumerics) and whose suffix
+    /// is `sum`, their [`checksum`] (computed once by the caller).
+    fn assemble(id15: &[u8], sum: [u8; 3]) -> Self {
         let mut full = [0u8; 18];
         full[..15].copy_from_slice(id15);
-        full[15..].copy_from_slice(&checksum(id15));
+        full[15..].copy_from_slice(&sum);
         Self(full)
     }
 
@@ -79,7 +80,7 @@ impl SalesforceId {
                 *to = from;
             }
         }
-        Self::with_checksum(&id15)
+        Self::assemble(&id15, checksum(&id15))
     }
 }
 

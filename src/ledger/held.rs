@@ -21,7 +21,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::{Any, AnyPool, pool::PoolConnection};
+use sqlx::{Any, AnyPool, Connection, pool::PoolConnection};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 /// A held connection idle for longer than this is pinged before its next statement.
@@ -83,8 +83,8 @@ pub struct Held {
 }
 
 impl Held {
+    /// `slots` (at least 1) connections held at most.
     pub fn new(slots: usize) -> Self {
-        let slots = slots.max(1);
         Self {
             slots: (0..slots).map(|_| Mutex::new(Slot::default())).collect(),
             free: std::sync::Arc::new(Semaphore::new(slots)),
@@ -118,29 +118,24 @@ impl Held {
         let errors = CONNECTION_ERRORS.load(Ordering::Relaxed);
         let recovering = guard.errors_seen != errors;
         let idle = guard.last_used.is_none_or(|t| t.elapsed() > IDLE_CHECK);
-        let mut check = guard.conn.is_some() && (idle || recovering);
-        // After a failure the pool's idle connections may be as dead as this one (it hands
-        // them out unchecked): each candidate is checked, a bounded number of times.
-        let mut tries = 0;
-        loop {
-            if check {
-                use sqlx::Connection;
-                let alive = match guard.conn.as_mut() {
-                    Some(c) => c.ping().await.is_ok(),
-                    None => false,
-                };
-                if !alive {
+        if idle || recovering {
+            if let Some(c) = guard.conn.as_mut() {
+                if c.ping().await.is_err() {
                     // Back to the pool, whose own check closes it.
                     guard.conn = None;
                 }
             }
-            if guard.conn.is_some() {
-                break;
-            }
+        }
+        // After a failure the pool's idle connections may be as dead as this one (it hands
+        // them out unchecked): a few fresh ones are checked before one is taken unchecked.
+        let mut tries = 0;
+        while guard.conn.is_none() {
+            let mut fresh = pool.acquire().await?;
             tries += 1;
-            let fresh = pool.acquire().await?;
+            if recovering && tries < RECOVERY_TRIES && fresh.ping().await.is_err() {
+                continue;
+            }
             guard.conn = Some(fresh);
-            check = recovering && tries < RECOVERY_TRIES;
         }
         guard.errors_seen = errors;
         guard.last_used = Some(Instant::now());

@@ -429,10 +429,8 @@ impl Ledger {
         let read = pool.clone();
         // PostgreSQL: all but two of the pool's connections (one of two, none of one) may be
         // held for single statements; the rest serve transactions, migrations and tools.
-        let held = match (backend, cfg.max_connections) {
-            (Backend::Postgres, n) if n >= 2 => Some(Arc::new(held::Held::new(
-                usize::try_from(n.saturating_sub(2).max(1)).unwrap_or(1),
-            ))),
+        let held = match (backend, usize::try_from(cfg.max_connections)) {
+            (Backend::Postgres, Ok(n)) if n >= 2 => Some(Arc::new(held::Held::new((n - 2).max(1)))),
             _ => None,
         };
         let (writer, readers) = if backend == Backend::Sqlite && !in_memory {
@@ -495,13 +493,11 @@ impl Ledger {
     /// The connection for a single write statement (or a SQLite script, [`Ledger::one_trip`]):
     /// SQLite's single writer, a held PostgreSQL connection, or one from the pool.
     async fn writer(&self) -> Result<LedgerConn<'_>> {
-        if let Some(held) = &self.held {
-            if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(sqlx::Error::PoolClosed.into());
-            }
-            return Ok(LedgerConn::Held(held.take(&self.pool).await?));
+        match &self.held {
+            // Refused once closed: `close` closes the held connections first.
+            Some(held) => Ok(LedgerConn::Held(held.take(&self.pool).await?)),
+            None => self.writer_for_transaction().await,
         }
-        self.writer_for_transaction().await
     }
 
     /// The connection for a transaction of several statements: SQLite's single writer, or one

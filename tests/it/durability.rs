@@ -808,7 +808,7 @@ async fn held_postgres_connections_recover_when_the_server_drops_them() {
     let id = crate::helpers::sf_id("801000000000011AAA");
     let lease = Duration::from_secs(30);
     assert!(l.claim(&id, "a", lease).await.expect("claim").is_some());
-    // Every connection held (three slots) and pooled is in use once.
+    // Concurrent reads connect every held slot (three of five connections).
     let reads = futures::future::join_all((0..6).map(|_| l.get(&id))).await;
     assert!(reads.iter().all(Result::is_ok), "{reads:?}");
 
