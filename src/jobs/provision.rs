@@ -182,6 +182,16 @@ fn writeback_rejected_before(job: &ProvisionOrderV1, row: &OrderRecord) -> bool 
         && job.event_created_ms <= row.updated_at
 }
 
+/// What an attempt of `job` on `order` writes to the Order's row when it opens.
+fn first_attempt<'a>(job: &'a ProvisionOrderV1, order: &'a SfOrder) -> ledger::FirstAttempt<'a> {
+    ledger::FirstAttempt {
+        event_id: &job.event_id,
+        correlation_id: &job.correlation_id,
+        account_id: order.account_id.as_ref().map(SalesforceId::as_str),
+        sf_status: order.status.as_deref(),
+    }
+}
+
 /// Counts one waiting job in a gauge while it lives.
 struct Waiting<'a>(&'a prometheus_client::metrics::gauge::Gauge);
 
@@ -340,7 +350,20 @@ impl Provisioner {
         // Each run holds the lease under its own name, so two jobs of this process for the same
         // Order exclude each other too.
         let owner = format!("{}:{}", self.instance, uuid::Uuid::new_v4().simple());
-        let row = self.claim(&id, &owner).await?;
+        // An Order the ledger has never seen (the usual first event) is created with its first
+        // attempt opened, in one trip; one whose row appeared meanwhile is claimed as usual.
+        let created = match before {
+            None => {
+                self.ledger
+                    .claim_new(&id, &owner, LEASE, &first_attempt(job, &order))
+                    .await?
+            }
+            Some(_) => None,
+        };
+        let (row, opened) = match created {
+            Some((row, attempt)) => (row, Some(attempt)),
+            None => (self.claim(&id, &owner).await?, None),
+        };
         // Another job finished an attempt on this Order between this job's ledger read and its
         // claim (the Salesforce read in between showed the Order before that job's write-back):
         // nothing is left to do.
@@ -391,7 +414,7 @@ impl Provisioner {
         // The attempt the claimed run opened (0: none yet), to close if the run is cut off.
         let started = std::sync::atomic::AtomicI64::new(0);
         let result = tokio::select! {
-            r = self.provision_claimed(job, execution, &id, &order, row, &owner, &started) => r,
+            r = self.provision_claimed(job, execution, &id, &order, row, opened, &owner, &started) => r,
             () = renewing => {
                 let e = JobError::LeaseLost(id.to_string());
                 let attempt = started.load(std::sync::atomic::Ordering::Relaxed);
@@ -593,31 +616,40 @@ impl Provisioner {
         id: &SalesforceId,
         order: &SfOrder,
         row: OrderRecord,
+        opened: Option<i64>,
         owner: &str,
         started: &std::sync::atomic::AtomicI64,
     ) -> Result<Outcome, JobError> {
-        // Another job finished this very event while we waited for the lease.
-        if row.last_event_id.as_deref() == Some(job.event_id.as_str()) && row.outcome.is_some() {
-            return Ok(Outcome::Skipped("duplicate_event"));
-        }
-        let attempt = self
-            .ledger
-            .begin_attempt(
-                id,
-                owner,
-                Some(&job.event_id),
-                &Change {
-                    last_event_id: Some(&job.event_id),
-                    correlation_id: Some(&job.correlation_id),
-                    account_id: order.account_id.as_ref().map(SalesforceId::as_str),
-                    sf_status: order.status.as_deref(),
-                    outcome: Some(None),
-                    ..Default::default()
-                },
-                row.attempts <= 1,
-            )
-            .await?
-            .ok_or_else(|| JobError::LeaseLost(id.to_string()))?;
+        let attempt = match opened {
+            // Opened with the Order's new row.
+            Some(attempt) => attempt,
+            None => {
+                // Another job finished this very event while we waited for the lease.
+                if row.last_event_id.as_deref() == Some(job.event_id.as_str())
+                    && row.outcome.is_some()
+                {
+                    return Ok(Outcome::Skipped("duplicate_event"));
+                }
+                let first = first_attempt(job, order);
+                self.ledger
+                    .begin_attempt(
+                        id,
+                        owner,
+                        Some(first.event_id),
+                        &Change {
+                            last_event_id: Some(first.event_id),
+                            correlation_id: Some(first.correlation_id),
+                            account_id: first.account_id,
+                            sf_status: first.sf_status,
+                            outcome: Some(None),
+                            ..Default::default()
+                        },
+                        row.attempts <= 1,
+                    )
+                    .await?
+                    .ok_or_else(|| JobError::LeaseLost(id.to_string()))?
+            }
+        };
         steps::set_attempt(attempt);
         started.store(attempt, std::sync::atomic::Ordering::Relaxed);
         let result = self
@@ -925,10 +957,10 @@ impl Provisioner {
             whmcs_order_id.ok_or_else(|| Fail::new("INTERNAL", "no WHMCS order id"))?;
 
         if !accepted {
-            if !lease_fresh {
-                self.ensure_lease(id, owner).await?;
-            }
-            match self.accept_once(id, owner, whmcs_order_id).await? {
+            match self
+                .accept_once(id, owner, whmcs_order_id, lease_fresh)
+                .await?
+            {
                 Ok(()) => {}
                 Err(e) if e.kind == crate::whmcs::WhmcsErrorKind::NotPending => {
                     // Accepted by an earlier attempt, or cancelled: ask WHMCS.
@@ -1113,16 +1145,22 @@ impl Provisioner {
 
     /// `AcceptOrder`, looking the order up (`GetOrders id=`) after any failure whose outcome is
     /// unknown before sending it again. The outer result ends the step (lease lost, WHMCS out of
-    /// reach for the lookup); the inner one is WHMCS's answer for the caller to judge.
+    /// reach for the lookup); the inner one is WHMCS's answer for the caller to judge. Every
+    /// try is preceded by a lease check, except the first when `lease_fresh` (the caller's last
+    /// ledger change checked and renewed the lease).
     async fn accept_once(
         &self,
         id: &SalesforceId,
         owner: &str,
         whmcs_order_id: u64,
+        lease_fresh: bool,
     ) -> Result<Result<(), crate::whmcs::WhmcsError>, StepError> {
         let mut attempt = 0;
+        let mut checked = lease_fresh;
         loop {
-            self.ensure_lease(id, owner).await?;
+            if !std::mem::take(&mut checked) {
+                self.ensure_lease(id, owner).await?;
+            }
             let e = match steps::record(
                 &self.ledger,
                 Step::AcceptOrder,

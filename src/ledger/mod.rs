@@ -274,6 +274,16 @@ pub struct Change<'a> {
     pub adding_now: bool,
 }
 
+/// What the first attempt on a new Order writes to its row ([`Ledger::claim_new`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FirstAttempt<'a> {
+    /// The event the attempt runs for (`last_event_id`, and the attempt's `event_id`).
+    pub event_id: &'a str,
+    pub correlation_id: &'a str,
+    pub account_id: Option<&'a str>,
+    pub sf_status: Option<&'a str>,
+}
+
 /// The lease after a change made with [`Ledger::update_keeping_lease`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseAfter {

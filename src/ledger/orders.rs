@@ -12,7 +12,8 @@ use std::{collections::BTreeMap, time::Duration};
 use sqlx::{AnyConnection, FromRow, Row};
 
 use super::{
-    Arg, Change, Ledger, ORDER_COLUMNS, OrderRecord, OrderUpdate, Result, millis, now_ms, state,
+    Arg, Backend, Change, FirstAttempt, Ledger, ORDER_COLUMNS, OrderRecord, OrderUpdate, Result,
+    millis, now_ms, state,
 };
 use crate::ids::SalesforceId;
 
@@ -51,6 +52,57 @@ impl Ledger {
             self.changes.changed(order.as_str());
         }
         Ok(row.as_ref().map(OrderRecord::from_row).transpose()?)
+    }
+
+    /// The [`Ledger::claim`] and [`Ledger::begin_attempt`] of an Order the ledger has never
+    /// seen, in one transaction and one trip: creates its row with the lease taken by `owner`
+    /// and the attempt's details written, and opens its first attempt. Returns the row and the
+    /// attempt's id; `None` (nothing written) when the row exists by now, which the caller then
+    /// claims the usual way.
+    pub async fn claim_new(
+        &self,
+        order: &SalesforceId,
+        owner: &str,
+        lease: Duration,
+        first: &FirstAttempt<'_>,
+    ) -> Result<Option<(OrderRecord, i64)>> {
+        let now = self.db_now();
+        let insert = format!(
+            "INSERT INTO orders (sf_order_id, state, lease_owner, lease_until, attempts, \
+             created_at, updated_at, last_event_id, correlation_id, account_id, sf_status) \
+             VALUES ($1, $2, $3, {now} + $4, 1, {now}, {now}, $5, $6, $7, $8) \
+             ON CONFLICT (sf_order_id) DO NOTHING RETURNING {ORDER_COLUMNS}"
+        );
+        let attempt = "INSERT INTO attempts (sf_order_id, event_id, started_at)";
+        let sql = match self.backend {
+            // The attempt only if the row was created (`changes()`).
+            Backend::Sqlite => format!(
+                "{insert}; {attempt} SELECT $1, $5, {now} WHERE changes() > 0 \
+                 RETURNING id AS attempt_id"
+            ),
+            Backend::Postgres => format!(
+                "WITH c AS ({insert}), a AS ({attempt} SELECT $1, $5, {now} FROM c \
+                 RETURNING id) SELECT c.*, a.id AS attempt_id FROM c, a"
+            ),
+        };
+        let args = [
+            Arg::Text(order.as_str()),
+            Arg::Text(state::NEW),
+            Arg::Text(owner),
+            Arg::Int(millis(lease)),
+            Arg::Text(first.event_id),
+            Arg::Text(first.correlation_id),
+            Arg::OptText(first.account_id),
+            Arg::OptText(first.sf_status),
+        ];
+        let rows = self.one_trip(&sql, &args).await?;
+        let (Some(created), Some(opened)) = (rows.first(), rows.last()) else {
+            return Ok(None);
+        };
+        let row = OrderRecord::from_row(created)?;
+        let attempt: i64 = opened.try_get("attempt_id")?;
+        self.changes.changed(order.as_str());
+        Ok(Some((row, attempt)))
     }
 
     /// Extends a lease `owner` still holds, live on the database's clock, by `lease` from now.

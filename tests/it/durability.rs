@@ -784,6 +784,88 @@ async fn one_trip_transactions_apply_whole_or_not_at_all_postgres() {
     one_trip_transactions_apply_whole_or_not_at_all(Db::Postgres, None).await;
 }
 
+/// An Order the ledger has never seen is claimed with its first attempt opened, in one trip
+/// (`Ledger::claim_new`): row, lease and attempt together. Once the row exists it writes
+/// nothing, whoever asks, and the caller claims the usual way.
+async fn a_new_order_is_claimed_with_its_first_attempt(db: Db, url: Option<&str>) {
+    use provisioner::ledger::{FirstAttempt, state};
+    let (l, dir) = test_ledger(db, url).await;
+    let id = crate::helpers::sf_id("801000000000011AAA");
+    let lease = Duration::from_secs(30);
+    let first = FirstAttempt {
+        event_id: "ev-1",
+        correlation_id: "corr-1",
+        account_id: Some("001000000000001AAA"),
+        sf_status: Some("Draft"),
+    };
+    let (row, attempt) = l
+        .claim_new(&id, "a", lease, &first)
+        .await
+        .expect("claim")
+        .expect("a new row");
+    assert_eq!((row.state.as_str(), row.attempts), (state::NEW, 1));
+    assert_eq!(row.last_event_id.as_deref(), Some("ev-1"));
+    assert_eq!(row.correlation_id.as_deref(), Some("corr-1"));
+    assert_eq!(row.account_id.as_deref(), Some("001000000000001AAA"));
+    assert_eq!(row.sf_status.as_deref(), Some("Draft"));
+    assert_eq!(row.outcome, None);
+    let attempts = l.attempts(&id).await.expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        (
+            attempts[0].id,
+            attempts[0].event_id.as_deref(),
+            attempts[0].finished_at
+        ),
+        (attempt, Some("ev-1"), None)
+    );
+    let (owner, until) = l.lease_of(&id).await.expect("lease").expect("row");
+    assert_eq!(owner, "a");
+    let now = l.clock_ms().await.expect("clock");
+    assert!(until.expect("held") > now + 20_000, "a live lease");
+    assert!(
+        l.claim(&id, "b", lease).await.expect("claim").is_none(),
+        "a holds it"
+    );
+    // The row exists: nothing is written, for another owner or the same one.
+    let again = FirstAttempt {
+        event_id: "ev-2",
+        ..first
+    };
+    for owner in ["b", "a"] {
+        assert!(
+            l.claim_new(&id, owner, lease, &again)
+                .await
+                .expect("claim")
+                .is_none()
+        );
+    }
+    assert_eq!(l.attempts(&id).await.expect("attempts").len(), 1);
+    let now = l.get(&id).await.expect("get").expect("row");
+    assert_eq!(
+        (now.attempts, now.last_event_id.as_deref()),
+        (1, Some("ev-1"))
+    );
+    assert_eq!(l.lease_of(&id).await.expect("lease").expect("row").0, "a");
+    l.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_new_order_is_claimed_with_its_first_attempt_sqlite() {
+    a_new_order_is_claimed_with_its_first_attempt(Db::Sqlite, None).await;
+}
+
+#[tokio::test]
+async fn a_new_order_is_claimed_with_its_first_attempt_sqlite_in_memory() {
+    a_new_order_is_claimed_with_its_first_attempt(Db::Sqlite, Some("sqlite::memory:")).await;
+}
+
+#[tokio::test]
+async fn a_new_order_is_claimed_with_its_first_attempt_postgres() {
+    a_new_order_is_claimed_with_its_first_attempt(Db::Postgres, None).await;
+}
+
 /// PostgreSQL: the ledger holds its connections for single statements outside sqlx's pool
 /// (which pings each one it gets back). When the server drops every one of them (a restart, a
 /// failover, an administrator), the next statement may fail, but the ledger then checks its
