@@ -34,9 +34,10 @@
 //!   see, are not.
 //! - SQL is portable (TEXT and BIGINT only, `$n` placeholders) so one code path serves both
 //!   databases; migrations differ only where the dialects do (`migrations/{sqlite,postgres}`).
-//!   One exception, for speed: the job's three transactions of several statements (attempt
-//!   opened, `adding` intent, attempt closed) each go to the database in one trip
-//!   ([`Ledger::one_trip`]), every statement conditioned on the lease change before it. On
+//!   One exception, for speed: the job's transactions of several statements (a new Order's row
+//!   with its first attempt, attempt opened, `adding` intent, attempt closed) each go to the
+//!   database in one trip ([`Ledger::one_trip`]), every statement conditioned on the lease
+//!   change (or the row's creation) before it. On
 //!   SQLite that is a script (`changes()`), on PostgreSQL one statement of data-modifying
 //!   `WITH` clauses, since it takes one statement per prepared query.
 
