@@ -182,8 +182,9 @@ fn writeback_rejected_before(job: &ProvisionOrderV1, row: &OrderRecord) -> bool 
         && job.event_created_ms <= row.updated_at
 }
 
-/// What an attempt of `job` on `order` writes to the Order's row when it opens.
-fn first_attempt<'a>(job: &'a ProvisionOrderV1, order: &'a SfOrder) -> ledger::FirstAttempt<'a> {
+/// What an attempt of `job` on `order` writes to the Order's row as it opens (for a new Order's
+/// first attempt, with its row: [`ledger::FirstAttempt`]).
+fn opening<'a>(job: &'a ProvisionOrderV1, order: &'a SfOrder) -> ledger::FirstAttempt<'a> {
     ledger::FirstAttempt {
         event_id: &job.event_id,
         correlation_id: &job.correlation_id,
@@ -355,7 +356,7 @@ impl Provisioner {
         let created = match before {
             None => {
                 self.ledger
-                    .claim_new(&id, &owner, LEASE, &first_attempt(job, &order))
+                    .claim_new(&id, &owner, LEASE, &opening(job, &order))
                     .await?
             }
             Some(_) => None,
@@ -630,7 +631,7 @@ impl Provisioner {
                 {
                     return Ok(Outcome::Skipped("duplicate_event"));
                 }
-                let first = first_attempt(job, order);
+                let first = opening(job, order);
                 self.ledger
                     .begin_attempt(
                         id,

@@ -37,9 +37,9 @@
 //!   One exception, for speed: the job's transactions of several statements (a new Order's row
 //!   with its first attempt, attempt opened, `adding` intent, attempt closed) each go to the
 //!   database in one trip ([`Ledger::one_trip`]), every statement conditioned on the lease
-//!   change (or the row's creation) before it. On
-//!   SQLite that is a script (`changes()`), on PostgreSQL one statement of data-modifying
-//!   `WITH` clauses, since it takes one statement per prepared query.
+//!   change (or the row's creation) before it. On SQLite that is a script (`changes()`), on
+//!   PostgreSQL one statement of data-modifying `WITH` clauses, since it takes one statement
+//!   per prepared query.
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
