@@ -182,10 +182,9 @@ fn writeback_rejected_before(job: &ProvisionOrderV1, row: &OrderRecord) -> bool 
         && job.event_created_ms <= row.updated_at
 }
 
-/// What an attempt of `job` on `order` writes to the Order's row as it opens (for a new Order's
-/// first attempt, with its row: [`ledger::FirstAttempt`]).
-fn opening<'a>(job: &'a ProvisionOrderV1, order: &'a SfOrder) -> ledger::FirstAttempt<'a> {
-    ledger::FirstAttempt {
+/// What an attempt of `job` on `order` writes to the Order's row as it opens.
+fn opening<'a>(job: &'a ProvisionOrderV1, order: &'a SfOrder) -> ledger::Opening<'a> {
+    ledger::Opening {
         event_id: &job.event_id,
         correlation_id: &job.correlation_id,
         account_id: order.account_id.as_ref().map(SalesforceId::as_str),
@@ -631,20 +630,13 @@ impl Provisioner {
                 {
                     return Ok(Outcome::Skipped("duplicate_event"));
                 }
-                let first = opening(job, order);
+                let opening = opening(job, order);
                 self.ledger
                     .begin_attempt(
                         id,
                         owner,
-                        Some(first.event_id),
-                        &Change {
-                            last_event_id: Some(first.event_id),
-                            correlation_id: Some(first.correlation_id),
-                            account_id: first.account_id,
-                            sf_status: first.sf_status,
-                            outcome: Some(None),
-                            ..Default::default()
-                        },
+                        Some(opening.event_id),
+                        &opening.change(),
                         row.attempts <= 1,
                     )
                     .await?

@@ -275,14 +275,29 @@ pub struct Change<'a> {
     pub adding_now: bool,
 }
 
-/// What the first attempt on a new Order writes to its row ([`Ledger::claim_new`]).
+/// What an attempt writes to its Order's row as it opens: with a new Order's row
+/// ([`Ledger::claim_new`]), or as the change of [`Ledger::begin_attempt`] ([`Opening::change`]).
 #[derive(Debug, Clone, Copy)]
-pub struct FirstAttempt<'a> {
+pub struct Opening<'a> {
     /// The event the attempt runs for (`last_event_id`, and the attempt's `event_id`).
     pub event_id: &'a str,
     pub correlation_id: &'a str,
     pub account_id: Option<&'a str>,
     pub sf_status: Option<&'a str>,
+}
+
+impl<'a> Opening<'a> {
+    /// The row change of an attempt opening on an existing row (an earlier outcome cleared).
+    pub fn change(&self) -> Change<'a> {
+        Change {
+            last_event_id: Some(self.event_id),
+            correlation_id: Some(self.correlation_id),
+            account_id: self.account_id,
+            sf_status: self.sf_status,
+            outcome: Some(None),
+            ..Default::default()
+        }
+    }
 }
 
 /// The lease after a change made with [`Ledger::update_keeping_lease`].

@@ -12,8 +12,8 @@ use std::{collections::BTreeMap, time::Duration};
 use sqlx::{AnyConnection, FromRow, Row};
 
 use super::{
-    Arg, Backend, Change, FirstAttempt, Ledger, ORDER_COLUMNS, OrderRecord, OrderUpdate, Result,
-    millis, now_ms, state,
+    Arg, Backend, Change, Ledger, ORDER_COLUMNS, Opening, OrderRecord, OrderUpdate, Result, millis,
+    now_ms, state,
 };
 use crate::ids::SalesforceId;
 
@@ -64,7 +64,7 @@ impl Ledger {
         order: &SalesforceId,
         owner: &str,
         lease: Duration,
-        first: &FirstAttempt<'_>,
+        first: &Opening<'_>,
     ) -> Result<Option<(OrderRecord, i64)>> {
         let now = self.db_now();
         let insert = format!(

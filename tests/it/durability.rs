@@ -788,11 +788,11 @@ async fn one_trip_transactions_apply_whole_or_not_at_all_postgres() {
 /// (`Ledger::claim_new`): row, lease and attempt together. Once the row exists it writes
 /// nothing, whoever asks, and the caller claims the usual way.
 async fn a_new_order_is_claimed_with_its_first_attempt(db: Db, url: Option<&str>) {
-    use provisioner::ledger::{FirstAttempt, state};
+    use provisioner::ledger::{Opening, state};
     let (l, dir) = test_ledger(db, url).await;
     let id = crate::helpers::sf_id("801000000000011AAA");
     let lease = Duration::from_secs(30);
-    let first = FirstAttempt {
+    let first = Opening {
         event_id: "ev-1",
         correlation_id: "corr-1",
         account_id: Some("001000000000001AAA"),
@@ -828,7 +828,7 @@ async fn a_new_order_is_claimed_with_its_first_attempt(db: Db, url: Option<&str>
         "a holds it"
     );
     // The row exists: nothing is written, for another owner or the same one.
-    let again = FirstAttempt {
+    let again = Opening {
         event_id: "ev-2",
         ..first
     };
