@@ -7,8 +7,8 @@
 //! runtime, as the daemon's) plays Orders as chains of plain trips of fixed sizes against an
 //! echo server in this process that answers each after the requested delay. No HTTP, SQL,
 //! RESP, JSON, TLS, logging or queue: only the sockets and the runtime. Its CPU per 1,000
-//! Orders, read from `/proc` as the benchmark reads the daemon's, is what no client of the
-//! same trips can go below on the same machine.
+//! Orders, read from `/proc` as the benchmark reads the daemon's, is about the least a client
+//! making the same trips one at a time on tokio's sockets can spend on the same machine.
 //!
 //! Invariants: the child's work per Order is exactly `trips` writes of `request_bytes` and
 //! reads of `response_bytes`; the server's CPU is not counted (it is this process).
