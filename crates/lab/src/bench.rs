@@ -39,7 +39,7 @@ use tokio::{
 
 use provisioner_sim::{OrderSeed, RecordId as SalesforceId, SimConfig, SimHandle, Simulator};
 
-use crate::support::{create_schema, daemon_exe, drop_schema};
+use crate::support::{self, create_schema, daemon_exe, drop_schema};
 
 /// Which ledger a benchmark section runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -743,7 +743,7 @@ impl Daemon {
                 .timeout(Duration::from_secs(5))
                 .build()?,
             started,
-            tck: clock_ticks(),
+            tck: support::clock_ticks(),
         })
     }
 
@@ -767,33 +767,12 @@ impl Daemon {
 
     /// utime + stime of the daemon, in seconds.
     fn cpu_secs(&self) -> anyhow::Result<f64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
-        let rest = s
-            .rfind(')')
-            .and_then(|i| s.get(i + 2..))
-            .context("unexpected /proc/<pid>/stat")?;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // Fields 14 (utime) and 15 (stime); `rest` starts at field 3.
-        let ticks = |i: usize| -> anyhow::Result<f64> {
-            Ok(f.get(i).context("short /proc/<pid>/stat")?.parse::<f64>()?)
-        };
-        Ok((ticks(11)? + ticks(12)?) / self.tck)
+        support::cpu_secs(&format!("/proc/{}", self.pid), self.tck)
     }
 
     /// Context switches (voluntary + involuntary) of all the daemon's threads so far.
     fn ctx_switches(&self) -> u64 {
-        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
-            return 0;
-        };
-        dir.flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-            .map(|s| {
-                s.lines()
-                    .filter(|l| l.contains("ctxt_switches:"))
-                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                    .sum::<u64>()
-            })
-            .sum()
+        support::ctx_switches(&format!("/proc/{}", self.pid))
     }
 
     fn mem(&self) -> anyhow::Result<Mem> {
@@ -823,17 +802,6 @@ impl Daemon {
             let _ = d.child.kill().await;
         }
     }
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|v| *v > 0.0)
-        .unwrap_or(100.0)
 }
 
 fn portal_token(account: &str) -> anyhow::Result<String> {

@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support;
 use anyhow::Context;
 use clap::Args;
 use tokio::{
@@ -225,7 +226,11 @@ async fn client(args: FloorClientArgs) -> anyhow::Result<serde_json::Value> {
     let pool = Arc::new(Mutex::new(conns));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let played = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (cpu0, ctx0) = (self_cpu_secs()?, self_ctx_switches());
+    let tck = support::clock_ticks();
+    let (cpu0, ctx0) = (
+        support::cpu_secs("/proc/self", tck)?,
+        support::ctx_switches("/proc/self"),
+    );
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..args.run.in_flight.max(1) {
@@ -254,8 +259,8 @@ async fn client(args: FloorClientArgs) -> anyhow::Result<serde_json::Value> {
         r??;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = self_cpu_secs()? - cpu0;
-    let ctx = self_ctx_switches().saturating_sub(ctx0);
+    let cpu = support::cpu_secs("/proc/self", tck)? - cpu0;
+    let ctx = support::ctx_switches("/proc/self").saturating_sub(ctx0);
     let played = played.load(std::sync::atomic::Ordering::Relaxed);
     let n = played.max(1) as f64;
     Ok(serde_json::json!({
@@ -266,36 +271,6 @@ async fn client(args: FloorClientArgs) -> anyhow::Result<serde_json::Value> {
         "cpu_secs_per_1000": cpu / n * 1000.0,
         "ctx_switches_per_order": ctx as f64 / n,
     }))
-}
-
-/// utime + stime of this process, in seconds (`/proc/self/stat`, clock ticks of 1/100 s).
-fn self_cpu_secs() -> anyhow::Result<f64> {
-    let s = std::fs::read_to_string("/proc/self/stat")?;
-    let rest = s
-        .rfind(')')
-        .and_then(|i| s.get(i + 2..))
-        .context("unexpected /proc/self/stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        Ok(f.get(i).context("short /proc/self/stat")?.parse::<f64>()?)
-    };
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
-}
-
-/// Voluntary + involuntary context switches of this process's threads.
-fn self_ctx_switches() -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    dir.flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .map(|s| {
-            s.lines()
-                .filter(|l| l.contains("ctxt_switches:"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum::<u64>()
-        })
-        .sum()
 }
 
 #[cfg(test)]

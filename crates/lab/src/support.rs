@@ -1,5 +1,6 @@
-//! What the chaos and bench runs share: finding the daemon binary, free loopback ports and a
-//! fresh PostgreSQL schema per run (so runs never see each other's ledgers).
+//! What the chaos, bench and floor runs share: finding the daemon binary, free loopback ports,
+//! a fresh PostgreSQL schema per run (so runs never see each other's ledgers), and a process's
+//! CPU time and context switches read from `/proc`.
 
 use std::{
     path::{Path, PathBuf},
@@ -77,4 +78,51 @@ pub async fn drop_schema(base: &str, schema: &str) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// A process's user + system CPU time in seconds, from `<proc>/stat` (`/proc/<pid>` or
+/// `/proc/self`); `ticks` is the kernel's clock ticks per second ([`clock_ticks`]).
+pub fn cpu_secs(proc: &str, ticks: f64) -> anyhow::Result<f64> {
+    let s = std::fs::read_to_string(format!("{proc}/stat"))?;
+    let rest = s
+        .rfind(')')
+        .and_then(|i| s.get(i + 2..))
+        .with_context(|| format!("unexpected {proc}/stat"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 (utime) and 15 (stime); `rest` starts at field 3.
+    let field = |i: usize| -> anyhow::Result<f64> {
+        Ok(f.get(i)
+            .with_context(|| format!("short {proc}/stat"))?
+            .parse::<f64>()?)
+    };
+    Ok((field(11)? + field(12)?) / ticks)
+}
+
+/// Context switches (voluntary + involuntary) of all of a process's threads so far, from
+/// `<proc>/task/*/status`; 0 if they cannot be read.
+pub fn ctx_switches(proc: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("{proc}/task")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 if it cannot be read).
+pub fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .unwrap_or(100.0)
 }
