@@ -97,7 +97,7 @@ async fn serve(listener: TcpListener) {
         let _ = sock.set_nodelay(true);
         tokio::spawn(async move {
             let mut header = [0u8; HEADER];
-            let mut scratch = vec![0u8; 64 * 1024];
+            let mut scratch = vec![0u8; MAX_BYTES];
             loop {
                 if sock.read_exact(&mut header).await.is_err() {
                     return;
@@ -145,8 +145,19 @@ pub async fn run(args: FloorArgs) -> ExitCode {
     }
 }
 
+/// Largest request or response the echo server handles.
+const MAX_BYTES: usize = 64 * 1024;
+
 async fn run_inner(args: FloorArgs) -> anyhow::Result<()> {
     let trips = parse_trips(&args.trips)?;
+    anyhow::ensure!(
+        (HEADER..=MAX_BYTES).contains(&args.request_bytes),
+        "--request-bytes must be {HEADER}..={MAX_BYTES}"
+    );
+    anyhow::ensure!(
+        (1..=MAX_BYTES).contains(&args.response_bytes),
+        "--response-bytes must be 1..={MAX_BYTES}"
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(serve(listener));

@@ -47,3 +47,14 @@ fn a_bad_trip_list_is_refused_with_its_reason() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("trip `3x`"), "stderr: {stderr}");
 }
+
+#[test]
+fn sizes_the_echo_server_cannot_frame_are_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_provisioner-lab"))
+        .args(["floor", "--request-bytes", "100000"])
+        .output()
+        .expect("runs provisioner-lab floor");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--request-bytes"), "stderr: {stderr}");
+}
