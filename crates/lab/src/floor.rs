@@ -1,7 +1,7 @@
 //! `provisioner-lab floor`: the CPU an Order's round trips cost with no protocol at all.
 //!
 //! A job makes a fixed number of request/response trips over loopback TCP (Redis, the ledger,
-//! Salesforce, WHMCS), and the daemon's CPU per Order at realistic latency is mostly what
+//! Salesforce, WHMCS), and the daemon's CPU per Order at realistic latency is at least what
 //! those trips cost: the kernel's TCP path, waking the peer, and waking the runtime when the
 //! answer comes. This run measures that floor alone. A child process (a `current_thread` tokio
 //! runtime, as the daemon's) plays Orders as chains of plain trips of fixed sizes against an
@@ -20,7 +20,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support;
 use anyhow::Context;
 use clap::Args;
 use tokio::{
@@ -28,6 +27,8 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::Mutex,
 };
+
+use crate::support;
 
 /// What a run measures.
 #[derive(Debug, Clone, Args)]
@@ -39,10 +40,11 @@ pub struct FloorArgs {
     /// 52 Orders/s).
     #[arg(long, default_value_t = 42)]
     pub in_flight: usize,
-    /// The trips of one Order, in order, each `count x delay` (`ms` or `us`): the default is a
-    /// job on PostgreSQL: the queue's fetch and lease, the run marker, the ledger's dedupe read
-    /// read, the Salesforce read, the claim, the `adding` intent, `AddOrder`, the record of its id,
-    /// `AcceptOrder`, the write-back check, the `PATCH`, the close, the queue's acknowledgement.
+    /// The trips of one Order, in order, each `count x delay` (`ms` or `us`). The default is a
+    /// job on PostgreSQL: the queue's fetch and lease, the run marker, the ledger's dedupe
+    /// read, the Salesforce read, the claim, the `adding` intent, `AddOrder`, the record of its
+    /// id, `AcceptOrder`, the write-back check, the `PATCH`, the close, the queue's
+    /// acknowledgement.
     #[arg(
         long,
         default_value = "3x200us,1x300us,1x100ms,2x300us,1x300ms,1x300us,1x300ms,1x300us,1x100ms,1x300us,1x200us"
