@@ -259,7 +259,9 @@ impl Provisioner {
         );
         async {
             let started = std::time::Instant::now();
-            let outcome = steps::scope(job, self.run_inner(job, execution)).await;
+            // Boxed: the job's steps make a large future, and the queue's layers move the job's
+            // future (into a box, into a task) before it runs; a pointer moves instead.
+            let outcome = steps::scope(job, Box::pin(self.run_inner(job, execution))).await;
             match &outcome {
                 Ok(Outcome::Provisioned { whmcs_order_id }) => {
                     self.metrics.attempt("provisioned");
