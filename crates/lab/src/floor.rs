@@ -11,12 +11,16 @@
 //! making the same trips one at a time on tokio's sockets can spend on the same machine.
 //!
 //! Invariants: the child's work per Order is exactly `trips` writes of `request_bytes` and
-//! reads of `response_bytes`; the server's CPU is not counted (it is this process).
+//! reads of `response_bytes`, with each trip's header built before the clock starts; the
+//! server's CPU is not counted (it is this process).
 
 use std::{
     net::SocketAddr,
     process::ExitCode,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -25,7 +29,6 @@ use clap::Args;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::Mutex,
 };
 
 use crate::support;
@@ -67,6 +70,36 @@ pub struct FloorClientArgs {
     pub run: FloorArgs,
 }
 
+impl FloorArgs {
+    /// The request header of each trip of an Order, in order, after checking the arguments:
+    /// the parent refuses bad ones before it starts the child, and the child trusts nothing.
+    fn plan(&self) -> anyhow::Result<Vec<[u8; HEADER]>> {
+        anyhow::ensure!(
+            (HEADER..=MAX_BYTES).contains(&self.request_bytes),
+            "--request-bytes must be {HEADER}..={MAX_BYTES}"
+        );
+        anyhow::ensure!(
+            (1..=MAX_BYTES).contains(&self.response_bytes),
+            "--response-bytes must be 1..={MAX_BYTES}"
+        );
+        let (req, resp) = (
+            u32::try_from(self.request_bytes)?.to_le_bytes(),
+            u32::try_from(self.response_bytes)?.to_le_bytes(),
+        );
+        Ok(parse_trips(&self.trips)?
+            .into_iter()
+            .map(|delay| {
+                let mut head = [0u8; HEADER];
+                let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+                head[..8].copy_from_slice(&us.to_le_bytes());
+                head[8..12].copy_from_slice(&req);
+                head[12..].copy_from_slice(&resp);
+                head
+            })
+            .collect())
+    }
+}
+
 /// One trip: how long the server holds its answer.
 fn parse_trips(spec: &str) -> anyhow::Result<Vec<Duration>> {
     let mut trips = Vec::new();
@@ -92,6 +125,8 @@ fn parse_trips(spec: &str) -> anyhow::Result<Vec<Duration>> {
 
 /// Header of a request: delay in µs, request length, response length.
 const HEADER: usize = 16;
+/// Largest request or response the echo server handles.
+const MAX_BYTES: usize = 64 * 1024;
 
 /// The echo server: each request is answered with `response length` bytes after its delay.
 async fn serve(listener: TcpListener) {
@@ -147,19 +182,8 @@ pub async fn run(args: FloorArgs) -> ExitCode {
     }
 }
 
-/// Largest request or response the echo server handles.
-const MAX_BYTES: usize = 64 * 1024;
-
 async fn run_inner(args: FloorArgs) -> anyhow::Result<()> {
-    let trips = parse_trips(&args.trips)?;
-    anyhow::ensure!(
-        (HEADER..=MAX_BYTES).contains(&args.request_bytes),
-        "--request-bytes must be {HEADER}..={MAX_BYTES}"
-    );
-    anyhow::ensure!(
-        (1..=MAX_BYTES).contains(&args.response_bytes),
-        "--response-bytes must be 1..={MAX_BYTES}"
-    );
+    let trips = args.plan()?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(serve(listener));
@@ -224,11 +248,8 @@ pub fn client_main(args: FloorClientArgs) -> ExitCode {
 }
 
 async fn client(args: FloorClientArgs) -> anyhow::Result<serde_json::Value> {
-    let trips = Arc::new(parse_trips(&args.run.trips)?);
-    let (req_len, resp_len) = (
-        args.run.request_bytes.max(HEADER),
-        args.run.response_bytes.max(1),
-    );
+    let trips = Arc::new(args.run.plan()?);
+    let (req_len, resp_len) = (args.run.request_bytes, args.run.response_bytes);
     // One connection per Order in flight, connected before the clock starts.
     let mut conns = Vec::new();
     for _ in 0..args.run.in_flight.max(1) {
@@ -236,9 +257,8 @@ async fn client(args: FloorClientArgs) -> anyhow::Result<serde_json::Value> {
         s.set_nodelay(true)?;
         conns.push(s);
     }
-    let pool = Arc::new(Mutex::new(conns));
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let played = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let played = Arc::new(AtomicUsize::new(0));
     let tck = support::clock_ticks();
     let (cpu0, ctx0) = (
         support::cpu_secs("/proc/self", tck)?,
@@ -246,24 +266,19 @@ async fn client(args: FloorClientArgs) -> anyhow::Result<serde_json::Value> {
     );
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..args.run.in_flight.max(1) {
-        let (pool, next, played, trips) =
-            (pool.clone(), next.clone(), played.clone(), trips.clone());
+    for mut sock in conns {
+        let (next, played, trips) = (next.clone(), played.clone(), trips.clone());
         let orders = args.run.orders;
         workers.spawn(async move {
-            let mut sock = pool.lock().await.pop().context("connection pool empty")?;
-            let mut buf = vec![0u8; req_len.max(resp_len)];
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < orders {
-                for delay in trips.iter() {
-                    let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
-                    let head = buf.get_mut(..HEADER).context("buffer")?;
-                    head[..8].copy_from_slice(&us.to_le_bytes());
-                    head[8..12].copy_from_slice(&u32::try_from(req_len)?.to_le_bytes());
-                    head[12..16].copy_from_slice(&u32::try_from(resp_len)?.to_le_bytes());
-                    sock.write_all(&buf[..req_len]).await?;
-                    sock.read_exact(&mut buf[..resp_len]).await?;
+            let mut request = vec![0u8; req_len];
+            let mut response = vec![0u8; resp_len];
+            while next.fetch_add(1, Ordering::Relaxed) < orders {
+                for head in trips.iter() {
+                    request[..HEADER].copy_from_slice(head);
+                    sock.write_all(&request).await?;
+                    sock.read_exact(&mut response).await?;
                 }
-                played.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                played.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())
         });
@@ -274,7 +289,7 @@ async fn client(args: FloorClientArgs) -> anyhow::Result<serde_json::Value> {
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = support::cpu_secs("/proc/self", tck)? - cpu0;
     let ctx = support::ctx_switches("/proc/self").saturating_sub(ctx0);
-    let played = played.load(std::sync::atomic::Ordering::Relaxed);
+    let played = played.load(Ordering::Relaxed);
     let n = played.max(1) as f64;
     Ok(serde_json::json!({
         "orders": played,

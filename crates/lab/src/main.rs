@@ -30,24 +30,22 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let command = Cli::parse().command;
-    if let Command::FloorClient(args) = command {
+    match Cli::parse().command {
+        Command::Chaos(args) => block_on(chaos::main(args)),
+        Command::Bench(args) => block_on(bench::run(args)),
+        Command::Floor(args) => block_on(floor::run(args)),
         // Its own `current_thread` runtime, as the daemon's.
-        return floor::client_main(args);
+        Command::FloorClient(args) => floor::client_main(args),
     }
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
+}
+
+/// Runs a command on tokio's multi-threaded runtime.
+fn block_on(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(command),
         Err(e) => {
             eprintln!("runtime: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    rt.block_on(async move {
-        match command {
-            Command::Chaos(args) => chaos::main(args).await,
-            Command::Bench(args) => bench::run(args).await,
-            Command::Floor(args) => floor::run(args).await,
-            Command::FloorClient(_) => ExitCode::FAILURE,
-        }
-    })
+    }
 }
