@@ -13,6 +13,7 @@ command -v valgrind >/dev/null || apt_install valgrind
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 export BENCH_POSTGRES_URL="${BENCH_POSTGRES_URL:-${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/test}}"
 orders="${ORDERS:-300}"
+steady_secs=1 steady_rate=5
 db="${2:-sqlite}"
 cargo build --release -p provisioner -p provisioner-lab --bin provisioner --bin provisioner-lab
 target="${CARGO_TARGET_DIR:-target}/release"
@@ -28,13 +29,15 @@ exec valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out.%p" --du
 EOF
 chmod +x "$out/daemon"
 "$out/provisioner-lab" bench --daemon "$out/daemon" --json "$out/bench.json" --db "$db" \
-  --runs 1 --orders "$orders" --catchup-events 0 --steady-secs 1 --steady-rate 5 --api-secs 0 \
+  --runs 1 --orders "$orders" --catchup-events 0 --api-secs 0 \
+  --steady-secs "$steady_secs" --steady-rate "$steady_rate" \
   --sf-latency 100ms --whmcs-latency 300ms > "$out/bench.log" 2>&1 || { cat "$out/bench.log"; exit 1; }
 profile=$(ls "$out"/callgrind.out.* | head -1)
-total=$(callgrind_annotate "$profile" 2>/dev/null | sed -nE 's/^ *([0-9,]+) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)
-played=$((orders + 5))
+callgrind_annotate "$profile" > "$out/annotate.txt" 2>/dev/null
+total=$(sed -nE 's/^ *([0-9,]+) .*PROGRAM TOTALS.*/\1/p' "$out/annotate.txt" | tr -d ,)
+played=$((orders + steady_secs * steady_rate))
 awk -v t="$total" -v n="$played" -v db="$db" \
   'BEGIN { printf "%s ledger: %.0f instructions per Order (%d Orders, start-up and idle polling included)\n", db, t / n, n }'
-echo "functions that ran the most instructions themselves (callgrind_annotate $profile for more):"
-callgrind_annotate "$profile" 2>/dev/null | sed -n '/^Ir *file:function/,$p' | sed -n '3,17p' \
+echo "functions that ran the most instructions themselves ($out/annotate.txt has them all):"
+sed -n '/^Ir *file:function/,$p' "$out/annotate.txt" | sed -n '3,17p' \
   | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/##' | cut -c1-150
