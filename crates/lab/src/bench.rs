@@ -93,7 +93,7 @@ pub struct BenchArgs {
     /// Seconds of each steady-rate run.
     #[arg(long, default_value_t = 10)]
     pub steady_secs: u64,
-    /// Seconds of each order-status API run.
+    /// Seconds of each order-status API run (0 skips the order-status API runs).
     #[arg(long, default_value_t = 5)]
     pub api_secs: u64,
     /// Concurrent keep-alive connections of the order-status API load.
@@ -357,47 +357,49 @@ async fn bench_db_inner(
     tokio::time::sleep(Duration::from_secs(2)).await;
     out["rss_after_load_mb"] = json!(daemon.mem()?.rss_mb);
 
-    // Order-status API.
-    let ids = sat.last().map(|r| r.ids.clone()).unwrap_or_default();
-    let account = ids
-        .first()
-        .and_then(|id| sim.sim.order(id))
-        .map(|o| o.account_id.to_string())
-        .context("no order to query")?;
-    let token = portal_token(&account)?;
-    let sample: Vec<SalesforceId> = ids.iter().take(1000).cloned().collect();
-    let mut api200 = Vec::new();
-    let mut api304 = Vec::new();
-    for run in 0..args.runs {
-        for (revalidate, all) in [(false, &mut api200), (true, &mut api304)] {
-            let cpu0 = daemon.cpu_secs()?;
-            let mut r = api_run(
-                daemon.addr,
-                &sample,
-                &token,
-                revalidate,
-                args.api_connections,
-                Duration::from_secs(args.api_secs),
-            )
-            .await?;
-            r.daemon_us_per_request =
-                (daemon.cpu_secs()? - cpu0) * 1e6 / (r.requests.max(1) as f64);
-            println!(
-                "order-status API {} run {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, \
-                 daemon CPU {:.1} us/request",
-                if revalidate { "304" } else { "200" },
-                run + 1,
-                r.rps,
-                r.p50_ms,
-                r.p99_ms,
-                r.errors,
-                r.daemon_us_per_request
-            );
-            all.push(r);
+    // Order-status API (`--api-secs 0` skips it: not even the requests that fetch the ETags).
+    if args.api_secs > 0 {
+        let ids = sat.last().map(|r| r.ids.clone()).unwrap_or_default();
+        let account = ids
+            .first()
+            .and_then(|id| sim.sim.order(id))
+            .map(|o| o.account_id.to_string())
+            .context("no order to query")?;
+        let token = portal_token(&account)?;
+        let sample: Vec<SalesforceId> = ids.iter().take(1000).cloned().collect();
+        let mut api200 = Vec::new();
+        let mut api304 = Vec::new();
+        for run in 0..args.runs {
+            for (revalidate, all) in [(false, &mut api200), (true, &mut api304)] {
+                let cpu0 = daemon.cpu_secs()?;
+                let mut r = api_run(
+                    daemon.addr,
+                    &sample,
+                    &token,
+                    revalidate,
+                    args.api_connections,
+                    Duration::from_secs(args.api_secs),
+                )
+                .await?;
+                r.daemon_us_per_request =
+                    (daemon.cpu_secs()? - cpu0) * 1e6 / (r.requests.max(1) as f64);
+                println!(
+                    "order-status API {} run {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, \
+                     daemon CPU {:.1} us/request",
+                    if revalidate { "304" } else { "200" },
+                    run + 1,
+                    r.rps,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.errors,
+                    r.daemon_us_per_request
+                );
+                all.push(r);
+            }
         }
+        out["api_200"] = summarize_api(&api200);
+        out["api_304"] = summarize_api(&api304);
     }
-    out["api_200"] = summarize_api(&api200);
-    out["api_304"] = summarize_api(&api304);
     out["daemon_cpu_s_total"] = json!(daemon.cpu_secs()?);
     Daemon::stop(daemon).await;
 
