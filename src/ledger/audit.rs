@@ -17,6 +17,8 @@
 //!   [`ERROR_TEXT_MAX`] characters; no request body is ever stored.
 //! - Pruning deletes in batches of [`PRUNE_BATCH`] rows, so it never holds the writer for long.
 
+use std::fmt::Write as _;
+
 use sqlx::{FromRow, Row};
 
 use super::{Ledger, Result};
@@ -34,6 +36,12 @@ pub const STEP_QUEUE: usize = 10_000;
 /// How long the writer waits for more steps to share a statement with the first one it got
 /// (unless a full batch is already there, or a flush is asked for).
 pub const STEP_GATHER: std::time::Duration = std::time::Duration::from_millis(50);
+/// The insert of a batch of steps, up to its `VALUES` rows.
+const STEP_INSERT: &str = "INSERT INTO order_steps (sf_order_id, job_id, attempt_id, step, \
+     started_at, duration_ms, outcome, error_code, error_message, whmcs_client_id, \
+     whmcs_order_id) VALUES ";
+/// Columns of [`STEP_INSERT`]: one placeholder each per step.
+const STEP_COLUMNS: usize = 11;
 /// Longest [`Ledger::flush_steps`] waits for the writer.
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -174,30 +182,7 @@ impl Ledger {
             return Ok(());
         }
         let (anchor, anchor_ms) = self.step_clock().await?;
-        let mut values = Vec::with_capacity(steps.len());
-        for i in 0..steps.len() {
-            let p = |k: usize| format!("${}", i * 11 + k);
-            values.push(format!(
-                "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
-                p(1),
-                p(2),
-                p(3),
-                p(4),
-                p(5),
-                p(6),
-                p(7),
-                p(8),
-                p(9),
-                p(10),
-                p(11)
-            ));
-        }
-        let sql = format!(
-            "INSERT INTO order_steps (sf_order_id, job_id, attempt_id, step, started_at, \
-             duration_ms, outcome, error_code, error_message, whmcs_client_id, whmcs_order_id) \
-             VALUES {}",
-            values.join(", ")
-        );
+        let sql = step_insert_sql(steps.len());
         let mut conn = self.writer().await?;
         let mut q = sqlx::query(&sql);
         for s in steps {
@@ -362,6 +347,24 @@ impl Ledger {
     }
 }
 
+/// [`STEP_INSERT`] with `rows` rows of numbered placeholders, written into one string.
+fn step_insert_sql(rows: usize) -> String {
+    let mut sql = String::with_capacity(STEP_INSERT.len() + rows * 64);
+    sql.push_str(STEP_INSERT);
+    for i in 0..rows {
+        sql.push_str(if i == 0 { "(" } else { ", (" });
+        for k in 1..=STEP_COLUMNS {
+            if k > 1 {
+                sql.push_str(", ");
+            }
+            // Writing to a `String` cannot fail.
+            let _ = write!(sql, "${}", i * STEP_COLUMNS + k);
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// The writer task of a ledger's step queue: inserts whatever has queued up (gathering for up
 /// to [`STEP_GATHER`] after the first step), until every sender is gone.
 async fn write_steps(ledger: Ledger, mut rx: tokio::sync::mpsc::Receiver<StepMsg>) {
@@ -418,6 +421,22 @@ mod tests {
             whmcs_client_id: None,
             whmcs_order_id: None,
         }
+    }
+
+    #[test]
+    fn a_batch_insert_numbers_each_rows_placeholders() {
+        let sql = step_insert_sql(2);
+        assert!(sql.starts_with("INSERT INTO order_steps (sf_order_id, job_id, "));
+        assert!(
+            sql.ends_with(
+                "whmcs_order_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11), \
+                 ($12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+            ),
+            "{sql}"
+        );
+        assert!(
+            step_insert_sql(1).ends_with("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+        );
     }
 
     #[test]
