@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use provisioner::cli::{Cli, Command, dispatch};
 
+/// mimalloc, not the C library's allocator: every Order makes about a thousand short-lived
+/// allocations across the HTTP, SQL and queue clients, and mimalloc serves them in a fraction
+/// of glibc's instructions (README, Performance).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match provisioner::runtime::build() {
