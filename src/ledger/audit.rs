@@ -17,8 +17,6 @@
 //!   [`ERROR_TEXT_MAX`] characters; no request body is ever stored.
 //! - Pruning deletes in batches of [`PRUNE_BATCH`] rows, so it never holds the writer for long.
 
-use std::fmt::Write as _;
-
 use sqlx::{FromRow, Row};
 
 use super::{Ledger, Result};
@@ -353,13 +351,7 @@ fn step_insert_sql(rows: usize) -> String {
     sql.push_str(STEP_INSERT);
     for i in 0..rows {
         sql.push_str(if i == 0 { "(" } else { ", (" });
-        for k in 1..=STEP_COLUMNS {
-            if k > 1 {
-                sql.push_str(", ");
-            }
-            // Writing to a `String` cannot fail.
-            let _ = write!(sql, "${}", i * STEP_COLUMNS + k);
-        }
+        super::push_placeholders(&mut sql, i * STEP_COLUMNS + 1, STEP_COLUMNS);
         sql.push(')');
     }
     sql

@@ -18,10 +18,9 @@ impl Ledger {
         if event_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let placeholders: Vec<String> = (1..=event_ids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT event_id FROM event_inbox WHERE event_id IN ({})",
-            placeholders.join(", ")
+            super::placeholders(1, event_ids.len())
         );
         let mut q = sqlx::query(&sql);
         for id in event_ids {
@@ -123,8 +122,7 @@ impl Ledger {
         if orders.is_empty() {
             return Ok(Vec::new());
         }
-        let list: Vec<String> = (0..orders.len()).map(|i| format!("${}", i + 2)).collect();
-        let list = list.join(", ");
+        let list = super::placeholders(2, orders.len());
         let sql = format!(
             "SELECT sf_order_id FROM orders WHERE updated_at >= {now} - $1 AND sf_order_id IN ({list}) \
              UNION SELECT sf_order_id FROM event_inbox WHERE received_at >= {now} - $1 \

@@ -238,6 +238,26 @@ const ORDER_COLUMNS: &str = "sf_order_id, state, outcome, account_id, whmcs_clie
     whmcs_order_id, whmcs_service_ids, error_code, error_message, sf_status, last_event_id, \
     correlation_id, attempts, created_at, updated_at";
 
+/// Appends `count` numbered placeholders from `$first`, comma-separated (`$3, $4, $5`): an
+/// `IN (…)` list, or one row of a multi-row `VALUES`.
+pub(crate) fn push_placeholders(sql: &mut String, first: usize, count: usize) {
+    use std::fmt::Write as _;
+    for n in first..first + count {
+        if n > first {
+            sql.push_str(", ");
+        }
+        // Writing to a `String` cannot fail.
+        let _ = write!(sql, "${n}");
+    }
+}
+
+/// [`push_placeholders`] into a string of their own.
+pub(crate) fn placeholders(first: usize, count: usize) -> String {
+    let mut sql = String::with_capacity(count * 5);
+    push_placeholders(&mut sql, first, count);
+    sql
+}
+
 /// A duration in milliseconds, as bound next to the database's "now" (a lease's end, a window's
 /// start): saturates at half of `i64`'s range, so `now ± it` never overflows in SQL.
 pub(crate) fn millis(d: Duration) -> i64 {
@@ -705,6 +725,16 @@ impl Ledger {
 mod tests {
     use super::*;
     use crate::ids::SalesforceId;
+
+    #[test]
+    fn placeholders_are_numbered_from_the_first() {
+        assert_eq!(placeholders(1, 3), "$1, $2, $3");
+        assert_eq!(placeholders(2, 1), "$2");
+        assert_eq!(placeholders(1, 0), "");
+        let mut row = String::from("(");
+        push_placeholders(&mut row, 12, 2);
+        assert_eq!(row, "($12, $13");
+    }
 
     async fn ledger(url: String) -> Ledger {
         Ledger::open(&DatabaseConfig {

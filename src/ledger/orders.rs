@@ -430,10 +430,9 @@ impl Ledger {
         let mut conn = self.reader().await?;
         // 200 ids per statement: well under both engines' parameter limits.
         for chunk in orders.chunks(200) {
-            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT {ORDER_COLUMNS} FROM orders WHERE sf_order_id IN ({})",
-                list.join(", ")
+                super::placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(&sql);
             for id in chunk {
